@@ -1,0 +1,99 @@
+"""The whole exception hierarchy of tokencsp.
+
+Programmer mistakes (a wrong argument type, an unknown algorithm name) are
+``ValueError``/``TypeError`` subclasses too, so ``except ValueError`` keeps
+working for callers who never heard of tokencsp.  Everything an attacker can
+provoke with crafted input ends in a *fixed* message, so that the message
+itself is never an oracle.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TokenCSPError",
+    "BlobFormatError",
+    "UnsupportedAlgorithm",
+    "InvalidKeyError",
+    "DecryptionError",
+    "SessionKeyImportError",
+    "ConfigError",
+    "TokenError",
+    "ModuleLoadError",
+    "TokenNotFoundError",
+    "PinError",
+    "KeyNotFoundError",
+    "AmbiguousKeyError",
+    "KeyExistsError",
+    "TokenOperationError",
+]
+
+
+class TokenCSPError(Exception):
+    """Root of every error tokencsp raises on purpose."""
+
+
+class BlobFormatError(TokenCSPError, ValueError):
+    """Bytes that are not a well-formed CryptoAPI key BLOB; the message names the field."""
+
+
+class UnsupportedAlgorithm(TokenCSPError, ValueError):
+    """An ALG_ID, key size or mechanism that tokencsp does not implement."""
+
+
+class InvalidKeyError(TokenCSPError, ValueError):
+    """Key material handed in by the caller is unusable (wrong length, inconsistent RSA parts)."""
+
+
+class DecryptionError(TokenCSPError):
+    """Ciphertext that does not decrypt (CryptDecrypt's NTE_BAD_DATA)."""
+
+
+SESSION_KEY_IMPORT_FAILED = "the session key blob could not be imported"
+
+
+class SessionKeyImportError(DecryptionError):
+    """A SIMPLEBLOB did not yield a session key.
+
+    Raised with one fixed message for bad padding, wrong recipient key, wrong
+    key length and token failures alike: telling them apart would hand an
+    attacker a Bleichenbacher padding oracle.
+    """
+
+    def __init__(self, message: str = SESSION_KEY_IMPORT_FAILED) -> None:
+        super().__init__(message)
+
+
+class ConfigError(TokenCSPError, ValueError):
+    """Bad configuration: a malformed PKCS#11 URI, an unreadable PIN file, conflicting options."""
+
+
+class TokenError(TokenCSPError):
+    """Something about the PKCS#11 module, token or the objects on it."""
+
+
+class ModuleLoadError(TokenError):
+    """The PKCS#11 module could not be found or loaded."""
+
+
+class TokenNotFoundError(TokenError):
+    """No token matches the label/serial asked for."""
+
+
+class PinError(TokenError):
+    """The PIN was wrong, locked, expired or missing."""
+
+
+class KeyNotFoundError(TokenError, LookupError):
+    """No key with that name on the token."""
+
+
+class AmbiguousKeyError(TokenError, LookupError):
+    """More than one key matches; tokencsp refuses to guess."""
+
+
+class KeyExistsError(TokenError):
+    """A key with that name already exists on the token."""
+
+
+class TokenOperationError(TokenError):
+    """A PKCS#11 call failed for a reason not covered above (the CKR name is in the message)."""
