@@ -1,0 +1,223 @@
+"""The receiver's side of CryptoAPI key exchange, with the private key on a token.
+
+``Provider`` is to tokencsp what a CSP handle with a key container is to
+CryptoAPI: it owns the token login and hands out key pairs by name.
+Importing a SIMPLEBLOB is ``C_UnwrapKey`` on the token; everything after that
+runs on the host in :class:`~tokencsp.session.SessionKey`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from . import config
+from .blobs import SESSION_KEY_LENGTHS, AlgId, PrivateKeyBlob, PublicKeyBlob, SimpleBlob
+from .errors import (
+    InvalidKeyError,
+    KeyNotFoundError,
+    SessionKeyImportError,
+    TokenCSPError,
+    UnsupportedAlgorithm,
+)
+from .session import SessionKey
+from .token import KeyInfo, KeyUsage, RsaPrivateParts, Token, open_token
+
+__all__ = ["Provider", "KeyPair", "ExchangeKey", "KeyUsage", "KeyInfo"]
+
+SUPPORTED_BITS = (2048, 3072, 4096)
+LEGACY_BITS = (1024,)
+
+# Which PKCS#11 key type receives each session key algorithm on unwrap.
+_SECRET_TYPE = {
+    AlgId.CALG_AES_128: "aes",
+    AlgId.CALG_AES_192: "aes",
+    AlgId.CALG_AES_256: "aes",
+    AlgId.CALG_3DES: "des3",
+    AlgId.CALG_3DES_112: "des2",
+}
+
+
+def _check_bits(bits: int, legacy: bool) -> None:
+    if bits in SUPPORTED_BITS or (legacy and bits in LEGACY_BITS):
+        return
+    if bits in LEGACY_BITS:
+        raise UnsupportedAlgorithm(f"{bits}-bit RSA is legacy only: pass legacy=True (--legacy) to allow it")
+    raise UnsupportedAlgorithm(f"RSA key size {bits} unsupported; use one of {', '.join(map(str, SUPPORTED_BITS))}")
+
+
+def _parts(key: rsa.RSAPrivateKey) -> RsaPrivateParts:
+    nums = key.private_numbers()
+    pub = nums.public_numbers
+    return RsaPrivateParts(pub.n, pub.e, nums.d, nums.p, nums.q, nums.dmp1, nums.dmq1, nums.iqmp)
+
+
+class KeyPair:
+    """A key container on the token: a non-extractable private key and its public half."""
+
+    def __init__(self, token: Token, name: str, key_id: bytes) -> None:
+        self._token = token
+        self.name = name
+        self.key_id = key_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, id={self.key_id.hex()})"
+
+    def info(self) -> KeyInfo:
+        return self._token.key_info(self.name)
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        modulus, exponent = self._token.public_numbers(self.key_id)
+        return rsa.RSAPublicNumbers(exponent, modulus).public_key()
+
+    def public_blob(self) -> bytes:
+        """The public key as a CryptoAPI PUBLICKEYBLOB."""
+        alg = AlgId.CALG_RSA_KEYX if self.info().usage is not KeyUsage.SIGNATURE else AlgId.CALG_RSA_SIGN
+        return PublicKeyBlob.from_public_key(self.public_key(), alg).to_bytes()
+
+    def public_pem(self) -> bytes:
+        return self.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def public_der(self) -> bytes:
+        return self.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+class ExchangeKey(KeyPair):
+    """A key-exchange pair (AT_KEYEXCHANGE): its private half only unwraps."""
+
+    def import_simpleblob(self, blob: bytes | SimpleBlob, oaep: bool = False) -> SessionKey:
+        """CryptImportKey of a SIMPLEBLOB: the token unwraps, the host gets a SessionKey.
+
+        Malformed blob *structure* is a :class:`BlobFormatError`.  Everything
+        that depends on the secret -- padding, recipient, key length, the
+        token's own failure -- is one :class:`SessionKeyImportError`.
+        """
+        simple = blob if isinstance(blob, SimpleBlob) else SimpleBlob.from_bytes(blob)
+        value = self.unwrap_raw(simple.encrypted_key, oaep, _SECRET_TYPE[simple.alg_id])
+        # The token calls any length "AES"; only the host can hold it to the ALG_ID.
+        if len(value) != SESSION_KEY_LENGTHS[simple.alg_id]:
+            raise SessionKeyImportError() from None
+        return SessionKey.from_bytes(simple.alg_id, value)
+
+    def unwrap_raw(self, ciphertext: bytes, oaep: bool = False, secret_type: str = "generic") -> bytes:
+        """Unwrap an RSA ciphertext (PKCS#1 byte order) on the token and return the value.
+
+        For interop and vector tests; same single failure as
+        :meth:`import_simpleblob`.
+        """
+        try:
+            return self._token.unwrap_secret(self.key_id, ciphertext, oaep, secret_type)
+        except KeyNotFoundError:
+            raise
+        except TokenCSPError:
+            raise SessionKeyImportError() from None
+
+
+class Provider:
+    """An open, logged-in token.  Use as a context manager."""
+
+    def __init__(self, token: Token) -> None:
+        self._token = token
+
+    @classmethod
+    def open(
+        cls,
+        module: str | None = None,
+        token: str | None = None,
+        pin: str | Callable[[], str] | None = None,
+        *,
+        serial: str | None = None,
+        uri: str | None = None,
+        pin_file: str | os.PathLike[str] | None = None,
+        interactive: bool | None = None,
+    ) -> Provider:
+        """Open the token named by arguments, an RFC 7512 URI or TOKENCSP_* variables, and log in."""
+        selector = config.resolve_selector(module=module, token=token, serial=serial, uri=uri)
+        module_path = config.find_module(selector.module)
+        secret = config.resolve_pin(pin, pin_file, selector, interactive=interactive)
+        return cls(open_token(module_path, secret, label=selector.token_label, serial=selector.token_serial))
+
+    def __enter__(self) -> Provider:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._token.close()
+
+    @property
+    def token_label(self) -> str:
+        return self._token.label
+
+    @property
+    def token_serial(self) -> str:
+        return self._token.serial
+
+    # -- key containers --------------------------------------------------
+
+    def generate_key(self, name: str, bits: int = 2048, usage: KeyUsage | str = KeyUsage.EXCHANGE,
+                     *, legacy: bool = False) -> KeyPair:
+        usage = KeyUsage(usage)
+        _check_bits(bits, legacy)
+        key_id = self._token.generate_rsa(name, bits, usage)
+        return self._wrap(name, key_id, usage)
+
+    def generate_exchange_key(self, name: str, bits: int = 2048, *, legacy: bool = False) -> ExchangeKey:
+        return self.generate_key(name, bits, KeyUsage.EXCHANGE, legacy=legacy)  # type: ignore[return-value]
+
+    def generate_signature_key(self, name: str, bits: int = 2048, *, legacy: bool = False) -> KeyPair:
+        return self.generate_key(name, bits, KeyUsage.SIGNATURE, legacy=legacy)
+
+    def key(self, name: str) -> KeyPair:
+        """Any key container by name (an :class:`ExchangeKey` when it can unwrap)."""
+        info = self._token.key_info(name)
+        return self._wrap(name, info.id, KeyUsage.EXCHANGE if info.can_unwrap else KeyUsage.SIGNATURE)
+
+    def exchange_key(self, name: str) -> ExchangeKey:
+        info = self._token.key_info(name)
+        if not info.can_unwrap:
+            raise KeyNotFoundError(f"key {name!r} is not an exchange key (it cannot unwrap)")
+        return ExchangeKey(self._token, name, info.id)
+
+    def list_keys(self) -> list[KeyInfo]:
+        return self._token.list_keys()
+
+    def delete_key(self, name: str) -> int:
+        """Delete a key container; returns how many objects were destroyed."""
+        return self._token.delete(name)
+
+    def import_private_blob(self, name: str, data: bytes, *, legacy: bool = False) -> KeyPair:
+        """Move a CryptoAPI PRIVATEKEYBLOB onto the token (usage from its ALG_ID)."""
+        blob = PrivateKeyBlob.from_bytes(data)
+        usage = KeyUsage.SIGNATURE if blob.alg_id is AlgId.CALG_RSA_SIGN else KeyUsage.EXCHANGE
+        return self.import_private_key(name, blob.to_private_key(), usage, legacy=legacy)
+
+    def import_pem(self, name: str, data: bytes, password: bytes | None = None,
+                   usage: KeyUsage | str = KeyUsage.EXCHANGE, *, legacy: bool = False) -> KeyPair:
+        """Move a PEM private key (PKCS#8 or PKCS#1) onto the token."""
+        try:
+            key = serialization.load_pem_private_key(data, password=password)
+        except (ValueError, TypeError) as exc:
+            raise InvalidKeyError(f"not a usable PEM private key: {exc}") from None
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise UnsupportedAlgorithm("only RSA private keys can be imported")
+        return self.import_private_key(name, key, usage, legacy=legacy)
+
+    def import_private_key(self, name: str, key: rsa.RSAPrivateKey, usage: KeyUsage | str = KeyUsage.EXCHANGE,
+                           *, legacy: bool = False) -> KeyPair:
+        usage = KeyUsage(usage)
+        _check_bits(key.key_size, legacy)
+        key_id = self._token.import_rsa(name, _parts(key), usage)
+        return self._wrap(name, key_id, usage)
+
+    def _wrap(self, name: str, key_id: bytes, usage: KeyUsage) -> KeyPair:
+        cls = ExchangeKey if usage is KeyUsage.EXCHANGE else KeyPair
+        return cls(self._token, name, key_id)
+
+    def session_object_count(self) -> int:
+        """Session (non-token) objects this application can see: 0 after every import."""
+        return self._token.count_session_objects()

@@ -1,0 +1,534 @@
+"""The PKCS#11 boundary: the only module in tokencsp that imports ``pkcs11``.
+
+Three things here are not what python-pkcs11 does by default, each for a
+measured reason:
+
+* the module is initialised with ``CKF_OS_LOCKING_OK``.  python-pkcs11 passes
+  ``NULL`` to ``C_Initialize``, which tells SoftHSM the application is
+  single-threaded; SoftHSM then turns its locks off and, since python-pkcs11
+  releases the GIL, concurrent threads crash or read each other's key values;
+* one ``lib`` object per module path lives for the whole process: a ``lib``
+  that is garbage-collected calls ``C_Finalize`` and kills every session;
+* ``C_Login`` is called through ctypes on an already open session, so that
+  the token-wide ``CKR_USER_ALREADY_LOGGED_IN`` can be treated as success
+  without python-pkcs11 leaking the session it opened for the login.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, _pkcs11
+from pkcs11 import exceptions as p11
+
+from .errors import (
+    AmbiguousKeyError,
+    KeyExistsError,
+    KeyNotFoundError,
+    ModuleLoadError,
+    PinError,
+    TokenCSPError,
+    TokenError,
+    TokenNotFoundError,
+    TokenOperationError,
+)
+
+__all__ = ["KeyUsage", "KeyInfo", "RsaPrivateParts", "Token", "load_module", "open_token"]
+
+CKF_OS_LOCKING_OK = 0x00000002
+CKR_OK = 0x000
+CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
+CKR_USER_ALREADY_LOGGED_IN = 0x100
+CKU_USER = 1
+_PIN_RVS = {
+    0x0A0: "PIN incorrect",
+    0x0A1: "PIN invalid",
+    0x0A2: "PIN length out of range",
+    0x0A3: "PIN expired",
+    0x0A4: "PIN locked",
+    0x102: "user PIN not initialised",
+}
+
+_CK_RV = ctypes.c_ulong
+_CK_ULONG = ctypes.c_ulong
+
+
+class _InitializeArgs(ctypes.Structure):
+    _fields_ = [
+        ("CreateMutex", ctypes.c_void_p),
+        ("DestroyMutex", ctypes.c_void_p),
+        ("LockMutex", ctypes.c_void_p),
+        ("UnlockMutex", ctypes.c_void_p),
+        ("flags", _CK_ULONG),
+        ("pReserved", ctypes.c_void_p),
+    ]
+
+
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte)]
+
+
+# CK_FUNCTION_LIST up to C_Login, in the order of the PKCS#11 header.
+_FunctionList = type(
+    "_FunctionList",
+    (ctypes.Structure,),
+    {
+        "_fields_": [("version", _Version), ("C_Initialize", ctypes.CFUNCTYPE(_CK_RV, ctypes.c_void_p))]
+        + [(f"_unused{i}", ctypes.c_void_p) for i in range(17)]
+        + [("C_Login", ctypes.CFUNCTYPE(_CK_RV, _CK_ULONG, _CK_ULONG, ctypes.c_char_p, _CK_ULONG))]
+    },
+)
+
+
+def _function_list(so: str):
+    dll = ctypes.CDLL(so)
+    pointer = ctypes.POINTER(_FunctionList)()
+    rv = dll.C_GetFunctionList(ctypes.byref(pointer))
+    if rv != CKR_OK:
+        raise ModuleLoadError(f"C_GetFunctionList failed in {so} (CKR 0x{rv:x})")
+    return dll, pointer.contents
+
+
+class _LockingLib(_pkcs11.lib):
+    """python-pkcs11's ``lib`` initialised with CKF_OS_LOCKING_OK."""
+
+    def initialize(self) -> None:
+        # python-pkcs11's own initialized flag stays False: the module is
+        # never finalised by it, which is what keeps sessions alive.
+        self._dll, self._functions = _function_list(self.so)
+        args = _InitializeArgs(flags=CKF_OS_LOCKING_OK)
+        rv = self._functions.C_Initialize(ctypes.byref(args))
+        if rv not in (CKR_OK, CKR_CRYPTOKI_ALREADY_INITIALIZED):
+            raise ModuleLoadError(f"C_Initialize failed for {self.so} (CKR 0x{rv:x})")
+
+    def login(self, session_handle: int, pin: str) -> None:
+        secret = ctypes.create_string_buffer(pin.encode("utf-8"))
+        try:
+            rv = self._functions.C_Login(session_handle, CKU_USER, secret, len(secret.value))
+        finally:
+            ctypes.memset(secret, 0, len(secret))
+        if rv in (CKR_OK, CKR_USER_ALREADY_LOGGED_IN):
+            return
+        if rv in _PIN_RVS:
+            raise PinError(f"login refused: {_PIN_RVS[rv]}")
+        raise TokenOperationError(f"C_Login failed (CKR 0x{rv:x})")
+
+
+_modules: dict[str, _LockingLib] = {}
+_modules_lock = threading.Lock()
+
+
+def load_module(path: str) -> _LockingLib:
+    """The process-wide ``lib`` for a module path, loaded and initialised once."""
+    real = os.path.realpath(path)
+    with _modules_lock:
+        lib = _modules.get(real)
+        if lib is None:
+            if not os.path.isfile(real):
+                raise ModuleLoadError(f"PKCS#11 module not found: {path}")
+            try:
+                lib = _LockingLib(real)
+            except TokenCSPError:
+                raise
+            except p11.PKCS11Error as exc:
+                raise ModuleLoadError(f"cannot load PKCS#11 module {path}: {exc or type(exc).__name__}") from None
+            _modules[real] = lib
+        return lib
+
+
+def map_error(exc: p11.PKCS11Error, context: str) -> TokenCSPError:
+    """The one place where a PKCS#11 failure becomes a tokencsp error."""
+    name = type(exc).__name__
+    if isinstance(exc, (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange, p11.PinLocked, p11.PinExpired,
+                        p11.UserPinNotInitialized, p11.UserNotLoggedIn)):
+        return PinError(f"{context}: {name}")
+    if isinstance(exc, (p11.TokenNotPresent, p11.DeviceRemoved, p11.SlotIDInvalid, p11.TokenNotRecognised)):
+        return TokenNotFoundError(f"{context}: token not present ({name})")
+    if isinstance(exc, (p11.ObjectHandleInvalid, p11.KeyHandleInvalid, p11.UnwrappingKeyHandleInvalid)):
+        return KeyNotFoundError(f"{context}: the key is no longer on the token ({name})")
+    return TokenOperationError(f"{context}: {name}")
+
+
+class KeyUsage(str, Enum):
+    EXCHANGE = "exchange"
+    SIGNATURE = "signature"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What the token says about one key container (a private key and its public half)."""
+
+    name: str
+    id: bytes
+    usage: KeyUsage | None
+    bits: int
+    sensitive: bool
+    extractable: bool
+    always_sensitive: bool
+    never_extractable: bool
+    local: bool
+    can_unwrap: bool
+    can_decrypt: bool
+    can_sign: bool
+    has_public: bool
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "id": self.id.hex(),
+            "usage": self.usage.value if self.usage else None,
+            "bits": self.bits,
+            "sensitive": self.sensitive,
+            "extractable": self.extractable,
+            "always_sensitive": self.always_sensitive,
+            "never_extractable": self.never_extractable,
+            "local": self.local,
+            "unwrap": self.can_unwrap,
+            "decrypt": self.can_decrypt,
+            "sign": self.can_sign,
+            "has_public": self.has_public,
+        }
+
+
+@dataclass(frozen=True, repr=False)
+class RsaPrivateParts:
+    n: int
+    e: int
+    d: int
+    p: int
+    q: int
+    dp: int
+    dq: int
+    qinv: int
+
+
+def _int_bytes(value: int) -> bytes:
+    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+
+
+# Capabilities by usage, as (public, private) templates.  An exchange key
+# only wraps/unwraps (ENCRYPT on the public half is what peers use to build
+# SIMPLEBLOBs on other tokens); a signature key only signs.
+_USAGE_TEMPLATES = {
+    KeyUsage.EXCHANGE: (
+        {Attribute.WRAP: True, Attribute.ENCRYPT: True, Attribute.VERIFY: False},
+        {Attribute.UNWRAP: True, Attribute.DECRYPT: False, Attribute.SIGN: False},
+    ),
+    KeyUsage.SIGNATURE: (
+        {Attribute.WRAP: False, Attribute.ENCRYPT: False, Attribute.VERIFY: True},
+        {Attribute.UNWRAP: False, Attribute.DECRYPT: False, Attribute.SIGN: True},
+    ),
+}
+
+_PRIVATE_PROTECTION = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.MODIFIABLE: False,
+    Attribute.DERIVE: False,
+}
+
+# The unwrapped session key must be readable (we do bulk crypto on the host)
+# and must not outlive the session.  VALUE_LEN stays out: SoftHSM refuses it
+# on unwrap and reports 0 afterwards.
+_TRANSIENT_SECRET = {Attribute.TOKEN: False, Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: False}
+
+_OAEP_SHA1 = (Mechanism.SHA_1, pkcs11.MGF.SHA1, None)
+
+SECRET_KEY_TYPES = {"aes": KeyType.AES, "des3": KeyType.DES3, "des2": KeyType.DES2, "generic": KeyType.GENERIC_SECRET}
+
+
+class Token:
+    """An open, logged-in token: one login session plus one session per thread."""
+
+    def __init__(self, lib: _LockingLib, token: pkcs11.Token, pin: str) -> None:
+        self._lib = lib
+        self._token = token
+        self._local = threading.local()
+        self._sessions: list[pkcs11.Session] = []
+        self._sessions_lock = threading.Lock()
+        self._closed = False
+        # The first session carries the login; PKCS#11 logs the token out when
+        # the application's last session closes, so it stays open until close().
+        self._anchor = self._open_session()
+        self._lib.login(self._anchor.handle, pin)
+        self._local.session = self._anchor
+
+    @property
+    def label(self) -> str:
+        return self._token.label
+
+    @property
+    def serial(self) -> str:
+        return self._token.serial.decode() if isinstance(self._token.serial, bytes) else str(self._token.serial)
+
+    def _open_session(self) -> pkcs11.Session:
+        try:
+            session = self._token.open(rw=True)
+        except p11.PKCS11Error as exc:
+            raise map_error(exc, "opening a session") from None
+        with self._sessions_lock:
+            self._sessions.append(session)
+        return session
+
+    def session(self) -> pkcs11.Session:
+        """This thread's session, opened on first use."""
+        if self._closed:
+            raise TokenError("the token has been closed")
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._open_session()
+            self._local.session = session
+        return session
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in reversed(sessions):
+            try:
+                session.close()
+            except p11.PKCS11Error:
+                pass
+
+    # -- lookups ---------------------------------------------------------
+
+    def _find(self, object_class: ObjectClass, name: str | None = None, key_id: bytes | None = None) -> list:
+        attrs: dict = {Attribute.CLASS: object_class}
+        if name is not None:
+            attrs[Attribute.LABEL] = name
+        if key_id is not None:
+            attrs[Attribute.ID] = key_id
+        try:
+            return list(self.session().get_objects(attrs))
+        except p11.PKCS11Error as exc:
+            raise map_error(exc, "searching the token") from None
+
+    def _private(self, name: str | None = None, key_id: bytes | None = None):
+        found = self._find(ObjectClass.PRIVATE_KEY, name, key_id)
+        what = f"key {name!r}" if name is not None else f"key id {key_id.hex() if key_id else ''}"
+        if not found:
+            raise KeyNotFoundError(f"no private {what} on token {self.label!r}")
+        if len(found) > 1:
+            raise AmbiguousKeyError(f"{len(found)} private keys match {what} on token {self.label!r}; refusing to guess")
+        return found[0]
+
+    def key_id(self, name: str) -> bytes:
+        """The CKA_ID of the private key labelled ``name``."""
+        return bytes(self._private(name)[Attribute.ID])
+
+    def key_info(self, name: str) -> KeyInfo:
+        return self._info(self._private(name))
+
+    def list_keys(self) -> list[KeyInfo]:
+        return sorted((self._info(key) for key in self._find(ObjectClass.PRIVATE_KEY)), key=lambda k: k.name)
+
+    def _info(self, key) -> KeyInfo:
+        try:
+            key_id = bytes(key[Attribute.ID])
+            publics = self._find(ObjectClass.PUBLIC_KEY, key_id=key_id) if key_id else []
+            unwrap, sign = bool(key[Attribute.UNWRAP]), bool(key[Attribute.SIGN])
+            return KeyInfo(
+                name=key[Attribute.LABEL],
+                id=key_id,
+                usage=KeyUsage.EXCHANGE if unwrap and not sign else KeyUsage.SIGNATURE if sign and not unwrap else None,
+                bits=int.from_bytes(key[Attribute.MODULUS], "big").bit_length(),
+                sensitive=bool(key[Attribute.SENSITIVE]),
+                extractable=bool(key[Attribute.EXTRACTABLE]),
+                always_sensitive=bool(key[Attribute.ALWAYS_SENSITIVE]),
+                never_extractable=bool(key[Attribute.NEVER_EXTRACTABLE]),
+                local=bool(key[Attribute.LOCAL]),
+                can_unwrap=unwrap,
+                can_decrypt=bool(key[Attribute.DECRYPT]),
+                can_sign=sign,
+                has_public=bool(publics),
+            )
+        except p11.PKCS11Error as exc:
+            raise map_error(exc, "reading key attributes") from None
+
+    def public_numbers(self, key_id: bytes) -> tuple[int, int]:
+        """(modulus, public exponent) of the key pair with this CKA_ID."""
+        key = self._private(key_id=key_id)
+        try:
+            return int.from_bytes(key[Attribute.MODULUS], "big"), int.from_bytes(key[Attribute.PUBLIC_EXPONENT], "big")
+        except p11.PKCS11Error as exc:
+            raise map_error(exc, "reading the public key") from None
+
+    # -- key containers --------------------------------------------------
+
+    def _refuse_existing(self, name: str) -> None:
+        if self._find(ObjectClass.PRIVATE_KEY, name) or self._find(ObjectClass.PUBLIC_KEY, name):
+            raise KeyExistsError(f"a key named {name!r} already exists on token {self.label!r}")
+
+    def generate_rsa(self, name: str, bits: int, usage: KeyUsage) -> bytes:
+        """Generate an RSA key pair on the token; returns its CKA_ID."""
+        self._refuse_existing(name)
+        key_id = os.urandom(16)
+        public_usage, private_usage = _USAGE_TEMPLATES[usage]
+        try:
+            self.session().generate_keypair(
+                KeyType.RSA,
+                bits,
+                id=key_id,
+                label=name,
+                store=True,
+                mechanism=Mechanism.RSA_PKCS_KEY_PAIR_GEN,
+                public_template={Attribute.TOKEN: True, Attribute.PRIVATE: False,
+                                 Attribute.PUBLIC_EXPONENT: _int_bytes(65537), **public_usage},
+                private_template={**_PRIVATE_PROTECTION, **private_usage},
+            )
+        except p11.PKCS11Error as exc:
+            raise map_error(exc, f"generating {bits}-bit RSA key {name!r}") from None
+        return key_id
+
+    def import_rsa(self, name: str, parts: RsaPrivateParts, usage: KeyUsage) -> bytes:
+        """Put an existing RSA key on the token as a sensitive, non-extractable pair; returns its CKA_ID."""
+        self._refuse_existing(name)
+        key_id = hashlib.sha1(_int_bytes(parts.n)).digest()
+        if self._find(ObjectClass.PRIVATE_KEY, key_id=key_id):
+            raise KeyExistsError(f"this RSA key is already on token {self.label!r}")
+        public_usage, private_usage = _USAGE_TEMPLATES[usage]
+        common = {Attribute.KEY_TYPE: KeyType.RSA, Attribute.ID: key_id, Attribute.LABEL: name,
+                  Attribute.MODULUS: _int_bytes(parts.n), Attribute.PUBLIC_EXPONENT: _int_bytes(parts.e)}
+        session = self.session()
+        created = []
+        try:
+            created.append(session.create_object({
+                **common, **_PRIVATE_PROTECTION, **private_usage,
+                Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                Attribute.PRIVATE_EXPONENT: _int_bytes(parts.d),
+                Attribute.PRIME_1: _int_bytes(parts.p),
+                Attribute.PRIME_2: _int_bytes(parts.q),
+                Attribute.EXPONENT_1: _int_bytes(parts.dp),
+                Attribute.EXPONENT_2: _int_bytes(parts.dq),
+                Attribute.COEFFICIENT: _int_bytes(parts.qinv),
+            }))
+            created.append(session.create_object({
+                **common, **public_usage,
+                Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: False,
+            }))
+        except p11.PKCS11Error as exc:
+            for obj in created:
+                _destroy_quietly(obj)
+            raise map_error(exc, f"importing RSA key {name!r}") from None
+        return key_id
+
+    def delete(self, name: str) -> int:
+        """Delete the private key labelled ``name`` and every public key with its CKA_ID."""
+        private = self._private(name)
+        key_id = bytes(private[Attribute.ID])
+        publics = (self._find(ObjectClass.PUBLIC_KEY, key_id=key_id) if key_id else []) + self._find(
+            ObjectClass.PUBLIC_KEY, name)
+        victims = [private] + list({obj.handle: obj for obj in publics}.values())
+        for obj in victims:
+            try:
+                obj.destroy()
+            except p11.PKCS11Error as exc:
+                raise map_error(exc, f"deleting key {name!r}") from None
+        return len(victims)
+
+    # -- the unwrap ------------------------------------------------------
+
+    def _private_by_id(self, key_id: bytes):
+        cache = getattr(self._local, "keys", None)
+        if cache is None:
+            cache = self._local.keys = {}
+        key = cache.get(key_id)
+        if key is None:
+            key = cache[key_id] = self._private(key_id=key_id)
+        return key
+
+    def unwrap_secret(self, key_id: bytes, wrapped: bytes, oaep: bool, secret_type: str) -> bytes:
+        """C_UnwrapKey into a transient session object, read its value, destroy it.
+
+        A missing key is :class:`KeyNotFoundError`; every failure of the
+        unwrap itself is mapped by :func:`map_error`.  Callers that must not
+        reveal *why* an unwrap failed turn those into their own error.
+        """
+        mechanism, param = (Mechanism.RSA_PKCS_OAEP, _OAEP_SHA1) if oaep else (Mechanism.RSA_PKCS, None)
+        for attempt in (1, 2):
+            private = self._private_by_id(key_id)
+            try:
+                secret = private.unwrap_key(
+                    ObjectClass.SECRET_KEY,
+                    SECRET_KEY_TYPES[secret_type],
+                    wrapped,
+                    mechanism=mechanism,
+                    mechanism_param=param,
+                    capabilities=MechanismFlag(0),
+                    template=_TRANSIENT_SECRET,
+                )
+                break
+            except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid, p11.UnwrappingKeyHandleInvalid) as exc:
+                # The cached handle went stale (key deleted or re-created):
+                # look it up once more, which raises KeyNotFoundError if gone.
+                self._local.keys.pop(key_id, None)
+                if attempt == 2:
+                    raise map_error(exc, "unwrapping") from None
+            except p11.PKCS11Error as exc:
+                raise map_error(exc, "unwrapping") from None
+        try:
+            return bytes(secret[Attribute.VALUE])
+        except p11.PKCS11Error as exc:
+            raise map_error(exc, "reading the unwrapped key") from None
+        finally:
+            try:
+                secret.destroy()
+            except p11.PKCS11Error as exc:
+                raise map_error(exc, "destroying the unwrapped key") from None
+
+    def count_session_objects(self) -> int:
+        """Objects visible to this application that are not token objects (for leak checks)."""
+        try:
+            return sum(1 for _ in self.session().get_objects({Attribute.TOKEN: False}))
+        except p11.PKCS11Error as exc:
+            raise map_error(exc, "listing session objects") from None
+
+
+def _destroy_quietly(obj) -> None:
+    try:
+        obj.destroy()
+    except p11.PKCS11Error:
+        pass
+
+
+def iter_tokens(module: str) -> Iterator[tuple[str, str]]:
+    lib = load_module(module)
+    try:
+        for slot in lib.get_slots(token_present=True):
+            token = slot.get_token()
+            serial = token.serial.decode() if isinstance(token.serial, bytes) else str(token.serial)
+            yield token.label, serial
+    except p11.PKCS11Error as exc:
+        raise map_error(exc, "listing tokens") from None
+
+
+def open_token(module: str, pin: str, label: str | None = None, serial: str | None = None) -> Token:
+    """Load the module, find the token by label and/or serial, log in."""
+    lib = load_module(module)
+    if label is None and serial is None:
+        raise TokenNotFoundError("no token named: give a label (--token) or a serial")
+    matches = [(lbl, ser) for lbl, ser in iter_tokens(module)
+               if (label is None or lbl == label) and (serial is None or ser == serial)]
+    wanted = " and ".join(filter(None, (label and f"label {label!r}", serial and f"serial {serial!r}")))
+    if not matches:
+        raise TokenNotFoundError(f"no token with {wanted} in {module}")
+    if len(matches) > 1:
+        raise TokenNotFoundError(f"{len(matches)} tokens match {wanted}; select by serial")
+    try:
+        token = lib.get_token(token_label=matches[0][0], token_serial=matches[0][1].encode())
+    except p11.PKCS11Error as exc:
+        raise map_error(exc, "opening the token") from None
+    return Token(lib, token, pin)
