@@ -17,6 +17,8 @@ __all__ = [
     "DecryptionError",
     "SessionKeyImportError",
     "ConfigError",
+    "InputError",
+    "OutputError",
     "TokenError",
     "ModuleLoadError",
     "TokenNotFoundError",
@@ -65,6 +67,14 @@ class SessionKeyImportError(DecryptionError):
 
 class ConfigError(TokenCSPError, ValueError):
     """Bad configuration: a malformed PKCS#11 URI, an unreadable PIN file, conflicting options."""
+
+
+class InputError(TokenCSPError):
+    """An input file could not be read."""
+
+
+class OutputError(TokenCSPError):
+    """An output could not be written (permissions, disk full...); nothing partial was left."""
 
 
 class TokenError(TokenCSPError):

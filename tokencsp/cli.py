@@ -1,0 +1,287 @@
+"""The ``tokencsp`` command: a thin shell over the library.
+
+The only place that prints or exits.  Every error is one line on stderr,
+``tokencsp: error: ...``, and a non-zero exit; no traceback, no partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import blobs, errors
+from .fileio import atomic_output, open_input, read_input
+from .pubkeys import fingerprint, load_public_key
+from .session import ALG_NAMES, SessionKey, alg_from_name
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_TOKEN = 3
+EXIT_DECRYPT = 4
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """\
+exit status:
+  0  success
+  1  error (bad input file, unusable key, I/O failure)
+  2  usage error
+  3  token error (module, token, PIN, missing key)
+  4  decryption failed (the session key blob or the ciphertext did not decrypt)
+
+token selection: --module/TOKENCSP_MODULE (default: SoftHSM2), --token/TOKENCSP_TOKEN
+(label), --serial, or --uri/TOKENCSP_URI (RFC 7512, e.g. "pkcs11:token=dev?pin-source=file:/run/pin").
+PIN: TOKENCSP_PIN, --pin-file, the URI's pin-source/pin-value, or a prompt on a terminal.
+PINs are never accepted as command-line options.
+"""
+
+CHUNK = 1 << 20  # a multiple of every block size
+
+
+def _provider(args: argparse.Namespace):
+    from .provider import Provider  # loads PKCS#11 only for commands that need the token
+
+    return Provider.open(module=args.module, token=args.token, serial=args.serial, uri=args.uri,
+                         pin_file=args.pin_file)
+
+
+# -- key ----------------------------------------------------------------------
+
+def cmd_key_generate(args: argparse.Namespace) -> int:
+    with _provider(args) as provider:
+        pair = provider.generate_key(args.name, args.bits, args.usage, legacy=args.legacy)
+        _print_info(pair.info())
+    return EXIT_OK
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    with _provider(args) as provider:
+        infos = provider.list_keys()
+    if args.json:
+        print(json.dumps([info.as_dict() for info in infos], indent=2))
+        return EXIT_OK
+    if not infos:
+        print("no keys on this token", file=sys.stderr)
+    for info in infos:
+        _print_info(info)
+    return EXIT_OK
+
+
+def _print_info(info) -> None:
+    flags = [name for name, on in (
+        ("sensitive", info.sensitive), ("never-extractable", info.never_extractable),
+        ("local", info.local), ("EXTRACTABLE", info.extractable)) if on]
+    usage = info.usage.value if info.usage else "mixed"
+    print(f"{info.name}\t{usage}\tRSA-{info.bits}\tid={info.id.hex()}\t{','.join(flags)}")
+
+
+def cmd_key_export(args: argparse.Namespace) -> int:
+    with _provider(args) as provider:
+        pair = provider.key(args.name)
+        data = {"msblob": pair.public_blob, "pem": pair.public_pem, "der": pair.public_der}[args.format]()
+    with atomic_output(args.output, mode=0o644) as out:
+        out.write(data)
+    return EXIT_OK
+
+
+def cmd_key_import(args: argparse.Namespace) -> int:
+    data = read_input(args.private_blob or args.pem)
+    with _provider(args) as provider:
+        if args.private_blob:
+            pair = provider.import_private_blob(args.name, data, legacy=args.legacy)
+        else:
+            pair = provider.import_pem(args.name, data, usage=args.usage, legacy=args.legacy)
+        _print_info(pair.info())
+    return EXIT_OK
+
+
+def cmd_key_delete(args: argparse.Namespace) -> int:
+    with _provider(args) as provider:
+        count = provider.delete_key(args.name)
+    print(f"deleted {args.name} ({count} objects)", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- blob ---------------------------------------------------------------------
+
+def describe_blob(blob: blobs.KeyBlob) -> dict:
+    """Public facts about a BLOB; never key material."""
+    if isinstance(blob, blobs.PublicKeyBlob):
+        return {"type": "PUBLICKEYBLOB", "alg_id": blob.alg_id.name, "bits": blob.bitlen,
+                "public_exponent": blob.public_exponent,
+                "sha256": fingerprint(blob.to_public_key()).hex()}
+    if isinstance(blob, blobs.PrivateKeyBlob):
+        return {"type": "PRIVATEKEYBLOB", "alg_id": blob.alg_id.name, "bits": blob.bitlen,
+                "public_exponent": blob.public_exponent,
+                "sha256": fingerprint(blob.public_blob().to_public_key()).hex()}
+    if isinstance(blob, blobs.SimpleBlob):
+        return {"type": "SIMPLEBLOB", "alg_id": blob.alg_id.name, "wrap_alg_id": blob.wrap_alg_id.name,
+                "recipient_bits": len(blob.encrypted_key) * 8}
+    return {"type": "PLAINTEXTKEYBLOB", "alg_id": blob.alg_id.name, "key_bytes": len(blob.key)}
+
+
+def cmd_blob_inspect(args: argparse.Namespace) -> int:
+    facts = describe_blob(blobs.parse(read_input(args.file)))
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        for name, value in facts.items():
+            print(f"{name}: {value}")
+    return EXIT_OK
+
+
+# -- capi ---------------------------------------------------------------------
+
+def _stream(key: SessionKey, source, sink, encrypt: bool) -> None:
+    """CryptEncrypt/CryptDecrypt in chunks: whole blocks non-final, the rest final."""
+    step = key.encrypt if encrypt else key.decrypt
+    pending = source.read(CHUNK)
+    while True:
+        following = source.read(CHUNK)
+        if not following:
+            sink.write(step(pending, final=True))
+            return
+        sink.write(step(pending, final=False))
+        pending = following
+
+
+def cmd_capi_encrypt(args: argparse.Namespace) -> int:
+    recipient = load_public_key(read_input(args.to))
+    key = SessionKey.generate(alg_from_name(args.alg))
+    blob = key.export_simpleblob(recipient, oaep=args.oaep)
+    with atomic_output(args.blob_out, mode=0o644) as blob_file, open_input(args.input) as source, \
+            atomic_output(args.output) as sink:
+        _stream(key, source, sink, encrypt=True)
+        blob_file.write(blob)
+    key.wipe()
+    return EXIT_OK
+
+
+def cmd_capi_decrypt(args: argparse.Namespace) -> int:
+    blob = read_input(args.blob)
+    with _provider(args) as provider:
+        key = provider.exchange_key(args.key).import_simpleblob(blob, oaep=args.oaep)
+    try:
+        with open_input(args.input) as source, atomic_output(args.output) as sink:
+            _stream(key, source, sink, encrypt=False)
+    finally:
+        key.wipe()
+    return EXIT_OK
+
+
+# -- parser -------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokencsp",
+        description="CryptoAPI-compatible session-key exchange with the receiver's key on a PKCS#11 token.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
+    _add_token_options(parser)
+    parser.set_defaults(module=None, token=None, serial=None, uri=None, pin_file=None)
+    # Token options are accepted before or after the subcommand; SUPPRESS keeps
+    # a subcommand's unset option from overwriting the global one.
+    token_options = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    _add_token_options(token_options)
+    parents = [token_options]
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    key = commands.add_parser("key", help="key containers on the token").add_subparsers(
+        dest="key_command", metavar="ACTION", required=True)
+    generate = key.add_parser("generate", help="generate an RSA key pair on the token", parents=parents)
+    generate.add_argument("name")
+    generate.add_argument("--bits", type=int, default=2048, help="2048 (default), 3072 or 4096")
+    generate.add_argument("--usage", choices=("exchange", "signature"), default="exchange")
+    generate.add_argument("--legacy", action="store_true", help="allow 1024-bit keys (CryptoAPI legacy)")
+    generate.set_defaults(func=cmd_key_generate)
+
+    listing = key.add_parser("list", help="list key containers and their security attributes", parents=parents)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_key_list)
+
+    export = key.add_parser("export", help="export a public key", parents=parents)
+    export.add_argument("name")
+    export.add_argument("--format", choices=("msblob", "pem", "der"), default="msblob",
+                        help="msblob = CryptoAPI PUBLICKEYBLOB (default)")
+    export.add_argument("-o", "--output", help="output file (default: stdout)")
+    export.set_defaults(func=cmd_key_export)
+
+    imp = key.add_parser("import", help="move an existing private key onto the token (non-extractable)", parents=parents)
+    imp.add_argument("name")
+    source = imp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--private-blob", metavar="FILE", help="CryptoAPI PRIVATEKEYBLOB (usage from its ALG_ID)")
+    source.add_argument("--pem", metavar="FILE", help="unencrypted PEM private key (PKCS#8 or PKCS#1)")
+    imp.add_argument("--usage", choices=("exchange", "signature"), default="exchange", help="for --pem")
+    imp.add_argument("--legacy", action="store_true", help="allow 1024-bit keys")
+    imp.set_defaults(func=cmd_key_import)
+
+    delete = key.add_parser("delete", help="delete a key container (private and public halves)", parents=parents)
+    delete.add_argument("name")
+    delete.set_defaults(func=cmd_key_delete)
+
+    blob = commands.add_parser("blob", help="CryptoAPI key BLOB files").add_subparsers(
+        dest="blob_command", metavar="ACTION", required=True)
+    inspect = blob.add_parser("inspect", help="show a key BLOB's header fields (never key material)")
+    inspect.add_argument("file")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(func=cmd_blob_inspect)
+
+    capi = commands.add_parser("capi", help="CryptoAPI-compatible SIMPLEBLOB + CryptEncrypt files").add_subparsers(
+        dest="capi_command", metavar="ACTION", required=True)
+    enc = capi.add_parser("encrypt", help="sender: new session key, SIMPLEBLOB to PUBKEY, CryptEncrypt (no token)")
+    enc.add_argument("--to", required=True, metavar="PUBKEY", help="recipient PUBLICKEYBLOB, PEM or DER file")
+    enc.add_argument("--alg", choices=tuple(ALG_NAMES), default="aes256")
+    enc.add_argument("--oaep", action="store_true", help="wrap with CRYPT_OAEP (OAEP SHA-1) instead of PKCS#1 v1.5")
+    enc.add_argument("--blob-out", required=True, metavar="FILE", help="where to write the SIMPLEBLOB")
+    enc.add_argument("-o", "--output", help="ciphertext file (default: stdout)")
+    enc.add_argument("input", nargs="?", help="plaintext file (default: stdin)")
+    enc.set_defaults(func=cmd_capi_encrypt)
+
+    dec = capi.add_parser("decrypt", help="receiver: import the SIMPLEBLOB on the token, CryptDecrypt on the host", parents=parents)
+    dec.add_argument("--key", required=True, metavar="NAME", help="exchange key on the token")
+    dec.add_argument("--blob", required=True, metavar="FILE", help="the SIMPLEBLOB")
+    dec.add_argument("--oaep", action="store_true", help="the blob was wrapped with CRYPT_OAEP")
+    dec.add_argument("-o", "--output", help="plaintext file, written only if decryption succeeds (default: stdout, streamed; "
+                          "a failure at the end still exits non-zero)")
+    dec.add_argument("input", nargs="?", help="ciphertext file (default: stdin)")
+    dec.set_defaults(func=cmd_capi_decrypt)
+    return parser
+
+
+def _add_token_options(parser: argparse.ArgumentParser) -> None:
+    token = parser.add_argument_group("token selection")
+    token.add_argument("--module", help="PKCS#11 module path (env TOKENCSP_MODULE; default: SoftHSM2)")
+    token.add_argument("--token", help="token label (env TOKENCSP_TOKEN)")
+    token.add_argument("--serial", help="token serial number")
+    token.add_argument("--uri", help="RFC 7512 PKCS#11 URI (env TOKENCSP_URI)")
+    token.add_argument("--pin-file", help="file whose first line is the user PIN (else TOKENCSP_PIN or a prompt)")
+
+
+def _exit_code(exc: errors.TokenCSPError) -> int:
+    if isinstance(exc, errors.DecryptionError):
+        return EXIT_DECRYPT
+    if isinstance(exc, errors.TokenError):
+        return EXIT_TOKEN
+    return EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except errors.TokenCSPError as exc:
+        print(f"tokencsp: error: {exc}", file=sys.stderr)
+        return _exit_code(exc)
+    except KeyboardInterrupt:
+        print("tokencsp: error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
