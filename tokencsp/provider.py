@@ -67,7 +67,7 @@ class KeyPair:
         return f"{type(self).__name__}(name={self.name!r}, id={self.key_id.hex()})"
 
     def info(self) -> KeyInfo:
-        return self._token.key_info(self.name)
+        return self._token.key_info(key_id=self.key_id)
 
     def public_key(self) -> rsa.RSAPublicKey:
         modulus, exponent = self._token.public_numbers(self.key_id)

@@ -327,8 +327,8 @@ class Token:
         """The CKA_ID of the private key labelled ``name``."""
         return bytes(self._private(name)[Attribute.ID])
 
-    def key_info(self, name: str) -> KeyInfo:
-        return self._info(self._private(name))
+    def key_info(self, name: str | None = None, key_id: bytes | None = None) -> KeyInfo:
+        return self._info(self._private(name, key_id))
 
     def list_keys(self) -> list[KeyInfo]:
         return sorted((self._info(key) for key in self._find(ObjectClass.PRIVATE_KEY)), key=lambda k: k.name)

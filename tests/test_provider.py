@@ -1,0 +1,344 @@
+"""The provider against a real SoftHSM token: key containers, SIMPLEBLOB import, failures, threads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tokencsp import Provider, SessionKey, blobs
+from tokencsp.blobs import AlgId, PrivateKeyBlob, PublicKeyBlob, SimpleBlob
+from tokencsp.errors import (
+    BlobFormatError,
+    ConfigError,
+    InvalidKeyError,
+    KeyExistsError,
+    KeyNotFoundError,
+    ModuleLoadError,
+    PinError,
+    SessionKeyImportError,
+    TokenNotFoundError,
+    UnsupportedAlgorithm,
+)
+from tokencsp.errors import SESSION_KEY_IMPORT_FAILED
+
+ALGS = ["aes128", "aes192", "aes256", "3des", "3des112"]
+
+
+@pytest.fixture(scope="module")
+def provider(softhsm_kit):
+    with Provider.open() as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def exchange_key(provider):
+    pair = provider.generate_exchange_key("test-kx")
+    yield pair
+    provider.delete_key("test-kx")
+
+
+def _private_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def test_generated_exchange_key_is_sensitive_never_extractable_local(provider, exchange_key):
+    info = exchange_key.info()
+    assert info.name == "test-kx"
+    assert info.bits == 2048
+    assert info.usage.value == "exchange"
+    assert info.sensitive and info.always_sensitive
+    assert not info.extractable and info.never_extractable
+    assert info.local
+    assert info.can_unwrap and not info.can_sign and not info.can_decrypt
+    assert info.has_public
+    assert len(info.id) == 16
+
+
+def test_public_blob_matches_token_public_key(exchange_key):
+    blob = PublicKeyBlob.from_bytes(exchange_key.public_blob())
+    assert blob.alg_id is AlgId.CALG_RSA_KEYX
+    assert blob.modulus == exchange_key.public_key().public_numbers().n
+    assert blob.bitlen == 2048
+    assert exchange_key.public_blob()[:20].hex() == "0602000000a40000525341310008000001000100"
+    pem = serialization.load_pem_public_key(exchange_key.public_pem())
+    der = serialization.load_der_public_key(exchange_key.public_der())
+    assert pem.public_numbers() == der.public_numbers() == exchange_key.public_key().public_numbers()
+
+
+@pytest.mark.parametrize("oaep", [False, True], ids=["pkcs1", "oaep"])
+@pytest.mark.parametrize("alg", ALGS)
+def test_simpleblob_import_on_token_recovers_session_key(provider, exchange_key, alg, oaep):
+    sender = SessionKey.generate(alg)
+    ciphertext = sender.encrypt(b"the message" * 10)
+    blob = sender.export_simpleblob(exchange_key.public_blob(), oaep=oaep)
+    received = exchange_key.import_simpleblob(blob, oaep=oaep)
+    assert received.alg == sender.alg
+    assert received.key == sender.key
+    assert received.decrypt(ciphertext) == b"the message" * 10
+    assert provider.session_object_count() == 0
+
+
+def test_signature_key_cannot_receive_session_keys(provider):
+    pair = provider.generate_signature_key("test-sig")
+    try:
+        info = pair.info()
+        assert info.can_sign and not info.can_unwrap
+        assert info.usage.value == "signature"
+        assert PublicKeyBlob.from_bytes(pair.public_blob()).alg_id is AlgId.CALG_RSA_SIGN
+        with pytest.raises(KeyNotFoundError, match="not an exchange key"):
+            provider.exchange_key("test-sig")
+        with pytest.raises(InvalidKeyError):
+            SessionKey.generate("aes128").export_simpleblob(pair.public_blob())
+    finally:
+        provider.delete_key("test-sig")
+
+
+@pytest.mark.parametrize("bits", [3072, 4096])
+def test_larger_keys(provider, bits):
+    pair = provider.generate_exchange_key(f"test-{bits}", bits=bits)
+    try:
+        assert pair.info().bits == bits
+        key = SessionKey.generate("aes256")
+        assert pair.import_simpleblob(key.export_simpleblob(pair.public_blob(), oaep=True), oaep=True).key == key.key
+    finally:
+        provider.delete_key(f"test-{bits}")
+
+
+def test_key_sizes_policy(provider):
+    with pytest.raises(UnsupportedAlgorithm, match="legacy"):
+        provider.generate_exchange_key("test-1024", bits=1024)
+    with pytest.raises(UnsupportedAlgorithm):
+        provider.generate_exchange_key("test-2000", bits=2000)
+    pair = provider.generate_exchange_key("test-1024", bits=1024, legacy=True)
+    try:
+        assert pair.info().bits == 1024
+    finally:
+        provider.delete_key("test-1024")
+    assert "test-1024" not in [k.name for k in provider.list_keys()]
+
+
+def test_names_are_unique_and_lookups_typed(provider, exchange_key):
+    with pytest.raises(KeyExistsError):
+        provider.generate_exchange_key("test-kx")
+    with pytest.raises(KeyNotFoundError):
+        provider.exchange_key("no-such-key")
+    with pytest.raises(KeyNotFoundError):
+        provider.delete_key("no-such-key")
+    assert "test-kx" in [k.name for k in provider.list_keys()]
+
+
+def test_delete_removes_both_halves(provider):
+    pair = provider.generate_exchange_key("test-del")
+    blob = pair.public_blob()
+    assert provider.delete_key("test-del") == 2
+    assert "test-del" not in [k.name for k in provider.list_keys()]
+    with pytest.raises(KeyNotFoundError):
+        provider.exchange_key("test-del")
+    # A key deleted after it was looked up: the next import is a clean typed error.
+    again = provider.generate_exchange_key("test-del")
+    wrapped = SessionKey.generate("aes128").export_simpleblob(again.public_blob())
+    again.import_simpleblob(wrapped)
+    assert again.public_blob() != blob
+    provider.delete_key("test-del")
+    with pytest.raises(KeyNotFoundError):
+        again.import_simpleblob(wrapped)
+
+
+def test_import_private_key_blob_from_windows(provider):
+    software = rsa.generate_private_key(65537, 2048)
+    data = PrivateKeyBlob.from_private_key(software).to_bytes()
+    pair = provider.import_private_blob("test-imported-blob", data)
+    try:
+        info = pair.info()
+        assert info.usage.value == "exchange"
+        assert info.sensitive and not info.extractable
+        assert pair.public_key().public_numbers() == software.public_key().public_numbers()
+        key = SessionKey.generate("3des")
+        assert pair.import_simpleblob(key.export_simpleblob(software.public_key())).key == key.key
+        with pytest.raises(KeyExistsError):
+            provider.import_private_blob("another-name", data)
+    finally:
+        provider.delete_key("test-imported-blob")
+
+
+def test_import_signature_private_blob_keeps_usage(provider):
+    software = rsa.generate_private_key(65537, 2048)
+    data = PrivateKeyBlob.from_private_key(software, AlgId.CALG_RSA_SIGN).to_bytes()
+    pair = provider.import_private_blob("test-imported-sig", data)
+    try:
+        assert pair.info().usage.value == "signature"
+    finally:
+        provider.delete_key("test-imported-sig")
+
+
+def test_import_pem(provider):
+    software = rsa.generate_private_key(65537, 3072)
+    pair = provider.import_pem("test-imported-pem", _private_pem(software))
+    try:
+        assert pair.info().bits == 3072 and not pair.info().extractable
+        key = SessionKey.generate("aes192")
+        assert pair.import_simpleblob(key.export_simpleblob(software.public_key(), oaep=True), oaep=True).key == key.key
+    finally:
+        provider.delete_key("test-imported-pem")
+    with pytest.raises(InvalidKeyError):
+        provider.import_pem("test-bad-pem", b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(BlobFormatError):
+        provider.import_private_blob("test-bad-blob", b"\x07\x02\x00\x00")
+
+
+# -- the single uniform failure -----------------------------------------------------------
+
+
+def _failing_blobs(exchange_key) -> dict[str, tuple[bytes, bool]]:
+    """SIMPLEBLOBs that are well-formed but must not yield a key, with the oaep flag to use."""
+    good = SessionKey.generate("aes256")
+    pkcs1 = good.export_simpleblob(exchange_key.public_blob())
+    other = rsa.generate_private_key(65537, 2048).public_key()
+    wrong_len = SimpleBlob(AlgId.CALG_AES_256, SimpleBlob.from_bytes(
+        SessionKey.generate("aes128").export_simpleblob(exchange_key.public_blob())).encrypted_key).to_bytes()
+    flipped = bytearray(pkcs1)
+    flipped[20] ^= 0x40
+    big_endian = pkcs1[:12] + pkcs1[12:][::-1]
+    return {
+        "wrong recipient": (good.export_simpleblob(other), False),
+        "key length not the ALG_ID's": (wrong_len, False),
+        "corrupted ciphertext": (bytes(flipped), False),
+        "big-endian ciphertext": (big_endian, False),
+        "oaep blob imported as pkcs1": (good.export_simpleblob(exchange_key.public_blob(), oaep=True), False),
+        "pkcs1 blob imported as oaep": (pkcs1, True),
+        "all zero": (pkcs1[:12] + bytes(256), False),
+        "shorter than the modulus": (pkcs1[:12] + pkcs1[12:-2], False),
+    }
+
+
+def test_every_secret_dependent_failure_is_one_error(provider, exchange_key):
+    messages = set()
+    for name, (blob, oaep) in _failing_blobs(exchange_key).items():
+        with pytest.raises(SessionKeyImportError) as caught:
+            exchange_key.import_simpleblob(blob, oaep=oaep)
+        messages.add(str(caught.value))
+        assert caught.value.__cause__ is None and caught.value.__suppress_context__, name
+    assert messages == {SESSION_KEY_IMPORT_FAILED}
+    assert provider.session_object_count() == 0
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda b: b[:7],
+    lambda b: b[:11],
+    lambda b: b"\x06" + b[1:],
+    lambda b: b[:1] + b"\x03" + b[2:],
+    lambda b: b[:4] + b"\x00\xa4" + b[6:],
+    lambda b: b[:8] + b"\x00\x24" + b[10:],
+    lambda b: b[:12] + b[12:13],
+], ids=["truncated header", "no wrap alg", "wrong bType", "wrong version", "RSA alg as session alg",
+        "wrong wrap alg", "one byte ciphertext"])
+def test_malformed_simpleblob_structure_is_blob_format_error(exchange_key, mutate):
+    blob = SessionKey.generate("aes128").export_simpleblob(exchange_key.public_blob())
+    with pytest.raises((BlobFormatError, UnsupportedAlgorithm)):
+        exchange_key.import_simpleblob(mutate(blob))
+
+
+# -- opening the token --------------------------------------------------------------------
+
+
+def test_open_errors_are_typed(softhsm_kit, tmp_path):
+    with pytest.raises(ModuleLoadError):
+        Provider.open(module=str(tmp_path / "missing.so"), pin="1234")
+    with pytest.raises(TokenNotFoundError):
+        Provider.open(token="no-such-token", pin="1234")
+    with pytest.raises(PinError, match="PIN incorrect"):
+        Provider.open(token="tokencsp-test-b", pin="not-the-pin")
+    with pytest.raises(ConfigError):
+        Provider.open(uri="pkcs11:tokn=typo", pin="1234")
+    with pytest.raises(ConfigError):
+        Provider.open(pin_file=tmp_path / "absent-pin-file")
+
+
+def test_open_by_uri_with_pin_source_and_serial(softhsm_kit, tmp_path, exchange_key):
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(softhsm_kit.user_pin + "\n")
+    uri = f"pkcs11:token=tokencsp-test-a;object=test-kx?pin-source=file:{pin_file}"
+    with Provider.open(uri=uri) as provider:
+        serial = provider.token_serial
+        assert provider.exchange_key("test-kx").public_blob() == exchange_key.public_blob()
+    with Provider.open(serial=serial, token=None, pin_file=pin_file) as provider:
+        assert provider.token_label == "tokencsp-test-a"
+
+
+def test_ambiguous_label_is_refused(provider, softhsm_kit, tmp_path):
+    """Two private keys with one label (as other tools can make): tokencsp refuses to pick one."""
+    key_file = tmp_path / "dup.pem"
+    for key_id in ("a1", "a2"):
+        key_file.write_bytes(_private_pem(rsa.generate_private_key(65537, 2048)))
+        # softhsm2-util takes the PIN on argv: acceptable only for this throwaway test token.
+        subprocess.run(["softhsm2-util", "--import", str(key_file), "--token", "tokencsp-test-a", "--label", "dup",
+                        "--id", key_id, "--pin", softhsm_kit.user_pin], check=True, capture_output=True,
+                       env={**os.environ})
+    from tokencsp.errors import AmbiguousKeyError
+    with pytest.raises(AmbiguousKeyError):
+        provider.exchange_key("dup")
+
+
+# -- threads ------------------------------------------------------------------------------
+
+
+def test_concurrent_imports_8_threads_x_500(provider, exchange_key):
+    public = exchange_key.public_blob()
+    jobs = []
+    for _ in range(8):
+        batch = []
+        for i in range(500):
+            key = SessionKey.generate(ALGS[i % len(ALGS)])
+            batch.append((key.key, key.export_simpleblob(public, oaep=bool(i % 2)), bool(i % 2)))
+        jobs.append(batch)
+    errors: list[BaseException] = []
+    wrong = []
+
+    def work(batch):
+        try:
+            for expected, blob, oaep in batch:
+                if exchange_key.import_simpleblob(blob, oaep=oaep).key != expected:
+                    wrong.append(blob)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(batch,)) for batch in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert wrong == []
+    assert provider.session_object_count() == 0
+
+
+# -- Wycheproof through the token ---------------------------------------------------------
+
+
+def test_wycheproof_rsa_pkcs1_2048_through_token(provider, vectors_dir):
+    import json
+
+    data = json.loads((vectors_dir / "rsa_pkcs1_2048_test.json").read_text())
+    counts = {"valid": 0, "invalid": 0}
+    for index, group in enumerate(data["testGroups"]):
+        name = f"wycheproof-pkcs1-{index}"
+        pair = provider.import_pem(name, group["privateKeyPem"].encode())
+        try:
+            for case in group["tests"]:
+                ct = bytes.fromhex(case["ct"])
+                if case["result"] == "valid":
+                    assert pair.unwrap_raw(ct) == bytes.fromhex(case["msg"]), case["tcId"]
+                else:
+                    with pytest.raises(SessionKeyImportError):
+                        pair.unwrap_raw(ct)
+                counts[case["result"]] += 1
+        finally:
+            provider.delete_key(name)
+    assert counts["valid"] > 0 and counts["invalid"] > 0
+    assert provider.session_object_count() == 0
