@@ -160,7 +160,7 @@ def cmd_capi_encrypt(args: argparse.Namespace) -> int:
 
 
 def cmd_capi_decrypt(args: argparse.Namespace) -> int:
-    blob = read_input(args.blob)
+    blob = blobs.SimpleBlob.from_bytes(read_input(args.blob))  # a broken file fails before any PIN prompt
     with _provider(args) as provider:
         key = provider.exchange_key(args.key).import_simpleblob(blob, oaep=args.oaep)
     try:

@@ -1,0 +1,62 @@
+# tokencsp developer entry points. Every target is idempotent; stamp files
+# inside .venv keep re-runs fast. `make` alone lists the targets.
+
+PYTHON      ?= python3
+VENV        := .venv
+VPY         := $(VENV)/bin/python
+STAMP       := $(VENV)/.tokencsp-installed
+STATE_DIR   := .softhsm
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help deps venv token demo test bench clean
+
+help:
+	@echo "tokencsp make targets:"
+	@echo "  venv    install system deps (softhsm2, python3-venv) and create .venv with '.[test]'"
+	@echo "  token   venv + project-local SoftHSM dev token in $(STATE_DIR)/ (label \$${TOKENCSP_TOKEN:-tokencsp-dev})"
+	@echo "  demo    token, then run tokencsp.demo against it (PIN \$${TOKENCSP_PIN:-1234})"
+	@echo "  test    venv, then pytest \$$(PYTEST_ARGS); tests make their own throwaway tokens"
+	@echo "  bench   venv, then run tokencsp.bench"
+	@echo "  clean   remove .venv, $(STATE_DIR) and caches"
+	@echo "variables: PYTHON=$(PYTHON) (>= 3.11), PYTEST_ARGS='...'"
+
+# Cheap check on every run (softhsm2 can vanish under an existing .venv);
+# the full install-deps.sh, which also probes `python -m venv`, runs with the
+# venv build below.
+deps:
+	@command -v softhsm2-util >/dev/null 2>&1 || PYTHON=$(PYTHON) softhsm/install-deps.sh
+
+$(STAMP): pyproject.toml softhsm/install-deps.sh | deps
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 || { \
+	  v=$$($(PYTHON) -c 'import sys; print("Python", sys.version.split()[0])' 2>/dev/null) || v="not runnable"; \
+	  echo "error: tokencsp needs Python >= 3.11, but PYTHON=$(PYTHON) is $$v;" \
+	       "run e.g. 'make PYTHON=python3.11 $(MAKECMDGOALS)'" >&2; exit 1; }
+	PYTHON=$(PYTHON) softhsm/install-deps.sh
+	@# A .venv whose interpreter no longer runs (moved repo, removed Python) is rebuilt.
+	@if [ -d $(VENV) ] && ! $(VPY) -c '' >/dev/null 2>&1; then echo "rebuilding broken $(VENV)"; rm -rf $(VENV); fi
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+venv: deps $(STAMP)
+
+token: venv
+	softhsm/setup-token.sh $(STATE_DIR)
+
+demo: token
+	. $(STATE_DIR)/env && TOKENCSP_PIN=$${TOKENCSP_PIN:-1234} $(VPY) -m tokencsp.demo
+
+# pytest exits 5 when it collected no test; make turns every failure into
+# exit 2, so name that case here, where the code is still known.
+test: venv
+	@rc=0; $(VPY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: no tests ran (pytest exit 5)" >&2; fi; \
+	exit $$rc
+
+bench: venv
+	$(VPY) -m tokencsp.bench
+
+clean:
+	rm -rf $(VENV) $(STATE_DIR) .pytest_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,204 @@
+"""The ``tokencsp`` command end to end, as a user runs it, against the test token."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tokencsp import SessionKey, blobs
+from tokencsp.blobs import PrivateKeyBlob
+
+
+def tokencsp(*args: str, input: bytes | None = None, env: dict | None = None, check: bool = True):
+    result = subprocess.run([sys.executable, "-m", "tokencsp", *args], input=input, capture_output=True,
+                            env={**os.environ, **(env or {})}, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"tokencsp {args} exited {result.returncode}: {result.stderr.decode()}")
+    return result
+
+
+def assert_one_line_error(result, code: int, needle: str) -> None:
+    assert result.returncode == code, result.stderr
+    err = result.stderr.decode()
+    assert err.startswith("tokencsp: error: "), err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert needle in err, err
+
+
+@pytest.fixture(scope="module")
+def cli_key(softhsm_kit):
+    tokencsp("key", "generate", "cli-kx")
+    yield "cli-kx"
+    tokencsp("key", "delete", "cli-kx", check=False)
+
+
+def test_help_lists_commands_and_exit_codes():
+    out = tokencsp("--help").stdout.decode()
+    for word in ("key", "blob", "capi", "exit status", "TOKENCSP_PIN"):
+        assert word in out
+    assert "--pin " not in out
+
+
+def test_generate_list_export(cli_key, tmp_path):
+    listing = json.loads(tokencsp("key", "list", "--json").stdout)
+    entry = next(k for k in listing if k["name"] == cli_key)
+    assert entry["sensitive"] and not entry["extractable"] and entry["never_extractable"] and entry["local"]
+    assert entry["usage"] == "exchange" and entry["bits"] == 2048
+    assert cli_key in tokencsp("key", "list").stdout.decode()
+
+    blob = tokencsp("key", "export", cli_key).stdout
+    assert blob[:20].hex() == "0602000000a40000525341310008000001000100"
+    pem_file = tmp_path / "pub.pem"
+    tokencsp("key", "export", cli_key, "--format", "pem", "-o", str(pem_file))
+    der = tokencsp("key", "export", cli_key, "--format", "der").stdout
+    pem_key = serialization.load_pem_public_key(pem_file.read_bytes())
+    assert pem_key.public_numbers() == serialization.load_der_public_key(der).public_numbers()
+    assert pem_key.public_numbers().n == blobs.PublicKeyBlob.from_bytes(blob).modulus
+
+
+def test_openssl_reads_exported_publickeyblob(cli_key, tmp_path):
+    path = tmp_path / "pub.blob"
+    tokencsp("key", "export", cli_key, "-o", str(path))
+    out = subprocess.run(["openssl", "rsa", "-pubin", "-inform", "MSBLOB", "-in", str(path), "-modulus", "-noout"],
+                         capture_output=True, check=True).stdout.decode()
+    assert int(out.strip().split("=")[1], 16) == blobs.PublicKeyBlob.from_bytes(path.read_bytes()).modulus
+
+
+@pytest.mark.parametrize("alg,oaep", [("aes256", False), ("aes128", True), ("3des", False), ("3des112", True),
+                                      ("aes192", False)])
+def test_capi_encrypt_then_decrypt_on_token(cli_key, tmp_path, alg, oaep):
+    pub = tmp_path / "pub.blob"
+    tokencsp("key", "export", cli_key, "-o", str(pub))
+    plain = tmp_path / "plain"
+    plain.write_bytes(os.urandom(3 * (1 << 20) + 5))  # crosses the CLI's 1 MiB chunking
+    flags = ["--oaep"] if oaep else []
+    tokencsp("capi", "encrypt", "--to", str(pub), "--alg", alg, *flags, "--blob-out", str(tmp_path / "sb"),
+             "-o", str(tmp_path / "ct"), str(plain))
+    info = json.loads(tokencsp("blob", "inspect", str(tmp_path / "sb"), "--json").stdout)
+    assert info["type"] == "SIMPLEBLOB" and info["recipient_bits"] == 2048
+    block = 8 if "des" in alg else 16
+    assert (tmp_path / "ct").stat().st_size == (plain.stat().st_size // block + 1) * block
+    tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / "sb"), *flags, "-o", str(tmp_path / "pt"),
+             str(tmp_path / "ct"))
+    assert (tmp_path / "pt").read_bytes() == plain.read_bytes()
+    # stdin/stdout work too
+    out = tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / "sb"), *flags,
+                   input=(tmp_path / "ct").read_bytes()).stdout
+    assert out == plain.read_bytes()
+
+
+def test_capi_output_decrypts_with_independent_host_key(cli_key, tmp_path):
+    """The sender side with a PEM recipient; the receiver is a plain cryptography key (no token)."""
+    software = rsa.generate_private_key(65537, 2048)
+    pem = tmp_path / "r.pem"
+    pem.write_bytes(software.public_key().public_bytes(serialization.Encoding.PEM,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
+    ct = tokencsp("capi", "encrypt", "--to", str(pem), "--alg", "aes128", "--blob-out", str(tmp_path / "sb"),
+                  input=b"hello").stdout
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    simple = blobs.SimpleBlob.from_bytes((tmp_path / "sb").read_bytes())
+    key = SessionKey.from_bytes(simple.alg_id, software.decrypt(simple.encrypted_key, padding.PKCS1v15()))
+    assert key.decrypt(ct) == b"hello"
+
+
+def test_import_private_blob_and_pem(tmp_path):
+    software = rsa.generate_private_key(65537, 2048)
+    (tmp_path / "k.blob").write_bytes(PrivateKeyBlob.from_private_key(software).to_bytes())
+    out = tokencsp("key", "import", "cli-imp", "--private-blob", str(tmp_path / "k.blob")).stdout.decode()
+    assert "cli-imp" in out and "exchange" in out
+    tokencsp("key", "delete", "cli-imp")
+    (tmp_path / "k.pem").write_bytes(software.private_bytes(serialization.Encoding.PEM,
+                                                            serialization.PrivateFormat.TraditionalOpenSSL,
+                                                            serialization.NoEncryption()))
+    out = tokencsp("key", "import", "cli-imp", "--pem", str(tmp_path / "k.pem"), "--usage", "signature").stdout
+    assert b"signature" in out
+    tokencsp("key", "delete", "cli-imp")
+    assert b"cli-imp" not in tokencsp("key", "list").stdout
+
+
+# -- failures: one line, non-zero, nothing left behind -----------------------------------------
+
+
+def test_tampered_blob_one_line_no_output_file(cli_key, tmp_path):
+    pub = tmp_path / "pub"
+    tokencsp("key", "export", cli_key, "-o", str(pub))
+    tokencsp("capi", "encrypt", "--to", str(pub), "--blob-out", str(tmp_path / "sb"), "-o", str(tmp_path / "ct"),
+             input=b"secret")
+    blob = bytearray((tmp_path / "sb").read_bytes())
+    blob[30] ^= 1
+    (tmp_path / "bad").write_bytes(bytes(blob))
+    result = tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / "bad"), "-o",
+                      str(tmp_path / "out"), str(tmp_path / "ct"), check=False)
+    assert_one_line_error(result, 4, "could not be imported")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "ct", "pub", "sb"]
+
+
+def test_corrupted_ciphertext_leaves_no_plaintext_file(cli_key, tmp_path):
+    pub = tmp_path / "pub"
+    tokencsp("key", "export", cli_key, "-o", str(pub))
+    tokencsp("capi", "encrypt", "--to", str(pub), "--blob-out", str(tmp_path / "sb"), "-o", str(tmp_path / "ct"),
+             input=os.urandom(5000))
+    ct = bytearray((tmp_path / "ct").read_bytes())
+    ct[-1] ^= 0xFF
+    (tmp_path / "ct").write_bytes(bytes(ct))
+    result = tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / "sb"), "-o",
+                      str(tmp_path / "out"), str(tmp_path / "ct"), check=False)
+    assert_one_line_error(result, 4, "bad padding")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tokencsp-")]
+
+
+@pytest.mark.parametrize("data,needle", [
+    (b"\x01\x02", "truncated"),
+    (b"\x05\x02\x00\x00\x10\x66\x00\x00\x00\xa4\x00\x00" + bytes(256), "bType"),
+    (b"\x01\x03\x00\x00\x10\x66\x00\x00\x00\xa4\x00\x00" + bytes(256), "bVersion"),
+    (b"\x06\x02\x00\x00\x00\xa4\x00\x00RSA2" + bytes(8), "magic"),
+])
+def test_bad_blob_files(tmp_path, data, needle):
+    path = tmp_path / "b"
+    path.write_bytes(data)
+    assert_one_line_error(tokencsp("blob", "inspect", str(path), check=False), 1, needle)
+
+
+def test_token_errors(tmp_path, softhsm_kit, cli_key):
+    assert_one_line_error(tokencsp("key", "list", env={"TOKENCSP_PIN": "wrong-pin", "TOKENCSP_TOKEN":
+                                                        "tokencsp-test-b"}, check=False), 3, "PIN incorrect")
+    assert_one_line_error(tokencsp("key", "list", "--token", "absent", check=False), 3, "no token")
+    assert_one_line_error(tokencsp("--module", str(tmp_path / "nope.so"), "key", "list", check=False), 3,
+                          "module not found")
+    assert_one_line_error(tokencsp("capi", "decrypt", "--key", "absent-key", "--blob", "/dev/null", check=False),
+                          1, "truncated")
+    (tmp_path / "sb").write_bytes(SessionKey.generate("aes128").export_simpleblob(
+        rsa.generate_private_key(65537, 2048).public_key()))
+    assert_one_line_error(tokencsp("capi", "decrypt", "--key", "absent-key", "--blob", str(tmp_path / "sb"),
+                                   check=False), 3, "absent-key")
+
+
+def test_pin_sources(tmp_path, softhsm_kit, cli_key):
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(softhsm_kit.user_pin + "\n")
+    env = {"TOKENCSP_PIN": ""}
+    assert b"cli-kx" in tokencsp("--pin-file", str(pin_file), "key", "list", env=env).stdout
+    uri = f"pkcs11:token=tokencsp-test-a?pin-source=file:{pin_file}"
+    assert b"cli-kx" in tokencsp("key", "list", "--uri", uri, env=env).stdout
+    # No PIN anywhere and no terminal: a clear error, not a hang.
+    assert_one_line_error(tokencsp("key", "list", env=env, check=False), 3, "no PIN")
+
+
+def test_missing_input_file_and_unwritable_output(tmp_path, cli_key):
+    pub = tmp_path / "pub"
+    tokencsp("key", "export", cli_key, "-o", str(pub))
+    assert_one_line_error(tokencsp("capi", "encrypt", "--to", str(pub), "--blob-out", str(tmp_path / "sb"),
+                                   str(tmp_path / "missing"), check=False), 1, "cannot read")
+    assert not (tmp_path / "sb").exists()
+    assert_one_line_error(tokencsp("capi", "encrypt", "--to", str(pub), "--blob-out",
+                                   str(tmp_path / "no-dir" / "sb"), input=b"x", check=False), 1, "cannot write")

@@ -1,0 +1,87 @@
+"""The SoftHSM kit that conftest builds: both tokens exist, the env is right,
+and no PIN lands in the config file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tokencsp.testing import SoftHSMKit, find_softhsm_module
+
+
+def _show_slots(conf: Path) -> str:
+    env = dict(os.environ, SOFTHSM2_CONF=str(conf))
+    proc = subprocess.run(
+        ["softhsm2-util", "--show-slots"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    return proc.stdout
+
+
+def _labels(show_slots: str) -> set[str]:
+    return {
+        line.split(":", 1)[1].strip()
+        for line in show_slots.splitlines()
+        if line.strip().startswith("Label:")
+    } - {""}
+
+
+def test_kit_created_both_tokens(softhsm_kit: SoftHSMKit) -> None:
+    conf = Path(softhsm_kit.environ()["SOFTHSM2_CONF"])
+    assert conf == softhsm_kit.conf_path
+    assert _labels(_show_slots(conf)) == {"tokencsp-test-a", "tokencsp-test-b"}
+    assert sorted(softhsm_kit.token_labels()) == ["tokencsp-test-a", "tokencsp-test-b"]
+
+
+def test_environ_is_applied_and_complete(softhsm_kit: SoftHSMKit) -> None:
+    env = softhsm_kit.environ()
+    assert set(env) == {"SOFTHSM2_CONF", "TOKENCSP_MODULE", "TOKENCSP_TOKEN", "TOKENCSP_PIN"}
+    assert env["TOKENCSP_TOKEN"] == softhsm_kit.labels[0] == "tokencsp-test-a"
+    assert env["TOKENCSP_PIN"] == softhsm_kit.user_pin
+    assert Path(env["TOKENCSP_MODULE"]).is_file()
+    assert env["TOKENCSP_MODULE"] == softhsm_kit.module == find_softhsm_module()
+    for name, value in env.items():
+        assert os.environ[name] == value
+
+
+def test_no_pin_in_config_file(softhsm_kit: SoftHSMKit) -> None:
+    text = softhsm_kit.conf_path.read_text()
+    assert softhsm_kit.user_pin not in text
+    assert softhsm_kit.so_pin not in text
+    assert f"directories.tokendir = {softhsm_kit.token_dir}" in text
+    # The store is private to this run, never the system token directory.
+    assert softhsm_kit.token_dir.is_relative_to(softhsm_kit.directory)
+    assert "PIN" not in repr(softhsm_kit) and softhsm_kit.user_pin not in repr(softhsm_kit)
+
+
+def test_kit_is_idempotent_and_pins_are_private(tmp_path: Path) -> None:
+    # Distinctive PINs, so a substring check cannot pass by accident.
+    user_pin, so_pin = "u-pin-7391", "so-pin-5528"
+    with SoftHSMKit(tmp_path, labels=("kit-x",), user_pin=user_pin, so_pin=so_pin) as kit:
+        slots_before = _show_slots(kit.conf_path)
+    with SoftHSMKit(tmp_path, labels=("kit-x", "kit-y"), user_pin=user_pin, so_pin=so_pin) as kit:
+        assert sorted(kit.token_labels()) == ["kit-x", "kit-y"]
+    assert "kit-x" in slots_before
+    text = kit.conf_path.read_text()
+    assert user_pin not in text and so_pin not in text
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert user_pin.encode() not in data and so_pin.encode() not in data
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [(), ("a" * 33,), ("dup", "dup"), (" padded",)],
+)
+def test_kit_rejects_bad_labels(tmp_path: Path, labels: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError):
+        SoftHSMKit(tmp_path, labels=labels)
+
+
+def test_kit_rejects_short_pin(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        SoftHSMKit(tmp_path, user_pin="123")

@@ -1,0 +1,212 @@
+"""A SoftHSM2 token kit for tests and benchmarks.
+
+:class:`SoftHSMKit` builds a private SoftHSM2 token store in a directory the
+caller owns (a temp dir), initialises one token per label with
+``softhsm2-util`` and hands back the environment that points tokencsp at it::
+
+    with SoftHSMKit(tmp_path, labels=("a", "b")) as kit:
+        kit.apply()               # SOFTHSM2_CONF, TOKENCSP_MODULE/TOKEN/PIN
+        ...                       # now load the PKCS#11 module
+
+A process sees only the tokens that existed when it initialised the PKCS#11
+module, so create every token (and apply the environment) *before* anything
+imports ``tokencsp.token`` or otherwise loads the module.
+
+Pure Python on purpose (subprocess and files only): it must work before the
+PKCS#11 module is loaded, and it never imports ``pkcs11``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["MODULE_CANDIDATES", "SoftHSMKit", "find_softhsm_module"]
+
+#: Where distributions put libsofthsm2.so; the same list as softhsm/setup-token.sh
+#: and tokencsp.config.SOFTHSM_MODULE_PATHS (kept separate so this kit loads
+#: nothing of tokencsp before the tokens exist).
+MODULE_CANDIDATES: tuple[str, ...] = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+    "/usr/lib64/pkcs11/libsofthsm2.so",
+    "/usr/lib64/softhsm/libsofthsm2.so",
+    "/opt/homebrew/lib/softhsm/libsofthsm2.so",
+)
+
+# Mirrors softhsm/softhsm2.conf.in; kept inline because that template is not
+# part of an installed package.
+_CONF_TEMPLATE = """\
+# SoftHSM v2 configuration written by tokencsp.testing.SoftHSMKit.
+directories.tokendir = {tokendir}
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+"""
+
+_INSTALL_HINT = "run `make test` (or softhsm/install-deps.sh), which installs softhsm2"
+
+# PKCS#11 token labels are CK_UTF8CHAR[32], space padded.
+_MAX_LABEL_BYTES = 32
+_UTIL_TIMEOUT_S = 60
+
+
+def find_softhsm_module() -> str | None:
+    """Path of libsofthsm2.so: ``$TOKENCSP_MODULE`` if it names a file, else the
+    first of :data:`MODULE_CANDIDATES` that exists, else ``None``."""
+    from_env = os.environ.get("TOKENCSP_MODULE")
+    if from_env and os.path.isfile(from_env):
+        return from_env
+    for candidate in MODULE_CANDIDATES:
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _parse_labels(show_slots_output: str) -> list[str]:
+    labels = []
+    for line in show_slots_output.splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep and key == "Label":
+            label = value.strip()
+            if label:  # uninitialised (free) slots have an empty label
+                labels.append(label)
+    return labels
+
+
+class SoftHSMKit:
+    """A private SoftHSM2 token store with one initialised token per label.
+
+    Entering the kit writes ``directory/softhsm2.conf`` and
+    ``directory/tokens`` and initialises every label that is not there yet,
+    so re-entering on the same directory is harmless. Leaving it removes
+    nothing: the directory belongs to the caller.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        labels: Sequence[str] = ("tokencsp-test",),
+        user_pin: str = "1234",
+        so_pin: str = "12345678",
+    ) -> None:
+        if isinstance(labels, str):
+            raise TypeError("labels must be a sequence of str, not a str")
+        labels = tuple(labels)
+        if not labels:
+            raise ValueError("at least one token label is required")
+        if len(set(labels)) != len(labels):
+            raise ValueError("token labels must be unique: tokens are found by label")
+        for label in labels:
+            size = len(label.encode("utf-8"))
+            if not 0 < size <= _MAX_LABEL_BYTES or label != label.strip():
+                raise ValueError(
+                    f"token label {label!r} must be 1 to {_MAX_LABEL_BYTES} bytes "
+                    "without leading or trailing spaces"
+                )
+        for name, pin in (("user_pin", user_pin), ("so_pin", so_pin)):
+            if not 4 <= len(pin) <= 255:  # SoftHSM's PIN length limits
+                raise ValueError(f"{name} must be 4 to 255 characters")
+
+        self.directory = Path(directory).resolve()
+        self.token_dir = self.directory / "tokens"
+        self.conf_path = self.directory / "softhsm2.conf"
+        self.labels: tuple[str, ...] = labels
+        self.user_pin = user_pin
+        self.so_pin = so_pin
+        self.module: str | None = None
+
+    def __repr__(self) -> str:  # no PINs
+        return f"SoftHSMKit(directory={str(self.directory)!r}, labels={self.labels!r})"
+
+    def __enter__(self) -> SoftHSMKit:
+        util = shutil.which("softhsm2-util")
+        if util is None:
+            raise RuntimeError(f"softhsm2-util not found on PATH; {_INSTALL_HINT}")
+        module = find_softhsm_module()
+        if module is None:
+            raise RuntimeError(
+                "libsofthsm2.so not found (looked at $TOKENCSP_MODULE and "
+                f"{', '.join(MODULE_CANDIDATES)}); {_INSTALL_HINT}"
+            )
+        self.module = module
+
+        self.token_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(_CONF_TEMPLATE.format(tokendir=self.token_dir))
+
+        existing = set(self.token_labels())
+        for label in self.labels:
+            if label in existing:
+                continue
+            # The PINs go on softhsm2-util's argv (visible to local `ps`):
+            # it reads them only from argv or a terminal. Acceptable ONLY
+            # because these are throwaway test tokens in a private temp store.
+            self._run_util(
+                "--init-token", "--free", "--label", label,
+                "--pin", self.user_pin, "--so-pin", self.so_pin,
+                what=f"initialising token {label!r}",
+            )
+        missing = set(self.labels) - set(self.token_labels())
+        if missing:
+            raise RuntimeError(f"softhsm2-util did not create tokens {sorted(missing)}")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def token_labels(self) -> list[str]:
+        """Labels of the initialised tokens in this kit's store, as
+        ``softhsm2-util --show-slots`` reports them."""
+        return _parse_labels(self._run_util("--show-slots", what="listing slots"))
+
+    def environ(self) -> dict[str, str]:
+        """The variables that point tokencsp at this kit's first token."""
+        if self.module is None:
+            raise RuntimeError("SoftHSMKit.environ() needs the kit entered first")
+        return {
+            "SOFTHSM2_CONF": str(self.conf_path),
+            "TOKENCSP_MODULE": self.module,
+            "TOKENCSP_TOKEN": self.labels[0],
+            "TOKENCSP_PIN": self.user_pin,
+        }
+
+    def apply(self) -> None:
+        """Put :meth:`environ` into ``os.environ`` for this process and its children."""
+        os.environ.update(self.environ())
+
+    def _run_util(self, *args: str, what: str) -> str:
+        env = dict(os.environ, SOFTHSM2_CONF=str(self.conf_path))
+        try:
+            proc = subprocess.run(
+                ["softhsm2-util", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=_UTIL_TIMEOUT_S,
+                check=False,
+            )
+        except FileNotFoundError as e:
+            raise RuntimeError(f"softhsm2-util not found on PATH; {_INSTALL_HINT}") from e
+        except subprocess.TimeoutExpired:
+            # `from None`: TimeoutExpired's message holds the argv, PINs included.
+            raise RuntimeError(
+                f"softhsm2-util timed out {what} after {_UTIL_TIMEOUT_S} s"
+            ) from None
+        if proc.returncode != 0:
+            # Never echo the command line: it may hold PINs.
+            detail = (proc.stderr or proc.stdout).strip()
+            raise RuntimeError(
+                f"softhsm2-util failed {what} (exit {proc.returncode}): {detail}"
+            )
+        return proc.stdout
