@@ -342,3 +342,25 @@ def test_wycheproof_rsa_pkcs1_2048_through_token(provider, vectors_dir):
             provider.delete_key(name)
     assert counts["valid"] > 0 and counts["invalid"] > 0
     assert provider.session_object_count() == 0
+
+
+def test_signature_key_signs_pss_sha256_on_token(provider):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    pair = provider.generate_signature_key("test-signer")
+    try:
+        signature = pair.sign(b"header bytes")
+        pair.public_key().verify(signature, b"header bytes",
+                                 padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
+        from cryptography.exceptions import InvalidSignature
+        with pytest.raises(InvalidSignature):
+            pair.public_key().verify(signature, b"other bytes",
+                                     padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
+    finally:
+        provider.delete_key("test-signer")
+
+
+def test_exchange_key_cannot_sign(exchange_key):
+    with pytest.raises(InvalidKeyError, match="not a signature key"):
+        exchange_key.sign(b"data")

@@ -151,6 +151,8 @@ class PublicKeyBlob:
     def __post_init__(self) -> None:
         if self.alg_id not in RSA_ALGS:
             raise InvalidKeyError(f"a public key blob needs an RSA ALG_ID, not {self.alg_id!r}")
+        if self.modulus < 0:
+            raise InvalidKeyError("RSA modulus must be positive")
         _rsa_bitlen(self.bitlen)
         if not 3 <= self.public_exponent < 2**32 or self.public_exponent % 2 == 0:
             raise InvalidKeyError("RSA public exponent must be odd, >= 3 and fit in 32 bits")
@@ -311,7 +313,8 @@ class SimpleBlob:
             raise UnsupportedAlgorithm(f"SIMPLEBLOB session key algorithm {self.alg_id!r} is not supported")
         if self.wrap_alg_id is not AlgId.CALG_RSA_KEYX:
             raise InvalidKeyError("SIMPLEBLOBs are wrapped with CALG_RSA_KEYX")
-        if not MIN_RSA_BITS // 8 <= len(self.encrypted_key) <= MAX_RSA_BITS // 8:
+        # Same rule as from_bytes(): an even length (bitlen is a multiple of 16).
+        if not MIN_RSA_BITS // 8 <= len(self.encrypted_key) <= MAX_RSA_BITS // 8 or len(self.encrypted_key) % 2:
             raise InvalidKeyError(f"encrypted key of {len(self.encrypted_key)} bytes is no RSA ciphertext")
 
     @classmethod

@@ -78,6 +78,10 @@ class KeyPair:
         alg = AlgId.CALG_RSA_KEYX if self.info().usage is not KeyUsage.SIGNATURE else AlgId.CALG_RSA_SIGN
         return PublicKeyBlob.from_public_key(self.public_key(), alg).to_bytes()
 
+    def sign(self, data: bytes) -> bytes:
+        """RSA-PSS/SHA-256 (32-byte salt) signature made on the token; needs a signature key."""
+        return self._token.sign_pss_sha256(self.key_id, data)
+
     def public_pem(self) -> bytes:
         return self.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 

@@ -30,6 +30,7 @@ from pkcs11 import exceptions as p11
 
 from .errors import (
     AmbiguousKeyError,
+    InvalidKeyError,
     KeyExistsError,
     KeyNotFoundError,
     ModuleLoadError,
@@ -242,6 +243,7 @@ _PRIVATE_PROTECTION = {
 _TRANSIENT_SECRET = {Attribute.TOKEN: False, Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: False}
 
 _OAEP_SHA1 = (Mechanism.SHA_1, pkcs11.MGF.SHA1, None)
+_PSS_SHA256 = (Mechanism.SHA256, pkcs11.MGF.SHA256, 32)
 
 SECRET_KEY_TYPES = {"aes": KeyType.AES, "des3": KeyType.DES3, "des2": KeyType.DES2, "generic": KeyType.GENERIC_SECRET}
 
@@ -488,6 +490,19 @@ class Token:
                 secret.destroy()
             except p11.PKCS11Error as exc:
                 raise map_error(exc, "destroying the unwrapped key") from None
+
+    def sign_pss_sha256(self, key_id: bytes, data: bytes) -> bytes:
+        """RSA-PSS (SHA-256, MGF1-SHA-256, 32-byte salt) signature by the private key with this CKA_ID."""
+        private = self._private_by_id(key_id)
+        if not hasattr(private, "sign"):  # python-pkcs11 gives keys without CKA_SIGN no sign()
+            raise InvalidKeyError("this key cannot sign: it is not a signature key")
+        try:
+            return bytes(private.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS_PSS, mechanism_param=_PSS_SHA256))
+        except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid):
+            self._local.keys.pop(key_id, None)
+            raise KeyNotFoundError("the signature key is no longer on the token") from None
+        except p11.PKCS11Error as exc:
+            raise map_error(exc, "signing") from None
 
     def count_session_objects(self) -> int:
         """Objects visible to this application that are not token objects (for leak checks)."""
