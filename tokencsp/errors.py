@@ -27,6 +27,21 @@ __all__ = [
     "AmbiguousKeyError",
     "KeyExistsError",
     "TokenOperationError",
+    "MessageRejected",
+    "EnvelopeFormatError",
+    "NotForThisKey",
+    "AuthenticationFailed",
+    "TruncatedMessage",
+    "ReplayError",
+    "ReplayedMessage",
+    "MessageTooOld",
+    "MessageFromFuture",
+    "SerialNotIncreasing",
+    "SignatureError",
+    "UntrustedSender",
+    "BadSignature",
+    "SignatureRequired",
+    "ReplayCacheError",
 ]
 
 
@@ -107,3 +122,88 @@ class KeyExistsError(TokenError):
 
 class TokenOperationError(TokenError):
     """A PKCS#11 call failed for a reason not covered above (the CKR name is in the message)."""
+
+
+# -- sealed messages (docs/FORMAT.md) ---------------------------------------------------
+#
+# Each refusal has its own type, a fixed message and a ``reason`` code that the
+# CLI maps to its own exit status.  What an attacker can provoke without the
+# recipient's key (bad padding, wrong key, altered ciphertext) all lands in
+# AuthenticationFailed with one message.
+
+
+class MessageRejected(TokenCSPError):
+    """A sealed message was refused; ``reason`` names why in one word."""
+
+    reason = "rejected"
+    default_message = "message rejected"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+
+
+class EnvelopeFormatError(MessageRejected, ValueError):
+    reason = "malformed"
+    default_message = "not a tokencsp sealed message"
+
+
+class NotForThisKey(MessageRejected):
+    reason = "not-for-this-key"
+    default_message = "message is not addressed to this key"
+
+
+class AuthenticationFailed(MessageRejected):
+    reason = "unauthenticated"
+    default_message = "message could not be authenticated"
+
+
+class TruncatedMessage(AuthenticationFailed):
+    reason = "truncated"
+    default_message = "message is truncated"
+
+
+class ReplayError(MessageRejected):
+    reason = "replay"
+
+
+class ReplayedMessage(ReplayError):
+    reason = "replayed"
+    default_message = "message was already accepted once (replay)"
+
+
+class MessageTooOld(ReplayError):
+    reason = "too-old"
+    default_message = "message is too old"
+
+
+class MessageFromFuture(ReplayError):
+    reason = "from-future"
+    default_message = "message timestamp is too far in the future"
+
+
+class SerialNotIncreasing(ReplayError):
+    reason = "serial-backwards"
+    default_message = "sender serial number did not increase"
+
+
+class SignatureError(MessageRejected):
+    reason = "signature"
+
+
+class UntrustedSender(SignatureError):
+    reason = "untrusted"
+    default_message = "sender is not trusted"
+
+
+class BadSignature(SignatureError):
+    reason = "bad-signature"
+    default_message = "sender signature does not verify"
+
+
+class SignatureRequired(SignatureError):
+    reason = "unsigned"
+    default_message = "message is unsigned but a trust set was given"
+
+
+class ReplayCacheError(TokenCSPError):
+    """The replay cache could not be read or written; nothing was accepted."""
