@@ -1,0 +1,24 @@
+"""README's library example runs as written (against the test token instead of the dev token)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_library_example_runs(softhsm_kit):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert blocks, "README has no python example"
+    code = blocks[0].replace('"tokencsp-dev"', '"tokencsp-test-b"').replace('"alice"', '"readme-alice"')
+    namespace: dict = {}
+    try:
+        exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    finally:
+        from tokencsp import Provider
+
+        with Provider.open(token="tokencsp-test-b") as provider:
+            if "readme-alice" in [k.name for k in provider.list_keys()]:
+                provider.delete_key("readme-alice")
+    assert namespace["key"].key == namespace["session"].key
