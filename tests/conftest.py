@@ -76,3 +76,17 @@ def vectors_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"Wycheproof vectors not found at {path}")
     return path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """One line per Wycheproof file run through the token: passed/failed/unsupported."""
+    import sys
+
+    module = sys.modules.get("test_wycheproof_token") or sys.modules.get("tests.test_wycheproof_token")
+    SUMMARY = getattr(module, "SUMMARY", {})
+    if not SUMMARY:
+        return
+    terminalreporter.section("Wycheproof through the token")
+    for name, tally in sorted(SUMMARY.items()):
+        terminalreporter.write_line(
+            f"{name}: {tally['passed']} passed, {tally['failed']} failed, {tally['unsupported']} unsupported")

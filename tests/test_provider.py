@@ -318,32 +318,6 @@ def test_concurrent_imports_8_threads_x_500(provider, exchange_key):
     assert provider.session_object_count() == 0
 
 
-# -- Wycheproof through the token ---------------------------------------------------------
-
-
-def test_wycheproof_rsa_pkcs1_2048_through_token(provider, vectors_dir):
-    import json
-
-    data = json.loads((vectors_dir / "rsa_pkcs1_2048_test.json").read_text())
-    counts = {"valid": 0, "invalid": 0}
-    for index, group in enumerate(data["testGroups"]):
-        name = f"wycheproof-pkcs1-{index}"
-        pair = provider.import_pem(name, group["privateKeyPem"].encode())
-        try:
-            for case in group["tests"]:
-                ct = bytes.fromhex(case["ct"])
-                if case["result"] == "valid":
-                    assert pair.unwrap_raw(ct) == bytes.fromhex(case["msg"]), case["tcId"]
-                else:
-                    with pytest.raises(SessionKeyImportError):
-                        pair.unwrap_raw(ct)
-                counts[case["result"]] += 1
-        finally:
-            provider.delete_key(name)
-    assert counts["valid"] > 0 and counts["invalid"] > 0
-    assert provider.session_object_count() == 0
-
-
 def test_signature_key_signs_pss_sha256_on_token(provider):
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding

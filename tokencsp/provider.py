@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import config
-from .blobs import SESSION_KEY_LENGTHS, AlgId, PrivateKeyBlob, PublicKeyBlob, SimpleBlob
+from .blobs import MAX_RSA_BITS, SESSION_KEY_LENGTHS, AlgId, PrivateKeyBlob, PublicKeyBlob, SimpleBlob
 from .errors import (
     InvalidKeyError,
     KeyNotFoundError,
@@ -41,8 +41,12 @@ _SECRET_TYPE = {
 }
 
 
-def _check_bits(bits: int, legacy: bool) -> None:
+def _check_bits(bits: int, legacy: bool, importing: bool = False) -> None:
     if bits in SUPPORTED_BITS or (legacy and bits in LEGACY_BITS):
+        return
+    # An existing key of an unusual size (1536, 8192...) can be brought over
+    # under the legacy flag; we never generate one.
+    if importing and legacy and 1024 <= bits <= MAX_RSA_BITS:
         return
     if bits in LEGACY_BITS:
         raise UnsupportedAlgorithm(f"{bits}-bit RSA is legacy only: pass legacy=True (--legacy) to allow it")
@@ -106,18 +110,36 @@ class ExchangeKey(KeyPair):
             raise SessionKeyImportError() from None
         return SessionKey.from_bytes(simple.alg_id, value)
 
-    def unwrap_raw(self, ciphertext: bytes, oaep: bool = False, secret_type: str = "generic") -> bytes:
+    def unwrap_raw(self, ciphertext: bytes, oaep: bool = False, secret_type: str = "generic", *,
+                   oaep_hash: str = "sha1", oaep_label: bytes = b"") -> bytes:
         """Unwrap an RSA ciphertext (PKCS#1 byte order) on the token and return the value.
 
         For interop and vector tests; same single failure as
-        :meth:`import_simpleblob`.
+        :meth:`import_simpleblob`.  ``oaep_hash``/``oaep_label`` reach other
+        OAEP variants where the token implements them (SoftHSM 2.6: SHA-1,
+        no label only; see :meth:`supports_oaep`).
         """
         try:
-            return self._token.unwrap_secret(self.key_id, ciphertext, oaep, secret_type)
+            return self._token.unwrap_secret(self.key_id, ciphertext, oaep, secret_type, oaep_hash, oaep_label)
         except KeyNotFoundError:
             raise
         except TokenCSPError:
             raise SessionKeyImportError() from None
+
+
+    def supports_oaep(self, hash_name: str = "sha1", label: bytes = b"") -> bool:
+        """Capability probe: does the token unwrap OAEP with this hash (MGF1 alike) and label?"""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        algorithm = {"sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256,
+                     "sha384": hashes.SHA384, "sha512": hashes.SHA512}[hash_name]()
+        probe = os.urandom(16)
+        wrapped = self.public_key().encrypt(probe, padding.OAEP(padding.MGF1(algorithm), algorithm, label or None))
+        try:
+            return self.unwrap_raw(wrapped, oaep=True, oaep_hash=hash_name, oaep_label=label) == probe
+        except SessionKeyImportError:
+            return False
 
 
 class Provider:
@@ -214,7 +236,7 @@ class Provider:
     def import_private_key(self, name: str, key: rsa.RSAPrivateKey, usage: KeyUsage | str = KeyUsage.EXCHANGE,
                            *, legacy: bool = False) -> KeyPair:
         usage = KeyUsage(usage)
-        _check_bits(key.key_size, legacy)
+        _check_bits(key.key_size, legacy, importing=True)
         key_id = self._token.import_rsa(name, _parts(key), usage)
         return self._wrap(name, key_id, usage)
 

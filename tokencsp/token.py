@@ -242,7 +242,23 @@ _PRIVATE_PROTECTION = {
 # on unwrap and reports 0 afterwards.
 _TRANSIENT_SECRET = {Attribute.TOKEN: False, Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: False}
 
-_OAEP_SHA1 = (Mechanism.SHA_1, pkcs11.MGF.SHA1, None)
+_OAEP_HASHES = {
+    "sha1": (Mechanism.SHA_1, pkcs11.MGF.SHA1),
+    "sha224": (Mechanism.SHA224, pkcs11.MGF.SHA224),
+    "sha256": (Mechanism.SHA256, pkcs11.MGF.SHA256),
+    "sha384": (Mechanism.SHA384, pkcs11.MGF.SHA384),
+    "sha512": (Mechanism.SHA512, pkcs11.MGF.SHA512),
+}
+
+
+def _oaep_params(hash_name: str, label: bytes | None) -> tuple:
+    """CK_RSA_PKCS_OAEP_PARAMS with MGF1 over the same hash (CRYPT_OAEP is SHA-1, no label)."""
+    try:
+        mechanism, mgf = _OAEP_HASHES[hash_name]
+    except KeyError:
+        raise InvalidKeyError(f"unknown OAEP hash {hash_name!r}") from None
+    return (mechanism, mgf, label or None)
+
 _PSS_SHA256 = (Mechanism.SHA256, pkcs11.MGF.SHA256, 32)
 
 SECRET_KEY_TYPES = {"aes": KeyType.AES, "des3": KeyType.DES3, "des2": KeyType.DES2, "generic": KeyType.GENERIC_SECRET}
@@ -452,14 +468,18 @@ class Token:
             key = cache[key_id] = self._private(key_id=key_id)
         return key
 
-    def unwrap_secret(self, key_id: bytes, wrapped: bytes, oaep: bool, secret_type: str) -> bytes:
+    def unwrap_secret(self, key_id: bytes, wrapped: bytes, oaep: bool, secret_type: str,
+                      oaep_hash: str = "sha1", oaep_label: bytes | None = None) -> bytes:
         """C_UnwrapKey into a transient session object, read its value, destroy it.
 
         A missing key is :class:`KeyNotFoundError`; every failure of the
         unwrap itself is mapped by :func:`map_error`.  Callers that must not
         reveal *why* an unwrap failed turn those into their own error.
         """
-        mechanism, param = (Mechanism.RSA_PKCS_OAEP, _OAEP_SHA1) if oaep else (Mechanism.RSA_PKCS, None)
+        if oaep:
+            mechanism, param = Mechanism.RSA_PKCS_OAEP, _oaep_params(oaep_hash, oaep_label)
+        else:
+            mechanism, param = Mechanism.RSA_PKCS, None
         for attempt in (1, 2):
             private = self._private_by_id(key_id)
             try:
