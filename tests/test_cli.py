@@ -202,3 +202,41 @@ def test_missing_input_file_and_unwritable_output(tmp_path, cli_key):
     assert not (tmp_path / "sb").exists()
     assert_one_line_error(tokencsp("capi", "encrypt", "--to", str(pub), "--blob-out",
                                    str(tmp_path / "no-dir" / "sb"), input=b"x", check=False), 1, "cannot write")
+
+
+def test_key_audit_flags_weak_keys(tmp_path, softhsm_kit, cli_key):
+    """A key made by another tool (softhsm2-util: 1024 bits, sign+unwrap+decrypt) is flagged."""
+    weak = rsa.generate_private_key(65537, 1024)
+    (tmp_path / "weak.pem").write_bytes(weak.private_bytes(serialization.Encoding.PEM,
+                                                           serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+    # softhsm2-util takes the PIN on argv: acceptable only for this throwaway test token.
+    subprocess.run(["softhsm2-util", "--import", str(tmp_path / "weak.pem"), "--token", "tokencsp-test-b",
+                    "--label", "audit-weak", "--id", "77", "--pin", softhsm_kit.user_pin],
+                   check=True, capture_output=True)
+    try:
+        result = tokencsp("key", "audit", "--token", "tokencsp-test-b", "--json", "--strict", check=False)
+        assert result.returncode == 5
+        report = {entry["name"]: entry for entry in json.loads(result.stdout)}
+        messages = " ".join(f["message"] for f in report["audit-weak"]["findings"] if f["level"] == "warning")
+        assert "1024-bit" in messages and "signs and unwraps" in messages
+        ok = tokencsp("key", "audit", "--json").stdout
+        entry = next(e for e in json.loads(ok) if e["name"] == cli_key)
+        assert [f for f in entry["findings"] if f["level"] == "warning"] == []
+    finally:
+        tokencsp("key", "delete", "audit-weak", "--token", "tokencsp-test-b")
+
+
+def test_generate_oaep_only(tmp_path):
+    tokencsp("key", "generate", "cli-oaep", "--oaep-only")
+    try:
+        pub = tmp_path / "pub"
+        tokencsp("key", "export", "cli-oaep", "-o", str(pub))
+        tokencsp("capi", "encrypt", "--to", str(pub), "--blob-out", str(tmp_path / "sb"), "-o", str(tmp_path / "ct"),
+                 input=b"x")
+        result = tokencsp("capi", "decrypt", "--key", "cli-oaep", "--blob", str(tmp_path / "sb"), str(tmp_path / "ct"),
+                          check=False)
+        assert_one_line_error(result, 4, "could not be imported")
+        assert b"oaep-only" in tokencsp("key", "list").stdout
+    finally:
+        tokencsp("key", "delete", "cli-oaep")

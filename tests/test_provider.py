@@ -338,3 +338,19 @@ def test_signature_key_signs_pss_sha256_on_token(provider):
 def test_exchange_key_cannot_sign(exchange_key):
     with pytest.raises(InvalidKeyError, match="not a signature key"):
         exchange_key.sign(b"data")
+
+
+def test_oaep_only_key_refuses_pkcs1_blobs(provider, exchange_key):
+    pair = provider.generate_exchange_key("test-oaep-only", oaep_only=True)
+    try:
+        assert pair.info().oaep_only
+        key = SessionKey.generate("aes256")
+        assert pair.import_simpleblob(key.export_simpleblob(pair.public_blob(), oaep=True), oaep=True).key == key.key
+        with pytest.raises(SessionKeyImportError):
+            pair.import_simpleblob(key.export_simpleblob(pair.public_blob()))
+        assert provider.session_object_count() == 0
+    finally:
+        provider.delete_key("test-oaep-only")
+    assert not provider.exchange_key("test-kx").info().oaep_only
+    with pytest.raises(InvalidKeyError, match="exchange keys"):
+        provider.generate_key("test-sig-oaep", usage="signature", oaep_only=True)

@@ -21,6 +21,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_TOKEN = 3
 EXIT_DECRYPT = 4
+EXIT_FINDINGS = 5
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """\
@@ -30,6 +31,7 @@ exit status:
   2  usage error
   3  token error (module, token, PIN, missing key)
   4  decryption failed (the session key blob or the ciphertext did not decrypt)
+  5  key audit --strict found warnings
 
 token selection: --module/TOKENCSP_MODULE (default: SoftHSM2), --token/TOKENCSP_TOKEN
 (label), --serial, or --uri/TOKENCSP_URI (RFC 7512, e.g. "pkcs11:token=dev?pin-source=file:/run/pin").
@@ -51,7 +53,7 @@ def _provider(args: argparse.Namespace):
 
 def cmd_key_generate(args: argparse.Namespace) -> int:
     with _provider(args) as provider:
-        pair = provider.generate_key(args.name, args.bits, args.usage, legacy=args.legacy)
+        pair = provider.generate_key(args.name, args.bits, args.usage, legacy=args.legacy, oaep_only=args.oaep_only)
         _print_info(pair.info())
     return EXIT_OK
 
@@ -72,7 +74,7 @@ def cmd_key_list(args: argparse.Namespace) -> int:
 def _print_info(info) -> None:
     flags = [name for name, on in (
         ("sensitive", info.sensitive), ("never-extractable", info.never_extractable),
-        ("local", info.local), ("EXTRACTABLE", info.extractable)) if on]
+        ("local", info.local), ("oaep-only", info.oaep_only), ("EXTRACTABLE", info.extractable)) if on]
     usage = info.usage.value if info.usage else "mixed"
     print(f"{info.name}\t{usage}\tRSA-{info.bits}\tid={info.id.hex()}\t{','.join(flags)}")
 
@@ -90,11 +92,31 @@ def cmd_key_import(args: argparse.Namespace) -> int:
     data = read_input(args.private_blob or args.pem)
     with _provider(args) as provider:
         if args.private_blob:
-            pair = provider.import_private_blob(args.name, data, legacy=args.legacy)
+            pair = provider.import_private_blob(args.name, data, legacy=args.legacy, oaep_only=args.oaep_only)
         else:
-            pair = provider.import_pem(args.name, data, usage=args.usage, legacy=args.legacy)
+            pair = provider.import_pem(args.name, data, usage=args.usage, legacy=args.legacy,
+                                       oaep_only=args.oaep_only)
         _print_info(pair.info())
     return EXIT_OK
+
+
+def cmd_key_audit(args: argparse.Namespace) -> int:
+    from .keyaudit import WARN, audit_key
+
+    with _provider(args) as provider:
+        infos = provider.list_keys()
+    report = [(info, audit_key(info)) for info in infos]
+    if args.json:
+        print(json.dumps([{**info.as_dict(), "findings": [{"level": f.level, "message": f.message} for f in found]}
+                          for info, found in report], indent=2))
+    else:
+        for info, found in report:
+            _print_info(info)
+            for finding in found:
+                print(f"  {finding.level}: {finding.message}")
+    warnings = sum(f.level == WARN for _, found in report for f in found)
+    print(f"{len(infos)} keys, {warnings} warnings", file=sys.stderr)
+    return EXIT_FINDINGS if warnings and args.strict else EXIT_OK
 
 
 def cmd_key_delete(args: argparse.Namespace) -> int:
@@ -197,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--bits", type=int, default=2048, help="2048 (default), 3072 or 4096")
     generate.add_argument("--usage", choices=("exchange", "signature"), default="exchange")
     generate.add_argument("--legacy", action="store_true", help="allow 1024-bit keys (CryptoAPI legacy)")
+    generate.add_argument("--oaep-only", action="store_true",
+                          help="allow only OAEP unwraps (CKA_ALLOWED_MECHANISMS); refuses non-CRYPT_OAEP peers")
     generate.set_defaults(func=cmd_key_generate)
 
     listing = key.add_parser("list", help="list key containers and their security attributes", parents=parents)
@@ -216,8 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--private-blob", metavar="FILE", help="CryptoAPI PRIVATEKEYBLOB (usage from its ALG_ID)")
     source.add_argument("--pem", metavar="FILE", help="unencrypted PEM private key (PKCS#8 or PKCS#1)")
     imp.add_argument("--usage", choices=("exchange", "signature"), default="exchange", help="for --pem")
-    imp.add_argument("--legacy", action="store_true", help="allow 1024-bit keys")
+    imp.add_argument("--legacy", action="store_true", help="allow 1024-bit and unusual key sizes")
+    imp.add_argument("--oaep-only", action="store_true", help="allow only OAEP unwraps (exchange keys)")
     imp.set_defaults(func=cmd_key_import)
+
+    audit = key.add_parser("audit", help="security attributes of every key, with warnings", parents=parents)
+    audit.add_argument("--json", action="store_true")
+    audit.add_argument("--strict", action="store_true", help="exit 5 when any warning is found")
+    audit.set_defaults(func=cmd_key_audit)
 
     delete = key.add_parser("delete", help="delete a key container (private and public halves)", parents=parents)
     delete.add_argument("name")

@@ -53,6 +53,12 @@ def _check_bits(bits: int, legacy: bool, importing: bool = False) -> None:
     raise UnsupportedAlgorithm(f"RSA key size {bits} unsupported; use one of {', '.join(map(str, SUPPORTED_BITS))}")
 
 
+def _oaep_only(usage: KeyUsage, requested: bool) -> bool:
+    if requested and usage is not KeyUsage.EXCHANGE:
+        raise InvalidKeyError("--oaep-only applies to exchange keys")
+    return requested
+
+
 def _parts(key: rsa.RSAPrivateKey) -> RsaPrivateParts:
     nums = key.private_numbers()
     pub = nums.public_numbers
@@ -186,14 +192,18 @@ class Provider:
     # -- key containers --------------------------------------------------
 
     def generate_key(self, name: str, bits: int = 2048, usage: KeyUsage | str = KeyUsage.EXCHANGE,
-                     *, legacy: bool = False) -> KeyPair:
+                     *, legacy: bool = False, oaep_only: bool = False) -> KeyPair:
+        """A new RSA pair on the token.  ``oaep_only`` (exchange keys) allows only
+        CKM_RSA_PKCS_OAEP: no PKCS#1 v1.5 padding oracle, no non-OAEP CryptoAPI peers."""
         usage = KeyUsage(usage)
         _check_bits(bits, legacy)
-        key_id = self._token.generate_rsa(name, bits, usage)
+        key_id = self._token.generate_rsa(name, bits, usage, oaep_only=_oaep_only(usage, oaep_only))
         return self._wrap(name, key_id, usage)
 
-    def generate_exchange_key(self, name: str, bits: int = 2048, *, legacy: bool = False) -> ExchangeKey:
-        return self.generate_key(name, bits, KeyUsage.EXCHANGE, legacy=legacy)  # type: ignore[return-value]
+    def generate_exchange_key(self, name: str, bits: int = 2048, *, legacy: bool = False,
+                              oaep_only: bool = False) -> ExchangeKey:
+        return self.generate_key(name, bits, KeyUsage.EXCHANGE, legacy=legacy,  # type: ignore[return-value]
+                                 oaep_only=oaep_only)
 
     def generate_signature_key(self, name: str, bits: int = 2048, *, legacy: bool = False) -> KeyPair:
         return self.generate_key(name, bits, KeyUsage.SIGNATURE, legacy=legacy)
@@ -216,14 +226,16 @@ class Provider:
         """Delete a key container; returns how many objects were destroyed."""
         return self._token.delete(name)
 
-    def import_private_blob(self, name: str, data: bytes, *, legacy: bool = False) -> KeyPair:
+    def import_private_blob(self, name: str, data: bytes, *, legacy: bool = False,
+                            oaep_only: bool = False) -> KeyPair:
         """Move a CryptoAPI PRIVATEKEYBLOB onto the token (usage from its ALG_ID)."""
         blob = PrivateKeyBlob.from_bytes(data)
         usage = KeyUsage.SIGNATURE if blob.alg_id is AlgId.CALG_RSA_SIGN else KeyUsage.EXCHANGE
-        return self.import_private_key(name, blob.to_private_key(), usage, legacy=legacy)
+        return self.import_private_key(name, blob.to_private_key(), usage, legacy=legacy, oaep_only=oaep_only)
 
     def import_pem(self, name: str, data: bytes, password: bytes | None = None,
-                   usage: KeyUsage | str = KeyUsage.EXCHANGE, *, legacy: bool = False) -> KeyPair:
+                   usage: KeyUsage | str = KeyUsage.EXCHANGE, *, legacy: bool = False,
+                   oaep_only: bool = False) -> KeyPair:
         """Move a PEM private key (PKCS#8 or PKCS#1) onto the token."""
         try:
             key = serialization.load_pem_private_key(data, password=password)
@@ -231,13 +243,13 @@ class Provider:
             raise InvalidKeyError(f"not a usable PEM private key: {exc}") from None
         if not isinstance(key, rsa.RSAPrivateKey):
             raise UnsupportedAlgorithm("only RSA private keys can be imported")
-        return self.import_private_key(name, key, usage, legacy=legacy)
+        return self.import_private_key(name, key, usage, legacy=legacy, oaep_only=oaep_only)
 
     def import_private_key(self, name: str, key: rsa.RSAPrivateKey, usage: KeyUsage | str = KeyUsage.EXCHANGE,
-                           *, legacy: bool = False) -> KeyPair:
+                           *, legacy: bool = False, oaep_only: bool = False) -> KeyPair:
         usage = KeyUsage(usage)
         _check_bits(key.key_size, legacy, importing=True)
-        key_id = self._token.import_rsa(name, _parts(key), usage)
+        key_id = self._token.import_rsa(name, _parts(key), usage, oaep_only=_oaep_only(usage, oaep_only))
         return self._wrap(name, key_id, usage)
 
     def _wrap(self, name: str, key_id: bytes, usage: KeyUsage) -> KeyPair:

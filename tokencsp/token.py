@@ -19,12 +19,14 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
 import pkcs11
+import pkcs11.attributes
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, _pkcs11
 from pkcs11 import exceptions as p11
 
@@ -179,6 +181,7 @@ class KeyInfo:
     can_decrypt: bool
     can_sign: bool
     has_public: bool
+    oaep_only: bool = False
 
     def as_dict(self) -> dict:
         return {
@@ -195,6 +198,7 @@ class KeyInfo:
             "decrypt": self.can_decrypt,
             "sign": self.can_sign,
             "has_public": self.has_public,
+            "oaep_only": self.oaep_only,
         }
 
 
@@ -264,6 +268,22 @@ _PSS_SHA256 = (Mechanism.SHA256, pkcs11.MGF.SHA256, 32)
 SECRET_KEY_TYPES = {"aes": KeyType.AES, "des3": KeyType.DES3, "des2": KeyType.DES2, "generic": KeyType.GENERIC_SECRET}
 
 
+class _AttributeMapper(pkcs11.attributes.AttributeMapper):
+    """python-pkcs11's mapper plus CKA_ALLOWED_MECHANISMS (a CK_MECHANISM_TYPE array)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_handler(Attribute.ALLOWED_MECHANISMS, _pack_mechanisms, _unpack_mechanisms)
+
+
+def _pack_mechanisms(values) -> bytes:
+    return struct.pack(f"@{len(values)}L", *values)
+
+
+def _unpack_mechanisms(data: bytes) -> list[int]:
+    return list(struct.unpack(f"@{len(data) // struct.calcsize('@L')}L", data))
+
+
 class Token:
     """An open, logged-in token: one login session plus one session per thread."""
 
@@ -290,7 +310,7 @@ class Token:
 
     def _open_session(self) -> pkcs11.Session:
         try:
-            session = self._token.open(rw=True)
+            session = self._token.open(rw=True, attribute_mapper=_AttributeMapper())
         except p11.PKCS11Error as exc:
             raise map_error(exc, "opening a session") from None
         with self._sessions_lock:
@@ -370,6 +390,7 @@ class Token:
                 can_decrypt=bool(key[Attribute.DECRYPT]),
                 can_sign=sign,
                 has_public=bool(publics),
+                oaep_only=_allowed(key) == [Mechanism.RSA_PKCS_OAEP],
             )
         except p11.PKCS11Error as exc:
             raise map_error(exc, "reading key attributes") from None
@@ -388,11 +409,18 @@ class Token:
         if self._find(ObjectClass.PRIVATE_KEY, name) or self._find(ObjectClass.PUBLIC_KEY, name):
             raise KeyExistsError(f"a key named {name!r} already exists on token {self.label!r}")
 
-    def generate_rsa(self, name: str, bits: int, usage: KeyUsage) -> bytes:
-        """Generate an RSA key pair on the token; returns its CKA_ID."""
+    def generate_rsa(self, name: str, bits: int, usage: KeyUsage, oaep_only: bool = False) -> bytes:
+        """Generate an RSA key pair on the token; returns its CKA_ID.
+
+        ``oaep_only`` restricts the private key to CKM_RSA_PKCS_OAEP through
+        CKA_ALLOWED_MECHANISMS: no PKCS#1 v1.5 oracle at all, at the price of
+        refusing CryptoAPI peers that do not set CRYPT_OAEP.
+        """
         self._refuse_existing(name)
         key_id = os.urandom(16)
         public_usage, private_usage = _USAGE_TEMPLATES[usage]
+        if oaep_only:
+            private_usage = {**private_usage, Attribute.ALLOWED_MECHANISMS: [Mechanism.RSA_PKCS_OAEP]}
         try:
             self.session().generate_keypair(
                 KeyType.RSA,
@@ -409,13 +437,15 @@ class Token:
             raise map_error(exc, f"generating {bits}-bit RSA key {name!r}") from None
         return key_id
 
-    def import_rsa(self, name: str, parts: RsaPrivateParts, usage: KeyUsage) -> bytes:
+    def import_rsa(self, name: str, parts: RsaPrivateParts, usage: KeyUsage, oaep_only: bool = False) -> bytes:
         """Put an existing RSA key on the token as a sensitive, non-extractable pair; returns its CKA_ID."""
         self._refuse_existing(name)
         key_id = hashlib.sha1(_int_bytes(parts.n)).digest()
         if self._find(ObjectClass.PRIVATE_KEY, key_id=key_id):
             raise KeyExistsError(f"this RSA key is already on token {self.label!r}")
         public_usage, private_usage = _USAGE_TEMPLATES[usage]
+        if oaep_only:
+            private_usage = {**private_usage, Attribute.ALLOWED_MECHANISMS: [Mechanism.RSA_PKCS_OAEP]}
         common = {Attribute.KEY_TYPE: KeyType.RSA, Attribute.ID: key_id, Attribute.LABEL: name,
                   Attribute.MODULUS: _int_bytes(parts.n), Attribute.PUBLIC_EXPONENT: _int_bytes(parts.e)}
         session = self.session()
@@ -530,6 +560,13 @@ class Token:
             return sum(1 for _ in self.session().get_objects({Attribute.TOKEN: False}))
         except p11.PKCS11Error as exc:
             raise map_error(exc, "listing session objects") from None
+
+
+def _allowed(key) -> list[int] | None:
+    try:
+        return list(key[Attribute.ALLOWED_MECHANISMS])
+    except p11.PKCS11Error:  # tokens without CKA_ALLOWED_MECHANISMS allow everything
+        return None
 
 
 def _destroy_quietly(obj) -> None:
