@@ -354,3 +354,15 @@ def test_oaep_only_key_refuses_pkcs1_blobs(provider, exchange_key):
     assert not provider.exchange_key("test-kx").info().oaep_only
     with pytest.raises(InvalidKeyError, match="exchange keys"):
         provider.generate_key("test-sig-oaep", usage="signature", oaep_only=True)
+
+
+def test_implicit_rejection_gives_a_stable_wrong_key(provider, exchange_key):
+    good = SessionKey.generate("aes256")
+    blob = good.export_simpleblob(exchange_key.public_blob())
+    assert exchange_key.import_simpleblob_implicit(blob).key == good.key
+    for name, (bad, oaep) in _failing_blobs(exchange_key).items():
+        first = exchange_key.import_simpleblob_implicit(bad, oaep=oaep)
+        second = exchange_key.import_simpleblob_implicit(bad, oaep=oaep)
+        assert first.key == second.key, name
+        assert len(first.key) == 32 and first.key != good.key, name
+    assert provider.session_object_count() == 0

@@ -8,6 +8,7 @@ runs on the host in :class:`~tokencsp.session.SessionKey`.
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Callable
 
@@ -102,6 +103,10 @@ class KeyPair:
 class ExchangeKey(KeyPair):
     """A key-exchange pair (AT_KEYEXCHANGE): its private half only unwraps."""
 
+    def __init__(self, token: Token, name: str, key_id: bytes) -> None:
+        super().__init__(token, name, key_id)
+        self._rejection_secret = os.urandom(32)
+
     def import_simpleblob(self, blob: bytes | SimpleBlob, oaep: bool = False) -> SessionKey:
         """CryptImportKey of a SIMPLEBLOB: the token unwraps, the host gets a SessionKey.
 
@@ -115,6 +120,28 @@ class ExchangeKey(KeyPair):
         if len(value) != SESSION_KEY_LENGTHS[simple.alg_id]:
             raise SessionKeyImportError() from None
         return SessionKey.from_bytes(simple.alg_id, value)
+
+    def import_simpleblob_implicit(self, blob: bytes | SimpleBlob, oaep: bool = False) -> SessionKey:
+        """Like :meth:`import_simpleblob`, but never fails on the secret: implicit rejection.
+
+        When the unwrap fails or yields the wrong length, the result is a key
+        derived from a per-key secret and the blob (HMAC-SHA256), as OpenSSL
+        3.2 does for PKCS#1 v1.5: the same bad blob always gives the same
+        wrong key, so the failure surfaces only where the payload fails to
+        authenticate -- one error, at one place, whatever the token did.
+        Only for authenticated payloads (the sealed-message format); a
+        CryptoAPI CBC payload has nothing to catch the wrong key.
+        """
+        simple = blob if isinstance(blob, SimpleBlob) else SimpleBlob.from_bytes(blob)
+        length = SESSION_KEY_LENGTHS[simple.alg_id]
+        wire = simple.to_bytes()
+        stream = b"".join(hmac.new(self._rejection_secret, bytes([i]) + wire, "sha256").digest()
+                          for i in range((length + 31) // 32))
+        substitute = stream[:length]
+        value = self._token.unwrap_secret(self.key_id, simple.encrypted_key, oaep, _SECRET_TYPE[simple.alg_id],
+                                          fallback=substitute)
+        # Padding fine but the wrong length: the same substitute, chosen without a branch on secrets' contents.
+        return SessionKey.from_bytes(simple.alg_id, value if len(value) == length else substitute)
 
     def unwrap_raw(self, ciphertext: bytes, oaep: bool = False, secret_type: str = "generic", *,
                    oaep_hash: str = "sha1", oaep_label: bytes = b"") -> bytes:

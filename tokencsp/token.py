@@ -499,17 +499,24 @@ class Token:
         return key
 
     def unwrap_secret(self, key_id: bytes, wrapped: bytes, oaep: bool, secret_type: str,
-                      oaep_hash: str = "sha1", oaep_label: bytes | None = None) -> bytes:
+                      oaep_hash: str = "sha1", oaep_label: bytes | None = None,
+                      fallback: bytes | None = None) -> bytes:
         """C_UnwrapKey into a transient session object, read its value, destroy it.
 
         A missing key is :class:`KeyNotFoundError`; every failure of the
         unwrap itself is mapped by :func:`map_error`.  Callers that must not
         reveal *why* an unwrap failed turn those into their own error.
+
+        With ``fallback`` (implicit rejection) a failed unwrap does not raise:
+        a transient object holding ``fallback`` is created, read and destroyed
+        instead, so both paths make the same PKCS#11 calls and take about the
+        same time (the object work is most of what a failure would skip).
         """
         if oaep:
             mechanism, param = Mechanism.RSA_PKCS_OAEP, _oaep_params(oaep_hash, oaep_label)
         else:
             mechanism, param = Mechanism.RSA_PKCS, None
+        unwrapped = False
         for attempt in (1, 2):
             private = self._private_by_id(key_id)
             try:
@@ -522,6 +529,7 @@ class Token:
                     capabilities=MechanismFlag(0),
                     template=_TRANSIENT_SECRET,
                 )
+                unwrapped = True
                 break
             except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid, p11.UnwrappingKeyHandleInvalid) as exc:
                 # The cached handle went stale (key deleted or re-created):
@@ -530,16 +538,32 @@ class Token:
                 if attempt == 2:
                     raise map_error(exc, "unwrapping") from None
             except p11.PKCS11Error as exc:
-                raise map_error(exc, "unwrapping") from None
+                if fallback is None:
+                    raise map_error(exc, "unwrapping") from None
+                secret = self._create_transient(fallback, secret_type)
+                break
         try:
-            return bytes(secret[Attribute.VALUE])
+            value = bytes(secret[Attribute.VALUE])
         except p11.PKCS11Error as exc:
             raise map_error(exc, "reading the unwrapped key") from None
+        else:
+            return value if unwrapped else fallback  # type: ignore[return-value]
         finally:
             try:
                 secret.destroy()
             except p11.PKCS11Error as exc:
                 raise map_error(exc, "destroying the unwrapped key") from None
+
+    def _create_transient(self, value: bytes, secret_type: str):
+        try:
+            return self.session().create_object({
+                Attribute.CLASS: ObjectClass.SECRET_KEY,
+                Attribute.KEY_TYPE: SECRET_KEY_TYPES[secret_type],
+                Attribute.VALUE: value,
+                **_TRANSIENT_SECRET,
+            })
+        except p11.PKCS11Error as exc:
+            raise map_error(exc, "creating a transient key") from None
 
     def sign_pss_sha256(self, key_id: bytes, data: bytes) -> bytes:
         """RSA-PSS (SHA-256, MGF1-SHA-256, 32-byte salt) signature by the private key with this CKA_ID."""

@@ -1,0 +1,104 @@
+"""``make audit``: is a bad SIMPLEBLOB distinguishable by time?  (Bleichenbacher/Marvin check.)
+
+On a throwaway SoftHSM token, times ``ExchangeKey.import_simpleblob_implicit``
+-- the path sealed messages take -- for two classes of blob, interleaved in
+random order so drift hits both alike:
+
+* valid:   PKCS#1 v1.5 padding correct, AES-256 key inside;
+* invalid: the same kind of blob with its ciphertext altered, so the padding
+           check fails inside the token (SoftHSM on OpenSSL 3.0 raises
+           CKR_GENERAL_ERROR; tokencsp substitutes an HMAC-derived key).
+
+Prints the means, medians and Welch's t statistic.  |t| < 4.5 is the usual
+TVLA threshold for "no leak detected at this sample size"; larger values
+mean the classes differ in time and a remote attacker with enough samples
+may tell them apart.  Results are recorded in docs/SECURITY.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TVLA_THRESHOLD = 4.5
+
+
+def welch_t(a: list[float], b: list[float]) -> float:
+    va, vb = statistics.variance(a), statistics.variance(b)
+    return (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va / len(a) + vb / len(b))
+
+
+def trimmed(samples: list[float], fraction: float = 0.01) -> list[float]:
+    """Drop the slowest 1% (scheduler preemption), as timing tools commonly do."""
+    keep = sorted(samples)[: max(2, int(len(samples) * (1 - fraction)))]
+    return keep
+
+
+def measure(pair, valid: list[bytes], invalid: list[bytes], oaep: bool) -> tuple[list[float], list[float]]:
+    order = [(True, blob) for blob in valid] + [(False, blob) for blob in invalid]
+    random.shuffle(order)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    clock = time.perf_counter_ns
+    for is_valid, blob in order:
+        start = clock()
+        pair.import_simpleblob_implicit(blob, oaep=oaep)
+        times[is_valid].append((clock() - start) / 1e3)
+    return times[True], times[False]
+
+
+def corrupt(blob: bytes) -> bytes:
+    body = bytearray(blob)
+    body[12 + random.randrange(len(body) - 12)] ^= 1 << random.randrange(8)
+    return bytes(body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tokencsp.timing_audit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=10_000, help="samples per class (default 10000)")
+    parser.add_argument("--oaep", action="store_true", help="audit OAEP blobs instead of PKCS#1 v1.5")
+    args = parser.parse_args(argv)
+
+    from .session import SessionKey
+    from .testing import SoftHSMKit
+
+    with tempfile.TemporaryDirectory(prefix="tokencsp-audit-") as scratch:
+        kit = SoftHSMKit(Path(scratch), labels=("tokencsp-audit",))
+        kit.__enter__()
+        kit.apply()
+        from .provider import Provider
+
+        with Provider.open(token="tokencsp-audit", pin=kit.user_pin) as provider:
+            pair = provider.generate_exchange_key("audit")
+            public = pair.public_blob()
+            print(f"building {args.samples} valid and {args.samples} invalid "
+                  f"{'OAEP' if args.oaep else 'PKCS#1 v1.5'} SIMPLEBLOBs for RSA-2048...", file=sys.stderr)
+            valid = [SessionKey.generate("aes256").export_simpleblob(public, oaep=args.oaep)
+                     for _ in range(args.samples)]
+            invalid = [corrupt(blob) for blob in
+                       (SessionKey.generate("aes256").export_simpleblob(public, oaep=args.oaep)
+                        for _ in range(args.samples))]
+            measure(pair, valid[:200], invalid[:200], args.oaep)  # warm-up
+            good, bad = measure(pair, valid, invalid, args.oaep)
+            leftover = provider.session_object_count()
+    good_t, bad_t = trimmed(good), trimmed(bad)
+    t = welch_t(good_t, bad_t)
+    print(f"valid padding:   n={len(good_t)} mean={statistics.fmean(good_t):8.1f} us "
+          f"median={statistics.median(good_t):8.1f} us")
+    print(f"invalid padding: n={len(bad_t)} mean={statistics.fmean(bad_t):8.1f} us "
+          f"median={statistics.median(bad_t):8.1f} us")
+    verdict = "no leak detected" if abs(t) < TVLA_THRESHOLD else "TIMING DIFFERENCE DETECTED"
+    print(f"Welch t = {t:+.2f} (|t| < {TVLA_THRESHOLD} passes): {verdict}")
+    print(f"session objects left on the token: {leftover}")
+    return 0 if leftover == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
