@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from tokencsp import blobs
 from tokencsp.blobs import (
     SESSION_KEY_LENGTHS,
     AlgId,
@@ -208,6 +207,10 @@ def patched(data: bytes, offset: int, new: bytes) -> bytes:
 
 def with_u32(data: bytes, offset: int, value: int) -> bytes:
     return patched(data, offset, struct.pack("<I", value))
+
+
+def _header(btype: int, alg: int) -> bytes:
+    return struct.pack("<BBHI", btype, 2, 0, alg)
 
 
 def flip(data: bytes, offset: int, bit: int) -> bytes:
@@ -677,17 +680,6 @@ def openssl_modulus(stdout: str) -> int:
     return int(match.group(1), 16)
 
 
-_TEXT_FIELDS = {
-    "modulus": "modulus",
-    "privateExponent": "privateExponent",
-    "prime1": "prime1",
-    "prime2": "prime2",
-    "exponent1": "exponent1",
-    "exponent2": "exponent2",
-    "coefficient": "coefficient",
-}
-
-
 def openssl_text_numbers(stdout: str) -> dict[str, int]:
     """Parse `openssl rsa -text -noout` into {field: int}."""
     values: dict[str, int] = {}
@@ -1084,13 +1076,10 @@ def test_plaintext_right_dwkeysize_wrong_key_length():
         parse(base + bytes(48))
 
 
-def _header(btype: int, alg: int) -> bytes:
-    return struct.pack("<BBHI", btype, 2, 0, alg)
-
-
 @pytest.mark.parametrize("length", [0, 1, 2, 46, 47, 49, 127, 129, 255, 2049, 2050, 4096])
 def test_simpleblob_ciphertext_length_rejected(length):
-    wire = _header(1, AlgId.CALG_AES_128) + struct.pack("<I", 0xA400) + bytes(range(256)) * (length // 256) + bytes(length % 256)
+    ciphertext = (bytes(range(256)) * 17)[:length]
+    wire = _header(1, AlgId.CALG_AES_128) + struct.pack("<I", 0xA400) + ciphertext
     assert len(wire) == 12 + length
     with pytest.raises(BlobFormatError, match=f"SIMPLEBLOB ciphertext of {length} bytes fits no RSA modulus"):
         parse(wire)
