@@ -9,7 +9,7 @@ STATE_DIR   := .softhsm
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv token demo test bench clean
+.PHONY: help deps venv token demo test bench audit clean
 
 help:
 	@echo "tokencsp make targets:"
@@ -18,6 +18,7 @@ help:
 	@echo "  demo    token, then run tokencsp.demo against it (PIN \$${TOKENCSP_PIN:-1234})"
 	@echo "  test    venv, then pytest \$$(PYTEST_ARGS); tests make their own throwaway tokens"
 	@echo "  bench   venv, then run tokencsp.bench"
+	@echo "  audit   venv, then the long checks: padding timing (Welch t) and 8x10000 / 4x2500 imports"
 	@echo "  clean   remove .venv, $(STATE_DIR) and caches"
 	@echo "variables: PYTHON=$(PYTHON) (>= 3.11), PYTEST_ARGS='...'"
 
@@ -56,6 +57,12 @@ test: venv
 
 bench: venv
 	$(VPY) -m tokencsp.bench
+
+AUDIT_SAMPLES ?= 10000
+audit: venv
+	$(VPY) -m tokencsp.timing_audit --samples $(AUDIT_SAMPLES)
+	$(VPY) -m tokencsp.timing_audit --samples $(AUDIT_SAMPLES) --oaep
+	$(VPY) -m tokencsp.stress
 
 clean:
 	rm -rf $(VENV) $(STATE_DIR) .pytest_cache .hypothesis build dist *.egg-info

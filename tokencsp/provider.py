@@ -283,6 +283,10 @@ class Provider:
         cls = ExchangeKey if usage is KeyUsage.EXCHANGE else KeyPair
         return cls(self._token, name, key_id)
 
+    def object_count(self) -> int:
+        """Every object visible on the token: the same before and after any import."""
+        return self._token.count_objects()
+
     def session_object_count(self) -> int:
         """Session (non-token) objects this application can see: 0 after every import."""
         return self._token.count_session_objects()

@@ -578,6 +578,13 @@ class Token:
         except p11.PKCS11Error as exc:
             raise map_error(exc, "signing") from None
 
+    def count_objects(self) -> int:
+        """Every object this application can see on the token (token and session objects)."""
+        try:
+            return sum(1 for _ in self.session().get_objects({}))
+        except p11.PKCS11Error as exc:
+            raise map_error(exc, "listing objects") from None
+
     def count_session_objects(self) -> int:
         """Objects visible to this application that are not token objects (for leak checks)."""
         try:
