@@ -42,6 +42,15 @@ __all__ = [
     "BadSignature",
     "SignatureRequired",
     "ReplayCacheError",
+    "ProtocolError",
+    "PeerAuthenticationFailed",
+    "UnknownPeer",
+    "PhaseTimeout",
+    "FrameTooLarge",
+    "PeerDisconnected",
+    "RecordError",
+    "TruncatedSession",
+    "PeerAborted",
 ]
 
 
@@ -207,3 +216,52 @@ class SignatureRequired(SignatureError):
 
 class ReplayCacheError(TokenCSPError):
     """The replay cache could not be read or written; nothing was accepted."""
+
+
+# -- the three-phase exchange (docs/THREEPHASE.md) -----------------------------------
+# ``abort_code`` is what a party sends in its ABORT frame for each failure.
+
+
+class ProtocolError(TokenCSPError):
+    """The peer broke the protocol, or the session is already over."""
+    abort_code = 1
+
+
+class PeerAuthenticationFailed(ProtocolError):
+    """The peer did not prove it holds the right key (bad MAC, failed unwrap, wrong key)."""
+    abort_code = 2
+
+
+class UnknownPeer(ProtocolError):
+    """The peer's name is not in the trust set."""
+    abort_code = 3
+
+
+class PhaseTimeout(ProtocolError):
+    """A handshake phase (or the record channel) passed its deadline."""
+    abort_code = 4
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame's length prefix exceeds the limit; its body was never read."""
+    abort_code = 5
+
+
+class PeerDisconnected(ProtocolError):
+    """The connection ended (or could not be made) before the protocol was done."""
+
+
+class RecordError(PeerAuthenticationFailed):
+    """A record failed authentication: altered, replayed, reordered or dropped."""
+
+
+class TruncatedSession(RecordError):
+    """The stream ended without the peer's close record."""
+
+
+class PeerAborted(ProtocolError):
+    """The peer sent ABORT; ``reason`` is its (unauthenticated) code."""
+
+    def __init__(self, reason: int, description: str) -> None:
+        self.reason = reason
+        super().__init__(f"the peer aborted the session: {description} (its unauthenticated claim)")

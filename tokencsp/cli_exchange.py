@@ -1,0 +1,140 @@
+"""``tokencsp listen`` and ``tokencsp send``: the three-phase exchange (docs/THREEPHASE.md) as commands.
+
+``add_commands(subparsers, parents)`` registers both; errors are raised as
+TokenCSPError and printed as one line by ``tokencsp.cli.main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from .errors import ConfigError
+from .net import NetConfig, Receiver, SessionResult, send_files
+from .threephase import TrustSet, check_name
+
+__all__ = ["add_commands", "cmd_listen", "cmd_send", "parse_address"]
+
+EXIT_OK = 0
+PROGRESS_MIN_BYTES = 16 << 20
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """HOST:PORT or [IPv6]:PORT."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _config(args: argparse.Namespace) -> NetConfig:
+    if args.timeout <= 0:
+        raise ConfigError("--timeout must be positive")
+    return NetConfig(phase_timeout=args.timeout, idle_timeout=max(args.timeout, 60.0))
+
+
+def _own_name(args: argparse.Namespace) -> str:
+    return check_name(args.name or args.key)
+
+
+def _say(text: str) -> None:
+    print(f"tokencsp: {text}", file=sys.stderr, flush=True)
+
+
+def _report(result: SessionResult) -> None:
+    who = result.peer or "unauthenticated peer"
+    if result.ok:
+        _say(f"received {len(result.files)} file(s) from {who} ({result.address}): {', '.join(result.files)}")
+    else:
+        _say(f"session with {who} ({result.address}) failed: {result.error}"
+             + (f" (kept {len(result.files)} complete file(s))" if result.files else ""))
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from .cli import _provider
+
+    trust = TrustSet.from_paths(args.peer)
+    if not trust:
+        raise ConfigError("no trusted peer keys were given")
+    if not os.path.isdir(args.out_dir):
+        raise ConfigError(f"--out-dir {args.out_dir} is not a directory")
+    name, config = _own_name(args), _config(args)
+    with _provider(args) as provider:
+        key = provider.exchange_key(args.key)
+        return asyncio.run(_listen(key, trust, name, args, config))
+
+
+async def _listen(key, trust: TrustSet, name: str, args: argparse.Namespace, config: NetConfig) -> int:
+    receiver = Receiver(key, trust, args.out_dir, name=name, config=config, once=args.once,
+                        on_session=None if args.once else _report)
+    async with receiver:
+        host, port = await receiver.start(args.host, args.port)
+        _say(f"listening on {host}:{port} as {name!r} for {', '.join(sorted(trust))}")
+        if not args.once:
+            await asyncio.Event().wait()  # until interrupted
+        (result,) = await receiver.wait_for(1)
+    if result.error is not None:
+        raise result.error
+    _say(f"received {len(result.files)} file(s) from {result.peer}: {', '.join(result.files)}")
+    return EXIT_OK
+
+
+def _progress():
+    if not sys.stderr.isatty():
+        return None
+
+    def show(name: str, sent: int, total: int) -> None:
+        if total >= PROGRESS_MIN_BYTES:
+            end = "\n" if sent == total else ""
+            print(f"\r{name}: {sent * 100 // total:3d}% of {total} bytes", end=end, file=sys.stderr, flush=True)
+    return show
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from .cli import _provider
+
+    host, port = parse_address(args.to)
+    trust = TrustSet.from_paths([args.peer])
+    if len(trust) != 1:
+        raise ConfigError("--peer must be one public key file")
+    (peer_name,) = trust
+    name, config = _own_name(args), _config(args)
+    for path in args.files:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path} is not a regular file")
+    with _provider(args) as provider:
+        key = provider.exchange_key(args.key)
+        sent = asyncio.run(send_files(key, trust, peer_name, host, port, args.files, name=name, config=config,
+                                      progress=_progress()))
+    _say(f"{peer_name} confirmed {len(sent)} file(s)")
+    return EXIT_OK
+
+
+def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
+    listen = subparsers.add_parser(
+        "listen", parents=parents,
+        help="receive files over the three-phase exchange (docs/THREEPHASE.md)")
+    listen.add_argument("--key", required=True, metavar="NAME", help="this party's exchange key on the token")
+    listen.add_argument("--name", help="this party's name (default: the key name)")
+    listen.add_argument("--peer", required=True, action="append", metavar="PUBKEY",
+                        help="a trusted sender's public key file (name = file stem) or a directory of them; repeatable")
+    listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    listen.add_argument("--port", required=True, type=int)
+    listen.add_argument("--out-dir", required=True, metavar="DIR", help="where received files are written")
+    listen.add_argument("--once", action="store_true", help="exit after one session; the exit code tells success")
+    listen.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="deadline per phase (30)")
+    listen.set_defaults(func=cmd_listen)
+
+    send = subparsers.add_parser(
+        "send", parents=parents, help="send files over the three-phase exchange (docs/THREEPHASE.md)")
+    send.add_argument("--key", required=True, metavar="NAME", help="this party's exchange key on the token")
+    send.add_argument("--name", help="this party's name (default: the key name)")
+    send.add_argument("--peer", required=True, metavar="PUBKEY", help="the receiver's public key file (name = file stem)")
+    send.add_argument("--to", required=True, metavar="HOST:PORT")
+    send.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="deadline per phase (30)")
+    send.add_argument("files", nargs="+", metavar="FILE")
+    send.set_defaults(func=cmd_send)
+

@@ -1,0 +1,342 @@
+"""The three-phase exchange over TCP (asyncio), and a file transfer on top of it.
+
+Frames are read with their 4-byte length first and refused above the limit
+before the body is read; each handshake phase has a deadline and the record
+channel an idle timeout.  Token work (the unwraps inside ``next_event`` while
+the handshake runs) happens in a worker thread, so one listener serves many
+sessions at once.  The file-transfer messages are in docs/THREEPHASE.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from .errors import InputError, OutputError
+from .fileio import atomic_output
+from .threephase import (
+    DEFAULT_MAX_FRAME, NEED_DATA, Close, ConnectionClosed, Data, HandshakeComplete, PeerDisconnected, PhaseTimeout,
+    ProtocolError, Role, ThreePhase, TrustSet, check_frame_length, check_name,
+)
+
+__all__ = ["NetConfig", "SessionResult", "Receiver", "send_files", "check_file_name"]
+
+_HEADER = struct.Struct(">H")
+_SIZE = struct.Struct(">Q")
+KIND_HEADER, KIND_DATA, KIND_ACK = b"H", b"D", b"K"
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    phase_timeout: float = 30.0   # each handshake phase
+    idle_timeout: float = 60.0    # each read / write drain after the handshake
+    max_frame: int = DEFAULT_MAX_FRAME
+    chunk_size: int = 64 * 1024
+
+
+@dataclass
+class SessionResult:
+    address: str
+    peer: str | None = None
+    files: list[str] = field(default_factory=list)
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def check_file_name(name: str) -> str:
+    """A received file name must be one plain path component (no traversal, no dot-files)."""
+    if (not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0")
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name) or len(name.encode("utf-8")) > 255):
+        raise ProtocolError(f"refused file name {name!r}")
+    return name
+
+
+class _Channel:
+    """One ThreePhase machine on one stream pair."""
+
+    def __init__(self, conn: ThreePhase, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 config: NetConfig) -> None:
+        self.conn, self.reader, self.writer, self.config = conn, reader, writer, config
+        self.loop = asyncio.get_running_loop()
+
+    async def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            self.writer.write(data)
+            async with asyncio.timeout(self.config.idle_timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            raise PhaseTimeout(f"the peer did not read for {self.config.idle_timeout:g} s") from None
+        except (ConnectionError, OSError) as exc:
+            raise PeerDisconnected(f"connection lost while sending ({type(exc).__name__})") from None
+
+    async def next_event(self):
+        conn = self.conn
+        while True:
+            if conn.handshaking:  # may unwrap on the token: keep the loop free
+                event = await asyncio.to_thread(conn.next_event, self.loop.time())
+            else:
+                event = conn.next_event(self.loop.time())
+            await self._write(conn.data_to_send())
+            if event is not NEED_DATA:
+                return event
+            await self._read_frame()
+
+    async def _read_frame(self) -> None:
+        conn, got = self.conn, b""
+        deadline = conn.deadline if conn.handshaking else self.loop.time() + self.config.idle_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                got = await self.reader.readexactly(4)
+                (length,) = struct.unpack(">I", got)
+                check_frame_length(length, self.config.max_frame)  # before reading the body
+                got += await self.reader.readexactly(length)
+        except TimeoutError:
+            what = conn.expecting
+            limit = conn.phase_timeout if conn.handshaking else self.config.idle_timeout
+            raise PhaseTimeout(f"timed out waiting for {what} ({limit:g} s)") from None
+        except asyncio.IncompleteReadError as exc:
+            conn.receive_data(got + exc.partial)
+            conn.receive_data(b"")
+            return
+        except (ConnectionError, OSError) as exc:
+            raise PeerDisconnected(f"connection lost ({type(exc).__name__})") from None
+        conn.receive_data(got)
+
+    async def send(self, event: Data | Close) -> None:
+        await self._write(self.conn.send(event))
+
+    async def expect(self, kind: type, what: str):
+        event = await self.next_event()
+        if not isinstance(event, kind):
+            raise ProtocolError(f"expected {what}, got {type(event).__name__}")
+        return event
+
+
+async def _run_session(conn: ThreePhase, reader, writer, config: NetConfig, body):
+    channel = _Channel(conn, reader, writer, config)
+    try:
+        await asyncio.to_thread(conn.start, channel.loop.time())
+        return await body(channel)
+    except BaseException as exc:
+        abort = conn.abort(exc)
+        if abort and not writer.is_closing():
+            with contextlib.suppress(Exception):
+                writer.write(abort)
+        raise
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await writer.wait_closed()
+
+
+# -- receiver --------------------------------------------------------------------------
+
+class _Incoming:
+    """One file being received: committed whole, or never visible."""
+
+    def __init__(self, out_dir: str, name: str, size: int) -> None:
+        self.size, self.received, self.digest = size, 0, hashlib.sha256()
+        self._cm = atomic_output(os.path.join(out_dir, check_file_name(name)))
+        self._fh = self._cm.__enter__()
+
+    def write(self, data: bytes) -> None:
+        if self.received + len(data) > self.size:
+            raise ProtocolError("the sender sent more bytes than the file's announced size")
+        self._fh.write(data)
+        self.digest.update(data)
+        self.received += len(data)
+
+    def commit(self) -> bytes:
+        self._cm.__exit__(None, None, None)
+        return self.digest.digest()
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self._cm.__exit__(OutputError, OutputError("transfer aborted"), None)
+
+
+async def _receive_files(channel: _Channel, out_dir: str, result: SessionResult) -> None:
+    hello = await channel.expect(HandshakeComplete, "the handshake")
+    result.peer = hello.peer_name
+    while True:
+        event = await channel.next_event()
+        if isinstance(event, Close):
+            break
+        if not isinstance(event, Data) or event.data[:1] != KIND_HEADER:
+            raise ProtocolError("expected a file header")
+        name, size = _parse_header(event.data)
+        if name in result.files:
+            raise ProtocolError(f"file {name!r} was sent twice")
+        incoming = _Incoming(out_dir, name, size)
+        try:
+            while incoming.received < size:
+                chunk = await channel.expect(Data, "file data")
+                if chunk.data[:1] != KIND_DATA:
+                    raise ProtocolError("expected file data")
+                incoming.write(chunk.data[1:])
+            digest = incoming.commit()
+        except BaseException:
+            incoming.discard()
+            raise
+        result.files.append(name)
+        await channel.send(Data(KIND_ACK + digest))
+    await channel.expect(ConnectionClosed, "the end of the stream after the close record")
+    await channel.send(Close())
+
+
+def _parse_header(data: bytes) -> tuple[str, int]:
+    try:
+        (length,) = _HEADER.unpack_from(data, 1)
+        name = data[3 : 3 + length].decode("utf-8")
+        (size,) = _SIZE.unpack_from(data, 3 + length)
+    except (struct.error, UnicodeDecodeError):
+        raise ProtocolError("malformed file header") from None
+    if len(data) != 3 + length + _SIZE.size:
+        raise ProtocolError("malformed file header")
+    return check_file_name(name), size
+
+
+class Receiver:
+    """A listener: every connection is one responder session writing files to ``out_dir``."""
+
+    def __init__(self, key, trust: TrustSet, out_dir: str, *, name: str | None = None,
+                 config: NetConfig = NetConfig(), local_public: rsa.RSAPublicKey | None = None,
+                 once: bool = False, on_session: Callable[[SessionResult], None] | None = None) -> None:
+        if not os.path.isdir(out_dir):
+            raise OutputError(f"output directory {out_dir} does not exist")
+        self.key, self.trust, self.out_dir, self.config = key, trust, out_dir, config
+        self.name = check_name(name or key.name)
+        self.local_public, self.once, self.on_session = local_public, once, on_session
+        self.results: list[SessionResult] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._changed = asyncio.Condition()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        if self.local_public is None:
+            self.local_public = await asyncio.to_thread(self.key.public_key)
+        self._server = await asyncio.start_server(self._handle, host, port)
+        return self._server.sockets[0].getsockname()[:2]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        peer = writer.get_extra_info("peername")
+        result = SessionResult(f"{peer[0]}:{peer[1]}" if peer else "?")
+        if self.once:
+            if self._tasks or self.results:
+                writer.close()
+                return
+            self._server.close()
+        self._tasks.add(task)
+        try:
+            conn = ThreePhase(Role.RESPONDER, self.name, self.key, self.trust, local_public=self.local_public,
+                              phase_timeout=self.config.phase_timeout, max_frame=self.config.max_frame)
+            await _run_session(conn, reader, writer, self.config,
+                               lambda ch: _receive_files(ch, self.out_dir, result))
+        except Exception as exc:
+            result.error = exc
+        except asyncio.CancelledError:  # close(): end quietly, the result says why
+            result.error = PeerDisconnected("the session was cut off: the listener shut down")
+        finally:
+            writer.close()
+            self.results.append(result)
+            if self.on_session:
+                self.on_session(result)
+            async with self._changed:
+                self._changed.notify_all()
+            self._tasks.discard(task)
+
+    async def wait_for(self, count: int) -> list[SessionResult]:
+        """Wait until ``count`` sessions have ended."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.results) >= count)
+        return self.results[:count]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> Receiver:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+
+# -- sender ----------------------------------------------------------------------------
+
+async def send_files(key, trust: TrustSet, peer_name: str, host: str, port: int, paths: Sequence[str], *,
+                     name: str | None = None, config: NetConfig = NetConfig(),
+                     local_public: rsa.RSAPublicKey | None = None, progress: Progress | None = None) -> list[str]:
+    """Send files to a Receiver; returns their names once the receiver confirmed every one."""
+    files = []
+    for path in paths:
+        try:
+            size = os.stat(path).st_size
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror}") from None
+        base = check_file_name(os.path.basename(path))
+        if any(base == other for _, other, _ in files):
+            raise InputError(f"two files are named {base!r}")
+        files.append((path, base, size))
+    if local_public is None:
+        local_public = await asyncio.to_thread(key.public_key)
+    conn = ThreePhase(Role.INITIATOR, name or key.name, key, trust, peer_name=peer_name, local_public=local_public,
+                      phase_timeout=config.phase_timeout, max_frame=config.max_frame)
+    try:
+        async with asyncio.timeout(config.phase_timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError) as exc:
+        raise PeerDisconnected(f"cannot connect to {host}:{port}: {getattr(exc, 'strerror', None) or 'timed out'}") from None
+    chunk = min(config.chunk_size, conn.max_record - 1)
+    return await _run_session(conn, reader, writer, config, lambda ch: _send(ch, files, chunk, progress))
+
+
+async def _send(channel: _Channel, files, chunk: int, progress: Progress | None) -> list[str]:
+    await channel.expect(HandshakeComplete, "the handshake")
+    confirmed = []
+    for path, base, size in files:
+        encoded = base.encode("utf-8")
+        await channel.send(Data(KIND_HEADER + _HEADER.pack(len(encoded)) + encoded + _SIZE.pack(size)))
+        digest, sent = hashlib.sha256(), 0
+        try:
+            with open(path, "rb") as handle:
+                while sent < size:
+                    data = handle.read(min(chunk, size - sent))
+                    if not data:
+                        raise InputError(f"{path} shrank while it was being sent")
+                    digest.update(data)
+                    await channel.send(Data(KIND_DATA + data))
+                    sent += len(data)
+                    if progress:
+                        progress(base, sent, size)
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror}") from None
+        ack = await channel.expect(Data, "the receiver's confirmation")
+        if ack.data != KIND_ACK + digest.digest():
+            raise ProtocolError(f"the receiver's confirmation of {base!r} does not match what was sent")
+        confirmed.append(base)
+    await channel.send(Close())
+    if channel.writer.can_write_eof():
+        channel.writer.write_eof()
+    await channel.expect(Close, "the receiver's close record")
+    await channel.expect(ConnectionClosed, "the end of the stream")
+    return confirmed
