@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tokencsp import Provider, SessionKey, blobs
+from tokencsp import Provider, SessionKey
 from tokencsp.blobs import AlgId, PrivateKeyBlob, PublicKeyBlob, SimpleBlob
 from tokencsp.errors import (
     BlobFormatError,
