@@ -46,6 +46,9 @@ def _build_kit() -> SoftHSMKit:
         # skipping would let CI pass having tested nothing that needs a token.
         raise RuntimeError(f"cannot create the SoftHSM test tokens: {e}") from None
     kit.apply()
+    # Replay caches and serial counters default to the user's state directory:
+    # keep the suite's inside the throwaway directory.
+    os.environ["XDG_STATE_HOME"] = str(directory / "state")
     return kit
 
 

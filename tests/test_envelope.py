@@ -764,3 +764,26 @@ def test_vector_from_format_md(vector_receiver):
                        serial=42, now=now, chunk_size=64, message_id=v["message-id"],
                        session_key=v["session-key"], key_blob=v["key-blob"])
     assert again == message
+
+
+def test_top_level_seal_and_open_over_bytes_and_streams(softhsm_kit):
+    import io
+
+    import tokencsp
+    from tokencsp.errors import ReplayedMessage
+
+    with tokencsp.Provider.open(token="tokencsp-test-b") as provider:
+        receiver = provider.generate_exchange_key("api-rx")
+        try:
+            cache = tokencsp.MemoryReplayCache()
+            sealed = tokencsp.seal(b"hello", receiver.public_blob())
+            assert tokencsp.open(sealed, receiver, cache=cache) == b"hello"
+            with pytest.raises(ReplayedMessage):
+                tokencsp.open(sealed, receiver, cache=cache)
+            sink = io.BytesIO()
+            header = tokencsp.seal(io.BytesIO(b"streamed"), receiver.public_key(), sink=sink)
+            out = io.BytesIO()
+            opened = tokencsp.open(io.BytesIO(sink.getvalue()), receiver, cache=cache, sink=out)
+            assert out.getvalue() == b"streamed" and opened.header.message_id == header.message_id
+        finally:
+            provider.delete_key("api-rx")

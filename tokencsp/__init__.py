@@ -6,23 +6,79 @@ does, once per process.
 
 from __future__ import annotations
 
+import io
+from typing import BinaryIO
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from . import blobs, errors
 from .blobs import AlgId
+from .envelope import Header, Opened
 from .errors import TokenCSPError
 from .provider import ExchangeKey, KeyInfo, KeyPair, KeyUsage, Provider
+from .replay import MemoryReplayCache, ReplayCache, ReplayPolicy, SQLiteReplayCache
 from .session import SessionKey
 
 __all__ = [
     "AlgId",
     "ExchangeKey",
+    "Header",
     "KeyInfo",
     "KeyPair",
     "KeyUsage",
+    "MemoryReplayCache",
+    "Opened",
     "Provider",
+    "ReplayCache",
+    "ReplayPolicy",
+    "SQLiteReplayCache",
     "SessionKey",
     "TokenCSPError",
     "blobs",
     "errors",
+    "open",
+    "seal",
 ]
 
 __version__ = "0.1.0"
+
+
+def seal(data: bytes | BinaryIO, recipient: rsa.RSAPublicKey | bytes, *, sink: BinaryIO | None = None,
+         **options) -> bytes | Header:
+    """Seal ``data`` (bytes, or a binary reader with ``sink``) to ``recipient`` (docs/FORMAT.md).
+
+    ``recipient`` is a ``cryptography`` RSA public key or PUBLICKEYBLOB/PEM/DER
+    bytes; ``options`` are those of :func:`tokencsp.envelope.seal` (``signer``,
+    ``serial``, ``oaep``...).  Returns the sealed bytes, or the header when
+    writing to ``sink``.
+    """
+    from . import envelope
+    from .pubkeys import load_public_key
+
+    key = recipient if isinstance(recipient, rsa.RSAPublicKey) else load_public_key(recipient)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        out = io.BytesIO()
+        envelope.seal(io.BytesIO(bytes(data)), out, key, **options)
+        return out.getvalue()
+    if sink is None:
+        raise TypeError("sealing a stream needs sink=")
+    return envelope.seal(data, sink, key, **options)
+
+
+def open(data: bytes | BinaryIO, receiver: ExchangeKey, *, cache: ReplayCache, sink: BinaryIO | None = None,
+         **options) -> bytes | Opened:  # noqa: A001 - tokencsp.open mirrors tokencsp.seal
+    """Open a sealed message with ``receiver`` (an :class:`ExchangeKey` on the token).
+
+    ``cache`` is the replay cache (e.g. ``SQLiteReplayCache()``); ``options`` are
+    ``policy``, ``trust`` and ``now``.  Returns the plaintext for bytes input;
+    with a reader and ``sink``, streams into ``sink`` and returns :class:`Opened`.
+    """
+    from . import envelope
+
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        out = io.BytesIO()
+        envelope.open_message(io.BytesIO(bytes(data)), out, receiver, cache=cache, **options)
+        return out.getvalue()
+    if sink is None:
+        raise TypeError("opening a stream needs sink=")
+    return envelope.open_message(data, sink, receiver, cache=cache, **options)

@@ -24,14 +24,41 @@ EXIT_DECRYPT = 4
 EXIT_FINDINGS = 5
 EXIT_INTERRUPTED = 130
 
+# Each refusal of a sealed message has its own status, so scripts can tell
+# "replayed" from "tampered" without parsing text.
+REFUSAL_EXIT_CODES = {
+    "unauthenticated": 10, "truncated": 11, "not-for-this-key": 12, "malformed": 13,
+    "replayed": 20, "too-old": 21, "from-future": 22, "serial-backwards": 23,
+    "untrusted": 30, "bad-signature": 31, "unsigned": 32,
+}
+EXIT_PROTOCOL = 40
+EXIT_PEER_AUTH = 41
+EXIT_UNKNOWN_PEER = 42
+EXIT_TIMEOUT = 43
+
 EXIT_CODES_HELP = """\
 exit status:
   0  success
-  1  error (bad input file, unusable key, I/O failure)
+  1  error (bad input file, unusable key, I/O failure, replay cache unusable)
   2  usage error
   3  token error (module, token, PIN, missing key)
   4  decryption failed (the session key blob or the ciphertext did not decrypt)
   5  key audit --strict found warnings
+ 10  open: message could not be authenticated (tampered, wrong key blob)
+ 11  open: message is truncated
+ 12  open: message is not addressed to this key
+ 13  open: not a sealed message (malformed header)
+ 20  open: replayed (already accepted once)
+ 21  open: too old (--max-age)
+ 22  open: timestamp too far in the future (--max-skew)
+ 23  open: sender serial number did not increase
+ 30  open: sender not in --trust
+ 31  open: sender signature does not verify
+ 32  open: unsigned message but --trust was given
+ 40  listen/send: protocol error
+ 41  listen/send: the peer failed to authenticate (wrong key, tampering, replay)
+ 42  listen/send: unknown peer
+ 43  listen/send: a phase timed out
 
 token selection: --module/TOKENCSP_MODULE (default: SoftHSM2), --token/TOKENCSP_TOKEN
 (label), --serial, or --uri/TOKENCSP_URI (RFC 7512, e.g. "pkcs11:token=dev?pin-source=file:/run/pin").
@@ -279,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "a failure at the end still exits non-zero)")
     dec.add_argument("input", nargs="?", help="ciphertext file (default: stdin)")
     dec.set_defaults(func=cmd_capi_decrypt)
+
+    from . import cli_exchange, cli_seal
+
+    cli_seal.add_commands(commands, parents)
+    cli_exchange.add_commands(commands, parents)
     return parser
 
 
@@ -292,6 +324,14 @@ def _add_token_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _exit_code(exc: errors.TokenCSPError) -> int:
+    if isinstance(exc, errors.MessageRejected):
+        return REFUSAL_EXIT_CODES.get(exc.reason, EXIT_ERROR)
+    if isinstance(exc, errors.ProtocolError):
+        for kind, code in ((errors.PeerAuthenticationFailed, EXIT_PEER_AUTH), (errors.UnknownPeer, EXIT_UNKNOWN_PEER),
+                           (errors.PhaseTimeout, EXIT_TIMEOUT)):
+            if isinstance(exc, kind):
+                return code
+        return EXIT_PROTOCOL
     if isinstance(exc, errors.DecryptionError):
         return EXIT_DECRYPT
     if isinstance(exc, errors.TokenError):

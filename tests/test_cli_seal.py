@@ -1,0 +1,155 @@
+"""``tokencsp seal`` / ``open`` / ``inspect`` as a user runs them: refusals, exit codes, no partial files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tokencsp import envelope
+
+
+def tokencsp(*args: str, input: bytes | None = None, check: bool = True, env: dict | None = None):
+    result = subprocess.run([sys.executable, "-m", "tokencsp", *args], input=input, capture_output=True,
+                            env={**os.environ, **(env or {})}, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"tokencsp {args} exited {result.returncode}: {result.stderr.decode()}")
+    return result
+
+
+def refused(result, code: int, needle: str) -> None:
+    err = result.stderr.decode()
+    assert result.returncode == code, err
+    assert err.startswith("tokencsp: error: ") and err.count("\n") == 1 and needle in err, err
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory, softhsm_kit):
+    home = tmp_path_factory.mktemp("keys")
+    tokencsp("key", "generate", "seal-rx")
+    tokencsp("key", "generate", "seal-other")
+    tokencsp("key", "generate", "seal-signer", "--usage", "signature")
+    tokencsp("key", "generate", "seal-stranger", "--usage", "signature")
+    for name in ("seal-rx", "seal-signer", "seal-stranger"):
+        tokencsp("key", "export", name, "-o", str(home / f"{name}.pub"))
+    yield home
+    for name in ("seal-rx", "seal-other", "seal-signer", "seal-stranger"):
+        tokencsp("key", "delete", name, check=False)
+
+
+def seal(keys, tmp_path, data: bytes, *extra: str):
+    out = tmp_path / f"m{len(list(tmp_path.iterdir()))}.seal"
+    tokencsp("seal", "--to", str(keys / "seal-rx.pub"), *extra, "-o", str(out), input=data)
+    return out
+
+
+def test_seal_open_file_and_stdout_then_replay_refused(keys, tmp_path):
+    data = os.urandom(300_000)
+    sealed = seal(keys, tmp_path, data)
+    db = tmp_path / "replay.db"
+    tokencsp("open", "--key", "seal-rx", "--replay-db", str(db), "-o", str(tmp_path / "out"), str(sealed))
+    assert (tmp_path / "out").read_bytes() == data
+    again = tokencsp("open", "--key", "seal-rx", "--replay-db", str(db), "-o", str(tmp_path / "out2"),
+                     str(sealed), check=False)
+    refused(again, 20, "replay")
+    assert not (tmp_path / "out2").exists()
+    other = seal(keys, tmp_path, data)
+    assert tokencsp("open", "--key", "seal-rx", "--replay-db", str(db), input=other.read_bytes()).stdout == data
+
+
+def test_signed_message_with_trust(keys, tmp_path):
+    sealed = seal(keys, tmp_path, b"signed hello", "--sign-with", "seal-signer")
+    info = json.loads(tokencsp("inspect", str(sealed), "--json").stdout)
+    assert info["signed"] and info["serial"] > 0
+    result = tokencsp("open", "--key", "seal-rx", "--trust", str(keys / "seal-signer.pub"), "--replay-db",
+                      str(tmp_path / "db"), str(sealed))
+    assert result.stdout == b"signed hello"
+    assert b"from seal-signer (signature verified)" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["untrusted", "unsigned", "too-old", "wrong-key", "garbage", "tampered",
+                                  "truncated", "serial-backwards"])
+def test_each_refusal_has_its_reason_and_exit_code(keys, tmp_path, case):
+    db = str(tmp_path / "db")
+    out = tmp_path / "plain.out"
+    opener = ["open", "--key", "seal-rx", "--replay-db", db, "-o", str(out)]
+    if case == "untrusted":
+        sealed = seal(keys, tmp_path, b"x", "--sign-with", "seal-stranger")
+        result = tokencsp(*opener, "--trust", str(keys / "seal-signer.pub"), str(sealed), check=False)
+        refused(result, 30, "not trusted")
+    elif case == "unsigned":
+        sealed = seal(keys, tmp_path, b"x")
+        refused(tokencsp(*opener, "--trust", str(keys), str(sealed), check=False), 32, "unsigned")
+    elif case == "too-old":
+        sealed = seal(keys, tmp_path, b"x")
+        refused(tokencsp(*opener, "--max-age", "0s", str(sealed), check=False), 21, "too old")
+    elif case == "wrong-key":
+        sealed = seal(keys, tmp_path, b"x")
+        result = tokencsp("open", "--key", "seal-other", "--replay-db", db, "-o", str(out), str(sealed), check=False)
+        refused(result, 12, "not addressed")
+    elif case == "garbage":
+        (tmp_path / "g").write_bytes(os.urandom(500))
+        refused(tokencsp(*opener, str(tmp_path / "g"), check=False), 13, "not a tokencsp sealed message")
+    elif case == "tampered":
+        sealed = seal(keys, tmp_path, os.urandom(200_000))
+        data = bytearray(sealed.read_bytes())
+        data[-5000] ^= 1
+        sealed.write_bytes(bytes(data))
+        refused(tokencsp(*opener, str(sealed), check=False), 10, "could not be authenticated")
+    elif case == "truncated":
+        sealed = seal(keys, tmp_path, os.urandom(200_000))
+        pre = envelope.read_header(open(sealed, "rb"))
+        cut = len(pre.raw) + 2 * (pre.header.chunk_size + 16)  # exactly after the second chunk
+        sealed.write_bytes(sealed.read_bytes()[:cut])
+        refused(tokencsp(*opener, str(sealed), check=False), 11, "truncated")
+    elif case == "serial-backwards":
+        first = seal(keys, tmp_path, b"1", "--sign-with", "seal-signer")
+        second = seal(keys, tmp_path, b"2", "--sign-with", "seal-signer")
+        trust = ["--trust", str(keys / "seal-signer.pub")]
+        tokencsp("open", "--key", "seal-rx", "--replay-db", db, *trust, str(second))
+        refused(tokencsp(*opener, *trust, str(first), check=False), 23, "serial")
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tokencsp-")]
+
+
+def test_four_processes_race_to_open_one_message(keys, tmp_path):
+    sealed = seal(keys, tmp_path, b"only once")
+    db = str(tmp_path / "shared.db")
+    command = [sys.executable, "-m", "tokencsp", "open", "--key", "seal-rx", "--replay-db", db, str(sealed)]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    results = [(proc.wait(timeout=120), proc.stdout.read(), proc.stderr.read()) for proc in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 20, 20, 20], results
+    assert [out for code, out, _ in results if code == 0] == [b"only once"]
+    assert all(out == b"" for code, out, _ in results if code != 0)
+
+
+def test_open_256_mib_in_bounded_memory(keys, tmp_path):
+    """Peak RSS of a whole `tokencsp open` of 256 MiB stays under the documented 100 MiB."""
+    plain = tmp_path / "big"
+    with open(plain, "wb") as handle:
+        for _ in range(256):
+            handle.write(os.urandom(1 << 20))
+    sealed = tmp_path / "big.seal"
+    tokencsp("seal", "--to", str(keys / "seal-rx.pub"), "-o", str(sealed), str(plain))
+    probe = ("import resource, sys, runpy; sys.argv = ['tokencsp'] + sys.argv[1:]\n"
+             "try:\n    runpy.run_module('tokencsp', run_name='__main__')\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", probe, "open", "--key", "seal-rx", "--replay-db",
+                             str(tmp_path / "db"), "-o", str(tmp_path / "big.out"), str(sealed)],
+                            capture_output=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    peak_kib = int(result.stderr.decode().strip().splitlines()[-1])
+    print(f"peak RSS of tokencsp open, 256 MiB: {peak_kib // 1024} MiB")
+    assert peak_kib < 100 * 1024, f"peak RSS {peak_kib} KiB"
+    assert os.path.getsize(tmp_path / "big.out") == 256 << 20
+    with open(plain, "rb") as a, open(tmp_path / "big.out", "rb") as b:
+        while True:
+            x, y = a.read(1 << 20), b.read(1 << 20)
+            assert x == y
+            if not x:
+                break

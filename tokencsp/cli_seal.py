@@ -1,0 +1,127 @@
+"""``tokencsp seal``, ``tokencsp open`` and ``tokencsp inspect``: sealed messages (docs/FORMAT.md).
+
+Registered by ``tokencsp.cli``; errors are raised as TokenCSPError and printed
+there as one line with the refusal's own exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+
+from . import envelope
+from .errors import ConfigError
+from .fileio import atomic_output, open_input, read_input
+from .progress import ProgressReader
+from .pubkeys import fingerprint, load_public_key
+from .replay import ReplayPolicy, SQLiteReplayCache, SerialCounter, default_replay_db_path, parse_duration
+from .trust import TrustSet
+
+__all__ = ["add_commands"]
+
+DEFAULT_MAX_AGE = "24h"
+DEFAULT_MAX_SKEW = "5m"
+
+
+def cmd_seal(args: argparse.Namespace) -> int:
+    recipient = load_public_key(read_input(args.to))
+    if args.sign_with is None:
+        return _seal(args, recipient, signer=None, serial=None)
+    from .cli import _provider
+
+    with _provider(args) as provider:
+        signer = provider.key(args.sign_with)
+        serial = SerialCounter.for_key(fingerprint(signer.public_key())).next()
+        return _seal(args, recipient, signer, serial)
+
+
+def _seal(args: argparse.Namespace, recipient, signer, serial) -> int:
+    with open_input(args.input) as raw, atomic_output(args.output) as sink:
+        source = ProgressReader.wrap(raw, "sealing", args.quiet)
+        envelope.seal(source, sink, recipient, signer=signer, serial=serial, oaep=not args.pkcs1)  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    policy = ReplayPolicy(max_age=parse_duration(args.max_age), max_skew=parse_duration(args.max_skew))
+    trusted = TrustSet.from_paths(args.trust) if args.trust else None
+    if trusted is not None and not trusted:
+        raise ConfigError("--trust named no public key files")
+    trust = trusted.by_fingerprint() if trusted is not None else None
+    from .cli import _provider
+
+    with SQLiteReplayCache(args.replay_db) as cache, _provider(args) as provider:
+        receiver = provider.exchange_key(args.key)
+        with open_input(args.input) as raw, atomic_output(args.output) as sink:
+            source = ProgressReader.wrap(raw, "opening", args.quiet)
+            opened = envelope.open_message(source, sink, receiver, cache=cache, policy=policy,  # type: ignore[arg-type]
+                                           trust=trust)
+    if opened.sender_verified and trusted is not None:
+        name = next(n for n in trusted if trusted.fingerprint(n) == opened.verified_sender)
+        print(f"tokencsp: from {name} (signature verified), serial {opened.header.serial}", file=sys.stderr)
+    return 0
+
+
+def describe(pre: envelope.Preamble) -> dict:
+    header = pre.header
+    when = datetime.datetime.fromtimestamp(header.timestamp, datetime.timezone.utc)
+    return {
+        "version": header.version,
+        "suite": header.suite,
+        "recipient_key_id": header.recipient_id.hex(),
+        "sender_key_id": header.sender_id.hex() if header.signed else None,
+        "signed": header.signed,
+        "message_id": header.message_id.hex(),
+        "timestamp": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "serial": header.serial,
+        "chunk_size": header.chunk_size,
+        "key_transport": "SIMPLEBLOB, " + ("CRYPT_OAEP (OAEP SHA-1)" if header.oaep else "PKCS#1 v1.5"),
+        "key_blob_bytes": len(pre.key_blob),
+    }
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    with open_input(args.file) as source:
+        facts = describe(envelope.read_header(source))
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        for name, value in facts.items():
+            print(f"{name}: {value}")
+        print("(nothing above is verified until the message is opened)")
+    return 0
+
+
+def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
+    seal = subparsers.add_parser("seal", parents=parents,
+                                 help="seal a message to a recipient's key (replay-proof format, docs/FORMAT.md)")
+    seal.add_argument("--to", required=True, metavar="PUBKEY", help="recipient PUBLICKEYBLOB, PEM or DER file")
+    seal.add_argument("--sign-with", metavar="NAME", help="sign with this signature key on your token")
+    seal.add_argument("--pkcs1", action="store_true", help="wrap the session key with PKCS#1 v1.5 instead of OAEP")
+    seal.add_argument("-o", "--output", help="output file (default: stdout)")
+    seal.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    seal.add_argument("input", nargs="?", help="plaintext file (default: stdin)")
+    seal.set_defaults(func=cmd_seal)
+
+    opener = subparsers.add_parser("open", parents=parents, help="open a sealed message with a key on the token")
+    opener.add_argument("--key", required=True, metavar="NAME", help="your exchange key on the token")
+    opener.add_argument("--trust", action="append", metavar="PUBKEY_OR_DIR",
+                        help="trusted sender public key file or directory; when given, a valid signature is required")
+    opener.add_argument("--replay-db", metavar="PATH",
+                        help=f"replay cache (default: $TOKENCSP_REPLAY_DB or {default_replay_db_path()})")
+    opener.add_argument("--max-age", default=DEFAULT_MAX_AGE, metavar="DURATION",
+                        help=f"oldest timestamp accepted (default {DEFAULT_MAX_AGE}; e.g. 90s, 15m, 7d)")
+    opener.add_argument("--max-skew", default=DEFAULT_MAX_SKEW, metavar="DURATION",
+                        help=f"how far in the future a timestamp may be (default {DEFAULT_MAX_SKEW})")
+    opener.add_argument("-o", "--output", help="plaintext file, renamed into place only when the whole message "
+                                               "authenticated (default: stdout, each chunk after it authenticates)")
+    opener.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    opener.add_argument("input", nargs="?", help="sealed message (default: stdin)")
+    opener.set_defaults(func=cmd_open)
+
+    inspect = subparsers.add_parser("inspect", help="show a sealed message's header without decrypting it")
+    inspect.add_argument("file")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(func=cmd_inspect)
