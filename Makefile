@@ -42,11 +42,16 @@ $(STAMP): pyproject.toml softhsm/install-deps.sh | deps
 
 venv: deps $(STAMP)
 
+# The demo's second party (the three-phase exchange) has its own token.
+PEER_TOKEN := tokencsp-dev-peer
+
 token: venv
-	softhsm/setup-token.sh $(STATE_DIR)
+	TOKENCSP_EXTRA_TOKENS="$(PEER_TOKEN)" softhsm/setup-token.sh $(STATE_DIR)
 
 demo: token
-	. $(STATE_DIR)/env && TOKENCSP_PIN=$${TOKENCSP_PIN:-1234} $(VPY) -m tokencsp.demo
+	. $(STATE_DIR)/env && TOKENCSP_PIN=$${TOKENCSP_PIN:-1234} TOKENCSP_PEER_TOKEN=$(PEER_TOKEN) \
+	  TOKENCSP_REPLAY_DB=$(CURDIR)/$(STATE_DIR)/replay.sqlite3 XDG_STATE_HOME=$(CURDIR)/$(STATE_DIR)/state \
+	  $(VPY) -m tokencsp.demo
 
 # pytest exits 5 when it collected no test; make turns every failure into
 # exit 2, so name that case here, where the code is still known.
