@@ -8,13 +8,15 @@ from pathlib import Path
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_readme_library_example_runs(softhsm_kit):
+def test_readme_library_examples_run(softhsm_kit, capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert blocks, "README has no python example"
-    code = blocks[0].replace('"tokencsp-dev"', '"tokencsp-test-b"').replace('"alice"', '"readme-alice"')
+    assert len(blocks) >= 2, "README lost its sealed-message example"
     namespace: dict = {}
     try:
-        exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - our own README
+        for block in blocks:
+            code = block.replace('"tokencsp-dev"', '"tokencsp-test-b"').replace('"alice"', '"readme-alice"')
+            exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - our own README
     finally:
         from tokencsp import Provider
 
@@ -22,3 +24,4 @@ def test_readme_library_example_runs(softhsm_kit):
             if "readme-alice" in [k.name for k in provider.list_keys()]:
                 provider.delete_key("readme-alice")
     assert namespace["key"].key == namespace["session"].key
+    assert "message was already accepted once" in capsys.readouterr().out

@@ -143,6 +143,10 @@ def load_module(path: str) -> _LockingLib:
             except p11.PKCS11Error as exc:
                 raise ModuleLoadError(f"cannot load PKCS#11 module {path}: {exc or type(exc).__name__}") from None
             _modules[real] = lib
+            # Never deallocated, not even at interpreter shutdown: python-pkcs11's
+            # __dealloc__ would unload the module under any thread still using it
+            # (and, at shutdown, fails noisily on the half-torn-down subclass).
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(lib))
         return lib
 
 
