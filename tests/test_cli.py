@@ -239,3 +239,15 @@ def test_generate_oaep_only(tmp_path):
         assert b"oaep-only" in tokencsp("key", "list").stdout
     finally:
         tokencsp("key", "delete", "cli-oaep")
+
+
+def test_uri_object_names_the_key(cli_key, tmp_path, softhsm_kit):
+    pub = tmp_path / "pub"
+    tokencsp("key", "export", cli_key, "-o", str(pub))
+    tokencsp("capi", "encrypt", "--to", str(pub), "--blob-out", str(tmp_path / "sb"), "-o", str(tmp_path / "ct"),
+             input=b"via uri")
+    uri = f"pkcs11:token=tokencsp-test-a;object={cli_key}"
+    out = tokencsp("capi", "decrypt", "--uri", uri, "--blob", str(tmp_path / "sb"), str(tmp_path / "ct")).stdout
+    assert out == b"via uri"
+    no_key = tokencsp("capi", "decrypt", "--blob", str(tmp_path / "sb"), str(tmp_path / "ct"), check=False)
+    assert_one_line_error(no_key, 1, "--key")

@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.set_defaults(func=cmd_capi_encrypt)
 
     dec = capi.add_parser("decrypt", help="receiver: import the SIMPLEBLOB on the token, CryptDecrypt on the host", parents=parents)
-    dec.add_argument("--key", required=True, metavar="NAME", help="exchange key on the token")
+    dec.add_argument("--key", metavar="NAME", help="exchange key on the token (default: object= of --uri)")
     dec.add_argument("--blob", required=True, metavar="FILE", help="the SIMPLEBLOB")
     dec.add_argument("--oaep", action="store_true", help="the blob was wrapped with CRYPT_OAEP")
     dec.add_argument("-o", "--output", help="plaintext file, written only if decryption succeeds (default: stdout, streamed; "
@@ -339,9 +339,21 @@ def _exit_code(exc: errors.TokenCSPError) -> int:
     return EXIT_ERROR
 
 
+def _default_key_from_uri(args: argparse.Namespace) -> None:
+    """``--key`` may be left out when the PKCS#11 URI names the object (``object=``)."""
+    if getattr(args, "key", False) is not None:
+        return
+    from .config import resolve_selector
+
+    args.key = resolve_selector(uri=args.uri).object_label
+    if not args.key:
+        raise errors.ConfigError("no key named: give --key NAME or a --uri with object=NAME")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _default_key_from_uri(args)
         return args.func(args)
     except errors.TokenCSPError as exc:
         print(f"tokencsp: error: {exc}", file=sys.stderr)

@@ -106,7 +106,7 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
     seal.set_defaults(func=cmd_seal)
 
     opener = subparsers.add_parser("open", parents=parents, help="open a sealed message with a key on the token")
-    opener.add_argument("--key", required=True, metavar="NAME", help="your exchange key on the token")
+    opener.add_argument("--key", metavar="NAME", help="your exchange key on the token (default: object= of --uri)")
     opener.add_argument("--trust", action="append", metavar="PUBKEY_OR_DIR",
                         help="trusted sender public key file or directory; when given, a valid signature is required")
     opener.add_argument("--replay-db", metavar="PATH",
