@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", help="output file (default: stdout)")
     export.set_defaults(func=cmd_key_export)
 
-    imp = key.add_parser("import", help="move an existing private key onto the token (non-extractable)", parents=parents)
+    imp = key.add_parser("import", help="move an existing private key onto the token (non-extractable)",
+                         parents=parents)
     imp.add_argument("name")
     source = imp.add_mutually_exclusive_group(required=True)
     source.add_argument("--private-blob", metavar="FILE", help="CryptoAPI PRIVATEKEYBLOB (usage from its ALG_ID)")
@@ -298,12 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("input", nargs="?", help="plaintext file (default: stdin)")
     enc.set_defaults(func=cmd_capi_encrypt)
 
-    dec = capi.add_parser("decrypt", help="receiver: import the SIMPLEBLOB on the token, CryptDecrypt on the host", parents=parents)
+    dec = capi.add_parser("decrypt", help="receiver: import the SIMPLEBLOB on the token, CryptDecrypt on the host",
+                          parents=parents)
     dec.add_argument("--key", metavar="NAME", help="exchange key on the token (default: object= of --uri)")
     dec.add_argument("--blob", required=True, metavar="FILE", help="the SIMPLEBLOB")
     dec.add_argument("--oaep", action="store_true", help="the blob was wrapped with CRYPT_OAEP")
-    dec.add_argument("-o", "--output", help="plaintext file, written only if decryption succeeds (default: stdout, streamed; "
-                          "a failure at the end still exits non-zero)")
+    dec.add_argument("-o", "--output", help="plaintext file, written only if decryption succeeds "
+                                            "(default: stdout, streamed; a failure at the end still exits non-zero)")
     dec.add_argument("input", nargs="?", help="ciphertext file (default: stdin)")
     dec.set_defaults(func=cmd_capi_decrypt)
 

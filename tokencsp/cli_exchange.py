@@ -117,7 +117,8 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
     listen = subparsers.add_parser(
         "listen", parents=parents,
         help="receive files over the three-phase exchange (docs/THREEPHASE.md)")
-    listen.add_argument("--key", metavar="NAME", help="this party's exchange key on the token (default: object= of --uri)")
+    listen.add_argument("--key", metavar="NAME",
+                        help="this party's exchange key on the token (default: object= of --uri)")
     listen.add_argument("--name", help="this party's name (default: the key name)")
     listen.add_argument("--peer", required=True, action="append", metavar="PUBKEY",
                         help="a trusted sender's public key file (name = file stem) or a directory of them; repeatable")
@@ -130,9 +131,11 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
 
     send = subparsers.add_parser(
         "send", parents=parents, help="send files over the three-phase exchange (docs/THREEPHASE.md)")
-    send.add_argument("--key", metavar="NAME", help="this party's exchange key on the token (default: object= of --uri)")
+    send.add_argument("--key", metavar="NAME",
+                        help="this party's exchange key on the token (default: object= of --uri)")
     send.add_argument("--name", help="this party's name (default: the key name)")
-    send.add_argument("--peer", required=True, metavar="PUBKEY", help="the receiver's public key file (name = file stem)")
+    send.add_argument("--peer", required=True, metavar="PUBKEY",
+                      help="the receiver's public key file (name = file stem)")
     send.add_argument("--to", required=True, metavar="HOST:PORT")
     send.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="deadline per phase (30)")
     send.add_argument("files", nargs="+", metavar="FILE")

@@ -21,10 +21,10 @@ ALICE, BOB = "demo-alice", "demo-bob"
 MESSAGE = b"Attack at dawn. -- a message for the token holder\n"
 
 
-def run(*args: str, check: bool = True, show: bool = True, env: dict | None = None) -> subprocess.CompletedProcess[bytes]:
+def run(*args: str, check: bool = True, show: bool = True) -> subprocess.CompletedProcess[bytes]:
     command = [sys.executable, "-m", "tokencsp", *args]
     print(f"\n$ tokencsp {shlex.join(args)}")
-    result = subprocess.run(command, capture_output=True, env={**os.environ, **(env or {})})
+    result = subprocess.run(command, capture_output=True)
     if show and result.stdout:
         sys.stdout.write(result.stdout.decode(errors="replace"))
     if result.stderr:

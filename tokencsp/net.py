@@ -305,7 +305,8 @@ async def send_files(key, trust: TrustSet, peer_name: str, host: str, port: int,
         async with asyncio.timeout(config.phase_timeout):
             reader, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError) as exc:
-        raise PeerDisconnected(f"cannot connect to {host}:{port}: {getattr(exc, 'strerror', None) or 'timed out'}") from None
+        reason = getattr(exc, "strerror", None) or "timed out"
+        raise PeerDisconnected(f"cannot connect to {host}:{port}: {reason}") from None
     chunk = min(config.chunk_size, conn.max_record - 1)
     return await _run_session(conn, reader, writer, config, lambda ch: _send(ch, files, chunk, progress))
 

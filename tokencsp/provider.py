@@ -30,6 +30,7 @@ from .token import KeyInfo, KeyUsage, RsaPrivateParts, Token, open_token
 __all__ = ["Provider", "KeyPair", "ExchangeKey", "KeyUsage", "KeyInfo"]
 
 SUPPORTED_BITS = (2048, 3072, 4096)
+_SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 LEGACY_BITS = (1024,)
 
 # Which PKCS#11 key type receives each session key algorithm on unwrap.
@@ -94,10 +95,10 @@ class KeyPair:
         return self._token.sign_pss_sha256(self.key_id, data)
 
     def public_pem(self) -> bytes:
-        return self.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return self.public_key().public_bytes(serialization.Encoding.PEM, _SPKI)
 
     def public_der(self) -> bytes:
-        return self.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return self.public_key().public_bytes(serialization.Encoding.DER, _SPKI)
 
 
 class ExchangeKey(KeyPair):

@@ -147,8 +147,8 @@ class ReplayCache(ABC):
     def prune(self, now: float) -> int:
         """Forget ids whose expiry is before ``now``; returns how many."""
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - optional hook; backends without resources keep it
+        """Release the backend's resources (a no-op for in-memory caches)."""
 
     def __enter__(self) -> Self:
         return self

@@ -362,7 +362,8 @@ class Token:
         if not found:
             raise KeyNotFoundError(f"no private {what} on token {self.label!r}")
         if len(found) > 1:
-            raise AmbiguousKeyError(f"{len(found)} private keys match {what} on token {self.label!r}; refusing to guess")
+            raise AmbiguousKeyError(
+                f"{len(found)} private keys match {what} on token {self.label!r}; refusing to guess")
         return found[0]
 
     def key_id(self, name: str) -> bytes:
