@@ -74,6 +74,7 @@ class KeyPair:
         self._token = token
         self.name = name
         self.key_id = key_id
+        self._public: rsa.RSAPublicKey | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, id={self.key_id.hex()})"
@@ -82,8 +83,12 @@ class KeyPair:
         return self._token.key_info(key_id=self.key_id)
 
     def public_key(self) -> rsa.RSAPublicKey:
-        modulus, exponent = self._token.public_numbers(self.key_id)
-        return rsa.RSAPublicNumbers(exponent, modulus).public_key()
+        # A CKA_ID names one key for good (generated ids are random, imported
+        # ones hash the modulus), so the token is asked once per object.
+        if self._public is None:
+            modulus, exponent = self._token.public_numbers(self.key_id)
+            self._public = rsa.RSAPublicNumbers(exponent, modulus).public_key()
+        return self._public
 
     def public_blob(self) -> bytes:
         """The public key as a CryptoAPI PUBLICKEYBLOB."""
