@@ -3,11 +3,14 @@
 A file output is written to a temporary file in the target's directory and
 renamed over the target only when the writer says the content is complete;
 on any failure the temporary file is removed and the target is untouched.
+Where the system allows it (Linux O_TMPFILE) the temporary file has no name
+until the commit, so even a SIGKILL leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import tempfile
@@ -31,8 +34,11 @@ def atomic_output(path: str | None, mode: int = 0o600) -> Iterator[BinaryIO]:
         sys.stdout.buffer.flush()
         return
     directory = os.path.dirname(os.path.abspath(path))
+    tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tokencsp-", suffix=".part", dir=directory)
+        fd = _open_unnamed(directory)
+        if fd is None:
+            fd, tmp = tempfile.mkstemp(prefix=".tokencsp-", suffix=".part", dir=directory)
     except OSError as exc:
         raise OutputError(f"cannot write to {directory}: {exc.strerror}") from None
     try:
@@ -41,6 +47,8 @@ def atomic_output(path: str | None, mode: int = 0o600) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+            if tmp is None:
+                tmp = _name_unnamed(handle.fileno(), directory)
         os.replace(tmp, path)
     except OSError as exc:
         _unlink(tmp)
@@ -50,9 +58,38 @@ def atomic_output(path: str | None, mode: int = 0o600) -> Iterator[BinaryIO]:
         raise
 
 
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+def _open_unnamed(directory: str) -> int | None:
+    """An O_TMPFILE file in ``directory``, or None where the system or filesystem has none."""
+    if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):  # EISDIR: kernel before 3.11
+            return None
+        raise
+
+
+def _name_unnamed(fd: int, directory: str) -> str:
+    """Give the O_TMPFILE file a temporary name next to the target (linkat through /proc)."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        while True:
+            name = f".tokencsp-{os.urandom(6).hex()}.part"
+            try:
+                # A dir fd makes Python call linkat(..., AT_SYMLINK_FOLLOW); link() would not follow.
+                os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+            except FileExistsError:
+                continue
+            return os.path.join(directory, name)
+    finally:
+        os.close(dir_fd)
+
+
+def _unlink(path: str | None) -> None:
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 @contextlib.contextmanager

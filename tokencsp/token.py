@@ -106,10 +106,31 @@ class _LockingLib(_pkcs11.lib):
         # python-pkcs11's own initialized flag stays False: the module is
         # never finalised by it, which is what keeps sessions alive.
         self._dll, self._functions = _function_list(self.so)
-        args = _InitializeArgs(flags=CKF_OS_LOCKING_OK)
-        rv = self._functions.C_Initialize(ctypes.byref(args))
+        self._init_lock = threading.Lock()
+        self.generation = 0
+        rv = self._c_initialize()
         if rv not in (CKR_OK, CKR_CRYPTOKI_ALREADY_INITIALIZED):
             raise ModuleLoadError(f"C_Initialize failed for {self.so} (CKR 0x{rv:x})")
+
+    def _c_initialize(self) -> int:
+        args = _InitializeArgs(flags=CKF_OS_LOCKING_OK)
+        return self._functions.C_Initialize(ctypes.byref(args))
+
+    def recover(self) -> bool:
+        """Initialise the module again if something else in the process finalised it.
+
+        True when it had been finalised: every session and login of the process
+        died with it, and the module will hand out the same session handles
+        again, so each :class:`Token` opened before is stale (``generation``).
+        """
+        with self._init_lock:
+            rv = self._c_initialize()
+            if rv == CKR_CRYPTOKI_ALREADY_INITIALIZED:
+                return False
+            if rv != CKR_OK:
+                raise ModuleLoadError(f"C_Initialize failed for {self.so} (CKR 0x{rv:x})")
+            self.generation += 1
+            return True
 
     def login(self, session_handle: int, pin: str) -> None:
         secret = ctypes.create_string_buffer(pin.encode("utf-8"))
@@ -293,6 +314,7 @@ class Token:
 
     def __init__(self, lib: _LockingLib, token: pkcs11.Token, pin: str) -> None:
         self._lib = lib
+        self._generation = lib.generation
         self._token = token
         self._local = threading.local()
         self._sessions: list[pkcs11.Session] = []
@@ -301,7 +323,13 @@ class Token:
         # The first session carries the login; PKCS#11 logs the token out when
         # the application's last session closes, so it stays open until close().
         self._anchor = self._open_session()
-        self._lib.login(self._anchor.handle, pin)
+        try:
+            self._lib.login(self._anchor.handle, pin)
+        except BaseException:
+            # A session left open keeps the process's next successful login
+            # alive after its provider closes: a wrong PIN would then pass.
+            self.close()
+            raise
         self._local.session = self._anchor
 
     @property
@@ -321,10 +349,15 @@ class Token:
             self._sessions.append(session)
         return session
 
-    def session(self) -> pkcs11.Session:
-        """This thread's session, opened on first use."""
+    def _check_open(self) -> None:
         if self._closed:
             raise TokenError("the token has been closed")
+        if self._lib.generation != self._generation:
+            raise TokenError("the PKCS#11 module was finalised and initialised again: open the token again")
+
+    def session(self) -> pkcs11.Session:
+        """This thread's session, opened on first use."""
+        self._check_open()
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._open_session()
@@ -337,6 +370,8 @@ class Token:
         self._closed = True
         with self._sessions_lock:
             sessions, self._sessions = self._sessions, []
+        if self._lib.generation != self._generation:
+            return  # the handles died with the module and may now name other sessions
         for session in reversed(sessions):
             try:
                 session.close()
@@ -495,6 +530,7 @@ class Token:
     # -- the unwrap ------------------------------------------------------
 
     def _private_by_id(self, key_id: bytes):
+        self._check_open()  # cached handles bypass session()
         cache = getattr(self._local, "keys", None)
         if cache is None:
             cache = self._local.keys = {}
@@ -624,8 +660,23 @@ def iter_tokens(module: str) -> Iterator[tuple[str, str]]:
 
 
 def open_token(module: str, pin: str, label: str | None = None, serial: str | None = None) -> Token:
-    """Load the module, find the token by label and/or serial, log in."""
+    """Load the module, find the token by label and/or serial, log in.
+
+    If something else in the process finalised the module (C_Finalize behind
+    the back of this one ``lib``), it is initialised again and the open is
+    retried once; tokens opened before stay unusable.
+    """
     lib = load_module(module)
+    generation = lib.generation
+    try:
+        return _open_token(lib, module, pin, label, serial)
+    except TokenOperationError:
+        if not lib.recover() and lib.generation == generation:
+            raise
+    return _open_token(lib, module, pin, label, serial)
+
+
+def _open_token(lib: _LockingLib, module: str, pin: str, label: str | None, serial: str | None) -> Token:
     if label is None and serial is None:
         raise TokenNotFoundError("no token named: give a label (--token) or a serial")
     matches = [(lbl, ser) for lbl, ser in iter_tokens(module)
