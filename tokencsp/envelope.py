@@ -24,9 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .blobs import AlgId
-from .errors import (AuthenticationFailed, BadSignature, EnvelopeFormatError, InvalidKeyError,
-                     KeyNotFoundError, ModuleLoadError, NotForThisKey, PinError, SignatureRequired,
-                     TokenNotFoundError, TruncatedMessage, UntrustedSender)
+from .errors import (AuthenticationFailed, BadSignature, EnvelopeFormatError, InvalidKeyError, NotForThisKey,
+                     SignatureRequired, TokenError, TruncatedMessage, UntrustedSender)
 from .pubkeys import fingerprint
 from .replay import ReplayCache, ReplayPolicy
 from .session import SessionKey
@@ -395,7 +394,9 @@ def _import_key(receiver: Receiver, pre: Preamble) -> bytes:
     return key if len(key) == KEY_SIZE else os.urandom(KEY_SIZE)
 
 
-_RECEIVER_PROBLEMS = (KeyNotFoundError, PinError, ModuleLoadError, TokenNotFoundError)
+# The receiver's own token being unusable (closed, logged out, removed, key
+# gone) is no message's doing and says nothing about the blob: report it.
+_RECEIVER_PROBLEMS = (TokenError,)
 
 
 def open_message(source: BinaryIO, sink: BinaryIO, receiver: Receiver, *, cache: ReplayCache,

@@ -21,7 +21,7 @@ from .errors import (
     InvalidKeyError,
     KeyNotFoundError,
     SessionKeyImportError,
-    TokenCSPError,
+    TokenOperationError,
     UnsupportedAlgorithm,
 )
 from .session import SessionKey
@@ -160,9 +160,10 @@ class ExchangeKey(KeyPair):
         """
         try:
             return self._token.unwrap_secret(self.key_id, ciphertext, oaep, secret_type, oaep_hash, oaep_label)
-        except KeyNotFoundError:
-            raise
-        except TokenCSPError:
+        except TokenOperationError:
+            # What C_UnwrapKey says about the blob (bad padding, bad length...)
+            # is one error.  The token's own state -- closed, logged out,
+            # removed, key gone -- is no secret and keeps its own type.
             raise SessionKeyImportError() from None
 
 
