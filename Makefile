@@ -19,6 +19,8 @@ help:
 	@echo "  test    venv, then pytest \$$(PYTEST_ARGS); tests make their own throwaway tokens"
 	@echo "  bench   venv, then run tokencsp.bench"
 	@echo "  audit   venv, then the long checks: padding timing (Welch t) and 8x10000 / 4x2500 imports"
+	@echo "  fuzz    venv + atheris, then fuzz blob parsing, envelope opening and three-phase frames:"
+	@echo "          FUZZ_RUNS=$(FUZZ_RUNS) inputs per target (3 targets), FUZZ_SECONDS=N caps each target's time"
 	@echo "  clean   remove .venv, $(STATE_DIR) and caches"
 	@echo "variables: PYTHON=$(PYTHON) (>= 3.11), PYTEST_ARGS='...'"
 
@@ -68,6 +70,15 @@ audit: venv
 	$(VPY) -m tokencsp.timing_audit --samples $(AUDIT_SAMPLES)
 	$(VPY) -m tokencsp.timing_audit --samples $(AUDIT_SAMPLES) --oaep
 	$(VPY) -m tokencsp.stress
+
+# atheris (libFuzzer for Python) harnesses in tests/fuzz/; seeds in tests/fuzz/corpus/<target>/,
+# crashing inputs land in tests/fuzz/crashers/<target>/ (replayed by tests/test_fuzz_properties.py).
+FUZZ_RUNS    ?= 350000
+FUZZ_SECONDS ?=
+.PHONY: fuzz
+fuzz: venv
+	@$(VPY) -c 'import atheris' 2>/dev/null || $(VENV)/bin/pip install -q --disable-pip-version-check atheris
+	FUZZ_RUNS=$(FUZZ_RUNS) FUZZ_SECONDS=$(FUZZ_SECONDS) $(VPY) tests/fuzz/run.py
 
 clean:
 	rm -rf $(VENV) $(STATE_DIR) .pytest_cache .hypothesis build dist *.egg-info
