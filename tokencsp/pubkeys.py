@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 
+from cryptography.exceptions import UnsupportedAlgorithm as _CryptographyUnsupported
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -30,6 +31,8 @@ def load_public_key(data: bytes) -> rsa.RSAPublicKey:
             raise InvalidKeyError("not a public key: expected a PUBLICKEYBLOB, PEM or DER file")
     except (BlobFormatError, UnsupportedAlgorithm) as exc:
         raise InvalidKeyError(f"not a usable PUBLICKEYBLOB: {exc}") from None
+    except _CryptographyUnsupported as exc:  # an SPKI of an unknown algorithm or curve (found by fuzzing)
+        raise UnsupportedAlgorithm(f"unsupported public key: {exc}") from None
     except (ValueError, TypeError) as exc:
         if isinstance(exc, InvalidKeyError):
             raise

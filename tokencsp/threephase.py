@@ -248,10 +248,9 @@ class ThreePhase:
         else:
             self._enter(State.AWAIT_PHASE1, now)
 
+    @_guarded
     def receive_data(self, data: bytes) -> None:
         """Bytes from the peer; ``b""`` means end of stream."""
-        if self.state is State.ERROR:
-            raise ProtocolError("the session has already failed")
         if not data:
             self._eof = True
         elif self._eof:
