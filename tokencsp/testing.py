@@ -12,8 +12,8 @@ A process sees only the tokens that existed when it initialised the PKCS#11
 module, so create every token (and apply the environment) *before* anything
 imports ``tokencsp.token`` or otherwise loads the module.
 
-Pure Python on purpose (subprocess and files only): it must work before the
-PKCS#11 module is loaded, and it never imports ``pkcs11``.
+Subprocess and files only: it must work before the PKCS#11 module is loaded,
+and it never loads one.
 """
 
 from __future__ import annotations
@@ -25,20 +25,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from .config import SOFTHSM_MODULE_PATHS
+
 __all__ = ["MODULE_CANDIDATES", "SoftHSMKit", "find_softhsm_module"]
 
-#: Where distributions put libsofthsm2.so; the same list as softhsm/setup-token.sh
-#: and tokencsp.config.SOFTHSM_MODULE_PATHS (kept separate so this kit loads
-#: nothing of tokencsp before the tokens exist).
-MODULE_CANDIDATES: tuple[str, ...] = (
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/local/lib/softhsm/libsofthsm2.so",
-    "/usr/lib64/pkcs11/libsofthsm2.so",
-    "/usr/lib64/softhsm/libsofthsm2.so",
-    "/opt/homebrew/lib/softhsm/libsofthsm2.so",
-)
+#: Where distributions put libsofthsm2.so (softhsm/setup-token.sh has the same list).
+MODULE_CANDIDATES: tuple[str, ...] = SOFTHSM_MODULE_PATHS
 
 # Mirrors softhsm/softhsm2.conf.in; kept inline because that template is not
 # part of an installed package.
