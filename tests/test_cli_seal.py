@@ -153,3 +153,33 @@ def test_open_256_mib_in_bounded_memory(keys, tmp_path):
             assert x == y
             if not x:
                 break
+
+
+def test_progress_on_a_terminal_only(keys, tmp_path):
+    import pty
+
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(20 << 20))
+    command = [sys.executable, "-m", "tokencsp", "seal", "--to", str(keys / "seal-rx.pub"), "-o",
+               str(tmp_path / "out"), str(big)]
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen(command, stderr=secondary, stdout=subprocess.DEVNULL)
+        os.close(secondary)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO once the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert proc.wait(timeout=120) == 0
+    finally:
+        os.close(primary)
+    assert b"sealing: 20 MiB (100%)" in shown, shown
+    quiet = subprocess.run(command[:-1] + ["--quiet", str(big)], capture_output=True, timeout=120)
+    assert quiet.returncode == 0 and quiet.stderr == b""
+    piped = subprocess.run(command, capture_output=True, timeout=120)  # stderr not a terminal
+    assert piped.returncode == 0 and piped.stderr == b""
