@@ -69,6 +69,7 @@ AUDIT_SAMPLES ?= 10000
 audit: venv
 	$(VPY) -m tokencsp.timing_audit --samples $(AUDIT_SAMPLES)
 	$(VPY) -m tokencsp.timing_audit --samples $(AUDIT_SAMPLES) --oaep
+	$(VPY) -m tokencsp.timing_audit --samples $(AUDIT_SAMPLES) --no-deadline
 	$(VPY) -m tokencsp.stress
 
 # atheris (libFuzzer for Python) harnesses in tests/fuzz/; seeds in tests/fuzz/corpus/<target>/,

@@ -9,6 +9,9 @@ random order so drift hits both alike:
            check fails inside the token (SoftHSM on OpenSSL 3.0 raises
            CKR_GENERAL_ERROR; tokencsp substitutes an HMAC-derived key).
 
+``--no-deadline`` times the same import without its deadline padding, which
+shows the difference the token itself makes.
+
 Prints the means, medians and Welch's t statistic.  |t| < 4.5 is the usual
 TVLA threshold for "no leak detected at this sample size"; larger values
 mean the classes differ in time and a remote attacker with enough samples
@@ -40,14 +43,20 @@ def trimmed(samples: list[float], fraction: float = 0.01) -> list[float]:
     return keep
 
 
-def measure(pair, valid: list[bytes], invalid: list[bytes], oaep: bool) -> tuple[list[float], list[float]]:
+def measure(pair, valid: list[bytes], invalid: list[bytes], oaep: bool,
+            padded: bool = True) -> tuple[list[float], list[float]]:
     order = [(True, blob) for blob in valid] + [(False, blob) for blob in invalid]
     random.shuffle(order)
     times: dict[bool, list[float]] = {True: [], False: []}
     clock = time.perf_counter_ns
+    from .blobs import SimpleBlob
+
     for is_valid, blob in order:
         start = clock()
-        pair.import_simpleblob_implicit(blob, oaep=oaep)
+        if padded:
+            pair.import_simpleblob_implicit(blob, oaep=oaep)
+        else:  # the same import without the deadline: what the token's own timing gives away
+            pair._import_or_substitute(SimpleBlob.from_bytes(blob), oaep)
         times[is_valid].append((clock() - start) / 1e3)
     return times[True], times[False]
 
@@ -63,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=10_000, help="samples per class (default 10000)")
     parser.add_argument("--oaep", action="store_true", help="audit OAEP blobs instead of PKCS#1 v1.5")
+    parser.add_argument("--no-deadline", action="store_true",
+                        help="time the import without its deadline padding (shows the token's own difference)")
     args = parser.parse_args(argv)
 
     from .session import SessionKey
@@ -84,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             invalid = [corrupt(blob) for blob in
                        (SessionKey.generate("aes256").export_simpleblob(public, oaep=args.oaep)
                         for _ in range(args.samples))]
-            measure(pair, valid[:200], invalid[:200], args.oaep)  # warm-up
-            good, bad = measure(pair, valid, invalid, args.oaep)
+            padded = not args.no_deadline
+            measure(pair, valid[:200], invalid[:200], args.oaep, padded)  # warm-up (and calibration)
+            good, bad = measure(pair, valid, invalid, args.oaep, padded)
             leftover = provider.session_object_count()
     good_t, bad_t = trimmed(good), trimmed(bad)
     t = welch_t(good_t, bad_t)
