@@ -251,3 +251,38 @@ def test_uri_object_names_the_key(cli_key, tmp_path, softhsm_kit):
     assert out == b"via uri"
     no_key = tokencsp("capi", "decrypt", "--blob", str(tmp_path / "sb"), str(tmp_path / "ct"), check=False)
     assert_one_line_error(no_key, 1, "--key")
+
+
+def test_pin_prompt_on_a_terminal(softhsm_kit, cli_key):
+    """No PIN in the environment or a file: on a terminal tokencsp asks, without echo, and never shows it."""
+    import pty
+    import select
+
+    env = {k: v for k, v in os.environ.items() if k != "TOKENCSP_PIN"}
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the pty is its controlling terminal
+        os.execve(sys.executable, [sys.executable, "-m", "tokencsp", "key", "list"], env)
+    seen = b""
+    try:
+        while b"PIN:" not in seen:
+            ready, _, _ = select.select([fd], [], [], 30)
+            assert ready, f"no prompt: {seen!r}"
+            seen += os.read(fd, 1024)
+        os.write(fd, softhsm_kit.user_pin.encode() + b"\n")
+        while True:
+            ready, _, _ = select.select([fd], [], [], 30)
+            if not ready:
+                break
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, seen
+    assert cli_key.encode() in seen
+    assert softhsm_kit.user_pin.encode() not in seen.split(b"PIN:", 1)[1].split(cli_key.encode())[0]
