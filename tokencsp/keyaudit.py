@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .token import KeyInfo
+from .keyinfo import KeyInfo
 
 __all__ = ["Finding", "audit_key"]
 

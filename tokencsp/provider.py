@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import config
 from .blobs import MAX_RSA_BITS, SESSION_KEY_LENGTHS, AlgId, PrivateKeyBlob, PublicKeyBlob, SimpleBlob
+from .deadline import DeadlinePadder
 from .errors import (
     InvalidKeyError,
     KeyNotFoundError,
@@ -24,9 +25,9 @@ from .errors import (
     TokenOperationError,
     UnsupportedAlgorithm,
 )
-from .deadline import DeadlinePadder
+from .keyinfo import KeyInfo, KeyUsage, RsaPrivateParts
 from .session import SessionKey
-from .token import KeyInfo, KeyUsage, RsaPrivateParts, Token, open_token
+from .token import Token, open_token
 
 __all__ = ["Provider", "KeyPair", "ExchangeKey", "KeyUsage", "KeyInfo"]
 

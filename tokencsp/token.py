@@ -22,8 +22,6 @@ import os
 import struct
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from enum import Enum
 
 import pkcs11
 import pkcs11.attributes
@@ -42,6 +40,7 @@ from .errors import (
     TokenNotFoundError,
     TokenOperationError,
 )
+from .keyinfo import KeyInfo, KeyUsage, RsaPrivateParts
 
 __all__ = ["KeyUsage", "KeyInfo", "RsaPrivateParts", "Token", "load_module", "open_token"]
 
@@ -182,61 +181,6 @@ def map_error(exc: p11.PKCS11Error, context: str) -> TokenCSPError:
     if isinstance(exc, (p11.ObjectHandleInvalid, p11.KeyHandleInvalid, p11.UnwrappingKeyHandleInvalid)):
         return KeyNotFoundError(f"{context}: the key is no longer on the token ({name})")
     return TokenOperationError(f"{context}: {name}")
-
-
-class KeyUsage(str, Enum):
-    EXCHANGE = "exchange"
-    SIGNATURE = "signature"
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    """What the token says about one key container (a private key and its public half)."""
-
-    name: str
-    id: bytes
-    usage: KeyUsage | None
-    bits: int
-    sensitive: bool
-    extractable: bool
-    always_sensitive: bool
-    never_extractable: bool
-    local: bool
-    can_unwrap: bool
-    can_decrypt: bool
-    can_sign: bool
-    has_public: bool
-    oaep_only: bool = False
-
-    def as_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "id": self.id.hex(),
-            "usage": self.usage.value if self.usage else None,
-            "bits": self.bits,
-            "sensitive": self.sensitive,
-            "extractable": self.extractable,
-            "always_sensitive": self.always_sensitive,
-            "never_extractable": self.never_extractable,
-            "local": self.local,
-            "unwrap": self.can_unwrap,
-            "decrypt": self.can_decrypt,
-            "sign": self.can_sign,
-            "has_public": self.has_public,
-            "oaep_only": self.oaep_only,
-        }
-
-
-@dataclass(frozen=True, repr=False)
-class RsaPrivateParts:
-    n: int
-    e: int
-    d: int
-    p: int
-    q: int
-    dp: int
-    dq: int
-    qinv: int
 
 
 def _int_bytes(value: int) -> bytes:
