@@ -66,6 +66,16 @@ def softhsm_kit() -> SoftHSMKit:
     return _KIT
 
 
+@pytest.fixture(scope="module")
+def tokens(softhsm_kit):
+    """Providers for both test tokens, (a, b): one party each in the two-party tests."""
+    from tokencsp import Provider
+
+    with Provider.open(token="tokencsp-test-a", pin=softhsm_kit.user_pin) as a, \
+            Provider.open(token="tokencsp-test-b", pin=softhsm_kit.user_pin) as b:
+        yield a, b
+
+
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
     """The Wycheproof vectors folder: $TOKENCSP_VECTORS, else

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tokencsp import Provider, cli
+from tokencsp import cli
 from tokencsp.errors import TokenCSPError
 from tokencsp.net import NetConfig, Receiver, _Channel, _run_session, send_files
 from tokencsp.threephase import (
@@ -28,13 +28,6 @@ CALM = NetConfig(phase_timeout=10.0, idle_timeout=10.0)
 
 
 # -- fixtures ----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tokens(softhsm_kit):
-    with Provider.open(token="tokencsp-test-a", pin=softhsm_kit.user_pin) as a, \
-            Provider.open(token="tokencsp-test-b", pin=softhsm_kit.user_pin) as b:
-        yield a, b
-
 
 @pytest.fixture(scope="module")
 def keys(tokens):

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tokencsp import Provider
 from tokencsp.errors import ConfigError, TokenCSPError
 from tokencsp.pubkeys import fingerprint
 from tokencsp.session import SessionKey
@@ -24,13 +23,6 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "THREEPHASE.md"
 
 
 # -- fixtures: alice on token a, bob on token b ------------------------------------------
-
-@pytest.fixture(scope="module")
-def tokens(softhsm_kit):
-    with Provider.open(token="tokencsp-test-a", pin=softhsm_kit.user_pin) as a, \
-            Provider.open(token="tokencsp-test-b", pin=softhsm_kit.user_pin) as b:
-        yield a, b
-
 
 @pytest.fixture(scope="module")
 def keys(tokens):
