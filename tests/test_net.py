@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import contextlib
 import io
 import os
@@ -151,6 +152,27 @@ def test_twenty_concurrent_senders(tmp_path, keys, pubs, trust):
     assert all(len(s) == 2 for s in sent)
     assert all(r.ok and r.peer == "alice" for r in results), [r.error for r in results]
     assert_nothing_partial(out, spec, must_have=spec)
+
+
+def test_sessions_beyond_the_limit_are_closed_unserved(tmp_path, keys, pubs, trust):
+    """With max_sessions=2, two slow peers hold the listener; a third connection is closed at once."""
+    out = tmp_path / "out"
+    out.mkdir()
+    limited = dataclasses.replace(CALM, max_sessions=2)
+
+    async def body(port, receiver):
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        closed = await asyncio.wait_for(reader.read(1), 5)  # EOF: refused without a byte
+        writer.close()
+        for _, idle_writer in idle:
+            idle_writer.close()
+        return closed, receiver.refused
+
+    closed, refused = run(lambda: receiver_and(keys, pubs, trust, out, body, config=limited))
+    assert closed == b"" and refused == 1
+    assert os.listdir(out) == []
 
 
 # -- a man in the middle -----------------------------------------------------------------

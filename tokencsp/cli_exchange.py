@@ -33,7 +33,10 @@ def parse_address(text: str) -> tuple[str, int]:
 def _config(args: argparse.Namespace) -> NetConfig:
     if args.timeout <= 0:
         raise ConfigError("--timeout must be positive")
-    return NetConfig(phase_timeout=args.timeout, idle_timeout=max(args.timeout, 60.0))
+    sessions = getattr(args, "max_sessions", NetConfig.max_sessions)
+    if sessions < 1:
+        raise ConfigError("--max-sessions must be at least 1")
+    return NetConfig(phase_timeout=args.timeout, idle_timeout=max(args.timeout, 60.0), max_sessions=sessions)
 
 
 def _own_name(args: argparse.Namespace) -> str:
@@ -126,6 +129,9 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
     listen.add_argument("--port", required=True, type=int)
     listen.add_argument("--out-dir", required=True, metavar="DIR", help="where received files are written")
     listen.add_argument("--once", action="store_true", help="exit after one session; the exit code tells success")
+    listen.add_argument("--max-sessions", type=int, default=NetConfig.max_sessions, metavar="N",
+                        help=f"sessions served at once; more connections are closed unserved "
+                             f"(default {NetConfig.max_sessions})")
     listen.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="deadline per phase (30)")
     listen.set_defaults(func=cmd_listen)
 

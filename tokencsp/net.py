@@ -40,6 +40,9 @@ class NetConfig:
     idle_timeout: float = 60.0    # each read / write drain after the handshake
     max_frame: int = DEFAULT_MAX_FRAME
     chunk_size: int = 64 * 1024
+    # Each session costs the listener a token unwrap before the peer is
+    # authenticated; past this many at once, new connections are closed at once.
+    max_sessions: int = 64
 
 
 @dataclass
@@ -222,6 +225,7 @@ class Receiver:
         self.name = check_name(name or key.name)
         self.local_public, self.once, self.on_session = local_public, once, on_session
         self.results: list[SessionResult] = []
+        self.refused = 0  # connections closed unserved because max_sessions were running
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self._changed = asyncio.Condition()
@@ -241,6 +245,10 @@ class Receiver:
                 writer.close()
                 return
             self._server.close()
+        if len(self._tasks) >= self.config.max_sessions:
+            self.refused += 1
+            writer.close()
+            return
         self._tasks.add(task)
         try:
             conn = ThreePhase(Role.RESPONDER, self.name, self.key, self.trust, local_public=self.local_public,
