@@ -252,11 +252,11 @@ def test_record_attacks_abort(keys, pubs, trust, attack):
     assert_failed_for_good(resp)
 
 
-def _tamper_each_byte(message: bytes, fresh) -> None:
-    """Flip one bit in each byte of ``message``; ``fresh()`` gives a machine awaiting it."""
+def _tamper_each_byte(message: bytes, fresh, suffix: bytes = b"") -> None:
+    """Flip one bit in each byte of ``message`` (then ``suffix``); ``fresh()`` gives a machine awaiting it."""
     for i in range(len(message)):
         conn = fresh()
-        conn.receive_data(frame(message[:i] + bytes([message[i] ^ 0x40]) + message[i + 1 :]))
+        conn.receive_data(frame(message[:i] + bytes([message[i] ^ 0x40]) + message[i + 1 :] + suffix))
         try:
             event = conn.next_event(0.0)
         except ProtocolError:
@@ -277,7 +277,23 @@ def test_every_byte_of_every_handshake_message_is_checked(keys, pubs, trust):
 
     (m1, m2, m3), _, _ = handshake(*fresh_pair())
     m1, m2, m3 = m1[4:], m2[4:], m3[4:]
-    _tamper_each_byte(m1, lambda: fresh_pair()[1])
+    blob_at = len(m1) - len(blob_a)
+    _tamper_each_byte(m1[:blob_at], lambda: fresh_pair()[1], suffix=m1[blob_at:])
+    # A changed SIMPLEBLOB A gets the same answer as a good one (implicit rejection: no
+    # padding oracle); the initiator, which holds the true A and transcript, refuses phase 2.
+    for i in range(blob_at, len(m1)):
+        init, resp = fresh_pair()
+        init.data_to_send()
+        tampered = m1[:i] + bytes([m1[i] ^ 0x40]) + m1[i + 1:]
+        try:
+            assert deliver(frame(tampered), resp) is NEED_DATA
+        except ProtocolError:  # only a malformed blob header may be refused at once
+            assert i < blob_at + 12 and resp.state is State.ERROR
+            continue
+        assert resp.state is State.AWAIT_PHASE3
+        with pytest.raises(PeerAuthenticationFailed):
+            deliver(resp.data_to_send(), init)
+        assert_failed_for_good(init)
 
     def initiator_awaiting_phase2():
         init, _ = fresh_pair()
@@ -329,8 +345,10 @@ def test_impostor_presenting_another_name_cannot_finish(keys, pubs, trust):
     mallory.start(0.0)
     resp.start(0.0)
     assert deliver(mallory.data_to_send(), resp) is NEED_DATA  # phase 1 looks fine
-    with pytest.raises(PeerAuthenticationFailed, match="could not be imported"):
-        deliver(resp.data_to_send(), mallory)  # B went to alice's key
+    # B went to alice's key: mallory's token unwraps nothing useful (implicit rejection
+    # gives her a substitute key), so bob's phase-2 MAC cannot verify for her.
+    with pytest.raises(PeerAuthenticationFailed, match="phase 2 MAC mismatch"):
+        deliver(resp.data_to_send(), mallory)
     with pytest.raises(PeerAuthenticationFailed, match="phase 3 MAC mismatch"):
         deliver(frame(b"\x03" + bytes(32)), resp)  # the best she can do: a guess
     assert_failed_for_good(resp)
@@ -342,8 +360,14 @@ def test_impostor_responder_cannot_answer(keys, pubs, trust):
     fake = ThreePhase(Role.RESPONDER, "bob", keys["mallory"], trust, local_public=pubs["bob"])
     init.start(0.0)
     fake.start(0.0)
-    with pytest.raises(PeerAuthenticationFailed, match="could not be imported"):
-        deliver(init.data_to_send(), fake)
+    # Implicit rejection: the impostor's token "recovers" a substitute for A and answers
+    # as a genuine responder would; its phase 2 cannot carry a MAC keyed with the real A.
+    assert deliver(init.data_to_send(), fake) is NEED_DATA
+    with pytest.raises(PeerAuthenticationFailed, match="phase 2 MAC mismatch"):
+        deliver(fake.data_to_send(), init)
+    init = ThreePhase(Role.INITIATOR, "alice", keys["alice"], trust, peer_name="bob", local_public=pubs["alice"])
+    init.start(0.0)
+    init.data_to_send()
     # and a made-up phase 2 fails the MAC (B is genuine, wrapped to alice)
     blob = SessionKey.generate("aes256").export_simpleblob(pubs["alice"], oaep=True)
     with pytest.raises(PeerAuthenticationFailed, match="phase 2 MAC mismatch"):

@@ -359,6 +359,13 @@ class ThreePhase:
             raise ProtocolError(f"SIMPLEBLOB {what} is malformed") from None
         if blob.alg_id is not AlgId.CALG_AES_256:
             raise ProtocolError(f"SIMPLEBLOB {what} is not an AES-256 key")
+        # Implicit rejection: answering a bad blob differently from a good one
+        # (an ABORT now instead of phase 2) would be a padding oracle on this
+        # party's key for anyone who claims a trusted name.  A tokencsp
+        # ExchangeKey substitutes a derived key and the MAC check fails later.
+        implicit = getattr(self._key, "import_simpleblob_implicit", None)
+        if implicit is not None:
+            return implicit(blob, oaep=True)
         try:
             return self._key.import_simpleblob(blob, oaep=True)
         except SessionKeyImportError:
