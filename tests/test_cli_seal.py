@@ -71,7 +71,7 @@ def test_signed_message_with_trust(keys, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["untrusted", "unsigned", "too-old", "wrong-key", "garbage", "tampered",
-                                  "truncated", "serial-backwards"])
+                                  "truncated", "serial-backwards", "from-future", "bad-signature"])
 def test_each_refusal_has_its_reason_and_exit_code(keys, tmp_path, case):
     db = str(tmp_path / "db")
     out = tmp_path / "plain.out"
@@ -105,6 +105,26 @@ def test_each_refusal_has_its_reason_and_exit_code(keys, tmp_path, case):
         cut = len(pre.raw) + 2 * (pre.header.chunk_size + 16)  # exactly after the second chunk
         sealed.write_bytes(sealed.read_bytes()[:cut])
         refused(tokencsp(*opener, str(sealed), check=False), 11, "truncated")
+    elif case == "from-future":
+        import io
+        import time
+
+        from tokencsp.pubkeys import load_public_key
+
+        recipient = load_public_key((keys / "seal-rx.pub").read_bytes())
+        sealed = tmp_path / "future.seal"
+        sink = io.BytesIO()
+        envelope.seal(io.BytesIO(b"x"), sink, recipient, now=time.time() + 3600)
+        sealed.write_bytes(sink.getvalue())
+        refused(tokencsp(*opener, str(sealed), check=False), 22, "future")
+    elif case == "bad-signature":
+        sealed = seal(keys, tmp_path, b"x", "--sign-with", "seal-signer")
+        pre = envelope.read_header(open(sealed, "rb"))
+        data = bytearray(sealed.read_bytes())
+        data[len(pre.raw) - 10] ^= 1  # inside the signature
+        sealed.write_bytes(bytes(data))
+        refused(tokencsp(*opener, "--trust", str(keys / "seal-signer.pub"), str(sealed), check=False), 31,
+                "does not verify")
     elif case == "serial-backwards":
         first = seal(keys, tmp_path, b"1", "--sign-with", "seal-signer")
         second = seal(keys, tmp_path, b"2", "--sign-with", "seal-signer")
