@@ -76,6 +76,23 @@ def tokens(softhsm_kit):
         yield a, b
 
 
+@pytest.fixture(scope="module")
+def keys(tokens, request):
+    """Exchange keys for two-party tests: alice and mallory on token a, bob on token b.
+
+    Named ``<KEY_PREFIX>-alice`` etc. after the test module's ``KEY_PREFIX``;
+    deleted afterwards, and no session object may be left on either token.
+    """
+    a, b = tokens
+    prefix = getattr(request.module, "KEY_PREFIX", request.module.__name__)
+    made = [(a, f"{prefix}-alice"), (b, f"{prefix}-bob"), (a, f"{prefix}-mallory")]
+    pairs = [provider.generate_exchange_key(name) for provider, name in made]
+    yield dict(zip(("alice", "bob", "mallory"), pairs))
+    for provider, name in made:
+        provider.delete_key(name)
+    assert a.session_object_count() == 0 and b.session_object_count() == 0
+
+
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
     """The Wycheproof vectors folder: $TOKENCSP_VECTORS, else

@@ -30,14 +30,7 @@ CALM = NetConfig(phase_timeout=10.0, idle_timeout=10.0)
 
 # -- fixtures ----------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def keys(tokens):
-    a, b = tokens
-    made = [(a, "net-alice"), (b, "net-bob"), (a, "net-mallory")]
-    pairs = [prov.generate_exchange_key(name) for prov, name in made]
-    yield dict(zip(("alice", "bob", "mallory"), pairs))
-    for prov, name in made:
-        prov.delete_key(name)
+KEY_PREFIX = "net"  # the `keys` fixture (conftest) makes net-alice, net-bob, net-mallory
 
 
 @pytest.fixture(scope="module")

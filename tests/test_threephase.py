@@ -24,15 +24,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "THREEPHASE.md"
 
 # -- fixtures: alice on token a, bob on token b ------------------------------------------
 
-@pytest.fixture(scope="module")
-def keys(tokens):
-    a, b = tokens
-    made = [(a, "tp-alice"), (b, "tp-bob"), (a, "tp-mallory")]
-    pairs = [prov.generate_exchange_key(name) for prov, name in made]
-    yield dict(zip(("alice", "bob", "mallory"), pairs))
-    for prov, name in made:
-        prov.delete_key(name)
-    assert a.session_object_count() == 0 and b.session_object_count() == 0
+KEY_PREFIX = "tp"  # the `keys` fixture (conftest) makes tp-alice, tp-bob, tp-mallory
 
 
 @pytest.fixture(autouse=True)
