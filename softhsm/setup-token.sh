@@ -7,6 +7,7 @@
 #   TOKENCSP_PIN           its user PIN                (default 1234)
 #   TOKENCSP_SO_PIN        its SO PIN                  (default 12345678)
 #   TOKENCSP_EXTRA_TOKENS  more labels, space separated, same PINs
+#   TOKENCSP_PYTHON        the Python with tokencsp installed (default <repo>/.venv/bin/python)
 #
 # Writes STATE_DIR/softhsm2.conf, STATE_DIR/tokens/ and STATE_DIR/env; the
 # env file sets SOFTHSM2_CONF, TOKENCSP_MODULE and TOKENCSP_TOKEN, never the
@@ -20,6 +21,7 @@ state=${1:-$repo/.softhsm}
 mkdir -p "$state/tokens"
 state=$(cd "$state" && pwd)
 
+python=${TOKENCSP_PYTHON:-$repo/.venv/bin/python}
 label=${TOKENCSP_TOKEN:-tokencsp-dev}
 pin=${TOKENCSP_PIN:-1234}
 so_pin=${TOKENCSP_SO_PIN:-12345678}
@@ -43,6 +45,7 @@ for candidate in \
     if [ -f "$candidate" ]; then module=$candidate; break; fi
 done
 [ -n "$module" ] || die "libsofthsm2.so not found; run softhsm/install-deps.sh"
+"$python" -c 'import tokencsp' 2>/dev/null || die "$python cannot import tokencsp; run 'make token'"
 
 for l in "${labels[@]}"; do
     # PKCS#11 token labels are 32 bytes, space padded.
@@ -74,12 +77,10 @@ for l in "${labels[@]}"; do
         present+=("$l")
         continue
     fi
-    # softhsm2-util reads PINs only from argv or a terminal, so they are on
-    # its command line for the moment it runs (visible to local `ps`). That
-    # is acceptable for a throwaway development token in a project-local
-    # store; do not use this script for a token that guards real keys.
-    if ! out=$(softhsm2-util --init-token --free --label "$l" \
-            --pin "$pin" --so-pin "$so_pin" 2>&1); then
+    # tokencsp hands the PINs to the module from its environment: no PIN is
+    # ever on a command line (softhsm2-util --init-token would need them there).
+    if ! out=$(SOFTHSM2_CONF=$conf TOKENCSP_MODULE=$module TOKENCSP_SO_PIN=$so_pin TOKENCSP_PIN=$pin \
+            "$python" -m tokencsp token init --label "$l" </dev/null 2>&1); then
         die "initialising token '$l' failed: $out"
     fi
     created+=("$l")

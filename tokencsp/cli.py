@@ -146,6 +146,28 @@ def cmd_key_audit(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if warnings and args.strict else EXIT_OK
 
 
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from .provider import list_tokens
+
+    tokens = list_tokens(args.module)
+    if args.json:
+        print(json.dumps([{"label": label, "serial": serial} for label, serial in tokens], indent=2))
+    for label, serial in tokens if not args.json else ():
+        print(f"{label}\tserial={serial}")
+    return EXIT_OK
+
+
+def cmd_token_init(args: argparse.Namespace) -> int:
+    from .config import resolve_pin, resolve_so_pin
+    from .provider import initialize_token
+
+    so_pin = resolve_so_pin(args.so_pin_file)
+    pin = resolve_pin(pin_file=args.pin_file, prompt="New user PIN: ")
+    serial = initialize_token(args.label, so_pin=so_pin, pin=pin, module=args.module)
+    print(f"initialised token {args.label!r}, serial {serial}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_key_delete(args: argparse.Namespace) -> int:
     with _provider(args) as provider:
         count = provider.delete_key(args.name)
@@ -280,6 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     delete = key.add_parser("delete", help="delete a key container (private and public halves)", parents=parents)
     delete.add_argument("name")
     delete.set_defaults(func=cmd_key_delete)
+
+    token_cmd = commands.add_parser("token", help="tokens in the PKCS#11 module").add_subparsers(
+        dest="token_command", metavar="ACTION", required=True)
+    tlist = token_cmd.add_parser("list", help="label and serial of every initialised token", parents=parents)
+    tlist.add_argument("--json", action="store_true")
+    tlist.set_defaults(func=cmd_token_list)
+    tinit = token_cmd.add_parser(
+        "init", parents=parents,
+        help="initialise a fresh token (SoftHSM: the free slot); SO PIN from TOKENCSP_SO_PIN, --so-pin-file or "
+             "a prompt, user PIN from TOKENCSP_PIN, --pin-file or a prompt")
+    tinit.add_argument("--label", required=True, help="the new token's label (1 to 32 bytes)")
+    tinit.add_argument("--so-pin-file", help="file whose first line is the SO PIN")
+    tinit.set_defaults(func=cmd_token_init)
 
     blob = commands.add_parser("blob", help="CryptoAPI key BLOB files").add_subparsers(
         dest="blob_command", metavar="ACTION", required=True)

@@ -25,11 +25,13 @@ __all__ = [
     "read_pin_file",
     "resolve_pin",
     "resolve_selector",
+    "resolve_so_pin",
 ]
 
 ENV_MODULE = "TOKENCSP_MODULE"
 ENV_TOKEN = "TOKENCSP_TOKEN"
 ENV_PIN = "TOKENCSP_PIN"
+ENV_SO_PIN = "TOKENCSP_SO_PIN"
 ENV_URI = "TOKENCSP_URI"
 
 SOFTHSM_MODULE_PATHS = (
@@ -139,6 +141,7 @@ def resolve_pin(
     selector: TokenSelector | None = None,
     environ: Mapping[str, str] = os.environ,
     interactive: bool | None = None,
+    prompt: str = "Token user PIN: ",
 ) -> str:
     """The user PIN from the first source that has one; a prompt only on a terminal."""
     if callable(pin):
@@ -162,7 +165,23 @@ def resolve_pin(
     if interactive is None:
         interactive = sys.stdin.isatty() and sys.stderr.isatty()
     if interactive:
-        entered = getpass.getpass("Token user PIN: ")
+        entered = getpass.getpass(prompt)
         if entered:
             return entered
     raise PinError(f"no PIN: set {ENV_PIN}, use --pin-file, or run on a terminal to be prompted")
+
+
+def resolve_so_pin(so_pin_file: str | os.PathLike[str] | None = None, environ: Mapping[str, str] = os.environ,
+                   interactive: bool | None = None) -> str:
+    """The security officer PIN (token initialisation only): file, $TOKENCSP_SO_PIN, or a prompt."""
+    if so_pin_file:
+        return read_pin_file(so_pin_file)
+    if environ.get(ENV_SO_PIN):
+        return environ[ENV_SO_PIN]
+    if interactive is None:
+        interactive = sys.stdin.isatty() and sys.stderr.isatty()
+    if interactive:
+        entered = getpass.getpass("Token SO PIN: ")
+        if entered:
+            return entered
+    raise PinError(f"no SO PIN: set {ENV_SO_PIN}, use --so-pin-file, or run on a terminal to be prompted")

@@ -19,6 +19,7 @@ from . import config
 from .blobs import MAX_RSA_BITS, SESSION_KEY_LENGTHS, AlgId, PrivateKeyBlob, PublicKeyBlob, SimpleBlob
 from .deadline import DeadlinePadder
 from .errors import (
+    ConfigError,
     InvalidKeyError,
     KeyNotFoundError,
     SessionKeyImportError,
@@ -27,9 +28,9 @@ from .errors import (
 )
 from .keyinfo import KeyInfo, KeyUsage, RsaPrivateParts
 from .session import SessionKey
-from .token import Token, open_token
+from .token import Token, init_token, iter_tokens, open_token
 
-__all__ = ["Provider", "KeyPair", "ExchangeKey", "KeyUsage", "KeyInfo"]
+__all__ = ["Provider", "KeyPair", "ExchangeKey", "KeyUsage", "KeyInfo", "initialize_token", "list_tokens"]
 
 SUPPORTED_BITS = (2048, 3072, 4096)
 _SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -322,3 +323,19 @@ class Provider:
     def session_object_count(self) -> int:
         """Session (non-token) objects this application can see: 0 after every import."""
         return self._token.count_session_objects()
+
+
+def list_tokens(module: str | None = None) -> list[tuple[str, str]]:
+    """(label, serial) of every initialised token the module shows."""
+    return list(iter_tokens(config.find_module(module)))
+
+
+def initialize_token(label: str, *, so_pin: str, pin: str, module: str | None = None) -> str:
+    """Initialise a fresh token (SoftHSM: the free slot) with ``label``, SO PIN and user PIN; returns its serial.
+
+    For SoftHSM set-ups and CI: the PINs go to the module from memory, never
+    through a command line.
+    """
+    if len(so_pin) < 4 or len(pin) < 4:
+        raise ConfigError("PINs must be at least 4 characters")
+    return init_token(config.find_module(module), label, so_pin, pin)

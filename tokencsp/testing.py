@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -136,17 +137,10 @@ class SoftHSMKit:
         for label in self.labels:
             if label in existing:
                 continue
-            # The PINs go on softhsm2-util's argv (visible to local `ps`):
-            # it reads them only from argv or a terminal. Acceptable ONLY
-            # because these are throwaway test tokens in a private temp store.
-            self._run_util(
-                "--init-token", "--free", "--label", label,
-                "--pin", self.user_pin, "--so-pin", self.so_pin,
-                what=f"initialising token {label!r}",
-            )
+            self._init_token(label)
         missing = set(self.labels) - set(self.token_labels())
         if missing:
-            raise RuntimeError(f"softhsm2-util did not create tokens {sorted(missing)}")
+            raise RuntimeError(f"tokens {sorted(missing)} were not created")
         return self
 
     def __exit__(
@@ -176,6 +170,17 @@ class SoftHSMKit:
     def apply(self) -> None:
         """Put :meth:`environ` into ``os.environ`` for this process and its children."""
         os.environ.update(self.environ())
+
+    def _init_token(self, label: str) -> None:
+        # In a child process, so that this one has not loaded the module yet;
+        # the PINs travel in the environment, never on a command line.
+        env = dict(os.environ, SOFTHSM2_CONF=str(self.conf_path), TOKENCSP_MODULE=str(self.module),
+                   TOKENCSP_SO_PIN=self.so_pin, TOKENCSP_PIN=self.user_pin)
+        proc = subprocess.run([sys.executable, "-m", "tokencsp", "token", "init", "--label", label], env=env,
+                              capture_output=True, text=True, timeout=_UTIL_TIMEOUT_S, stdin=subprocess.DEVNULL,
+                              check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"initialising token {label!r} failed: {proc.stderr.strip()}")
 
     def _run_util(self, *args: str, what: str) -> str:
         env = dict(os.environ, SOFTHSM2_CONF=str(self.conf_path))

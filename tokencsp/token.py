@@ -48,7 +48,9 @@ CKF_OS_LOCKING_OK = 0x00000002
 CKR_OK = 0x000
 CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
 CKR_USER_ALREADY_LOGGED_IN = 0x100
+CKU_SO = 0
 CKU_USER = 1
+CKF_TOKEN_INITIALIZED = 0x400
 _PIN_RVS = {
     0x0A0: "PIN incorrect",
     0x0A1: "PIN invalid",
@@ -83,7 +85,10 @@ _FunctionList = type(
     (ctypes.Structure,),
     {
         "_fields_": [("version", _Version), ("C_Initialize", ctypes.CFUNCTYPE(_CK_RV, ctypes.c_void_p))]
-        + [(f"_unused{i}", ctypes.c_void_p) for i in range(17)]
+        + [(f"_unused{i}", ctypes.c_void_p) for i in range(8)]
+        + [("C_InitToken", ctypes.CFUNCTYPE(_CK_RV, _CK_ULONG, ctypes.c_char_p, _CK_ULONG, ctypes.c_char_p)),
+           ("C_InitPIN", ctypes.CFUNCTYPE(_CK_RV, _CK_ULONG, ctypes.c_char_p, _CK_ULONG))]
+        + [(f"_unused_{i}", ctypes.c_void_p) for i in range(7)]
         + [("C_Login", ctypes.CFUNCTYPE(_CK_RV, _CK_ULONG, _CK_ULONG, ctypes.c_char_p, _CK_ULONG))]
     },
 )
@@ -131,10 +136,10 @@ class _LockingLib(_pkcs11.lib):
             self.generation += 1
             return True
 
-    def login(self, session_handle: int, pin: str) -> None:
+    def login(self, session_handle: int, pin: str, user_type: int = CKU_USER) -> None:
         secret = ctypes.create_string_buffer(pin.encode("utf-8"))
         try:
-            rv = self._functions.C_Login(session_handle, CKU_USER, secret, len(secret.value))
+            rv = self._functions.C_Login(session_handle, user_type, secret, len(secret.value))
         finally:
             ctypes.memset(secret, 0, len(secret))
         if rv in (CKR_OK, CKR_USER_ALREADY_LOGGED_IN):
@@ -593,14 +598,61 @@ def _destroy_quietly(obj) -> None:
 
 
 def iter_tokens(module: str) -> Iterator[tuple[str, str]]:
+    """(label, serial) of each initialised token."""
     lib = load_module(module)
     try:
         for slot in lib.get_slots(token_present=True):
             token = slot.get_token()
+            if not token.flags & CKF_TOKEN_INITIALIZED:
+                continue
             serial = token.serial.decode() if isinstance(token.serial, bytes) else str(token.serial)
             yield token.label, serial
     except p11.PKCS11Error as exc:
         raise map_error(exc, "listing tokens") from None
+
+
+def init_token(module: str, label: str, so_pin: str, user_pin: str) -> str:
+    """Initialise the first uninitialised token (SoftHSM's free slot) with ``label``; returns its serial.
+
+    C_InitToken with the SO PIN, then C_InitPIN for the user PIN, both from
+    memory: unlike ``softhsm2-util --init-token``, no PIN is ever on a
+    command line.
+    """
+    raw_label = label.encode("utf-8")
+    if not 0 < len(raw_label) <= 32:
+        raise TokenError("a token label is 1 to 32 bytes")
+    if any(existing == label for existing, _ in iter_tokens(module)):
+        raise KeyExistsError(f"a token labelled {label!r} already exists")
+    lib = load_module(module)
+    try:
+        free = next((slot for slot in lib.get_slots(token_present=True)
+                     if not slot.get_token().flags & CKF_TOKEN_INITIALIZED), None)
+    except p11.PKCS11Error as exc:
+        raise map_error(exc, "listing slots") from None
+    if free is None:
+        raise TokenNotFoundError(f"no uninitialised token in {module}")
+    so_secret = ctypes.create_string_buffer(so_pin.encode("utf-8"))
+    user_secret = ctypes.create_string_buffer(user_pin.encode("utf-8"))
+    try:
+        rv = lib._functions.C_InitToken(free.slot_id, so_secret, len(so_secret.value), raw_label.ljust(32))
+        if rv != CKR_OK:
+            raise TokenOperationError(f"C_InitToken failed (CKR 0x{rv:x})")
+        try:
+            session = free.get_token().open(rw=True)
+        except p11.PKCS11Error as exc:
+            raise map_error(exc, "opening the new token") from None
+        try:
+            lib.login(session.handle, so_pin, CKU_SO)
+            rv = lib._functions.C_InitPIN(session.handle, user_secret, len(user_secret.value))
+            if rv != CKR_OK:
+                raise PinError(f"C_InitPIN refused the user PIN (CKR 0x{rv:x})")
+        finally:
+            session.close()
+        token = free.get_token()
+    finally:
+        ctypes.memset(so_secret, 0, len(so_secret))
+        ctypes.memset(user_secret, 0, len(user_secret))
+    return token.serial.decode() if isinstance(token.serial, bytes) else str(token.serial)
 
 
 def open_token(module: str, pin: str, label: str | None = None, serial: str | None = None) -> Token:
