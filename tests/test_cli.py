@@ -288,16 +288,21 @@ def test_pin_prompt_on_a_terminal(softhsm_kit, cli_key):
     assert softhsm_kit.user_pin.encode() not in seen.split(b"PIN:", 1)[1].split(cli_key.encode())[0]
 
 
-def test_token_init_and_list_without_pins_on_argv(softhsm_kit):
-    label = "cli-init-" + os.urandom(3).hex()
-    env = {"TOKENCSP_SO_PIN": softhsm_kit.so_pin, "TOKENCSP_PIN": "5678"}
+def test_token_init_and_list_without_pins_on_argv(softhsm_kit, tmp_path):
+    """In a SoftHSM store of its own (the suite's store must keep exactly its two tokens)."""
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "softhsm2.conf").write_text(f"directories.tokendir = {tmp_path / 'tokens'}\n"
+                                            "objectstore.backend = file\nlog.level = ERROR\n")
+    store = {"SOFTHSM2_CONF": str(tmp_path / "softhsm2.conf")}
+    label = "cli-init"
+    env = {**store, "TOKENCSP_SO_PIN": softhsm_kit.so_pin, "TOKENCSP_PIN": "5678"}
     result = tokencsp("token", "init", "--label", label, env=env)
     assert f"initialised token '{label}'" in result.stderr.decode()
-    listing = json.loads(tokencsp("token", "list", "--json").stdout)
-    assert {"tokencsp-test-a", "tokencsp-test-b", label} <= {entry["label"] for entry in listing}
+    listing = json.loads(tokencsp("token", "list", "--json", env=store).stdout)
+    assert [entry["label"] for entry in listing] == [label]
     # the new token works with its own PIN, in a new process
-    out = tokencsp("key", "generate", "on-new-token", "--token", label, env={"TOKENCSP_PIN": "5678"}).stdout
+    out = tokencsp("key", "generate", "on-new-token", "--token", label, env={**store, "TOKENCSP_PIN": "5678"}).stdout
     assert b"on-new-token" in out
     assert_one_line_error(tokencsp("token", "init", "--label", label, env=env, check=False), 3, "already exists")
-    no_so = tokencsp("token", "init", "--label", label + "x", env={"TOKENCSP_SO_PIN": ""}, check=False)
+    no_so = tokencsp("token", "init", "--label", label + "x", env={**store, "TOKENCSP_SO_PIN": ""}, check=False)
     assert_one_line_error(no_so, 3, "no SO PIN")
