@@ -155,10 +155,13 @@ def test_open_256_mib_in_bounded_memory(keys, tmp_path):
             handle.write(os.urandom(1 << 20))
     sealed = tmp_path / "big.seal"
     tokencsp("seal", "--to", str(keys / "seal-rx.pub"), "-o", str(sealed), str(plain))
-    probe = ("import resource, sys, runpy; sys.argv = ['tokencsp'] + sys.argv[1:]\n"
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so it would report
+    # the (large) pytest parent's resident size instead of this process's peak.
+    probe = ("import re, sys, runpy; sys.argv = ['tokencsp'] + sys.argv[1:]\n"
              "try:\n    runpy.run_module('tokencsp', run_name='__main__')\n"
              "except SystemExit as e:\n    code = e.code\n"
-             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)")
+             "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+             "print(hwm, file=sys.stderr)\nsys.exit(code)")
     result = subprocess.run([sys.executable, "-c", probe, "open", "--key", "seal-rx", "--replay-db",
                              str(tmp_path / "db"), "-o", str(tmp_path / "big.out"), str(sealed)],
                             capture_output=True, timeout=600)
