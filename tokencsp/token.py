@@ -16,10 +16,13 @@ measured reason:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import hashlib
 import os
 import struct
+import tempfile
 import threading
 from collections.abc import Iterator
 
@@ -153,10 +156,51 @@ _modules: dict[str, _LockingLib] = {}
 _modules_lock = threading.Lock()
 
 
+@contextlib.contextmanager
+def _cross_process_lock(module: str) -> Iterator[None]:
+    """Serialise C_Initialize, token enumeration and C_Login across processes.
+
+    SoftHSM rewrites token.object on every login and reads it, without its
+    lock, when a process initialises the module: four processes opening a
+    token at once saw "no such token" and CKR_GENERAL_ERROR (measured).  An
+    flock per module and SoftHSM configuration keeps tokencsp processes from
+    tearing each other's reads; the critical section is a few milliseconds.
+    """
+    key = hashlib.sha256(f"{module}\0{os.environ.get('SOFTHSM2_CONF', '')}".encode()).hexdigest()[:16]
+    path = os.path.join(tempfile.gettempdir(), f"tokencsp-{os.getuid()}-{key}.lock")
+    # Re-entrant within the process (flock on a second descriptor would wait
+    # for ourselves); the RLock also serialises this process's threads.
+    with _open_guard:
+        if path in _open_locks_held:
+            yield
+            return
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:  # no usable temp dir: go on unserialised rather than fail
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _open_locks_held.add(path)
+            yield
+        finally:
+            _open_locks_held.discard(path)
+            os.close(fd)  # releases the lock
+
+
+_open_guard = threading.RLock()
+_open_locks_held: set[str] = set()
+
+
 def load_module(path: str) -> _LockingLib:
     """The process-wide ``lib`` for a module path, loaded and initialised once."""
     real = os.path.realpath(path)
     with _modules_lock:
+        lib = _modules.get(real)
+    if lib is not None:
+        return lib
+    # Lock order everywhere: the cross-process lock, then _modules_lock.
+    with _cross_process_lock(real), _modules_lock:
         lib = _modules.get(real)
         if lib is None:
             if not os.path.isfile(real):
@@ -621,6 +665,11 @@ def init_token(module: str, label: str, so_pin: str, user_pin: str) -> str:
     raw_label = label.encode("utf-8")
     if not 0 < len(raw_label) <= 32:
         raise TokenError("a token label is 1 to 32 bytes")
+    with _cross_process_lock(os.path.realpath(module)):
+        return _init_token(module, label, raw_label, so_pin, user_pin)
+
+
+def _init_token(module: str, label: str, raw_label: bytes, so_pin: str, user_pin: str) -> str:
     if any(existing == label for existing, _ in iter_tokens(module)):
         raise KeyExistsError(f"a token labelled {label!r} already exists")
     lib = load_module(module)
@@ -664,12 +713,13 @@ def open_token(module: str, pin: str, label: str | None = None, serial: str | No
     """
     lib = load_module(module)
     generation = lib.generation
-    try:
+    with _cross_process_lock(os.path.realpath(module)):
+        try:
+            return _open_token(lib, module, pin, label, serial)
+        except TokenOperationError:
+            if not lib.recover() and lib.generation == generation:
+                raise
         return _open_token(lib, module, pin, label, serial)
-    except TokenOperationError:
-        if not lib.recover() and lib.generation == generation:
-            raise
-    return _open_token(lib, module, pin, label, serial)
 
 
 def _open_token(lib: _LockingLib, module: str, pin: str, label: str | None, serial: str | None) -> Token:
