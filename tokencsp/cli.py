@@ -70,7 +70,8 @@ CHUNK = 1 << 20  # a multiple of every block size
 
 
 def _provider(args: argparse.Namespace):
-    from .provider import Provider  # loads PKCS#11 only for commands that need the token
+    """The token named by the global options; only commands that need the token load the module."""
+    from .provider import Provider
 
     return Provider.open(module=args.module, token=args.token, serial=args.serial, uri=args.uri,
                          pin_file=args.pin_file)
