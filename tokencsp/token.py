@@ -550,7 +550,6 @@ class Token:
             mechanism, param = Mechanism.RSA_PKCS_OAEP, _oaep_params(oaep_hash, oaep_label)
         else:
             mechanism, param = Mechanism.RSA_PKCS, None
-        unwrapped = False
         for attempt in (1, 2):
             private = self._private_by_id(key_id)
             try:
@@ -563,7 +562,6 @@ class Token:
                     capabilities=MechanismFlag(0),
                     template=_TRANSIENT_SECRET,
                 )
-                unwrapped = True
                 break
             except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid, p11.UnwrappingKeyHandleInvalid) as exc:
                 # The cached handle went stale (key deleted or re-created):
@@ -577,11 +575,11 @@ class Token:
                 secret = self._create_transient(fallback, secret_type)
                 break
         try:
-            value = bytes(secret[Attribute.VALUE])
+            # On the fallback path the object holds ``fallback`` itself: the
+            # same read, the same value the caller would substitute.
+            return bytes(secret[Attribute.VALUE])
         except p11.PKCS11Error as exc:
             raise map_error(exc, "reading the unwrapped key") from None
-        else:
-            return value if unwrapped else fallback  # type: ignore[return-value]
         finally:
             try:
                 secret.destroy()
