@@ -15,9 +15,9 @@ help:
 	@echo "tokencsp make targets:"
 	@echo "  venv    install system deps (softhsm2, python3-venv) and create .venv with '.[test]'"
 	@echo "  token   venv + project-local SoftHSM dev token in $(STATE_DIR)/ (label \$${TOKENCSP_TOKEN:-tokencsp-dev})"
-	@echo "  demo    token, then run tokencsp.demo against it (PIN \$${TOKENCSP_PIN:-1234})"
+	@echo "  demo    token, then run tools/demo.py against it (PIN \$${TOKENCSP_PIN:-1234})"
 	@echo "  test    venv, then pytest \$$(PYTEST_ARGS); tests make their own throwaway tokens"
-	@echo "  bench   venv, then run tokencsp.bench"
+	@echo "  bench   venv, then run tools/bench.py"
 	@echo "  audit   venv, then the long checks: padding timing (Welch t) and 8x10000 / 4x2500 imports"
 	@echo "  fuzz    venv + atheris, then fuzz blob parsing, envelope opening and three-phase frames:"
 	@echo "          FUZZ_RUNS=$(FUZZ_RUNS) inputs per target (3 targets), FUZZ_SECONDS=N caps each target's time"
@@ -53,7 +53,7 @@ token: venv
 demo: token
 	. $(STATE_DIR)/env && TOKENCSP_PIN=$${TOKENCSP_PIN:-1234} TOKENCSP_PEER_TOKEN=$(PEER_TOKEN) \
 	  TOKENCSP_REPLAY_DB=$(CURDIR)/$(STATE_DIR)/replay.sqlite3 XDG_STATE_HOME=$(CURDIR)/$(STATE_DIR)/state \
-	  $(VPY) -m tokencsp.demo
+	  $(VPY) tools/demo.py
 
 # pytest exits 5 when it collected no test; make turns every failure into
 # exit 2, so name that case here, where the code is still known.
@@ -63,14 +63,14 @@ test: venv
 	exit $$rc
 
 bench: venv
-	$(VPY) -m tokencsp.bench
+	$(VPY) tools/bench.py
 
 AUDIT_SAMPLES ?= 10000
 audit: venv
-	$(VPY) -m tokencsp.timing_audit --samples $(AUDIT_SAMPLES)
-	$(VPY) -m tokencsp.timing_audit --samples $(AUDIT_SAMPLES) --oaep
-	$(VPY) -m tokencsp.timing_audit --samples $(AUDIT_SAMPLES) --no-deadline
-	$(VPY) -m tokencsp.stress
+	$(VPY) tools/timing_audit.py --samples $(AUDIT_SAMPLES)
+	$(VPY) tools/timing_audit.py --samples $(AUDIT_SAMPLES) --oaep
+	$(VPY) tools/timing_audit.py --samples $(AUDIT_SAMPLES) --no-deadline
+	$(VPY) tools/stress.py
 
 # atheris (libFuzzer for Python) harnesses in tests/fuzz/; seeds in tests/fuzz/corpus/<target>/,
 # crashing inputs land in tests/fuzz/crashers/<target>/ (replayed by tests/test_fuzz_properties.py).

@@ -1,4 +1,4 @@
-"""The three-phase exchange over TCP (tokencsp.net, tokencsp.cli_exchange) between two SoftHSM tokens."""
+"""The three-phase exchange over TCP (tokencsp.net, tokencsp.cli.exchange) between two SoftHSM tokens."""
 
 from __future__ import annotations
 
@@ -556,7 +556,7 @@ def test_listener_close_cancels_sessions_cleanly(tmp_path, keys, pubs, trust):
 # -- the commands ------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    from tokencsp import cli_exchange
+    from tokencsp.cli import exchange as cli_exchange
 
     parser = argparse.ArgumentParser(prog="tokencsp")
     cli._add_token_options(parser)
@@ -684,5 +684,5 @@ def test_cli_argument_errors(tmp_path, exported):
         code, err = tokencsp("listen", "--key", "net-bob", "--peer", str(exported / "alice.blob"), "--port", "1",
                              "--out-dir", str(tmp_path / "missing"))
         assert code == 1 and "not a directory" in err
-        from tokencsp.cli_exchange import _progress
+        from tokencsp.cli.exchange import _progress
         assert _progress() is None  # progress only when stderr is a terminal

@@ -19,7 +19,7 @@ ALGS = ("aes128", "aes192", "aes256", "3des", "3des112")
 
 
 def _batch(public: bytes, count: int, seed: int) -> list[tuple[bytes, bytes, bool]]:
-    from .session import SessionKey
+    from tokencsp.session import SessionKey
 
     batch = []
     for i in range(count):
@@ -52,7 +52,7 @@ def _process_main(env: dict, key_name: str, count: int, seed: int, results) -> N
     import os
 
     os.environ.update(env)
-    from .provider import Provider
+    from tokencsp.provider import Provider
 
     try:
         with Provider.open() as provider:
@@ -65,20 +65,20 @@ def _process_main(env: dict, key_name: str, count: int, seed: int, results) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tokencsp.stress", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tools/stress.py", description=__doc__)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--per-thread", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--per-process", type=int, default=2_500)
     args = parser.parse_args(argv)
 
-    from .testing import SoftHSMKit
+    from tokencsp.testing import SoftHSMKit
 
     with tempfile.TemporaryDirectory(prefix="tokencsp-stress-") as scratch:
         kit = SoftHSMKit(Path(scratch), labels=("tokencsp-stress",))
         kit.__enter__()
         kit.apply()
-        from .provider import Provider
+        from tokencsp.provider import Provider
 
         failed = False
         with Provider.open() as provider:

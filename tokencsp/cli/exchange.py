@@ -12,9 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError
-from .net import NetConfig, Receiver, SessionResult, send_files
-from .threephase import TrustSet, check_name
+from ..errors import ConfigError
+from ..net import NetConfig, Receiver, SessionResult, send_files
+from ..threephase import TrustSet, check_name
 
 __all__ = ["add_commands", "cmd_listen", "cmd_send", "parse_address"]
 
@@ -57,7 +57,7 @@ def _report(result: SessionResult) -> None:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    from .cli import _provider
+    from ..cli import _provider
 
     trust = TrustSet.from_paths(args.peer)
     if not trust:
@@ -97,7 +97,7 @@ def _progress():
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from .cli import _provider
+    from ..cli import _provider
 
     host, port = parse_address(args.to)
     trust = TrustSet.from_paths([args.peer])

@@ -11,13 +11,13 @@ import datetime
 import json
 import sys
 
-from . import envelope
-from .errors import ConfigError
-from .fileio import atomic_output, open_input, read_input
-from .progress import ProgressReader
-from .pubkeys import fingerprint, load_public_key
-from .replay import ReplayPolicy, SQLiteReplayCache, SerialCounter, default_replay_db_path, parse_duration
-from .trust import TrustSet
+from .. import envelope
+from ..errors import ConfigError
+from ..fileio import atomic_output, open_input, read_input
+from ..progress import ProgressReader
+from ..pubkeys import fingerprint, load_public_key
+from ..replay import ReplayPolicy, SQLiteReplayCache, SerialCounter, default_replay_db_path, parse_duration
+from ..trust import TrustSet
 
 __all__ = ["add_commands"]
 
@@ -29,7 +29,7 @@ def cmd_seal(args: argparse.Namespace) -> int:
     recipient = load_public_key(read_input(args.to))
     if args.sign_with is None:
         return _seal(args, recipient, signer=None, serial=None)
-    from .cli import _provider
+    from ..cli import _provider
 
     with _provider(args) as provider:
         signer = provider.key(args.sign_with)
@@ -50,7 +50,7 @@ def cmd_open(args: argparse.Namespace) -> int:
     if trusted is not None and not trusted:
         raise ConfigError("--trust named no public key files")
     trust = trusted.by_fingerprint() if trusted is not None else None
-    from .cli import _provider
+    from ..cli import _provider
 
     with SQLiteReplayCache(args.replay_db) as cache, _provider(args) as provider:
         receiver = provider.exchange_key(args.key)

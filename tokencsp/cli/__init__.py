@@ -11,10 +11,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-from . import blobs, errors
-from .fileio import atomic_output, open_input, read_input
-from .pubkeys import fingerprint, load_public_key
-from .session import ALG_NAMES, SessionKey, alg_from_name
+from .. import blobs, errors
+from ..fileio import atomic_output, open_input, read_input
+from ..pubkeys import fingerprint, load_public_key
+from ..session import ALG_NAMES, SessionKey, alg_from_name
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -71,7 +71,7 @@ CHUNK = 1 << 20  # a multiple of every block size
 
 def _provider(args: argparse.Namespace):
     """The token named by the global options; only commands that need the token load the module."""
-    from .provider import Provider
+    from ..provider import Provider
 
     return Provider.open(module=args.module, token=args.token, serial=args.serial, uri=args.uri,
                          pin_file=args.pin_file)
@@ -129,7 +129,7 @@ def cmd_key_import(args: argparse.Namespace) -> int:
 
 
 def cmd_key_audit(args: argparse.Namespace) -> int:
-    from .keyaudit import WARN, audit_key
+    from ..keyaudit import WARN, audit_key
 
     with _provider(args) as provider:
         infos = provider.list_keys()
@@ -148,7 +148,7 @@ def cmd_key_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    from .provider import list_tokens
+    from ..provider import list_tokens
 
     tokens = list_tokens(args.module)
     if args.json:
@@ -159,8 +159,8 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_init(args: argparse.Namespace) -> int:
-    from .config import resolve_pin, resolve_so_pin
-    from .provider import initialize_token
+    from ..config import resolve_pin, resolve_so_pin
+    from ..provider import initialize_token
 
     so_pin = resolve_so_pin(args.so_pin_file)
     pin = resolve_pin(pin_file=args.pin_file, prompt="New user PIN: ")
@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("input", nargs="?", help="ciphertext file (default: stdin)")
     dec.set_defaults(func=cmd_capi_decrypt)
 
-    from . import cli_exchange, cli_seal
+    from . import exchange as cli_exchange
+    from . import seal as cli_seal
 
     cli_seal.add_commands(commands, parents)
     cli_exchange.add_commands(commands, parents)
@@ -381,7 +382,7 @@ def _default_key_from_uri(args: argparse.Namespace) -> None:
     """``--key`` may be left out when the PKCS#11 URI names the object (``object=``)."""
     if getattr(args, "key", False) is not None:
         return
-    from .config import resolve_selector
+    from ..config import resolve_selector
 
     args.key = resolve_selector(uri=args.uri).object_label
     if not args.key:

@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .blobs import AlgId
-from .errors import (AuthenticationFailed, BadSignature, EnvelopeFormatError, InvalidKeyError, NotForThisKey,
+from ..blobs import AlgId
+from ..errors import (AuthenticationFailed, BadSignature, EnvelopeFormatError, InvalidKeyError, NotForThisKey,
                      SignatureRequired, TokenError, TruncatedMessage, UntrustedSender)
-from .pubkeys import fingerprint
-from .replay import ReplayCache, ReplayPolicy
-from .session import SessionKey
+from ..pubkeys import fingerprint
+from ..replay import ReplayCache, ReplayPolicy
+from ..session import SessionKey
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "MIN_CHUNK_SIZE", "MAX_CHUNK_SIZE", "Header", "Preamble", "Opened",
            "seal", "seal_bytes", "read_header", "open_message", "open_", "open_bytes", "trust_set",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def _kit(directory: Path):
-    from .testing import SoftHSMKit
+    from tokencsp.testing import SoftHSMKit
 
     kit = SoftHSMKit(directory, labels=("tokencsp-bench",))
     kit.__enter__()
@@ -27,7 +27,7 @@ def _kit(directory: Path):
 
 
 def bench_imports(provider, bits: int, count: int, threads: int, oaep: bool) -> float:
-    from .session import SessionKey
+    from tokencsp.session import SessionKey
 
     pair = provider.generate_exchange_key(f"bench-{bits}-{threads}-{int(oaep)}", bits=bits)
     try:
@@ -52,7 +52,7 @@ def bench_imports(provider, bits: int, count: int, threads: int, oaep: bool) -> 
 
 
 def bench_host(alg: str, size: int) -> tuple[float, float]:
-    from .session import SessionKey
+    from tokencsp.session import SessionKey
 
     key = SessionKey.generate(alg)
     data = os.urandom(size)
@@ -85,8 +85,8 @@ def bench_sealed(pair, size: int) -> tuple[float, float]:
     """Seal and open ``size`` bytes (64 KiB chunks): host AES-256-GCM plus one token import."""
     import io
 
-    from . import envelope
-    from .replay import MemoryReplayCache
+    from tokencsp import envelope
+    from tokencsp.replay import MemoryReplayCache
 
     data = os.urandom(size)
     # Timed into a discarding sink: filling fresh memory with the output would
@@ -104,13 +104,13 @@ def bench_sealed(pair, size: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tokencsp.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tools/bench.py", description=__doc__)
     parser.add_argument("--count", type=int, default=2000, help="imports per measurement")
     parser.add_argument("--mib", type=int, default=64, help="MiB for host throughput")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tokencsp-bench-") as scratch:
         kit = _kit(Path(scratch))
-        from .provider import Provider
+        from tokencsp.provider import Provider
 
         with Provider.open(token="tokencsp-bench", pin=kit.user_pin) as provider:
             print(f"SoftHSM token import (C_UnwrapKey + read + destroy), {args.count} blobs each:")

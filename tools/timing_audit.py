@@ -49,7 +49,7 @@ def measure(pair, valid: list[bytes], invalid: list[bytes], oaep: bool,
     random.shuffle(order)
     times: dict[bool, list[float]] = {True: [], False: []}
     clock = time.perf_counter_ns
-    from .blobs import SimpleBlob
+    from tokencsp.blobs import SimpleBlob
 
     for is_valid, blob in order:
         start = clock()
@@ -68,7 +68,7 @@ def corrupt(blob: bytes) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tokencsp.timing_audit", description=__doc__,
+    parser = argparse.ArgumentParser(prog="tools/timing_audit.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=10_000, help="samples per class (default 10000)")
     parser.add_argument("--oaep", action="store_true", help="audit OAEP blobs instead of PKCS#1 v1.5")
@@ -76,14 +76,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="time the import without its deadline padding (shows the token's own difference)")
     args = parser.parse_args(argv)
 
-    from .session import SessionKey
-    from .testing import SoftHSMKit
+    from tokencsp.session import SessionKey
+    from tokencsp.testing import SoftHSMKit
 
     with tempfile.TemporaryDirectory(prefix="tokencsp-audit-") as scratch:
         kit = SoftHSMKit(Path(scratch), labels=("tokencsp-audit",))
         kit.__enter__()
         kit.apply()
-        from .provider import Provider
+        from tokencsp.provider import Provider
 
         with Provider.open(token="tokencsp-audit", pin=kit.user_pin) as provider:
             pair = provider.generate_exchange_key("audit")

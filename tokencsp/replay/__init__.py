@@ -45,7 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from .errors import (ConfigError, MessageFromFuture, MessageTooOld, ReplayCacheError,
+from ..errors import (ConfigError, MessageFromFuture, MessageTooOld, ReplayCacheError,
                      ReplayedMessage, SerialNotIncreasing)
 
 __all__ = ["ReplayPolicy", "parse_duration", "ReplayCache", "MemoryReplayCache",

@@ -31,7 +31,7 @@ import pkcs11.attributes
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, _pkcs11
 from pkcs11 import exceptions as p11
 
-from .errors import (
+from ..errors import (
     AmbiguousKeyError,
     InvalidKeyError,
     KeyExistsError,
@@ -43,7 +43,7 @@ from .errors import (
     TokenNotFoundError,
     TokenOperationError,
 )
-from .keyinfo import KeyInfo, KeyUsage, RsaPrivateParts
+from ..keyinfo import KeyInfo, KeyUsage, RsaPrivateParts
 
 __all__ = ["KeyUsage", "KeyInfo", "RsaPrivateParts", "Token", "load_module", "open_token"]
 

@@ -22,8 +22,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .blobs import AlgId, SimpleBlob
-from .errors import (
+from ..blobs import AlgId, SimpleBlob
+from ..errors import (
     BlobFormatError,
     ConfigError,
     FrameTooLarge,
@@ -39,9 +39,9 @@ from .errors import (
     UnknownPeer,
     UnsupportedAlgorithm,
 )
-from .pubkeys import fingerprint
-from .session import SessionKey
-from .trust import TrustSet, check_name
+from ..pubkeys import fingerprint
+from ..session import SessionKey
+from ..trust import TrustSet, check_name
 
 __all__ = [
     "PROTOCOL_VERSION", "DEFAULT_MAX_FRAME", "MsgType", "ABORT_REASONS", "Role", "State",
