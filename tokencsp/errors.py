@@ -41,6 +41,7 @@ __all__ = [
     "UntrustedSender",
     "BadSignature",
     "SignatureRequired",
+    "Pkcs1Refused",
     "ReplayCacheError",
     "ProtocolError",
     "PeerAuthenticationFailed",
@@ -212,6 +213,18 @@ class BadSignature(SignatureError):
 class SignatureRequired(SignatureError):
     reason = "unsigned"
     default_message = "message is unsigned but a trust set was given"
+
+
+class Pkcs1Refused(MessageRejected):
+    """The message's key blob uses PKCS#1 v1.5 transport and the receiver did not opt in.
+
+    Decided on the public header flag alone, before any token work: a v1.5
+    key shared with OAEP messages and three-phase is only as safe as the
+    v1.5 path's timing (docs/SECURITY.md).
+    """
+
+    reason = "pkcs1-refused"
+    default_message = "message uses PKCS#1 v1.5 key transport; refused unless allowed (allow_pkcs1 / --allow-pkcs1)"
 
 
 class ReplayCacheError(TokenCSPError):
