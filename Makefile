@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "tokencsp make targets:"
-	@echo "  venv    install system deps (softhsm2, python3-venv) and create .venv with '.[test]'"
+	@echo "  venv    install system deps (softhsm2, postgresql, python3-venv) and create .venv with '.[test]'"
 	@echo "  token   venv + project-local SoftHSM dev token in $(STATE_DIR)/ (label \$${TOKENCSP_TOKEN:-tokencsp-dev})"
 	@echo "  demo    token, then run tools/demo.py against it (PIN \$${TOKENCSP_PIN:-1234})"
 	@echo "  test    venv, then pytest \$$(PYTEST_ARGS); tests make their own throwaway tokens"
@@ -29,6 +29,7 @@ help:
 # venv build below.
 deps:
 	@command -v softhsm2-util >/dev/null 2>&1 || PYTHON=$(PYTHON) softhsm/install-deps.sh
+	@postgres/install-deps.sh
 
 $(STAMP): pyproject.toml softhsm/install-deps.sh | deps
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 || { \

@@ -17,6 +17,7 @@ from .envelope import Header, Opened
 from .errors import TokenCSPError
 from .provider import ExchangeKey, KeyInfo, KeyPair, KeyUsage, Provider
 from .replay import MemoryReplayCache, ReplayCache, ReplayPolicy, SQLiteReplayCache
+from .replay.postgres import PostgresReplayCache
 from .session import SessionKey
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "KeyUsage",
     "MemoryReplayCache",
     "Opened",
+    "PostgresReplayCache",
     "Provider",
     "ReplayCache",
     "ReplayPolicy",

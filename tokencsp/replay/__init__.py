@@ -382,3 +382,9 @@ class SerialCounter:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+from .factory import open_cache, open_serial_counter  # noqa: E402 - the backends import this module first
+from .postgres import PostgresReplayCache, PostgresSerialCounter  # noqa: E402
+
+__all__ += ["open_cache", "open_serial_counter", "PostgresReplayCache", "PostgresSerialCounter"]

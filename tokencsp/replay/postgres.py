@@ -1,0 +1,460 @@
+"""The replay cache and sender serial counters in PostgreSQL, shared by a fleet (docs/FLEET.md).
+
+Decisions (tests/test_replay_postgres.py pins each one down against a real server):
+
+* One accept is one READ COMMITTED transaction: ``INSERT … ON CONFLICT DO
+  NOTHING`` of the message key, then a conditional upsert of the sender's
+  serial (``WHERE last_serial < new``), committed with
+  ``synchronous_commit = on`` (set on every connection, whatever the server's
+  default).  Concurrent accepts of one key queue on its unique index: exactly
+  one inserts it.  A refusal rolls back, so nothing is recorded.
+* **The database's clock decides.**  The time window is checked against
+  ``clock_timestamp()`` on the server, before the insert (so that a stale
+  message is refused as too old, as by every cache) and again right after it,
+  and pruning uses the same clock.  Receivers' own clocks, which may disagree,
+  never decide whether an id may be forgotten, so clock skew between receivers
+  cannot let two of them accept one message.  The ``now`` that callers pass to
+  ``accept``/``prune`` is not used by this backend.
+* Ids are kept while any receiver could still accept their timestamp: the
+  cache records the longest retention (``max_age + max_skew``) any receiver
+  has used (never lower than the default policy's, or what ``init`` set) and
+  prunes only ids whose *message timestamp* is older than now minus that.  A
+  receiver with a longer window raises it in its accept transaction, and the
+  cache then also records ``complete_since``: ids older than the old retention
+  may already be gone, so messages with a timestamp before that point are
+  refused as too old instead of risking a replay.
+* Sender serials: numeric(20,0), unsigned 64-bit like everywhere else; they
+  only go up (the conditional upsert), records never expire.
+* A dropped connection or a serialization failure/deadlock is retried
+  (reconnecting) for at most ``retry_seconds`` and ``max_attempts``; then
+  ``ReplayCacheError`` and nothing is accepted.  A commit whose
+  acknowledgement was lost is recognised on the retry by the random accept
+  token stored with the key, so it is neither accepted twice nor refused as
+  its own replay.
+* The schema is created on first use (or by ``tokencsp replay init``) under an
+  advisory lock, with a version table and forward migrations; tables go to the
+  first schema of the connection's ``search_path``.  A database whose schema is
+  newer than this code is refused.
+* The password never comes from tokencsp: libpq reads ``~/.pgpass``
+  (``PGPASSFILE``), ``PGPASSWORD`` or a service file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..errors import ConfigError, MessageTooOld, ReplayCacheError, ReplayedMessage, SerialNotIncreasing
+from . import SERIAL_MAX, ReplayCache, ReplayPolicy
+
+__all__ = ["PostgresReplayCache", "PostgresSerialCounter", "is_postgres_dsn", "dsn_has_password", "redact_dsn",
+           "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+PRUNE_BATCH = 1000
+_T = TypeVar("_T")
+
+# Forward migrations: MIGRATIONS[v] takes a database from version v - 1 to v.
+# Never edit a released step; add the next one.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE tokencsp_replay_settings (
+               singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+               retention double precision NOT NULL CHECK (retention >= 0),
+               complete_since double precision NOT NULL)""",
+        """CREATE TABLE tokencsp_seen (
+               message_key bytea PRIMARY KEY,
+               msg_time double precision NOT NULL,
+               accept_token bytea NOT NULL)""",
+        "CREATE INDEX tokencsp_seen_msg_time ON tokencsp_seen (msg_time)",
+        """CREATE TABLE tokencsp_senders (
+               sender_id bytea PRIMARY KEY,
+               last_serial numeric(20, 0) NOT NULL CHECK (last_serial BETWEEN 0 AND 18446744073709551615))""",
+        """CREATE TABLE tokencsp_serial_counters (
+               key_id bytea PRIMARY KEY,
+               last_serial numeric(20, 0) NOT NULL CHECK (last_serial BETWEEN 0 AND 18446744073709551615))""",
+    ),
+}
+_ADVISORY_LOCK = 0x746F6B656E637370  # "tokencsp": serialises schema creation across processes
+
+_NOW = "extract(epoch FROM clock_timestamp())::float8"
+
+
+def is_postgres_dsn(target: str) -> bool:
+    """A libpq URI (postgresql:// or postgres://) or a keyword/value string such as ``service=fleet``."""
+    text = target.strip()
+    if text.startswith(("postgresql://", "postgres://")):
+        return True
+    first = text.split(None, 1)[0] if text else ""
+    key = first.split("=", 1)[0]
+    return "=" in first and key.isidentifier() and "/" not in key
+
+
+def _conninfo(dsn: str) -> dict[str, str]:
+    psycopg = _psycopg()
+    try:
+        return psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"invalid PostgreSQL connection string: {_one_line(exc)}") from None
+
+
+def dsn_has_password(dsn: str) -> bool:
+    return bool(_conninfo(dsn).get("password"))
+
+
+def redact_dsn(dsn: str) -> str:
+    """user@host/dbname (or service=NAME) for messages: never the password, never raw options."""
+    try:
+        info = _conninfo(dsn)
+    except ConfigError:
+        return "postgresql (unparsable connection string)"
+    if "service" in info:
+        return f"postgresql service={info['service']}"
+    user = info.get("user", "")
+    host = info.get("host", "")
+    return f"postgresql://{user + '@' if user else ''}{host}/{info.get('dbname', '')}"
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError("a postgresql:// replay cache needs psycopg: pip install 'tokencsp[postgres]'") from None
+    return psycopg
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+# libpq reports connection-time failures without a SQLSTATE: these words mark
+# the ones that waiting will not fix (wrong password, unknown role/database).
+_PERMANENT = ("authentication failed", "no password supplied", "does not exist", "pg_hba.conf",
+              "permission denied", "invalid connection option", "certificate")
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlstate", None)
+    if code is not None:
+        return code.startswith(("28", "3D", "42"))
+    text = str(exc).lower()
+    return any(word in text for word in _PERMANENT)
+
+
+class _Connection:
+    """One libpq connection with bounded, reconnecting retries; not shared across threads without its lock."""
+
+    def __init__(self, dsn: str, what: str, *, retry_seconds: float, max_attempts: int) -> None:
+        if not isinstance(dsn, str) or not dsn.strip():
+            raise ConfigError("PostgreSQL connection string must be a non-empty string")
+        self._psycopg = _psycopg()
+        self._dsn = dsn
+        self._kwargs = self._defaults(_conninfo(dsn))
+        self.name = f"{what} {redact_dsn(dsn)}"
+        self.retry_seconds = retry_seconds
+        self.max_attempts = max_attempts
+        self.lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = os.getpid()
+
+    @staticmethod
+    def _defaults(info: dict[str, str]) -> dict[str, Any]:
+        """libpq parameters tokencsp sets unless the DSN sets them itself."""
+        wanted = {"connect_timeout": "10", "application_name": "tokencsp",
+                  # A receiver host that vanishes mid-transaction must not hold row locks for hours.
+                  "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3"}
+        return {k: v for k, v in wanted.items() if k not in info}
+
+    def _open(self) -> Any:
+        if self._conn is not None and not self._conn.closed and self._pid == os.getpid():
+            return self._conn
+        self.discard()
+        conn = self._psycopg.connect(self._dsn, autocommit=True, **self._kwargs)
+        try:
+            # Durability of every acceptance is the point: never inherit a
+            # server or role default of synchronous_commit=off/local.
+            conn.execute("SET synchronous_commit = on")
+            # A client that dies inside a transaction (SIGKILL, lost host) must not hold locks.
+            conn.execute("SET idle_in_transaction_session_timeout = '60s'")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is gone either way
+                pass
+
+    def run(self, work: Callable[[Any, int], _T]) -> _T:
+        """``work(conn, attempt)`` inside one transaction, retried on a dropped connection or a
+        serialization failure; tokencsp's own refusals (raised by ``work``) roll back and pass through."""
+        psycopg = self._psycopg
+        errors = psycopg.errors
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.05
+        last: BaseException | None = None
+        for attempt in range(self.max_attempts):
+            if attempt:
+                if time.monotonic() + delay > deadline:
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            try:
+                conn = self._open()
+                with conn.transaction():
+                    return work(conn, attempt)
+            except (errors.SerializationFailure, errors.DeadlockDetected) as exc:
+                last = exc
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if _is_permanent(exc):
+                    raise ReplayCacheError(f"{self.name}: {_one_line(exc)}") from None
+                last = exc
+                self.discard()
+            except psycopg.Error as exc:  # anything else is not going to change by retrying
+                raise ReplayCacheError(f"{self.name}: {_one_line(exc)}") from None
+        assert last is not None
+        raise ReplayCacheError(f"{self.name}: {_one_line(last)} (gave up after {attempt + 1} attempts)") from None
+
+    def ensure_schema(self, retention: float) -> None:
+        def migrate(db: Any, attempt: int) -> None:
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK,))
+            exists = db.execute("SELECT to_regclass('tokencsp_schema') IS NOT NULL").fetchone()[0]
+            if not exists:
+                db.execute("CREATE TABLE tokencsp_schema (version integer PRIMARY KEY, "
+                           "applied_at timestamptz NOT NULL DEFAULT now())")
+            version = db.execute("SELECT coalesce(max(version), 0) FROM tokencsp_schema").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ReplayCacheError(f"{self.name} has schema version {version}; "
+                                       f"this tokencsp understands up to {SCHEMA_VERSION}")
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:
+                    db.execute(statement)
+                if step == 1:
+                    db.execute("INSERT INTO tokencsp_replay_settings (retention, complete_since) "
+                               "VALUES (%s, '-infinity')", (retention,))
+                db.execute("INSERT INTO tokencsp_schema (version) VALUES (%s)", (step,))
+
+        self.run(migrate)
+
+
+class PostgresReplayCache(ReplayCache):
+    """Replay cache in PostgreSQL that every receiver of a fleet shares; see the module docstring."""
+
+    def __init__(self, dsn: str, *, retention: float | None = None, retry_seconds: float = 10.0,
+                 max_attempts: int = 20) -> None:
+        """Connects and creates (or migrates) the schema now, so a bad DSN fails before any token work.
+
+        ``retention`` (seconds) is the floor for how long ids are kept when the
+        schema is created (default: the default policy's max_age + max_skew);
+        use ``raise_retention`` to change it later.
+        """
+        floor = ReplayPolicy().retention() if retention is None else _seconds(retention, "retention")
+        self._db = _Connection(dsn, "replay cache", retry_seconds=retry_seconds, max_attempts=max_attempts)
+        self.name = self._db.name
+        self._accepts = 0
+        self._db.ensure_schema(floor)
+
+    # -- accept ----------------------------------------------------------------
+
+    def accept(self, message_id: bytes, timestamp: float, now: float | None = None,
+               policy: ReplayPolicy | None = None, sender_id: bytes | None = None,
+               serial: int | None = None) -> None:
+        """Check the window (database clock), the key, then the serial, and record it all in one commit.
+
+        ``now`` is accepted for interface compatibility and ignored: the database's clock decides.
+        """
+        if not isinstance(message_id, bytes) or not message_id:
+            raise ValueError("message_id must be non-empty bytes")
+        if sender_id is not None and not isinstance(sender_id, bytes):
+            raise TypeError("sender_id must be bytes or None")
+        if serial is not None and not (isinstance(serial, int) and 0 <= serial <= SERIAL_MAX):
+            raise ValueError(f"serial must be an unsigned 64-bit integer, not {serial!r}")
+        if not isinstance(timestamp, (int, float)):
+            raise TypeError("timestamp must be a number")
+        policy = ReplayPolicy() if policy is None else policy
+        strict = policy.is_strict(sender_id)
+        token = secrets.token_bytes(16)
+        with self._db.lock:
+            if self._accepts % self.PRUNE_EVERY == 0:
+                self._prune_batch(PRUNE_BATCH)
+            self._db.run(lambda db, attempt: self._accept_tx(db, attempt, message_id, float(timestamp), policy,
+                                                              sender_id, serial, strict, token))
+            self._accepts += 1
+
+    def _accept_tx(self, db: Any, attempt: int, key: bytes, timestamp: float, policy: ReplayPolicy,
+                   sender_id: bytes | None, serial: int | None, strict: bool, token: bytes) -> None:
+        db_now, retention, complete_since = db.execute(
+            f"SELECT {_NOW}, retention, complete_since FROM tokencsp_replay_settings").fetchone()
+        policy.check_time(timestamp, db_now)
+        if policy.retention() > retention:
+            retention, complete_since = self._raise(db, policy.retention())
+        if timestamp < complete_since:
+            raise MessageTooOld("message is older than what the replay cache still remembers "
+                                "(its retention was raised); refused rather than risk a replay")
+        row = db.execute(f"INSERT INTO tokencsp_seen (message_key, msg_time, accept_token) VALUES (%s, %s, %s) "
+                         f"ON CONFLICT (message_key) DO NOTHING RETURNING {_NOW}", (key, timestamp, token)).fetchone()
+        if row is None:
+            if attempt and self._ours(db, key, token):
+                return  # our earlier attempt committed; only its acknowledgement was lost
+            raise ReplayedMessage()
+        # A transaction that stalled between the first check and the insert
+        # must not record an id that a prune may already have forgotten.
+        policy.check_time(timestamp, row[0])
+        if strict and (sender_id is None or serial is None):
+            raise SerialNotIncreasing("message carries no sender serial number")
+        if sender_id is not None and serial is not None:
+            raised = db.execute(
+                "INSERT INTO tokencsp_senders AS s (sender_id, last_serial) VALUES (%s, %s) "
+                "ON CONFLICT (sender_id) DO UPDATE SET last_serial = EXCLUDED.last_serial "
+                "WHERE s.last_serial < EXCLUDED.last_serial RETURNING 1", (sender_id, serial)).fetchone()
+            if raised is None and strict:
+                raise SerialNotIncreasing()
+
+    @staticmethod
+    def _ours(db: Any, key: bytes, token: bytes) -> bool:
+        row = db.execute("SELECT accept_token FROM tokencsp_seen WHERE message_key = %s", (key,)).fetchone()
+        return row is not None and bytes(row[0]) == token
+
+    @staticmethod
+    def _raise(db: Any, retention: float) -> tuple[float, float]:
+        # complete_since is computed at UPDATE time, after the row lock is
+        # held: prunes that ran with the old retention have committed by then.
+        db.execute(f"UPDATE tokencsp_replay_settings SET complete_since = greatest(complete_since, "
+                   f"{_NOW} - retention), retention = %s WHERE retention < %s", (retention, retention))
+        row = db.execute("SELECT retention, complete_since FROM tokencsp_replay_settings").fetchone()
+        return row[0], row[1]
+
+    def _accept(self, message_id: bytes, expires: float, now: float, sender_id: bytes | None,
+                serial: int | None, strict: bool) -> None:  # pragma: no cover - accept() is overridden
+        raise NotImplementedError
+
+    # -- maintenance -------------------------------------------------------------
+
+    def raise_retention(self, retention: float) -> None:
+        """Keep ids at least ``retention`` seconds past their timestamp from now on (never lowers it)."""
+        value = _seconds(retention, "retention")
+        with self._db.lock:
+            self._db.run(lambda db, attempt: self._raise(db, value))
+
+    def _prune_batch(self, limit: int) -> int:
+        def prune(db: Any, attempt: int) -> int:
+            # Nothing to do is the common case: find out without taking a lock,
+            # which would cost a transaction id and a WAL flush.
+            due = db.execute(f"SELECT EXISTS (SELECT 1 FROM tokencsp_seen WHERE msg_time < {_NOW} - "
+                             f"(SELECT retention FROM tokencsp_replay_settings))").fetchone()[0]
+            if not due:
+                return 0
+            # FOR SHARE: a receiver raising the retention waits for this batch,
+            # so its complete_since covers what the batch deletes.
+            (retention,) = db.execute("SELECT retention FROM tokencsp_replay_settings FOR SHARE").fetchone()
+            cur = db.execute(
+                f"DELETE FROM tokencsp_seen WHERE message_key IN ("
+                f"SELECT message_key FROM tokencsp_seen WHERE msg_time < {_NOW} - %s "
+                f"ORDER BY msg_time LIMIT %s FOR UPDATE SKIP LOCKED)", (retention, limit))
+            return int(cur.rowcount)
+
+        return self._db.run(prune)
+
+    def prune(self, now: float | None = None, *, batch: int = 10_000) -> int:
+        """Forget every id whose timestamp is older than the database's now minus the retention.
+
+        Deletes in batches of ``batch`` (one short transaction each), so a large
+        backlog never holds locks for long.  ``now`` is ignored: the database's clock decides.
+        """
+        total = 0
+        with self._db.lock:
+            while True:
+                deleted = self._prune_batch(batch)
+                total += deleted
+                if deleted < batch:
+                    return total
+
+    def status(self) -> dict[str, Any]:
+        """Facts for operators (``tokencsp replay status``)."""
+        def read(db: Any, attempt: int) -> dict[str, Any]:
+            version = db.execute("SELECT max(version) FROM tokencsp_schema").fetchone()[0]
+            db_now, retention, since = db.execute(
+                f"SELECT {_NOW}, retention, complete_since FROM tokencsp_replay_settings").fetchone()
+            ids, oldest, newest = db.execute(
+                "SELECT count(*), min(msg_time), max(msg_time) FROM tokencsp_seen").fetchone()
+            prunable = db.execute("SELECT count(*) FROM tokencsp_seen WHERE msg_time < %s",
+                                  (db_now - retention,)).fetchone()[0]
+            senders = db.execute("SELECT count(*) FROM tokencsp_senders").fetchone()[0]
+            counters = db.execute("SELECT count(*) FROM tokencsp_serial_counters").fetchone()[0]
+            settings = dict(db.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN "
+                "('synchronous_commit', 'fsync', 'synchronous_standby_names', 'server_version')").fetchall())
+            in_recovery = db.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+            return {
+                "schema_version": version, "database_time": db_now, "clock_offset": time.time() - db_now,
+                "retention": retention, "complete_since": None if math.isinf(since) else since,
+                "ids": ids, "oldest_timestamp": oldest, "newest_timestamp": newest, "prunable": prunable,
+                "senders": senders, "serial_counters": counters, "synchronous_commit": settings.get("synchronous_commit"),
+                "fsync": settings.get("fsync"), "synchronous_standby_names": settings.get("synchronous_standby_names"),
+                "server_version": settings.get("server_version"), "standby": in_recovery,
+            }
+
+        with self._db.lock:
+            return self._db.run(read)
+
+    def close(self) -> None:
+        with self._db.lock:
+            self._db.discard()
+
+
+class PostgresSerialCounter:
+    """Sender serial numbers drawn from PostgreSQL: N senders sharing one key never repeat or go back.
+
+    ``next()`` returns ``max(last + 1, microseconds since the epoch by the
+    database's clock)`` in one atomic upsert, the same rule as the file-based
+    ``SerialCounter``.  A retry after a lost commit acknowledgement may skip a
+    number; it never reuses one.
+    """
+
+    def __init__(self, dsn: str, key_id: bytes, *, retry_seconds: float = 10.0, max_attempts: int = 20) -> None:
+        if not isinstance(key_id, bytes) or not key_id:
+            raise ValueError("key_id must be non-empty bytes")
+        self.key_id = key_id
+        self._db = _Connection(dsn, "serial counter", retry_seconds=retry_seconds, max_attempts=max_attempts)
+        self._db.ensure_schema(ReplayPolicy().retention())
+
+    def next(self) -> int:
+        def draw(db: Any, attempt: int) -> int:
+            (value,) = db.execute(
+                f"INSERT INTO tokencsp_serial_counters AS c (key_id, last_serial) "
+                f"VALUES (%s, floor({_NOW} * 1000000)) ON CONFLICT (key_id) DO UPDATE "
+                f"SET last_serial = greatest(c.last_serial + 1, EXCLUDED.last_serial) "
+                f"RETURNING last_serial", (self.key_id,)).fetchone()
+            if value > SERIAL_MAX:
+                raise ReplayCacheError(f"{self._db.name}: serial numbers for this key are exhausted")
+            return int(value)
+
+        with self._db.lock:
+            return self._db.run(draw)
+
+    def close(self) -> None:
+        with self._db.lock:
+            self._db.discard()
+
+    def __enter__(self) -> PostgresSerialCounter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _seconds(value: float, name: str) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
+    return float(value)
