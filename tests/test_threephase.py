@@ -14,9 +14,9 @@ from tokencsp.errors import ConfigError, TokenCSPError
 from tokencsp.pubkeys import fingerprint
 from tokencsp.session import SessionKey
 from tokencsp.threephase import (
-    NEED_DATA, Close, ConnectionClosed, Data, FrameTooLarge, HandshakeComplete, PeerAborted,
-    PeerAuthenticationFailed, PeerDisconnected, PhaseTimeout, ProtocolError, RecordError, Role, State, ThreePhase,
-    TruncatedSession, TrustSet, UnknownPeer, check_name, frame,
+    NEED_DATA, TRANSITIONS, Close, ConnectionClosed, Data, FrameTooLarge, HandshakeComplete, LocalProtocolError,
+    MsgType, PeerAborted, PeerAuthenticationFailed, PeerDisconnected, PhaseTimeout, ProtocolError, RecordError,
+    RemoteProtocolError, Role, State, ThreePhase, TruncatedSession, TrustSet, UnknownPeer, check_name, frame,
 )
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "THREEPHASE.md"
@@ -465,3 +465,66 @@ def test_trust_set_from_files_and_directories(tmp_path, keys, pubs):
         TrustSet.from_paths([tmp_path / "missing.pem"])
     with pytest.raises(UnknownPeer):
         ThreePhase(Role.INITIATOR, "alice", keys["alice"], ts, peer_name="nobody", local_public=pub)
+
+
+# -- the transition table ----------------------------------------------------------------
+
+def _machines_in_every_state(keys, pubs, trust):
+    """(machine, how it got there) for each (role, state) a session passes through."""
+    init, resp = pair(keys, pubs, trust)
+    yield ThreePhase(Role.INITIATOR, "alice", keys["alice"], trust, peer_name="bob", local_public=pubs["alice"])
+    yield ThreePhase(Role.RESPONDER, "bob", keys["bob"], trust, local_public=pubs["bob"])
+    yield resp  # AWAIT_PHASE1
+    init.data_to_send()
+    yield init  # AWAIT_PHASE2
+    init, resp = pair(keys, pubs, trust)
+    deliver(init.data_to_send(), resp)
+    yield resp  # AWAIT_PHASE3
+    for side in (0, 1):
+        init, resp = pair(keys, pubs, trust)
+        handshake(init, resp)
+        yield (init, resp)[side]  # OPEN
+        init, resp = pair(keys, pubs, trust)
+        handshake(init, resp)
+        me, peer = (init, resp)[side], (resp, init)[side]
+        me.send(Close())
+        deliver(peer.send(Close()), me)
+        assert me.state is State.CLOSED
+        yield me
+
+
+def test_every_message_the_table_does_not_allow_is_the_peers_protocol_error(keys, pubs, trust):
+    seen = set()
+    for probe in range(len(MsgType) + 1):
+        for conn in _machines_in_every_state(keys, pubs, trust):
+            state = conn.state
+            seen.add((conn.role, state))
+            allowed = TRANSITIONS[conn.role, state]
+            kinds = [k for k in MsgType if k not in allowed] + [0x42]  # 0x42: no message type at all
+            if probe >= len(kinds):
+                continue
+            kind = kinds[probe]
+            if kind != 0x42 and state in (State.OPEN, State.CLOSED) and kind in (MsgType.DATA, MsgType.CLOSE):
+                continue
+            conn.receive_data(frame(bytes([kind]) + bytes(40)))
+            with pytest.raises(RemoteProtocolError, match=f"unexpected message type 0x{kind:02x}"):
+                conn.next_event(0.0)
+            assert_failed_for_good(conn)
+    assert seen == {key for key in TRANSITIONS if key[1] is not State.ERROR}
+
+
+def test_calls_the_table_does_not_allow_are_local_protocol_errors(keys, pubs, trust):
+    init, resp = pair(keys, pubs, trust)
+    for call, message in ((lambda: init.start(0.0), "called twice"),
+                          (lambda: resp.send(Data(b"x")), "before the handshake")):
+        with pytest.raises(LocalProtocolError, match=message):
+            call()
+    init, resp = pair(keys, pubs, trust)
+    handshake(init, resp)
+    init.send(Close())
+    with pytest.raises(LocalProtocolError, match="already sent its close record"):
+        init.send(Close())
+    with pytest.raises(LocalProtocolError, match="already failed"):
+        init.send(Data(b"x"))
+    assert not issubclass(LocalProtocolError, RemoteProtocolError)
+    assert issubclass(PeerAuthenticationFailed, RemoteProtocolError) and issubclass(RecordError, RemoteProtocolError)

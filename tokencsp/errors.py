@@ -44,6 +44,8 @@ __all__ = [
     "Pkcs1Refused",
     "ReplayCacheError",
     "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
     "PeerAuthenticationFailed",
     "UnknownPeer",
     "PhaseTimeout",
@@ -236,17 +238,26 @@ class ReplayCacheError(TokenCSPError):
 
 
 class ProtocolError(TokenCSPError):
-    """The peer broke the protocol, or the session is already over."""
+    """The three-phase session failed; the subclasses say whose fault it was."""
     abort_code = 1
 
 
-class PeerAuthenticationFailed(ProtocolError):
+class LocalProtocolError(ProtocolError):
+    """This party misused its own machine (a call its state does not allow, a session already failed)."""
+    abort_code = 6
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow in this state (malformed or unexpected)."""
+
+
+class PeerAuthenticationFailed(RemoteProtocolError):
     """The peer did not prove it holds the right key (bad MAC, failed unwrap, wrong key)."""
     abort_code = 2
 
 
 class UnknownPeer(ProtocolError):
-    """The peer's name is not in the trust set."""
+    """A name is not in the trust set (the peer's claim in phase 1, or the peer an initiator asked for)."""
     abort_code = 3
 
 
@@ -255,7 +266,7 @@ class PhaseTimeout(ProtocolError):
     abort_code = 4
 
 
-class FrameTooLarge(ProtocolError):
+class FrameTooLarge(RemoteProtocolError):
     """A frame's length prefix exceeds the limit; its body was never read."""
     abort_code = 5
 
@@ -272,7 +283,7 @@ class TruncatedSession(RecordError):
     """The stream ended without the peer's close record."""
 
 
-class PeerAborted(ProtocolError):
+class PeerAborted(RemoteProtocolError):
     """The peer sent ABORT; ``reason`` is its (unauthenticated) code."""
 
     def __init__(self, reason: int, description: str) -> None:
