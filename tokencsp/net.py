@@ -1,10 +1,12 @@
-"""The three-phase exchange over TCP (asyncio), and a file transfer on top of it.
+"""The three-phase exchange and its file transfer over TCP (asyncio): the transport only.
 
-Frames are read with their 4-byte length first and refused above the limit
+The protocol lives in sans-IO pieces (``tokencsp.threephase`` for the
+session, ``tokencsp.transfer`` for the file records); this module moves their
+bytes over sockets and writes received files atomically.  Frames are read with their 4-byte length first and refused above the limit
 before the body is read; each handshake phase has a deadline and the record
 channel an idle timeout.  Token work (the unwraps inside ``next_event`` while
 the handshake runs) happens in a worker thread, so one listener serves many
-sessions at once.  The file-transfer messages are in docs/THREEPHASE.md.
+sessions at once.
 """
 
 from __future__ import annotations
@@ -13,25 +15,45 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import InputError, OutputError
 from .fileio import atomic_output
 from .threephase import (
-    DEFAULT_MAX_FRAME, NEED_DATA, Close, ConnectionClosed, Data, HandshakeComplete, PeerDisconnected, PhaseTimeout,
-    ProtocolError, Role, ThreePhase, TrustSet, check_frame_length, check_name,
+    DEFAULT_MAX_FRAME,
+    NEED_DATA,
+    Close,
+    ConnectionClosed,
+    Data,
+    Event,
+    ExchangeKeyLike,
+    HandshakeComplete,
+    PeerDisconnected,
+    PhaseTimeout,
+    ProtocolError,
+    Role,
+    ThreePhase,
+    TrustSet,
+    check_name,
 )
+from .threephase.messages import LENGTH_PREFIX, check_frame_length, frame_length
+from .transfer import FileChunk, FileEnd, FileHeader, FileReceiver, FileStart, check_ack, check_file_name, data_record
 
-__all__ = ["NetConfig", "SessionResult", "Receiver", "send_files", "check_file_name"]
+__all__ = ["NetConfig", "Receiver", "SessionResult", "check_file_name", "send_files"]
 
-_HEADER = struct.Struct(">H")
-_SIZE = struct.Struct(">Q")
-KIND_HEADER, KIND_DATA, KIND_ACK = b"H", b"D", b"K"
 Progress = Callable[[str, int, int], None]
+_T = TypeVar("_T")
+
+
+class NamedExchangeKey(ExchangeKeyLike, Protocol):
+    """An exchange key that knows its own name on the token (tokencsp.provider.ExchangeKey)."""
+
+    @property
+    def name(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -57,14 +79,6 @@ class SessionResult:
         return self.error is None
 
 
-def check_file_name(name: str) -> str:
-    """A received file name must be one plain path component (no traversal, no dot-files)."""
-    if (not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0")
-            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name) or len(name.encode("utf-8")) > 255):
-        raise ProtocolError(f"refused file name {name!r}")
-    return name
-
-
 class _Channel:
     """One ThreePhase machine on one stream pair."""
 
@@ -85,7 +99,7 @@ class _Channel:
         except (ConnectionError, OSError) as exc:
             raise PeerDisconnected(f"connection lost while sending ({type(exc).__name__})") from None
 
-    async def next_event(self):
+    async def next_event(self) -> Event:
         conn = self.conn
         while True:
             if conn.handshaking:  # may unwrap on the token: keep the loop free
@@ -102,10 +116,9 @@ class _Channel:
         deadline = conn.deadline if conn.handshaking else self.loop.time() + self.config.idle_timeout
         try:
             async with asyncio.timeout_at(deadline):
-                got = await self.reader.readexactly(4)
-                (length,) = struct.unpack(">I", got)
-                check_frame_length(length, self.config.max_frame)  # before reading the body
-                got += await self.reader.readexactly(length)
+                got = await self.reader.readexactly(LENGTH_PREFIX)
+                check_frame_length(frame_length(got), self.config.max_frame)  # before reading the body
+                got += await self.reader.readexactly(frame_length(got))
         except TimeoutError:
             what = conn.expecting
             limit = conn.phase_timeout if conn.handshaking else self.config.idle_timeout
@@ -121,14 +134,15 @@ class _Channel:
     async def send(self, event: Data | Close) -> None:
         await self._write(self.conn.send(event))
 
-    async def expect(self, kind: type, what: str):
+    async def expect(self, kind: type[_T], what: str) -> _T:
         event = await self.next_event()
         if not isinstance(event, kind):
             raise ProtocolError(f"expected {what}, got {type(event).__name__}")
         return event
 
 
-async def _run_session(conn: ThreePhase, reader, writer, config: NetConfig, body):
+async def _run_session(conn: ThreePhase, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       config: NetConfig, body: Callable[[_Channel], Awaitable[_T]]) -> _T:
     channel = _Channel(conn, reader, writer, config)
     try:
         await asyncio.to_thread(conn.start, channel.loop.time())
@@ -149,23 +163,17 @@ async def _run_session(conn: ThreePhase, reader, writer, config: NetConfig, body
 # -- receiver --------------------------------------------------------------------------
 
 class _Incoming:
-    """One file being received: committed whole, or never visible."""
+    """One file being written: committed whole, or never visible."""
 
-    def __init__(self, out_dir: str, name: str, size: int) -> None:
-        self.size, self.received, self.digest = size, 0, hashlib.sha256()
-        self._cm = atomic_output(os.path.join(out_dir, check_file_name(name)))
-        self._fh = self._cm.__enter__()
+    def __init__(self, path: str) -> None:
+        self._cm = atomic_output(path)
+        self._fh: BinaryIO = self._cm.__enter__()
 
     def write(self, data: bytes) -> None:
-        if self.received + len(data) > self.size:
-            raise ProtocolError("the sender sent more bytes than the file's announced size")
         self._fh.write(data)
-        self.digest.update(data)
-        self.received += len(data)
 
-    def commit(self) -> bytes:
+    def commit(self) -> None:
         self._cm.__exit__(None, None, None)
-        return self.digest.digest()
 
     def discard(self) -> None:
         with contextlib.suppress(Exception):
@@ -175,48 +183,40 @@ class _Incoming:
 async def _receive_files(channel: _Channel, out_dir: str, result: SessionResult) -> None:
     hello = await channel.expect(HandshakeComplete, "the handshake")
     result.peer = hello.peer_name
-    while True:
-        event = await channel.next_event()
-        if isinstance(event, Close):
-            break
-        if not isinstance(event, Data) or event.data[:1] != KIND_HEADER:
-            raise ProtocolError("expected a file header")
-        name, size = _parse_header(event.data)
-        if name in result.files:
-            raise ProtocolError(f"file {name!r} was sent twice")
-        incoming = _Incoming(out_dir, name, size)
-        try:
-            while incoming.received < size:
-                chunk = await channel.expect(Data, "file data")
-                if chunk.data[:1] != KIND_DATA:
-                    raise ProtocolError("expected file data")
-                incoming.write(chunk.data[1:])
-            digest = incoming.commit()
-        except BaseException:
+    files = FileReceiver()
+    incoming: _Incoming | None = None
+    try:
+        while True:
+            event = await channel.next_event()
+            if isinstance(event, Close):
+                files.close()
+                break
+            if not isinstance(event, Data):
+                raise ProtocolError(f"expected {'file data' if files.in_progress else 'a file header'}, "
+                                    f"got {type(event).__name__}")
+            for step in files.receive(event.data):
+                if isinstance(step, FileStart):
+                    incoming = _Incoming(os.path.join(out_dir, step.name))
+                elif isinstance(step, FileChunk):
+                    assert incoming is not None
+                    incoming.write(step.data)
+                elif isinstance(step, FileEnd):
+                    assert incoming is not None
+                    incoming.commit()
+                    incoming = None
+                    result.files.append(step.name)
+                    await channel.send(Data(step.ack))
+    finally:
+        if incoming is not None:
             incoming.discard()
-            raise
-        result.files.append(name)
-        await channel.send(Data(KIND_ACK + digest))
     await channel.expect(ConnectionClosed, "the end of the stream after the close record")
     await channel.send(Close())
-
-
-def _parse_header(data: bytes) -> tuple[str, int]:
-    try:
-        (length,) = _HEADER.unpack_from(data, 1)
-        name = data[3 : 3 + length].decode("utf-8")
-        (size,) = _SIZE.unpack_from(data, 3 + length)
-    except (struct.error, UnicodeDecodeError):
-        raise ProtocolError("malformed file header") from None
-    if len(data) != 3 + length + _SIZE.size:
-        raise ProtocolError("malformed file header")
-    return check_file_name(name), size
 
 
 class Receiver:
     """A listener: every connection is one responder session writing files to ``out_dir``."""
 
-    def __init__(self, key, trust: TrustSet, out_dir: str, *, name: str | None = None,
+    def __init__(self, key: NamedExchangeKey, trust: TrustSet, out_dir: str, *, name: str | None = None,
                  config: NetConfig = NetConfig(), local_public: rsa.RSAPublicKey | None = None,
                  once: bool = False, on_session: Callable[[SessionResult], None] | None = None) -> None:
         if not os.path.isdir(out_dir):
@@ -227,17 +227,19 @@ class Receiver:
         self.results: list[SessionResult] = []
         self.refused = 0  # connections closed unserved because max_sessions were running
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         if self.local_public is None:
             self.local_public = await asyncio.to_thread(self.key.public_key)
         self._server = await asyncio.start_server(self._handle, host, port)
-        return self._server.sockets[0].getsockname()[:2]
+        bound = self._server.sockets[0].getsockname()
+        return str(bound[0]), int(bound[1])
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None and self._server is not None
         peer = writer.get_extra_info("peername")
         result = SessionResult(f"{peer[0]}:{peer[1]}" if peer else "?")
         if self.once:
@@ -285,26 +287,33 @@ class Receiver:
     async def __aenter__(self) -> Receiver:
         return self
 
-    async def __aexit__(self, *exc_info) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
 
 # -- sender ----------------------------------------------------------------------------
 
-async def send_files(key, trust: TrustSet, peer_name: str, host: str, port: int, paths: Sequence[str], *,
-                     name: str | None = None, config: NetConfig = NetConfig(),
+@dataclass(frozen=True)
+class _Outgoing:
+    path: str
+    name: str
+    size: int
+
+
+async def send_files(key: NamedExchangeKey, trust: TrustSet, peer_name: str, host: str, port: int,
+                     paths: Sequence[str], *, name: str | None = None, config: NetConfig = NetConfig(),
                      local_public: rsa.RSAPublicKey | None = None, progress: Progress | None = None) -> list[str]:
     """Send files to a Receiver; returns their names once the receiver confirmed every one."""
-    files = []
+    files: list[_Outgoing] = []
     for path in paths:
         try:
             size = os.stat(path).st_size
         except OSError as exc:
             raise InputError(f"cannot read {path}: {exc.strerror}") from None
         base = check_file_name(os.path.basename(path))
-        if any(base == other for _, other, _ in files):
+        if any(base == other.name for other in files):
             raise InputError(f"two files are named {base!r}")
-        files.append((path, base, size))
+        files.append(_Outgoing(path, base, size))
     if local_public is None:
         local_public = await asyncio.to_thread(key.public_key)
     conn = ThreePhase(Role.INITIATOR, name or key.name, key, trust, peer_name=peer_name, local_public=local_public,
@@ -319,30 +328,28 @@ async def send_files(key, trust: TrustSet, peer_name: str, host: str, port: int,
     return await _run_session(conn, reader, writer, config, lambda ch: _send(ch, files, chunk, progress))
 
 
-async def _send(channel: _Channel, files, chunk: int, progress: Progress | None) -> list[str]:
+async def _send(channel: _Channel, files: Sequence[_Outgoing], chunk: int, progress: Progress | None) -> list[str]:
     await channel.expect(HandshakeComplete, "the handshake")
     confirmed = []
-    for path, base, size in files:
-        encoded = base.encode("utf-8")
-        await channel.send(Data(KIND_HEADER + _HEADER.pack(len(encoded)) + encoded + _SIZE.pack(size)))
+    for item in files:
+        await channel.send(Data(FileHeader(item.name, item.size).to_bytes()))
         digest, sent = hashlib.sha256(), 0
         try:
-            with open(path, "rb") as handle:
-                while sent < size:
-                    data = handle.read(min(chunk, size - sent))
+            with open(item.path, "rb") as handle:
+                while sent < item.size:
+                    data = handle.read(min(chunk, item.size - sent))
                     if not data:
-                        raise InputError(f"{path} shrank while it was being sent")
+                        raise InputError(f"{item.path} shrank while it was being sent")
                     digest.update(data)
-                    await channel.send(Data(KIND_DATA + data))
+                    await channel.send(Data(data_record(data)))
                     sent += len(data)
                     if progress:
-                        progress(base, sent, size)
+                        progress(item.name, sent, item.size)
         except OSError as exc:
-            raise InputError(f"cannot read {path}: {exc.strerror}") from None
+            raise InputError(f"cannot read {item.path}: {exc.strerror}") from None
         ack = await channel.expect(Data, "the receiver's confirmation")
-        if ack.data != KIND_ACK + digest.digest():
-            raise ProtocolError(f"the receiver's confirmation of {base!r} does not match what was sent")
-        confirmed.append(base)
+        check_ack(ack.data, digest.digest(), item.name)
+        confirmed.append(item.name)
     await channel.send(Close())
     if channel.writer.can_write_eof():
         channel.writer.write_eof()
