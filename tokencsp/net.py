@@ -2,8 +2,9 @@
 
 The protocol lives in sans-IO pieces (``tokencsp.threephase`` for the
 session, ``tokencsp.transfer`` for the file records); this module moves their
-bytes over sockets and writes received files atomically.  Frames are read with their 4-byte length first and refused above the limit
-before the body is read; each handshake phase has a deadline and the record
+bytes over sockets and writes received files atomically.  Frames are read
+with their 4-byte length first and refused above the limit before the body
+is read; each handshake phase has a deadline and the record
 channel an idle timeout.  Token work (the unwraps inside ``next_event`` while
 the handshake runs) happens in a worker thread, so one listener serves many
 sessions at once.
