@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import struct
 from dataclasses import dataclass
 
+from ._wire import WireError, be_bytes, check_empty, take_prefixed, uint_be, view
 from .errors import RemoteProtocolError
 
 __all__ = [
@@ -34,8 +34,6 @@ __all__ = [
 
 KIND_HEADER, KIND_DATA, KIND_ACK = b"H", b"D", b"K"
 MAX_NAME_BYTES = 255
-_NAME_LEN = struct.Struct(">H")
-_SIZE = struct.Struct(">Q")
 _DIGEST_LEN = hashlib.sha256().digest_size
 
 
@@ -55,21 +53,20 @@ class FileHeader:
 
     def to_bytes(self) -> bytes:
         encoded = check_file_name(self.name).encode("utf-8")
-        return KIND_HEADER + _NAME_LEN.pack(len(encoded)) + encoded + _SIZE.pack(self.size)
+        return KIND_HEADER + be_bytes(len(encoded), 2) + encoded + be_bytes(self.size, 8)
 
     @classmethod
     def parse(cls, data: bytes) -> FileHeader:
         """``data`` is the whole record, kind byte included; the layout must be exact."""
-        if data[:1] != KIND_HEADER or len(data) < 1 + _NAME_LEN.size:
-            raise RemoteProtocolError("malformed file header")
-        (length,) = _NAME_LEN.unpack_from(data, 1)
-        if len(data) != 1 + _NAME_LEN.size + length + _SIZE.size:
+        if data[:1] != KIND_HEADER:
             raise RemoteProtocolError("malformed file header")
         try:
-            name = data[3 : 3 + length].decode("utf-8")
-        except UnicodeDecodeError:
+            raw, rest = take_prefixed(view(data)[1:], 2, "file name")
+            size, rest = uint_be(rest, 8, "file size")
+            check_empty(rest, "file header")
+            name = bytes(raw).decode("utf-8")
+        except (WireError, UnicodeDecodeError):
             raise RemoteProtocolError("malformed file header") from None
-        (size,) = _SIZE.unpack_from(data, 3 + length)
         return cls(check_file_name(name), size)
 
 

@@ -8,10 +8,11 @@ anything else -- these bytes always come from the peer.
 
 from __future__ import annotations
 
-import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
+from .._wire import U32_MAX, be_bytes, check_empty, from_be, reraise_as, take_bytes, take_prefixed, uint_be, view
 from ..errors import ConfigError, FrameTooLarge, RemoteProtocolError
 from ..trust import check_name
 
@@ -40,7 +41,6 @@ DEFAULT_MAX_FRAME = 1 << 20
 FP_LEN = MAC_LEN = 32
 TAG_LEN = 16
 LENGTH_PREFIX = 4
-_LEN = struct.Struct(">I")
 
 
 class MsgType(IntEnum):
@@ -68,38 +68,25 @@ def check_frame_length(length: int, max_frame: int) -> None:
 
 def frame_length(prefix: bytes | bytearray | memoryview) -> int:
     """The payload length in a 4-byte frame prefix."""
-    (length,) = _LEN.unpack_from(prefix)
-    return int(length)
+    return from_be(prefix[:LENGTH_PREFIX])
 
 
 def frame(payload: bytes) -> bytes:
-    return _LEN.pack(len(payload)) + payload
+    if len(payload) > U32_MAX:
+        raise ValueError("a frame carries at most 2^32 - 1 bytes")
+    return be_bytes(len(payload), LENGTH_PREFIX) + payload
 
 
-class _Reader:
-    """Sequential reads over one message, past its type byte; every short read is the peer's fault."""
+def _name(data: memoryview, what: str) -> tuple[str, memoryview]:
+    raw, rest = take_prefixed(data, 1, what)
+    try:
+        return check_name(bytes(raw).decode("utf-8")), rest
+    except (UnicodeDecodeError, ConfigError):
+        raise RemoteProtocolError(f"malformed {what}") from None
 
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data, self.pos, self.what = data, 1, what
 
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise RemoteProtocolError(f"truncated {self.what} message")
-        self.pos += n
-        return self.data[self.pos - n : self.pos]
-
-    def length(self, size: int) -> bytes:
-        return self.take(int.from_bytes(self.take(size), "big"))
-
-    def name(self) -> str:
-        try:
-            return check_name(self.length(1).decode("utf-8"))
-        except (UnicodeDecodeError, ConfigError):
-            raise RemoteProtocolError(f"malformed name in the {self.what} message") from None
-
-    def end(self) -> None:
-        if self.pos != len(self.data):
-            raise RemoteProtocolError(f"{len(self.data) - self.pos} trailing bytes in the {self.what} message")
+def _malformed(what: str) -> Callable[[str], RemoteProtocolError]:
+    return lambda detail: RemoteProtocolError(f"malformed {what} message: {detail}")
 
 
 def _expect_type(data: bytes, kind: MsgType) -> None:
@@ -119,19 +106,22 @@ class Phase1:
     def to_bytes(self) -> bytes:
         name_i, name_r = check_name(self.initiator).encode(), check_name(self.responder).encode()
         return b"".join((bytes([MsgType.PHASE1, self.version, len(name_i)]), name_i, bytes([len(name_r)]), name_r,
-                         self.fp_initiator, self.fp_responder, len(self.blob_a).to_bytes(2, "big"), self.blob_a))
+                         self.fp_initiator, self.fp_responder, be_bytes(len(self.blob_a), 2), self.blob_a))
 
     @classmethod
     def parse(cls, data: bytes) -> Phase1:
         _expect_type(data, MsgType.PHASE1)
-        r = _Reader(data, "phase 1")
-        if r.take(1)[0] != PROTOCOL_VERSION:
-            raise RemoteProtocolError("unsupported protocol version")
-        name_i, name_r = r.name(), r.name()
-        fp_i, fp_r = r.take(FP_LEN), r.take(FP_LEN)
-        blob_a = r.length(2)
-        r.end()
-        return cls(name_i, name_r, fp_i, fp_r, blob_a)
+        with reraise_as(_malformed("phase 1")):
+            version, rest = uint_be(view(data)[1:], 1, "version")
+            if version != PROTOCOL_VERSION:
+                raise RemoteProtocolError("unsupported protocol version")
+            name_i, rest = _name(rest, "initiator name")
+            name_r, rest = _name(rest, "responder name")
+            fp_i, rest = take_bytes(rest, FP_LEN, "initiator fingerprint")
+            fp_r, rest = take_bytes(rest, FP_LEN, "responder fingerprint")
+            blob_a, rest = take_prefixed(rest, 2, "SIMPLEBLOB A")
+            check_empty(rest, "phase 1 message")
+        return cls(name_i, name_r, fp_i, fp_r, bytes(blob_a))
 
 
 @dataclass(frozen=True)
@@ -142,7 +132,7 @@ class Phase2:
     @staticmethod
     def prefix_for(blob_b: bytes) -> bytes:
         """The payload without its MAC (``M2'``): what the transcript hash covers."""
-        return bytes([MsgType.PHASE2]) + len(blob_b).to_bytes(2, "big") + blob_b
+        return bytes([MsgType.PHASE2]) + be_bytes(len(blob_b), 2) + blob_b
 
     @property
     def prefix(self) -> bytes:
@@ -154,11 +144,11 @@ class Phase2:
     @classmethod
     def parse(cls, data: bytes) -> Phase2:
         _expect_type(data, MsgType.PHASE2)
-        r = _Reader(data, "phase 2")
-        blob_b = r.length(2)
-        mac2 = r.take(MAC_LEN)
-        r.end()
-        return cls(blob_b, mac2)
+        with reraise_as(_malformed("phase 2")):
+            blob_b, rest = take_prefixed(view(data)[1:], 2, "SIMPLEBLOB B")
+            mac2, rest = take_bytes(rest, MAC_LEN, "MAC")
+            check_empty(rest, "phase 2 message")
+        return cls(bytes(blob_b), mac2)
 
 
 @dataclass(frozen=True)
@@ -171,9 +161,9 @@ class Phase3:
     @classmethod
     def parse(cls, data: bytes) -> Phase3:
         _expect_type(data, MsgType.PHASE3)
-        r = _Reader(data, "phase 3")
-        mac3 = r.take(MAC_LEN)
-        r.end()
+        with reraise_as(_malformed("phase 3")):
+            mac3, rest = take_bytes(view(data)[1:], MAC_LEN, "MAC")
+            check_empty(rest, "phase 3 message")
         return cls(mac3)
 
 
