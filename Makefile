@@ -17,7 +17,7 @@ help:
 	@echo "  token   venv + project-local SoftHSM dev token in $(STATE_DIR)/ (label \$${TOKENCSP_TOKEN:-tokencsp-dev})"
 	@echo "  demo    token, then run tools/demo.py against it (PIN \$${TOKENCSP_PIN:-1234})"
 	@echo "  test    venv, then pytest \$$(PYTEST_ARGS); tests make their own throwaway tokens"
-	@echo "  bench   venv, then run tools/bench.py"
+	@echo "  bench   venv, then run tools/bench.py and tools/bench_fleet.py (replay cache: SQLite vs PostgreSQL)"
 	@echo "  audit   venv, then the long checks: padding timing (Welch t) and 8x10000 / 4x2500 imports"
 	@echo "  fuzz    venv + atheris, then fuzz blob parsing, envelope opening and three-phase frames:"
 	@echo "          FUZZ_RUNS=$(FUZZ_RUNS) inputs per target (3 targets), FUZZ_SECONDS=N caps each target's time"
@@ -65,6 +65,7 @@ test: venv
 
 bench: venv
 	$(VPY) tools/bench.py
+	$(VPY) tools/bench_fleet.py
 
 AUDIT_SAMPLES ?= 10000
 audit: venv
