@@ -346,10 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     dec.set_defaults(func=cmd_capi_decrypt)
 
     from . import exchange as cli_exchange
+    from . import replay as cli_replay
     from . import seal as cli_seal
 
     cli_seal.add_commands(commands, parents)
     cli_exchange.add_commands(commands, parents)
+    cli_replay.add_commands(commands, parents)
     return parser
 
 

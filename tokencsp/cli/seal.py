@@ -16,8 +16,9 @@ from ..errors import ConfigError
 from ..fileio import atomic_output, open_input, read_input
 from ..progress import ProgressReader
 from ..pubkeys import fingerprint, load_public_key
-from ..replay import ReplayPolicy, SQLiteReplayCache, SerialCounter, default_replay_db_path, parse_duration
+from ..replay import ReplayPolicy, default_replay_db_path, next_serial, open_cache, parse_duration
 from ..trust import TrustSet
+from .replay import connection_target
 
 __all__ = ["add_commands"]
 
@@ -33,7 +34,7 @@ def cmd_seal(args: argparse.Namespace) -> int:
 
     with _provider(args) as provider:
         signer = provider.key(args.sign_with)
-        serial = SerialCounter.for_key(fingerprint(signer.public_key())).next()
+        serial = next_serial(fingerprint(signer.public_key()), args.serial_db)
         return _seal(args, recipient, signer, serial)
 
 
@@ -52,7 +53,7 @@ def cmd_open(args: argparse.Namespace) -> int:
     trust = trusted.by_fingerprint() if trusted is not None else None
     from ..cli import _provider
 
-    with SQLiteReplayCache(args.replay_db) as cache, _provider(args) as provider:
+    with open_cache(args.replay_db) as cache, _provider(args) as provider:
         receiver = provider.exchange_key(args.key)
         with open_input(args.input) as raw, atomic_output(args.output) as sink:
             source = ProgressReader.wrap(raw, "opening", args.quiet)
@@ -100,6 +101,9 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
     seal.add_argument("--to", required=True, metavar="PUBKEY", help="recipient PUBLICKEYBLOB, PEM or DER file")
     seal.add_argument("--sign-with", metavar="NAME", help="sign with this signature key on your token")
     seal.add_argument("--pkcs1", action="store_true", help="wrap the session key with PKCS#1 v1.5 instead of OAEP")
+    seal.add_argument("--serial-db", metavar="URL", type=connection_target("--serial-db"),
+                      help="draw --sign-with serial numbers from this PostgreSQL database, shared by all senders "
+                           "of the key (default: $TOKENCSP_SERIAL_DB, else a counter file in the state dir)")
     seal.add_argument("-o", "--output", help="output file (default: stdout)")
     seal.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     seal.add_argument("input", nargs="?", help="plaintext file (default: stdin)")
@@ -109,8 +113,10 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
     opener.add_argument("--key", metavar="NAME", help="your exchange key on the token (default: object= of --uri)")
     opener.add_argument("--trust", action="append", metavar="PUBKEY_OR_DIR",
                         help="trusted sender public key file or directory; when given, a valid signature is required")
-    opener.add_argument("--replay-db", metavar="PATH",
-                        help=f"replay cache (default: $TOKENCSP_REPLAY_DB or {default_replay_db_path()})")
+    opener.add_argument("--replay-db", metavar="PATH_OR_URL", type=connection_target("--replay-db"),
+                        help="replay cache: an SQLite file, or postgresql://... / service=NAME for one shared by "
+                             f"a fleet, password from ~/.pgpass (default: $TOKENCSP_REPLAY_DB or "
+                             f"{default_replay_db_path()})")
     opener.add_argument("--max-age", default=DEFAULT_MAX_AGE, metavar="DURATION",
                         help=f"oldest timestamp accepted (default {DEFAULT_MAX_AGE}; e.g. 90s, 15m, 7d)")
     opener.add_argument("--max-skew", default=DEFAULT_MAX_SKEW, metavar="DURATION",

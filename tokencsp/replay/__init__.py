@@ -384,7 +384,7 @@ class SerialCounter:
             os.close(dir_fd)
 
 
-from .factory import open_cache, open_serial_counter  # noqa: E402 - the backends import this module first
+from .factory import next_serial, open_cache, open_serial_counter  # noqa: E402 - the backends import this module first
 from .postgres import PostgresReplayCache, PostgresSerialCounter  # noqa: E402
 
-__all__ += ["open_cache", "open_serial_counter", "PostgresReplayCache", "PostgresSerialCounter"]
+__all__ += ["open_cache", "open_serial_counter", "next_serial", "PostgresReplayCache", "PostgresSerialCounter"]
