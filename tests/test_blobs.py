@@ -963,7 +963,7 @@ def test_bitlen_larger_than_modulus(name):
 
 def test_bitlen_field_changed_keeps_lengths_honest():
     pub = VALID["PUBLICKEYBLOB"]
-    with pytest.raises(BlobFormatError, match="truncated modulus: 128 bytes after the header, need 256"):
+    with pytest.raises(BlobFormatError, match="truncated modulus: 128 bytes, need 256"):
         parse(with_u32(pub, OFF_BITLEN, 2048))
     with pytest.raises(BlobFormatError, match="64 trailing bytes after the modulus"):
         parse(with_u32(pub, OFF_BITLEN, 512))
@@ -1070,7 +1070,7 @@ def test_plaintext_huge_dwkeysize():
 
 def test_plaintext_right_dwkeysize_wrong_key_length():
     base = _header(8, AlgId.CALG_AES_256) + struct.pack("<I", 32)
-    with pytest.raises(BlobFormatError, match="truncated key: 16 bytes after the header, need 32"):
+    with pytest.raises(BlobFormatError, match="truncated key: 16 bytes, need 32"):
         parse(base + bytes(16))
     with pytest.raises(BlobFormatError, match="16 trailing bytes after the key"):
         parse(base + bytes(48))
@@ -1361,3 +1361,21 @@ def test_worked_examples_in_docs_parse():
         lines = [line.split("#", 1)[0] for line in block.splitlines()]
         wire = bytes.fromhex(" ".join(lines))
         assert parse(wire).to_bytes() == wire
+
+
+def test_private_parts_are_one_shape_for_blobs_keys_and_the_token():
+    """PrivateKeyBlob, cryptography keys and the token layer meet in RsaPrivateParts."""
+    from tokencsp.keyinfo import RsaPrivateParts
+
+    nums = numbers(1024)
+    blob = PrivateKeyBlob(**_private_args())
+    parts = blob.parts
+    assert parts == RsaPrivateParts(nums.public_numbers.n, E, nums.d, nums.p, nums.q, nums.dmp1, nums.dmq1, nums.iqmp)
+    assert PrivateKeyBlob.from_parts(parts, AlgId.CALG_RSA_SIGN) == PrivateKeyBlob(**_private_args(alg_id=AlgId.CALG_RSA_SIGN))
+    key = blob.to_private_key()
+    assert RsaPrivateParts.from_private_key(key) == parts
+    assert parts.to_private_key().private_numbers() == nums
+    assert parts.problem() is None
+    assert "RsaPrivateParts(bits=1024)" == repr(parts) and str(nums.d) not in repr(parts)
+    broken = RsaPrivateParts(parts.n, parts.e, parts.d, parts.p, parts.q, parts.dp, parts.dq, 1)
+    assert broken.problem() == "coefficient is not prime2^-1 mod prime1"

@@ -9,30 +9,32 @@ the ciphertext in PKCS#1 (big-endian) order, so callers never reverse bytes.
 
 from __future__ import annotations
 
-import math
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Union
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ._wire import Buffer, check_empty, from_le, le_bytes, reraise_as, take, uint_le, view
 from .errors import BlobFormatError, InvalidKeyError, UnsupportedAlgorithm
+from .keyinfo import RsaPrivateParts
 
 __all__ = [
+    "SESSION_KEY_LENGTHS",
     "AlgId",
     "BlobType",
-    "PublicKeyBlob",
-    "PrivateKeyBlob",
-    "SimpleBlob",
-    "PlaintextKeyBlob",
     "KeyBlob",
+    "PlaintextKeyBlob",
+    "PrivateKeyBlob",
+    "PublicKeyBlob",
+    "SimpleBlob",
     "parse",
-    "SESSION_KEY_LENGTHS",
 ]
 
 CUR_BLOB_VERSION = 2
 _HEADER = struct.Struct("<BBHI")  # bType, bVersion, reserved, aiKeyAlg
+BLOBHEADER_LEN = _HEADER.size
 _RSAPUBKEY = struct.Struct("<4sII")  # magic, bitlen, pubexp
 _MAGIC_PUBLIC = b"RSA1"
 _MAGIC_PRIVATE = b"RSA2"
@@ -72,15 +74,7 @@ SESSION_KEY_LENGTHS: dict[AlgId, int] = {
 }
 
 
-def _to_le(value: int, length: int) -> bytes:
-    return value.to_bytes(length, "little")
-
-
-def _from_le(data: bytes | memoryview) -> int:
-    return int.from_bytes(data, "little")
-
-
-def _alg(value: int, allowed: frozenset[AlgId] | dict, what: str) -> AlgId:
+def _alg(value: int, allowed: Collection[AlgId], what: str) -> AlgId:
     try:
         alg = AlgId(value)
     except ValueError:
@@ -90,13 +84,12 @@ def _alg(value: int, allowed: frozenset[AlgId] | dict, what: str) -> AlgId:
     return alg
 
 
-def _split_header(data: bytes, expected: BlobType | None) -> tuple[BlobType, AlgId | int, memoryview]:
+def _split_header(data: Buffer, expected: BlobType | None) -> tuple[BlobType, int, memoryview]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError("a key BLOB must be bytes")
-    view = memoryview(bytes(data))
-    if len(view) < _HEADER.size:
-        raise BlobFormatError(f"truncated BLOBHEADER: {len(view)} bytes, need {_HEADER.size}")
-    btype, version, reserved, alg_id = _HEADER.unpack_from(view)
+    with reraise_as(BlobFormatError):
+        header, rest = take(view(data), BLOBHEADER_LEN, "BLOBHEADER")
+    btype, version, reserved, alg_id = _HEADER.unpack(header)
     try:
         blob_type = BlobType(btype)
     except ValueError:
@@ -107,7 +100,7 @@ def _split_header(data: bytes, expected: BlobType | None) -> tuple[BlobType, Alg
         raise BlobFormatError(f"bVersion is {version}, expected {CUR_BLOB_VERSION}")
     if reserved != 0:
         raise BlobFormatError(f"reserved field is 0x{reserved:04x}, expected 0")
-    return blob_type, alg_id, view[_HEADER.size :]
+    return blob_type, alg_id, rest
 
 
 def _header(blob_type: BlobType, alg_id: int) -> bytes:
@@ -121,23 +114,24 @@ def _rsa_bitlen(bitlen: int) -> None:
         )
 
 
-def _check_exact(rest: memoryview, need: int, what: str) -> None:
-    if len(rest) < need:
-        raise BlobFormatError(f"truncated {what}: {len(rest)} bytes after the header, need {need}")
-    if len(rest) > need:
-        raise BlobFormatError(f"{len(rest) - need} trailing bytes after the {what}")
+def _exact(rest: memoryview, size: int, what: str) -> memoryview:
+    """The last field: exactly ``size`` bytes must remain."""
+    with reraise_as(BlobFormatError):
+        field, rest = take(rest, size, what)
+        check_empty(rest, what)
+    return field
 
 
 def _rsapubkey(rest: memoryview, magic: bytes) -> tuple[int, int, memoryview]:
-    if len(rest) < _RSAPUBKEY.size:
-        raise BlobFormatError("truncated RSAPUBKEY")
-    got_magic, bitlen, pubexp = _RSAPUBKEY.unpack_from(rest)
+    with reraise_as(BlobFormatError):
+        fields, rest = take(rest, _RSAPUBKEY.size, "RSAPUBKEY")
+    got_magic, bitlen, pubexp = _RSAPUBKEY.unpack(fields)
     if got_magic != magic:
         raise BlobFormatError(f"RSAPUBKEY magic is {bytes(got_magic)!r}, expected {magic!r}")
     _rsa_bitlen(bitlen)
     if pubexp < 3 or pubexp % 2 == 0:
         raise BlobFormatError(f"RSA public exponent {pubexp} is not an odd number >= 3")
-    return bitlen, pubexp, rest[_RSAPUBKEY.size :]
+    return bitlen, pubexp, rest
 
 
 @dataclass(frozen=True)
@@ -166,8 +160,7 @@ class PublicKeyBlob:
         _, alg_id, rest = _split_header(data, BlobType.PUBLICKEYBLOB)
         alg = _alg(alg_id, RSA_ALGS, "PUBLICKEYBLOB")
         bitlen, pubexp, rest = _rsapubkey(rest, _MAGIC_PUBLIC)
-        _check_exact(rest, bitlen // 8, "modulus")
-        modulus = _from_le(rest)
+        modulus = from_le(_exact(rest, bitlen // 8, "modulus"))
         if modulus.bit_length() != bitlen:
             raise BlobFormatError(f"bitlen says {bitlen} but the modulus has {modulus.bit_length()} bits")
         return cls(modulus=modulus, public_exponent=pubexp, alg_id=alg)
@@ -176,7 +169,7 @@ class PublicKeyBlob:
         return (
             _header(BlobType.PUBLICKEYBLOB, self.alg_id)
             + _RSAPUBKEY.pack(_MAGIC_PUBLIC, self.bitlen, self.public_exponent)
-            + _to_le(self.modulus, self.bitlen // 8)
+            + le_bytes(self.modulus, self.bitlen // 8)
         )
 
     @classmethod
@@ -217,29 +210,29 @@ class PrivateKeyBlob:
     def bitlen(self) -> int:
         return self.modulus.bit_length()
 
+    @property
+    def parts(self) -> RsaPrivateParts:
+        """The key in the one shape the token layer takes (:class:`tokencsp.keyinfo.RsaPrivateParts`)."""
+        return RsaPrivateParts(self.modulus, self.public_exponent, self.private_exponent, self.prime1,
+                               self.prime2, self.exponent1, self.exponent2, self.coefficient)
+
+    @classmethod
+    def from_parts(cls, parts: RsaPrivateParts, alg_id: AlgId = AlgId.CALG_RSA_KEYX) -> PrivateKeyBlob:
+        return cls(parts.n, parts.e, parts.p, parts.q, parts.dp, parts.dq, parts.qinv, parts.d, alg_id=alg_id)
+
     def _inconsistency(self) -> str | None:
-        n, e, p, q, d = self.modulus, self.public_exponent, self.prime1, self.prime2, self.private_exponent
         half = self.bitlen // 16
         for name, value, limit in (
-            ("prime1", p, half),
-            ("prime2", q, half),
+            ("prime1", self.prime1, half),
+            ("prime2", self.prime2, half),
             ("exponent1", self.exponent1, half),
             ("exponent2", self.exponent2, half),
             ("coefficient", self.coefficient, half),
-            ("privateExponent", d, self.bitlen // 8),
+            ("privateExponent", self.private_exponent, self.bitlen // 8),
         ):
             if value <= 0 or value.bit_length() > limit * 8:
                 return f"{name} does not fit in {limit} bytes"
-        if p * q != n:
-            return "prime1 * prime2 != modulus"
-        if self.exponent1 != d % (p - 1) or self.exponent2 != d % (q - 1):
-            return "exponent1/exponent2 do not match privateExponent"
-        if (self.coefficient * q) % p != 1:
-            return "coefficient is not prime2^-1 mod prime1"
-        lam = (p - 1) * (q - 1) // math.gcd(p - 1, q - 1)
-        if (e * d) % lam != 1:
-            return "privateExponent is not the inverse of the public exponent"
-        return None
+        return self.parts.problem()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PrivateKeyBlob:
@@ -248,12 +241,11 @@ class PrivateKeyBlob:
         bitlen, pubexp, rest = _rsapubkey(rest, _MAGIC_PRIVATE)
         full, half = bitlen // 8, bitlen // 16
         sizes = (full, half, half, half, half, half, full)
-        _check_exact(rest, sum(sizes), "private key components")
+        rest = _exact(rest, sum(sizes), "private key components")
         values = []
-        offset = 0
         for size in sizes:
-            values.append(_from_le(rest[offset : offset + size]))
-            offset += size
+            field, rest = take(rest, size, "private key component")
+            values.append(from_le(field))
         n, p, q, dp, dq, iq, d = values
         if n.bit_length() != bitlen:
             raise BlobFormatError(f"bitlen says {bitlen} but the modulus has {n.bit_length()} bits")
@@ -268,28 +260,22 @@ class PrivateKeyBlob:
             (
                 _header(BlobType.PRIVATEKEYBLOB, self.alg_id),
                 _RSAPUBKEY.pack(_MAGIC_PRIVATE, self.bitlen, self.public_exponent),
-                _to_le(self.modulus, full),
-                _to_le(self.prime1, half),
-                _to_le(self.prime2, half),
-                _to_le(self.exponent1, half),
-                _to_le(self.exponent2, half),
-                _to_le(self.coefficient, half),
-                _to_le(self.private_exponent, full),
+                le_bytes(self.modulus, full),
+                le_bytes(self.prime1, half),
+                le_bytes(self.prime2, half),
+                le_bytes(self.exponent1, half),
+                le_bytes(self.exponent2, half),
+                le_bytes(self.coefficient, half),
+                le_bytes(self.private_exponent, full),
             )
         )
 
     @classmethod
     def from_private_key(cls, key: rsa.RSAPrivateKey, alg_id: AlgId = AlgId.CALG_RSA_KEYX) -> PrivateKeyBlob:
-        nums = key.private_numbers()
-        pub = nums.public_numbers
-        return cls(pub.n, pub.e, nums.p, nums.q, nums.dmp1, nums.dmq1, nums.iqmp, nums.d, alg_id=alg_id)
+        return cls.from_parts(RsaPrivateParts.from_private_key(key), alg_id)
 
     def to_private_key(self) -> rsa.RSAPrivateKey:
-        pub = rsa.RSAPublicNumbers(self.public_exponent, self.modulus)
-        return rsa.RSAPrivateNumbers(
-            self.prime1, self.prime2, self.private_exponent,
-            self.exponent1, self.exponent2, self.coefficient, pub,
-        ).private_key()
+        return self.parts.to_private_key()
 
     def public_blob(self) -> PublicKeyBlob:
         return PublicKeyBlob(self.modulus, self.public_exponent, self.alg_id)
@@ -321,11 +307,10 @@ class SimpleBlob:
     def from_bytes(cls, data: bytes) -> SimpleBlob:
         _, alg_id, rest = _split_header(data, BlobType.SIMPLEBLOB)
         alg = _alg(alg_id, SESSION_KEY_LENGTHS, "SIMPLEBLOB")
-        if len(rest) < 4:
-            raise BlobFormatError("truncated SIMPLEBLOB: no wrapping ALG_ID")
-        (wrap,) = struct.unpack_from("<I", rest)
+        with reraise_as(BlobFormatError):
+            wrap, rest = uint_le(rest, 4, "SIMPLEBLOB wrapping ALG_ID")
         wrap_alg = _alg(wrap, frozenset({AlgId.CALG_RSA_KEYX}), "SIMPLEBLOB wrapping algorithm")
-        ciphertext = bytes(rest[4:])
+        ciphertext = bytes(rest)
         if not MIN_RSA_BITS // 8 <= len(ciphertext) <= MAX_RSA_BITS // 8 or len(ciphertext) % 2:
             raise BlobFormatError(f"SIMPLEBLOB ciphertext of {len(ciphertext)} bytes fits no RSA modulus")
         return cls(alg_id=alg, encrypted_key=ciphertext[::-1], wrap_alg_id=wrap_alg)
@@ -333,7 +318,7 @@ class SimpleBlob:
     def to_bytes(self) -> bytes:
         return (
             _header(BlobType.SIMPLEBLOB, self.alg_id)
-            + struct.pack("<I", self.wrap_alg_id)
+            + le_bytes(self.wrap_alg_id, 4)
             + self.encrypted_key[::-1]
         )
 
@@ -359,21 +344,19 @@ class PlaintextKeyBlob:
     def from_bytes(cls, data: bytes) -> PlaintextKeyBlob:
         _, alg_id, rest = _split_header(data, BlobType.PLAINTEXTKEYBLOB)
         alg = _alg(alg_id, SESSION_KEY_LENGTHS, "PLAINTEXTKEYBLOB")
-        if len(rest) < 4:
-            raise BlobFormatError("truncated PLAINTEXTKEYBLOB: no dwKeySize")
-        (size,) = struct.unpack_from("<I", rest)
+        with reraise_as(BlobFormatError):
+            size, rest = uint_le(rest, 4, "PLAINTEXTKEYBLOB dwKeySize")
         if size != SESSION_KEY_LENGTHS[alg]:
             raise BlobFormatError(f"dwKeySize {size} is wrong for {alg.name} ({SESSION_KEY_LENGTHS[alg]} bytes)")
-        _check_exact(rest[4:], size, "key")
-        return cls(alg_id=alg, key=bytes(rest[4:]))
+        return cls(alg_id=alg, key=bytes(_exact(rest, size, "key")))
 
     def to_bytes(self) -> bytes:
-        return _header(BlobType.PLAINTEXTKEYBLOB, self.alg_id) + struct.pack("<I", len(self.key)) + self.key
+        return _header(BlobType.PLAINTEXTKEYBLOB, self.alg_id) + le_bytes(len(self.key), 4) + self.key
 
 
-KeyBlob = Union[PublicKeyBlob, PrivateKeyBlob, SimpleBlob, PlaintextKeyBlob]
+KeyBlob = PublicKeyBlob | PrivateKeyBlob | SimpleBlob | PlaintextKeyBlob
 
-_BY_TYPE: dict[BlobType, type] = {
+_BY_TYPE: dict[BlobType, type[PublicKeyBlob] | type[PrivateKeyBlob] | type[SimpleBlob] | type[PlaintextKeyBlob]] = {
     BlobType.PUBLICKEYBLOB: PublicKeyBlob,
     BlobType.PRIVATEKEYBLOB: PrivateKeyBlob,
     BlobType.SIMPLEBLOB: SimpleBlob,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 __all__ = ["KeyInfo", "KeyUsage", "RsaPrivateParts"]
 
@@ -32,7 +36,7 @@ class KeyInfo:
     has_public: bool
     oaep_only: bool = False
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "id": self.id.hex(),
@@ -53,6 +57,12 @@ class KeyInfo:
 
 @dataclass(frozen=True, repr=False)
 class RsaPrivateParts:
+    """An RSA private key with its CRT parts: the one shape the library passes around.
+
+    PRIVATEKEYBLOBs convert with ``PrivateKeyBlob.parts``/``from_parts``,
+    ``cryptography`` keys with :meth:`from_private_key`/:meth:`to_private_key`.
+    """
+
     n: int
     e: int
     d: int
@@ -61,3 +71,30 @@ class RsaPrivateParts:
     dp: int
     dq: int
     qinv: int
+
+    def __repr__(self) -> str:  # never print private components
+        return f"RsaPrivateParts(bits={self.n.bit_length()})"
+
+    @classmethod
+    def from_private_key(cls, key: rsa.RSAPrivateKey) -> RsaPrivateParts:
+        nums = key.private_numbers()
+        pub = nums.public_numbers
+        return cls(pub.n, pub.e, nums.d, nums.p, nums.q, nums.dmp1, nums.dmq1, nums.iqmp)
+
+    def to_private_key(self) -> rsa.RSAPrivateKey:
+        public = rsa.RSAPublicNumbers(self.e, self.n)
+        return rsa.RSAPrivateNumbers(self.p, self.q, self.d, self.dp, self.dq, self.qinv, public).private_key()
+
+    def problem(self) -> str | None:
+        """Why the parts do not form one RSA key, or None."""
+        n, e, p, q, d = self.n, self.e, self.p, self.q, self.d
+        if p * q != n:
+            return "prime1 * prime2 != modulus"
+        if self.dp != d % (p - 1) or self.dq != d % (q - 1):
+            return "exponent1/exponent2 do not match privateExponent"
+        if (self.qinv * q) % p != 1:
+            return "coefficient is not prime2^-1 mod prime1"
+        lam = (p - 1) * (q - 1) // math.gcd(p - 1, q - 1)
+        if (e * d) % lam != 1:
+            return "privateExponent is not the inverse of the public exponent"
+        return None

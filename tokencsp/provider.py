@@ -79,12 +79,6 @@ def _oaep_only(usage: KeyUsage, requested: bool) -> bool:
     return requested
 
 
-def _parts(key: rsa.RSAPrivateKey) -> RsaPrivateParts:
-    nums = key.private_numbers()
-    pub = nums.public_numbers
-    return RsaPrivateParts(pub.n, pub.e, nums.d, nums.p, nums.q, nums.dmp1, nums.dmq1, nums.iqmp)
-
-
 class KeyPair:
     """A key container on the token: a non-extractable private key and its public half."""
 
@@ -312,7 +306,8 @@ class Provider:
                            *, legacy: bool = False, oaep_only: bool = False) -> KeyPair:
         usage = KeyUsage(usage)
         _check_bits(key.key_size, legacy, importing=True)
-        key_id = self._token.import_rsa(name, _parts(key), usage, oaep_only=_oaep_only(usage, oaep_only))
+        parts = RsaPrivateParts.from_private_key(key)
+        key_id = self._token.import_rsa(name, parts, usage, oaep_only=_oaep_only(usage, oaep_only))
         return self._wrap(name, key_id, usage)
 
     def _wrap(self, name: str, key_id: bytes, usage: KeyUsage) -> KeyPair:
