@@ -24,6 +24,8 @@ from tokencsp import Provider
 from tokencsp import envelope as E
 from tokencsp.blobs import AlgId, SimpleBlob
 from tokencsp.envelope import Header, open_bytes, open_message, read_header, seal, seal_bytes
+from tokencsp.envelope._format import nonce
+from tokencsp.envelope.opening import PSS
 from tokencsp.errors import (
     AuthenticationFailed,
     BadSignature,
@@ -549,7 +551,7 @@ def test_empty_last_chunk_after_data_is_not_canonical(host_receiver):
     pre = read_header(io.BytesIO(message))
     ad = hashlib.sha256(pre.raw).digest()
     aead = AESGCM(key)
-    forged = pre.raw + aead.encrypt(E._nonce(0, False), data, ad) + aead.encrypt(E._nonce(1, True), b"", ad)
+    forged = pre.raw + aead.encrypt(nonce(0, False), data, ad) + aead.encrypt(nonce(1, True), b"", ad)
     err, sink = attempt(forged, host_receiver)
     assert type(err) is EnvelopeFormatError and "chunk" in str(err)
 
@@ -751,7 +753,7 @@ def test_vector_from_format_md(vector_receiver):
     assert (aead.decrypt(v["nonce-0"], v["chunk-0"], v["associated-data"])
             + aead.decrypt(v["nonce-1"], v["chunk-1"], v["associated-data"])) == plaintext
     sender.verify(v["signature"], b"tokencsp sealed message v1 signature\x00" + v["header"]
-                  + len(v["key-blob"]).to_bytes(2, "big") + v["key-blob"], E._PSS, hashes.SHA256())
+                  + len(v["key-blob"]).to_bytes(2, "big") + v["key-blob"], PSS, hashes.SHA256())
     # envelope.py opens it with the token key and verifies the sender ...
     sink = io.BytesIO()
     opened = open_message(io.BytesIO(message), sink, vector_receiver, cache=MemoryReplayCache(),

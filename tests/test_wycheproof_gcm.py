@@ -1,4 +1,4 @@
-"""Wycheproof AES-GCM through the AEAD call the sealed-message opener makes (``envelope._decrypt``).
+"""Wycheproof AES-GCM through the AEAD call the sealed-message opener makes (``envelope.opening._decrypt``).
 
 tokencsp uses AES-GCM with 96-bit nonces and 128-bit tags (sealed-message
 chunks and three-phase records); every vector of that shape runs through the
@@ -12,7 +12,7 @@ import json
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tokencsp.envelope import _decrypt
+from tokencsp.envelope.opening import _decrypt
 
 
 def test_wycheproof_aes_gcm_through_the_opener(vectors_dir):

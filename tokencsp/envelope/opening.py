@@ -1,0 +1,163 @@
+"""Opening (docs/FORMAT.md section 7, steps 1-8 and opener rules O1-O11).
+
+The clock, the replay cache, the trust set and the receiver's token key come
+from the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..blobs import AlgId
+from ..errors import (
+    AuthenticationFailed,
+    BadSignature,
+    EnvelopeFormatError,
+    NotForThisKey,
+    SignatureRequired,
+    TokenError,
+    TruncatedMessage,
+    UntrustedSender,
+)
+from ..pubkeys import fingerprint
+from ..replay import ReplayCache, ReplayPolicy
+from ..session import SessionKey
+from ._format import KEY_SIZE, TAG_SIZE, Header, Preamble, blocks, nonce, read_header, signed_data
+
+__all__ = ["Opened", "Receiver", "open_bytes", "open_message", "trust_set"]
+
+PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)  # section 6, G4
+
+
+class Receiver(Protocol):  # a tokencsp ExchangeKey
+    def public_key(self) -> rsa.RSAPublicKey: ...
+    def import_simpleblob(self, blob: bytes, oaep: bool = False) -> SessionKey: ...
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What ``open_message`` found.  ``verified_sender`` is None unless a trust set vouched for it."""
+
+    header: Header
+    verified_sender: bytes | None
+    plaintext_length: int
+
+    @property
+    def sender_verified(self) -> bool:
+        return self.verified_sender is not None
+
+
+def _decrypt(aead: AESGCM, nonce_: bytes, data: bytes, ad: bytes) -> bytes | None:
+    try:
+        return aead.decrypt(nonce_, data, ad)
+    except InvalidTag:
+        return None
+
+
+def _open_chunk(aead: AESGCM, ad: bytes, index: int, data: bytes, last: bool, chunk_size: int) -> bytes:
+    """One chunk, authenticated (O5, O9); a full last chunk that is really a middle one means truncation."""
+    if last and not data and index == 0:
+        raise TruncatedMessage()
+    plaintext = _decrypt(aead, nonce(index, last), data, ad)
+    if plaintext is None:
+        full = last and len(data) == chunk_size + TAG_SIZE
+        if full and _decrypt(aead, nonce(index, False), data, ad) is not None:
+            raise TruncatedMessage()
+        raise AuthenticationFailed()
+    if last and not plaintext and index > 0:
+        raise EnvelopeFormatError("chunk: empty last chunk after data (not canonical)")
+    return plaintext
+
+
+def trust_set(keys: Iterable[rsa.RSAPublicKey]) -> dict[bytes, rsa.RSAPublicKey]:
+    """A trust set for ``open_message``: each signature public key under its key id."""
+    return {fingerprint(key): key for key in keys}
+
+
+def _verify_sender(pre: Preamble, trust: Mapping[bytes, rsa.RSAPublicKey] | None) -> bytes | None:
+    """Step 4: the verified sender id, or None when there is no trust set to verify against."""
+    if trust is None:
+        return None
+    sender, signature = pre.header.sender_id, pre.signature
+    if sender is None or signature is None:
+        raise SignatureRequired()
+    key = trust.get(sender)
+    if not isinstance(key, rsa.RSAPublicKey) or fingerprint(key) != sender:
+        raise UntrustedSender()
+    try:
+        key.verify(signature, signed_data(pre.header, pre.key_blob), PSS, hashes.SHA256())
+    except InvalidSignature:
+        raise BadSignature() from None
+    return sender
+
+
+def _import_key(receiver: Receiver, pre: Preamble) -> bytes:
+    """Step 5 with implicit rejection (O4): any failure yields a key that fails at chunk 0.
+
+    Only failures that say the receiver's own key or token is unusable (which no
+    message can cause) propagate.
+    """
+    # A tokencsp ExchangeKey rejects implicitly on the token side too, making
+    # the same PKCS#11 calls whatever the padding; other receivers fall back here.
+    importer = getattr(receiver, "import_simpleblob_implicit", receiver.import_simpleblob)
+    try:
+        session = importer(pre.key_blob, oaep=pre.header.oaep)
+        key = session.key if session.alg is AlgId.CALG_AES_256 else b""
+        session.wipe()
+    except _RECEIVER_PROBLEMS:
+        raise
+    except Exception:
+        key = b""
+    return key if len(key) == KEY_SIZE else os.urandom(KEY_SIZE)
+
+
+# The receiver's own token being unusable (closed, logged out, removed, key
+# gone) is no message's doing and says nothing about the blob: report it.
+_RECEIVER_PROBLEMS = (TokenError,)
+
+
+def open_message(source: BinaryIO, sink: BinaryIO, receiver: Receiver, *, cache: ReplayCache,
+                 policy: ReplayPolicy | None = None, trust: Mapping[bytes, rsa.RSAPublicKey] | None = None,
+                 now: float | None = None) -> Opened:
+    """Open a sealed message from ``source`` into ``sink`` (docs/FORMAT.md section 7, steps 1-8).
+
+    Nothing is written to ``sink`` unless chunk 0 authenticated and the replay
+    cache accepted the message; a later failure raises after the chunks before
+    it were written (discard the output).
+    """
+    policy = ReplayPolicy() if policy is None else policy
+    now = time.time() if now is None else now
+    pre = read_header(source)  # 1
+    header = pre.header
+    if header.recipient_id != fingerprint(receiver.public_key()):  # 2
+        raise NotForThisKey()
+    policy.check_time(header.timestamp, now)  # 3
+    sender = _verify_sender(pre, trust)  # 4
+    aead = AESGCM(_import_key(receiver, pre))  # 5
+    ad = hashlib.sha256(pre.raw).digest()
+    written = 0
+    for index, (data, last) in enumerate(blocks(source, header.chunk_size + TAG_SIZE)):
+        plaintext = _open_chunk(aead, ad, index, data, last, header.chunk_size)  # 6, 8
+        if index == 0:  # 7
+            cache.accept(header.message_id, header.timestamp, now, policy,
+                         sender, header.serial if sender is not None else None)
+        sink.write(plaintext)
+        written += len(plaintext)
+    return Opened(header, sender, written)
+
+
+def open_bytes(data: bytes, receiver: Receiver, **kw: Any) -> bytes:
+    sink = io.BytesIO()
+    open_message(io.BytesIO(data), sink, receiver, **kw)
+    return sink.getvalue()
