@@ -579,11 +579,20 @@ class PerThreadStderr(io.TextIOBase):
     def isatty(self) -> bool:
         return False
 
-    def wait_for(self, text: str, limit: float = 10.0) -> None:
+    def wait_for(self, text: str, limit: float = 10.0) -> str:
+        """The first stderr line (of any thread) that contains ``text``, once one does."""
         deadline = time.monotonic() + limit
-        while not any(text in buf.getvalue() for buf in list(self.buffers.values())):
+        while True:
+            for buf in list(self.buffers.values()):
+                for line in buf.getvalue().splitlines():
+                    if text in line:
+                        return line
             assert time.monotonic() < deadline, f"no {text!r} on stderr"
             time.sleep(0.01)
+
+    def wait_for_port(self) -> int:
+        """The port a listener started with ``--port 0`` bound, from its "listening on HOST:PORT" line."""
+        return int(self.wait_for("listening on").split(" as ")[0].rpartition(":")[2])
 
     def take(self) -> str:
         return self.buffers.pop(threading.get_ident(), io.StringIO()).getvalue()
@@ -655,25 +664,54 @@ def test_cli_listen_once_and_send(tmp_path, exported):
         assert_nothing_partial(out, spec, must_have=spec)
 
 
+def test_cli_listen_once_is_used_up_only_by_an_authenticated_session(tmp_path, exported):
+    """Finding 9.7: a bare connect-and-close and a refused handshake do not end `listen --once`."""
+    with per_thread_stderr() as capture:
+        spec = {"a.txt": b"alpha"}
+        paths = make_files(tmp_path / "src", spec)
+        out = tmp_path / "out"
+        out.mkdir()
+        thread, outcome = _listen_in_thread(
+            ["listen", "--token", "tokencsp-test-b", "--key", "net-bob", "--name", "bob", "--peer",
+             str(exported / "alice.blob"), "--port", "0", "--out-dir", str(out), "--once", "--timeout", "5"])
+        port = capture.wait_for_port()
+        with socket.create_connection(("127.0.0.1", port)):
+            pass  # connect and close at once
+        capture.wait_for("session with unauthenticated peer")
+        code, err = tokencsp("send", "--token", "tokencsp-test-a", "--key", "net-alice", "--name", "carol",
+                             "--peer", str(exported / "bob.pem"), "--to", f"127.0.0.1:{port}", *paths)
+        assert code == 40, err  # an unknown name: refused
+        code, err = tokencsp("send", "--token", "tokencsp-test-a", "--key", "net-alice", "--name", "alice",
+                             "--peer", str(exported / "bob.pem"), "--to", f"127.0.0.1:{port}", *paths)
+        thread.join(20)
+        assert code == 0, err
+        assert outcome["code"] == 0, outcome["err"]
+        assert "received 1 file(s) from alice" in outcome["err"]
+        assert outcome["err"].count("session with unauthenticated peer") == 2, outcome["err"]
+        assert_nothing_partial(out, spec, must_have=spec)
+
+
 def test_cli_refusal_is_one_line_and_non_zero(tmp_path, exported):
     with per_thread_stderr() as capture:
         paths = make_files(tmp_path / "src", {"a.txt": b"alpha"})
         out = tmp_path / "out"
         out.mkdir()
-        port = _free_port()
         thread, outcome = _listen_in_thread(
             ["listen", "--token", "tokencsp-test-b", "--key", "net-bob", "--name", "bob", "--peer",
-             str(exported / "mallory.der"), "--port", str(port), "--out-dir", str(out), "--once", "--timeout", "2"])
-        capture.wait_for("listening on")
+             str(exported / "mallory.der"), "--port", "0", "--out-dir", str(out), "--once", "--timeout", "2"])
+        port = capture.wait_for_port()
         code, err = tokencsp("send", "--token", "tokencsp-test-a", "--key", "net-alice", "--name", "alice",
                              "--peer", str(exported / "bob.pem"), "--to", f"127.0.0.1:{port}", *paths)
-        thread.join(20)
         # The sender only hears the receiver's (unauthenticated) ABORT: a protocol error, 40;
-        # the receiver itself refused an unknown peer: 42.
+        # the listener reports why it refused and, with --once, waits on for an authenticated sender.
         assert code == 40 and err.startswith("tokencsp: error: ") and err.count("\n") == 1, err
-        assert "unknown peer" in err
-        assert outcome["code"] == 42 and "not in the trust set" in outcome["err"], outcome
-        assert os.listdir(out) == []
+        refusal = capture.wait_for("session with unauthenticated peer")
+        assert "not in the trust set" in refusal, refusal
+        code, err = tokencsp("send", "--token", "tokencsp-test-a", "--key", "net-mallory", "--name", "mallory",
+                             "--peer", str(exported / "bob.pem"), "--to", f"127.0.0.1:{port}", *paths)
+        thread.join(20)
+        assert code == 0, err
+        assert outcome["code"] == 0 and "received 1 file(s) from mallory" in outcome["err"], outcome
 
 
 def test_cli_argument_errors(tmp_path, exported):

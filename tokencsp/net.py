@@ -22,7 +22,7 @@ from typing import BinaryIO, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .errors import InputError, OutputError
+from .errors import ConfigError, InputError, OutputError
 from .fileio import atomic_output
 from .threephase import (
     DEFAULT_MAX_FRAME,
@@ -181,9 +181,11 @@ class _Incoming:
             self._cm.__exit__(OutputError, OutputError("transfer aborted"), None)
 
 
-async def _receive_files(channel: _Channel, out_dir: str, result: SessionResult) -> None:
+async def _receive_files(channel: _Channel, out_dir: str, result: SessionResult,
+                         on_authenticated: Callable[[SessionResult], None]) -> None:
     hello = await channel.expect(HandshakeComplete, "the handshake")
     result.peer = hello.peer_name
+    on_authenticated(result)
     files = FileReceiver()
     incoming: _Incoming | None = None
     try:
@@ -215,7 +217,12 @@ async def _receive_files(channel: _Channel, out_dir: str, result: SessionResult)
 
 
 class Receiver:
-    """A listener: every connection is one responder session writing files to ``out_dir``."""
+    """A listener: every connection is one responder session writing files to ``out_dir``.
+
+    With ``once`` the listener serves until one sender *authenticates*, then
+    accepts nothing more: connections that fail before authenticating do not
+    use it up (:meth:`wait_authenticated` returns that one session's result).
+    """
 
     def __init__(self, key: NamedExchangeKey, trust: TrustSet, out_dir: str, *, name: str | None = None,
                  config: NetConfig = NetConfig(), local_public: rsa.RSAPublicKey | None = None,
@@ -228,6 +235,7 @@ class Receiver:
         self.results: list[SessionResult] = []
         self.refused = 0  # connections closed unserved because max_sessions were running
         self._server: asyncio.Server | None = None
+        self._claimed: SessionResult | None = None  # once: the session that authenticated
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
 
@@ -243,11 +251,9 @@ class Receiver:
         assert task is not None and self._server is not None
         peer = writer.get_extra_info("peername")
         result = SessionResult(f"{peer[0]}:{peer[1]}" if peer else "?")
-        if self.once:
-            if self._tasks or self.results:
-                writer.close()
-                return
-            self._server.close()
+        if self._claimed is not None:  # once, and already taken: the server is closing
+            writer.close()
+            return
         if len(self._tasks) >= self.config.max_sessions:
             self.refused += 1
             writer.close()
@@ -257,7 +263,7 @@ class Receiver:
             conn = ThreePhase(Role.RESPONDER, self.name, self.key, self.trust, local_public=self.local_public,
                               phase_timeout=self.config.phase_timeout, max_frame=self.config.max_frame)
             await _run_session(conn, reader, writer, self.config,
-                               lambda ch: _receive_files(ch, self.out_dir, result))
+                               lambda ch: _receive_files(ch, self.out_dir, result, self._authenticated))
         except Exception as exc:
             result.error = exc
         except asyncio.CancelledError:  # close(): end quietly, the result says why
@@ -270,6 +276,28 @@ class Receiver:
             async with self._changed:
                 self._changed.notify_all()
             self._tasks.discard(task)
+
+    def _authenticated(self, result: SessionResult) -> None:
+        if not self.once:
+            return
+        if self._claimed is not None:
+            raise ProtocolError("this listener serves one session (--once) and another sender authenticated first")
+        self._claimed = result
+        assert self._server is not None
+        self._server.close()
+        current = asyncio.current_task()
+        for task in self._tasks:  # the others have not authenticated: they can no longer be served
+            if task is not current:
+                task.cancel()
+
+    async def wait_authenticated(self) -> SessionResult:
+        """With ``once``: wait until the one authenticated session has ended."""
+        if not self.once:
+            raise ConfigError("wait_authenticated() needs a Receiver made with once=True")
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._claimed is not None and self._claimed in self.results)
+        assert self._claimed is not None
+        return self._claimed
 
     async def wait_for(self, count: int) -> list[SessionResult]:
         """Wait until ``count`` sessions have ended."""

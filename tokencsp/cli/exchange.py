@@ -56,6 +56,11 @@ def _report(result: SessionResult) -> None:
              + (f" (kept {len(result.files)} complete file(s))" if result.files else ""))
 
 
+def _report_unauthenticated(result: SessionResult) -> None:
+    if result.peer is None:
+        _report(result)
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     from ..cli import _provider
 
@@ -71,14 +76,15 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 async def _listen(key, trust: TrustSet, name: str, args: argparse.Namespace, config: NetConfig) -> int:
+    # With --once only an authenticated session ends the listener; the others are reported as they fail.
     receiver = Receiver(key, trust, args.out_dir, name=name, config=config, once=args.once,
-                        on_session=None if args.once else _report)
+                        on_session=_report_unauthenticated if args.once else _report)
     async with receiver:
         host, port = await receiver.start(args.host, args.port)
         _say(f"listening on {host}:{port} as {name!r} for {', '.join(sorted(trust))}")
         if not args.once:
             await asyncio.Event().wait()  # until interrupted
-        (result,) = await receiver.wait_for(1)
+        result = await receiver.wait_authenticated()
     if result.error is not None:
         raise result.error
     _say(f"received {len(result.files)} file(s) from {result.peer}: {', '.join(result.files)}")
@@ -128,7 +134,8 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
     listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     listen.add_argument("--port", required=True, type=int)
     listen.add_argument("--out-dir", required=True, metavar="DIR", help="where received files are written")
-    listen.add_argument("--once", action="store_true", help="exit after one session; the exit code tells success")
+    listen.add_argument("--once", action="store_true", help="exit after one authenticated session (connections that fail before authenticating "
+                             "do not count); the exit code tells success")
     listen.add_argument("--max-sessions", type=int, default=NetConfig.max_sessions, metavar="N",
                         help=f"sessions served at once; more connections are closed unserved "
                              f"(default {NetConfig.max_sessions})")
