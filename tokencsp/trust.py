@@ -19,9 +19,12 @@ from .errors import ConfigError, UnknownPeer, UnsupportedAlgorithm
 from .fileio import read_input
 from .pubkeys import fingerprint, load_public_key
 
-__all__ = ["MAX_NAME", "TrustSet", "check_name"]
+__all__ = ["MAX_NAME", "MIN_TRUSTED_BITS", "TrustSet", "check_name", "check_trusted_key"]
 
 MAX_NAME = 255
+# The floor of sealed messages (FORMAT.md S6) and of key generation, for every
+# key a party trusts: a three-phase peer's key receives session key B.
+MIN_TRUSTED_BITS = 2048
 
 
 def check_name(name: str) -> str:
@@ -31,6 +34,14 @@ def check_name(name: str) -> str:
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
         raise ConfigError(f"a party name must not contain control characters: {name!r}")
     return name
+
+
+def check_trusted_key(key: rsa.RSAPublicKey, label: str) -> rsa.RSAPublicKey:
+    """Refuse a key too weak to trust; ``label`` (a name or a file) goes into the one-line error."""
+    if key.key_size < MIN_TRUSTED_BITS:
+        raise ConfigError(f"{label}: a {key.key_size}-bit RSA key is too weak to trust "
+                          f"(at least {MIN_TRUSTED_BITS} bits)")
+    return key
 
 
 class TrustSet(Mapping[str, rsa.RSAPublicKey]):
@@ -44,6 +55,7 @@ class TrustSet(Mapping[str, rsa.RSAPublicKey]):
             check_name(name)
             if not isinstance(key, rsa.RSAPublicKey):
                 raise TypeError("trust set values must be RSA public keys")
+            check_trusted_key(key, repr(name))
             if name in self._keys:
                 raise ConfigError(f"two trusted keys are named {name!r}")
             self._keys[name], self._fps[name] = key, fingerprint(key)
@@ -60,9 +72,10 @@ class TrustSet(Mapping[str, rsa.RSAPublicKey]):
         entries = []
         for path in files:
             try:
-                entries.append((path.stem, load_public_key(read_input(str(path)))))
+                key = load_public_key(read_input(str(path)))
             except (ValueError, UnsupportedAlgorithm) as exc:
                 raise ConfigError(f"{path}: {exc}") from None
+            entries.append((path.stem, check_trusted_key(key, str(path))))
         return cls(entries)
 
     def __getitem__(self, name: str) -> rsa.RSAPublicKey:

@@ -47,7 +47,7 @@ def new_fixtures() -> dict:
         return rsa.generate_private_key(65537, bits)
 
     receiver, signer = key(2048), key(2048)
-    alice, bob = key(1024), key(1024)  # the three-phase needs no 2048-bit keys; 1024 fuzzes faster
+    alice, bob = key(2048), key(2048)  # trust sets refuse keys below 2048 bits (tokencsp.trust)
     a, b = os.urandom(32), os.urandom(32)
     fx = {
         "comment": "host-only TEST keys for tests/fuzz; regenerate with make_corpus.py --new-keys",
@@ -84,8 +84,8 @@ def blob_corpus(fx: dict) -> dict[str, bytes]:
     public = receiver.public_key()
     out = {
         "publickeyblob-2048": blobs.PublicKeyBlob.from_public_key(public).to_bytes(),
-        "publickeyblob-sign-1024": blobs.PublicKeyBlob.from_public_key(alice.public_key(), AlgId.CALG_RSA_SIGN).to_bytes(),
-        "privatekeyblob-1024": blobs.PrivateKeyBlob.from_private_key(alice).to_bytes(),
+        "publickeyblob-sign-2048": blobs.PublicKeyBlob.from_public_key(alice.public_key(), AlgId.CALG_RSA_SIGN).to_bytes(),
+        "privatekeyblob-2048": blobs.PrivateKeyBlob.from_private_key(alice).to_bytes(),
         "simpleblob-aes256-oaep": bytes.fromhex(fx["threephase"]["blob_A"]),
         # (a parser seed: the ciphertext of blob A relabelled, so the corpus stays deterministic)
         "simpleblob-3des": blobs.SimpleBlob(AlgId.CALG_3DES, blobs.SimpleBlob.from_bytes(
