@@ -109,7 +109,7 @@ def test_capi_output_decrypts_with_independent_host_key(cli_key, tmp_path):
     assert key.decrypt(ct) == b"hello"
 
 
-def test_import_private_blob_and_pem(tmp_path):
+def test_import_private_blob_and_pem(tmp_path, softhsm_kit):
     software = rsa.generate_private_key(65537, 2048)
     (tmp_path / "k.blob").write_bytes(PrivateKeyBlob.from_private_key(software).to_bytes())
     out = tokencsp("key", "import", "cli-imp", "--private-blob", str(tmp_path / "k.blob")).stdout.decode()
@@ -226,7 +226,7 @@ def test_key_audit_flags_weak_keys(tmp_path, softhsm_kit, cli_key):
         tokencsp("key", "delete", "audit-weak", "--token", "tokencsp-test-b")
 
 
-def test_generate_oaep_only(tmp_path):
+def test_generate_oaep_only(tmp_path, softhsm_kit):
     tokencsp("key", "generate", "cli-oaep", "--oaep-only")
     try:
         pub = tmp_path / "pub"

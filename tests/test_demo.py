@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
+
+from helpers import REPO_ROOT
 
 
 def test_demo_runs_end_to_end(softhsm_kit, tmp_path):
     env = {**os.environ, "TOKENCSP_TOKEN": "tokencsp-test-a", "TOKENCSP_PEER_TOKEN": "tokencsp-test-b",
            "TOKENCSP_REPLAY_DB": str(tmp_path / "replay.sqlite3")}
-    result = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "tools" / "demo.py")], capture_output=True, env=env, timeout=300)
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "demo.py")], capture_output=True, env=env, timeout=300)
     out = result.stdout.decode()
     assert result.returncode == 0, out + result.stderr.decode()
     for step in ("PUBLICKEYBLOB: 06 02 00 00 00 a4 00 00 52 53 41 31", "plaintext recovered",

@@ -24,46 +24,22 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO_ROOT, assert_one_line_error, tokencsp
 from tokencsp import Provider, SessionKey, config, envelope
 from tokencsp.errors import KeyNotFoundError, ModuleLoadError, PinError, ReplayedMessage, TokenCSPError, \
     TokenError, TokenNotFoundError
 from tokencsp.fileio import atomic_output
 from tokencsp.replay import MemoryReplayCache
 
-REPO = Path(__file__).resolve().parent.parent
 RX = "fault-rx"
 CHUNK = 4096  # small chunks: many of them in a small message
 
 
-def tokencsp(*args: str, input: bytes | None = None, check: bool = True, env: dict | None = None,
-             fsize: int | None = None) -> subprocess.CompletedProcess:
-    """``python -m tokencsp ARGS``; with ``fsize``, under RLIMIT_FSIZE (a full disk) with SIGXFSZ ignored."""
-    if fsize is None:
-        command = [sys.executable, "-m", "tokencsp", *args]
-    else:
-        probe = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-                 f"resource.setrlimit(resource.RLIMIT_FSIZE, ({fsize}, {fsize}))\n"
-                 "sys.argv = ['tokencsp'] + sys.argv[1:]; runpy.run_module('tokencsp', run_name='__main__')")
-        command = [sys.executable, "-c", probe, *args]
-    result = subprocess.run(command, input=input, capture_output=True, env={**os.environ, **(env or {})},
-                            cwd=REPO, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"tokencsp {args} exited {result.returncode}: {result.stderr.decode()}")
-    return result
-
-
-def one_line_error(result: subprocess.CompletedProcess, code: int, needle: str) -> None:
-    err = result.stderr.decode()
-    assert result.returncode == code, err
-    assert err.startswith("tokencsp: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert needle in err, err
-
-
 def in_child(function: str, *args: str) -> str:
     """Run ``function(*args)`` of this module in a new interpreter; its stdout."""
-    code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import test_faults; "
+    code = (f"import sys; sys.path.insert(0, {str(REPO_ROOT / 'tests')!r}); import test_faults; "
             f"test_faults.{function}(*sys.argv[1:])")
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, cwd=REPO, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout.decode().strip()
 
@@ -150,7 +126,7 @@ def test_cli_open_failure_then_success(rx, tmp_path, fault, needle):
     sealed = tmp_path / "m.seal"
     sealed.write_bytes(envelope.seal_bytes(b"hello", rx.public_key()))
     command = ["open", "--key", RX, "--replay-db", str(tmp_path / "db"), "-o", str(tmp_path / "out"), str(sealed)]
-    one_line_error(tokencsp(*command, env=fault, check=False), 3, needle)
+    assert_one_line_error(tokencsp(*command, env=fault, check=False), 3, needle)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
     tokencsp(*command)  # same replay cache: the failed run recorded nothing
     assert (tmp_path / "out").read_bytes() == b"hello"
@@ -290,7 +266,7 @@ def test_unwritable_output(rx, tmp_path, command, where):
     data = os.urandom(200_000)
     args = _inputs(rx, tmp_path, command, data)
     with read_only(tmp_path / "ro") if where == "read-only-dir" else contextlib.nullcontext(tmp_path / "no") as d:
-        one_line_error(tokencsp(*args, "-o", str(d / "out"), check=False), 1, "cannot write")
+        assert_one_line_error(tokencsp(*args, "-o", str(d / "out"), check=False), 1, "cannot write")
         assert not (d / "out").exists() and (not d.exists() or list(d.iterdir()) == [])
     tokencsp(*args, "-o", str(tmp_path / "out"))  # nothing was decrypted, nothing recorded
     assert (tmp_path / "out").read_bytes() == data and leftovers(tmp_path) == []
@@ -301,11 +277,11 @@ def test_disk_full(rx, tmp_path, command):
     data = os.urandom(3 << 20)
     args = _inputs(rx, tmp_path, command, data)
     out = tmp_path / "out"
-    one_line_error(tokencsp(*args, "-o", str(out), fsize=1 << 20, check=False), 1, "File too large")
+    assert_one_line_error(tokencsp(*args, "-o", str(out), fsize=1 << 20, check=False), 1, "File too large")
     assert not out.exists() and leftovers(tmp_path) == []
     if command == "open":
         # The id was recorded when chunk 0 authenticated: the message is lost, never accepted twice.
-        one_line_error(tokencsp(*args, "-o", str(out), check=False), 20, "replay")
+        assert_one_line_error(tokencsp(*args, "-o", str(out), check=False), 20, "replay")
         args = [a if not a.endswith("replay.db") else str(tmp_path / "fresh.db") for a in args]
     tokencsp(*args, "-o", str(out))
     assert out.read_bytes() == data and leftovers(tmp_path) == []
@@ -335,7 +311,7 @@ def test_sigkill_mid_file(rx, provider, tmp_path):
     objects = provider.object_count()
     command = ["open", "--key", RX, "--replay-db", str(db), "-q", "-o", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "tokencsp", *command], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO_ROOT)
     watchdog = threading.Timer(120, proc.kill)
     watchdog.start()
     try:
@@ -356,7 +332,7 @@ def test_sigkill_mid_file(rx, provider, tmp_path):
     assert not out.exists() and leftovers(tmp_path) == []
     # Plaintext was written, so chunk 0 had been accepted: refused now, and again, never opened twice.
     for _ in range(2):
-        one_line_error(tokencsp(*command, input=sealed, check=False), 20, "replay")
+        assert_one_line_error(tokencsp(*command, input=sealed, check=False), 20, "replay")
         assert not out.exists() and leftovers(tmp_path) == []
     tokencsp("open", "--key", RX, "--replay-db", str(tmp_path / "fresh.db"), "-o", str(out), input=sealed)
     assert out.read_bytes() == data

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+from helpers import REPO_ROOT
+
+README = REPO_ROOT / "README.md"
 
 
 def test_readme_library_examples_run(softhsm_kit, capsys):
