@@ -9,7 +9,7 @@ STATE_DIR   := .softhsm
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv token demo test bench audit clean
+.PHONY: help deps venv token demo test lint bench audit clean
 
 help:
 	@echo "tokencsp make targets:"
@@ -17,6 +17,7 @@ help:
 	@echo "  token   venv + project-local SoftHSM dev token in $(STATE_DIR)/ (label \$${TOKENCSP_TOKEN:-tokencsp-dev})"
 	@echo "  demo    token, then run tools/demo.py against it (PIN \$${TOKENCSP_PIN:-1234})"
 	@echo "  test    venv, then pytest \$$(PYTEST_ARGS); tests make their own throwaway tokens"
+	@echo "  lint    venv + the 'lint' extra (ruff, mypy), then ruff check and mypy (config in pyproject.toml)"
 	@echo "  bench   venv, then run tools/bench.py and tools/bench_fleet.py (replay cache: SQLite vs PostgreSQL)"
 	@echo "  audit   venv, then the long checks: padding timing (Welch t) and 8x10000 / 4x2500 imports"
 	@echo "  fuzz    venv + atheris, then fuzz blob parsing, envelope opening and three-phase frames:"
@@ -62,6 +63,15 @@ test: venv
 	@rc=0; $(VPY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: no tests ran (pytest exit 5)" >&2; fi; \
 	exit $$rc
+
+LINT_STAMP := $(VENV)/.tokencsp-lint-installed
+$(LINT_STAMP): $(STAMP) pyproject.toml
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[lint]'
+	@touch $@
+
+lint: venv $(LINT_STAMP)
+	$(VENV)/bin/ruff check tokencsp tests tools
+	$(VENV)/bin/mypy
 
 bench: venv
 	$(VPY) tools/bench.py

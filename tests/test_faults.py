@@ -26,8 +26,15 @@ import pytest
 
 from helpers import REPO_ROOT, assert_one_line_error, tokencsp
 from tokencsp import Provider, SessionKey, config, envelope
-from tokencsp.errors import KeyNotFoundError, ModuleLoadError, PinError, ReplayedMessage, TokenCSPError, \
-    TokenError, TokenNotFoundError
+from tokencsp.errors import (
+    KeyNotFoundError,
+    ModuleLoadError,
+    PinError,
+    ReplayedMessage,
+    TokenCSPError,
+    TokenError,
+    TokenNotFoundError,
+)
 from tokencsp.fileio import atomic_output
 from tokencsp.replay import MemoryReplayCache
 

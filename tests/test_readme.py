@@ -17,7 +17,7 @@ def test_readme_library_examples_run(softhsm_kit, capsys):
     try:
         for block in blocks:
             code = block.replace('"tokencsp-dev"', '"tokencsp-test-b"').replace('"alice"', '"readme-alice"')
-            exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - our own README
+            exec(compile(code, str(README), "exec"), namespace)
     finally:
         from tokencsp import Provider
 
