@@ -137,7 +137,7 @@ def test_tampered_blob_one_line_no_output_file(cli_key, tmp_path):
     (tmp_path / "bad").write_bytes(bytes(blob))
     result = tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / "bad"), "-o",
                       str(tmp_path / "out"), str(tmp_path / "ct"), check=False)
-    assert_one_line_error(result, 4, "could not be imported")
+    assert_one_line_error(result, 4, "could not be decrypted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "ct", "pub", "sb"]
 
 
@@ -151,9 +151,27 @@ def test_corrupted_ciphertext_leaves_no_plaintext_file(cli_key, tmp_path):
     (tmp_path / "ct").write_bytes(bytes(ct))
     result = tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / "sb"), "-o",
                       str(tmp_path / "out"), str(tmp_path / "ct"), check=False)
-    assert_one_line_error(result, 4, "bad padding")
+    assert_one_line_error(result, 4, "could not be decrypted")
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tokencsp-")]
+
+
+def test_capi_decrypt_fails_alike_for_a_bad_blob_and_a_bad_ciphertext(cli_key, tmp_path):
+    """Issue 9 finding 10: which part was bad (key blob: a PKCS#1 oracle; ciphertext) is not told."""
+    pub = tmp_path / "pub"
+    tokencsp("key", "export", cli_key, "-o", str(pub))
+    tokencsp("capi", "encrypt", "--to", str(pub), "--blob-out", str(tmp_path / "sb"), "-o", str(tmp_path / "ct"),
+             input=os.urandom(3000))
+    blob, ct = bytearray((tmp_path / "sb").read_bytes()), bytearray((tmp_path / "ct").read_bytes())
+    blob[30] ^= 1
+    ct[-1] ^= 0xFF
+    (tmp_path / "bad-sb").write_bytes(bytes(blob))
+    (tmp_path / "bad-ct").write_bytes(bytes(ct))
+    results = [tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / sb), "-o", str(tmp_path / "out"),
+                        str(tmp_path / data), check=False) for sb, data in (("bad-sb", "ct"), ("sb", "bad-ct"))]
+    assert [(r.returncode, r.stdout, r.stderr) for r in results] == [(4, b"", results[1].stderr)] * 2
+    assert_one_line_error(results[0], 4, "could not be decrypted")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("data,needle", [
@@ -235,7 +253,7 @@ def test_generate_oaep_only(tmp_path, softhsm_kit):
                  input=b"x")
         result = tokencsp("capi", "decrypt", "--key", "cli-oaep", "--blob", str(tmp_path / "sb"), str(tmp_path / "ct"),
                           check=False)
-        assert_one_line_error(result, 4, "could not be imported")
+        assert_one_line_error(result, 4, "could not be decrypted")
         assert b"oaep-only" in tokencsp("key", "list").stdout
     finally:
         tokencsp("key", "delete", "cli-oaep")

@@ -115,11 +115,21 @@ class HostReceiver:
 
 
 class Counting:
-    """Passes everything to a real receiver and counts the key imports (token operations)."""
+    """Passes everything to a real receiver and counts the key imports (token operations).
+
+    Over a token's ExchangeKey it offers the implicit import too, so the opener
+    takes the production path (not its fallback for receivers without one).
+    """
 
     def __init__(self, inner) -> None:
         self.inner = inner
         self.imports = 0
+        if hasattr(inner, "import_simpleblob_implicit"):
+            self.import_simpleblob_implicit = self._import_implicit
+
+    def _import_implicit(self, blob, oaep: bool = False) -> SessionKey:
+        self.imports += 1
+        return self.inner.import_simpleblob_implicit(blob, oaep)
 
     def public_key(self) -> rsa.RSAPublicKey:
         return self.inner.public_key()
@@ -592,9 +602,11 @@ def test_garbage_key_blob_fails_exactly_like_a_corrupted_payload(receiver):
         message = seal_bytes(payload(2 * CS), public, now=NOW, chunk_size=CS, oaep=oaep,
                              session_key=os.urandom(32), key_blob=blob)
         counting = Counting(receiver)
+        implicit = receiver.rejection.imports["implicit"]
         err, sink = attempt(message, counting)
         assert type(err) is type(reference) and str(err) == str(reference) and err.reason == reference.reason
         assert sink == b"" and counting.imports == 1
+        assert receiver.rejection.imports["implicit"] == implicit + 1  # the token's implicit rejection ran
 
 
 def test_pkcs1_and_oaep_flag_mismatch_is_an_authentication_failure(receiver):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import sys
 import threading
+import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -15,6 +18,7 @@ from tokencsp.blobs import AlgId, PrivateKeyBlob, PublicKeyBlob, SimpleBlob
 from tokencsp.errors import (
     BlobFormatError,
     ConfigError,
+    DecryptionError,
     InvalidKeyError,
     KeyExistsError,
     KeyNotFoundError,
@@ -366,3 +370,207 @@ def test_implicit_rejection_gives_a_stable_wrong_key(provider, exchange_key):
         assert first.key == second.key, name
         assert len(first.key) == 32 and first.key != good.key, name
     assert provider.session_object_count() == 0
+
+
+# -- implicit rejection, the deadline and its floor (issue 9: findings 1, 10, 13) ---------
+
+
+def _probe_by_unwrap(pair):
+    """A probe through the public unwrap, for ImplicitRejection objects of the tests' own."""
+    def probe(blob: SimpleBlob, oaep: bool) -> None:
+        try:
+            pair.unwrap_raw(blob.encrypted_key, oaep)
+        except SessionKeyImportError:
+            pass
+    return probe
+
+
+def _cheap_rejects(count: int) -> list[bytes]:
+    """SIMPLEBLOBs whose RSA ciphertext is >= n: the token refuses them before any RSA work."""
+    return [SimpleBlob(AlgId.CALG_AES_256, b"\xff" * 255 + bytes([i % 256])).to_bytes() for i in range(count)]
+
+
+def test_a_flood_of_cheap_rejects_leaves_the_deadline_unchanged(provider):
+    """Finding 1: 600 such blobs used to pull the learned deadline below a real unwrap."""
+    pair = provider.generate_exchange_key("test-flood")
+    try:
+        good = SessionKey.generate("aes256")
+        assert pair.import_simpleblob_implicit(good.export_simpleblob(pair.public_blob())).key == good.key
+        deadline = pair.rejection.padder.deadline
+        assert deadline > 0
+        for blob in _cheap_rejects(600):
+            pair.import_simpleblob_implicit(blob)
+        assert pair.rejection.padder.deadline == deadline
+        assert pair.rejection.padder.padded == 601
+    finally:
+        provider.delete_key("test-flood")
+    assert provider.session_object_count() == 0
+
+
+def test_every_import_path_ends_at_the_deadline(provider, exchange_key):
+    """No timing measured: the padder ran once per import and the call returned no earlier than it said."""
+    good = SessionKey.generate("aes256")
+    blob = good.export_simpleblob(exchange_key.public_blob())
+    bad = _failing_blobs(exchange_key)["corrupted ciphertext"][0]
+    padder = exchange_key.rejection.padder
+
+    def padded_once(call) -> None:
+        before = padder.padded
+        start = time.perf_counter()
+        call()
+        end = time.perf_counter()
+        assert padder.padded == before + 1
+        assert padder.last_padded_until >= start + padder.deadline
+        assert end >= padder.last_padded_until
+
+    padded_once(lambda: exchange_key.import_simpleblob_implicit(blob))
+    padded_once(lambda: exchange_key.import_simpleblob_implicit(bad))
+    padded_once(lambda: exchange_key.import_simpleblob(blob))
+    padded_once(lambda: exchange_key.import_simpleblob_deferred(blob))
+    padded_once(lambda: exchange_key.import_simpleblob_deferred(bad))
+
+    def refused() -> None:
+        with pytest.raises(SessionKeyImportError):
+            exchange_key.import_simpleblob(bad)
+    padded_once(refused)
+
+
+def test_sealed_open_takes_the_padded_implicit_import(provider, exchange_key):
+    """Fails when tokencsp.open bypasses ExchangeKey.import_simpleblob_implicit (e.g. a fallback path)."""
+    import tokencsp
+    from tokencsp.errors import AuthenticationFailed
+    from tokencsp.replay import MemoryReplayCache
+
+    public = exchange_key.public_key()
+    rejection = exchange_key.rejection
+    padded, implicit = rejection.padder.padded, rejection.imports["implicit"]
+    assert tokencsp.open(tokencsp.seal(b"hello", public), exchange_key, cache=MemoryReplayCache()) == b"hello"
+    assert (rejection.padder.padded, rejection.imports["implicit"]) == (padded + 1, implicit + 1)
+    garbage = SimpleBlob(AlgId.CALG_AES_256, b"\x00" + os.urandom(255)).to_bytes()
+    forged = tokencsp.seal(b"hello", public, key_blob=garbage, session_key=os.urandom(32))
+    with pytest.raises(AuthenticationFailed):
+        tokencsp.open(forged, exchange_key, cache=MemoryReplayCache())
+    assert (rejection.padder.padded, rejection.imports["implicit"]) == (padded + 2, implicit + 2)
+
+
+def test_three_phase_takes_the_padded_implicit_import_on_both_sides(keys):
+    """Both unwraps of a handshake (A at the responder, B at the initiator) take the implicit path."""
+    from tokencsp.threephase import HandshakeComplete, Role, ThreePhase, TrustSet
+
+    alice, bob = keys["alice"], keys["bob"]
+    trust = TrustSet({"alice": alice.public_key(), "bob": bob.public_key()})
+    before = (alice.rejection.imports["implicit"], bob.rejection.imports["implicit"])
+    init = ThreePhase(Role.INITIATOR, "alice", alice, trust, peer_name="bob", local_public=alice.public_key())
+    resp = ThreePhase(Role.RESPONDER, "bob", bob, trust, local_public=bob.public_key())
+    init.start(0.0)
+    resp.start(0.0)
+    resp.receive_data(init.data_to_send())
+    resp.next_event(0.0)
+    init.receive_data(resp.data_to_send())
+    assert isinstance(init.next_event(0.0), HandshakeComplete)
+    resp.receive_data(init.data_to_send())
+    assert isinstance(resp.next_event(0.0), HandshakeComplete)
+    assert (alice.rejection.imports["implicit"], bob.rejection.imports["implicit"]) == (before[0] + 1, before[1] + 1)
+
+
+def test_an_over_long_unwrapped_key_is_refused_not_truncated(provider, exchange_key):
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    for alg, inside in ((AlgId.CALG_AES_128, 32), (AlgId.CALG_AES_256, 48), (AlgId.CALG_3DES_112, 24)):
+        value = os.urandom(inside)
+        blob = SimpleBlob(alg, exchange_key.public_key().encrypt(value, padding.PKCS1v15())).to_bytes()
+        with pytest.raises(SessionKeyImportError):
+            exchange_key.import_simpleblob(blob)
+        implicit = exchange_key.import_simpleblob_implicit(blob)
+        assert implicit.key not in value  # not a slice of what the token unwrapped: the substitute
+        assert implicit.key == exchange_key.import_simpleblob_implicit(blob).key
+        deferred = exchange_key.import_simpleblob_deferred(blob)
+        assert deferred.key not in value
+        with pytest.raises(DecryptionError):
+            deferred.decrypt(bytes(16))
+    assert provider.session_object_count() == 0
+
+
+def test_capi_import_failure_and_bad_cbc_padding_are_one_error(provider, exchange_key):
+    """Finding 10: a bad blob and a bad ciphertext end alike, at the final decrypt, with one message."""
+    from tokencsp.implicit import CAPI_DECRYPT_FAILED, DeferredSessionKey
+
+    sender = SessionKey.generate("aes256")
+    plaintext = b"sixteen bytes.. " * 10
+    ciphertext = sender.encrypt(plaintext)
+    blob = sender.export_simpleblob(exchange_key.public_blob())
+    received = exchange_key.import_simpleblob_deferred(blob)
+    assert received.decrypt(ciphertext[:-32], final=False) + received.decrypt(ciphertext[-32:]) == plaintext
+    bad_padding = ciphertext[:-1] + bytes([ciphertext[-1] ^ 1])
+    cases = [(blob, False, bad_padding)] + [(bad, oaep, ciphertext) for bad, oaep in _failing_blobs(exchange_key).values()]
+    messages = set()
+    for key_blob, oaep, data in cases:
+        key = exchange_key.import_simpleblob_deferred(key_blob, oaep=oaep)
+        assert type(key) is DeferredSessionKey
+        assert len(key.decrypt(data[:-16], final=False)) == len(data) - 16  # nothing fails early
+        with pytest.raises(DecryptionError) as caught:
+            key.decrypt(data[-16:])
+        assert type(caught.value) is DecryptionError and caught.value.__cause__ is None
+        messages.add(str(caught.value))
+    assert messages == {CAPI_DECRYPT_FAILED}
+    # A bad blob fails even where its substitute key happens to give valid CBC padding (1 in ~256).
+    bad_blob, oaep = _failing_blobs(exchange_key)["corrupted ciphertext"]
+    substitute = exchange_key.import_simpleblob_deferred(bad_blob, oaep=oaep).key
+    lucky = SessionKey.from_bytes(AlgId.CALG_AES_256, substitute).encrypt(plaintext)
+    with pytest.raises(DecryptionError, match=re.escape(CAPI_DECRYPT_FAILED)):
+        exchange_key.import_simpleblob_deferred(bad_blob, oaep=oaep).decrypt(lucky)
+    assert provider.session_object_count() == 0
+
+
+def test_calibration_comes_from_own_probes_and_is_cached_per_key(provider):
+    """Finding 13: the first object calibrates and records the floor; the next one trusts it, in or out of process."""
+    from tokencsp.calibration import CalibrationCache
+    from tokencsp.implicit import PROBES_PER_KIND
+
+    pair = provider.generate_exchange_key("test-calib")
+    try:
+        blob = SessionKey.generate("aes256").export_simpleblob(pair.public_blob())
+        pair.import_simpleblob_implicit(blob)
+        first = pair.rejection
+        assert first.probes == 4 * PROBES_PER_KIND
+        cache = CalibrationCache.default()
+        assert cache.directory.is_relative_to(os.environ["XDG_STATE_HOME"])
+        assert cache.load(first.fingerprint) == first.padder.deadline
+
+        again = provider.exchange_key("test-calib")  # a fresh object has no in-memory state
+        again.import_simpleblob_implicit(blob)
+        assert again.rejection.probes == 0 and again.rejection.padder.deadline == first.padder.deadline
+
+        code = ("import sys; from tokencsp import Provider\n"
+                "with Provider.open() as p:\n"
+                "    k = p.exchange_key('test-calib'); k.import_simpleblob_implicit(bytes.fromhex(sys.argv[1]))\n"
+                "    print(k.rejection.probes, repr(k.rejection.padder.deadline))\n")
+        out = subprocess.run([sys.executable, "-c", code, blob.hex()], capture_output=True, text=True, check=True,
+                             env=dict(os.environ), timeout=120).stdout.split()
+        assert out == ["0", repr(first.padder.deadline)]
+
+        # The floor: a higher recorded deadline is kept, and own probes never take it lower.
+        high = first.padder.deadline * 3
+        assert cache.store(first.fingerprint, high) == high
+        third = provider.exchange_key("test-calib")
+        third.import_simpleblob_implicit(blob)
+        assert third.rejection.padder.deadline == high
+        assert third.rejection.calibrate(third._import_or_substitute) == high
+        assert third.rejection.probes == 4 * PROBES_PER_KIND
+        assert cache.load(first.fingerprint) == high
+    finally:
+        provider.delete_key("test-calib")
+
+
+def test_recalibration_is_periodic_and_only_raises(exchange_key):
+    from tokencsp.implicit import PROBES_PER_KIND, ImplicitRejection
+
+    rejection = ImplicitRejection(exchange_key.public_key(), recalibrate_every=2)
+    probe = _probe_by_unwrap(exchange_key)
+    deadlines = []
+    for _ in range(5):
+        rejection.run(lambda: None, probe)
+        deadlines.append(rejection.padder.deadline)
+    assert rejection.probes == 2 * 4 * PROBES_PER_KIND  # calls 1 and 4
+    assert deadlines == sorted(deadlines) and deadlines[0] > 0
+    assert rejection.cache is None

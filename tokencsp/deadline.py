@@ -1,20 +1,32 @@
-"""Pad an operation to a deadline learned from its own recent durations.
+"""Pad an operation to a deadline calibrated from the caller's own probes.
 
 Why: a token that fails a PKCS#1/OAEP unwrap returns before creating the key
 object that a successful unwrap creates, so the two outcomes differ in time
 (``make audit`` measures it).  tokencsp cannot remove that difference inside
 the token; it can make every implicit-rejection import *finish* at the same
-moment: a high quantile of recent import times plus a margin.  Both outcomes
-feed the same window, so the deadline says nothing about the current blob.
+moment after it started.
+
+What keeps the deadline out of an attacker's hands (issue 9, finding 1):
+
+* it is learned only from durations handed to :meth:`DeadlinePadder.calibrate`
+  -- probe imports of blobs the process made itself, valid and invalid --
+  never from the operations :meth:`~DeadlinePadder.run` pads: live traffic
+  cannot move it (a flood of blobs the token rejects fast once pulled a
+  learned deadline below a real unwrap);
+* it never falls: ``calibrate`` and ``raise_to`` only ever raise it;
+* an operation that overruns it ends at the next multiple of the deadline
+  (a *quantum*), not when it happens to finish: an overrun tells at most
+  how many quanta passed.
+
 Pure: the clock and the sleep are parameters.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 __all__ = ["DeadlinePadder"]
@@ -23,45 +35,74 @@ T = TypeVar("T")
 
 
 class DeadlinePadder:
-    """``run(fn)`` returns fn's result no earlier than ``start + deadline``.
+    """``run(fn)`` returns (or raises) fn's outcome at ``start + k * deadline``, k >= 1 the smallest that fits.
 
-    The deadline is the ``quantile`` of the last ``window`` durations times
-    ``margin``; until ``minimum_samples`` durations are known, calls are not
-    padded (callers calibrate first, see ``calibrated``).
+    The deadline is the ``quantile`` of a calibration's durations times
+    ``margin``, and the highest such value seen (or given to ``raise_to``).
     """
 
-    def __init__(self, window: int = 512, quantile: float = 0.98, margin: float = 1.25,
-                 minimum_samples: int = 16, clock: Callable[[], float] = time.perf_counter,
+    def __init__(self, quantile: float = 0.9, margin: float = 1.5,
+                 clock: Callable[[], float] = time.perf_counter,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self._durations: deque[float] = deque(maxlen=window)
-        self._quantile, self._margin, self._minimum = quantile, margin, minimum_samples
+        if not 0.0 < quantile <= 1.0 or margin < 1.0:
+            raise ValueError("quantile must be in (0, 1] and margin at least 1")
+        self._quantile, self._margin = quantile, margin
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         self._deadline = 0.0
+        self.padded = 0  # calls run() has padded (a test can see the padder was used)
+        self.overruns = 0  # of those, calls that needed more than one quantum
+        self.last_padded_until: float | None = None
 
     @property
     def calibrated(self) -> bool:
-        return len(self._durations) >= self._minimum
+        return self._deadline > 0.0
 
     @property
     def deadline(self) -> float:
         return self._deadline
 
-    def record(self, duration: float) -> None:
+    def deadline_for(self, durations: Sequence[float]) -> float:
+        """The deadline these calibration durations alone would give."""
+        if not durations:
+            raise ValueError("a calibration needs at least one duration")
+        ordered = sorted(durations)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * self._quantile))] * self._margin
+
+    def calibrate(self, durations: Sequence[float]) -> float:
+        """Raise the deadline to what these probe durations give (never lower it); returns the deadline."""
+        return self.raise_to(self.deadline_for(durations))
+
+    def raise_to(self, deadline: float) -> float:
+        """Raise the deadline to ``deadline`` if that is higher (e.g. from a cached calibration)."""
+        if not math.isfinite(deadline) or deadline < 0.0:
+            raise ValueError("a deadline is a finite, non-negative number of seconds")
         with self._lock:
-            self._durations.append(duration)
-            if len(self._durations) >= self._minimum:
-                ordered = sorted(self._durations)
-                self._deadline = ordered[min(len(ordered) - 1, int(len(ordered) * self._quantile))] * self._margin
+            self._deadline = max(self._deadline, deadline)
+            return self._deadline
+
+    def measure(self, operation: Callable[[], object]) -> float:
+        """How long ``operation`` takes on this padder's clock, unpadded (for calibration probes)."""
+        start = self._clock()
+        operation()
+        return self._clock() - start
 
     def run(self, operation: Callable[[], T]) -> T:
         deadline = self._deadline  # fixed before this call's own duration is known
+        if deadline <= 0.0:
+            raise RuntimeError("DeadlinePadder.run before any calibration")
         start = self._clock()
         try:
             return operation()
         finally:
-            self.record(self._clock() - start)
-            self.wait_until(start + deadline)
+            # Runs on success and on failure alike; an exception propagates unchanged.
+            quanta = max(1, math.ceil((self._clock() - start) / deadline))
+            until = start + quanta * deadline
+            with self._lock:
+                self.padded += 1
+                self.overruns += quanta > 1
+                self.last_padded_until = until
+            self.wait_until(until)
 
     def wait_until(self, moment: float) -> None:
         # Sleep most of the way (releases the GIL), then spin the last stretch:

@@ -8,32 +8,45 @@ its error, its output or its timing -- is a Bleichenbacher padding oracle.
   derived (HMAC-SHA256 over the blob, as OpenSSL 3.2 does for PKCS#1 v1.5):
   the same bad blob always yields the same wrong key, and the failure shows
   only where the payload fails to authenticate;
-* a :class:`~tokencsp.deadline.DeadlinePadder` whose deadline is learned from
-  probe imports this object makes itself (valid and invalid blobs alike),
-  so that every import ends at the same moment after it started.
+* a :class:`~tokencsp.deadline.DeadlinePadder` whose deadline comes only from
+  probe imports this object makes itself -- blobs it built, valid and
+  invalid, PKCS#1 v1.5 and OAEP -- and from the per-key floor in the state
+  directory (:mod:`tokencsp.calibration`); never from the imports it pads.
 
 No token here: the caller hands in the import operation.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
+import hashlib
 import hmac
 import os
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .blobs import SESSION_KEY_LENGTHS, AlgId, SimpleBlob
+from .calibration import CalibrationCache
 from .deadline import DeadlinePadder
+from .errors import DecryptionError
 from .session import SessionKey
 
-__all__ = ["ImplicitRejection", "substitute_key"]
+__all__ = ["CAPI_DECRYPT_FAILED", "DeferredSessionKey", "ImplicitRejection", "substitute_key"]
 
 T = TypeVar("T")
 
-# Probe imports: blobs of both outcomes, alternately, until the padder has its samples.
+# An import of one blob, unpadded, that never raises on the blob's content.
 ProbeImport = Callable[[SimpleBlob, bool], object]
+
+PROBES_PER_KIND = 6  # x 4 kinds: {PKCS#1 v1.5, OAEP} x {valid, invalid}
+RECALIBRATE_EVERY = 4096  # imports; a count, so the moment says nothing about any blob
+
+CAPI_DECRYPT_FAILED = "the message could not be decrypted (bad key blob, wrong key or corrupted ciphertext)"
 
 
 def substitute_key(secret: bytes, blob: SimpleBlob, length: int) -> bytes:
@@ -43,14 +56,30 @@ def substitute_key(secret: bytes, blob: SimpleBlob, length: int) -> bytes:
     return stream[:length]
 
 
-class ImplicitRejection:
-    """The rejection secret and the deadline padder of one exchange key."""
+def key_fingerprint(public_key: rsa.RSAPublicKey) -> bytes:
+    """SHA-256 of the SubjectPublicKeyInfo (the key id sealed messages use too)."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).digest()
 
-    def __init__(self, public_key: rsa.RSAPublicKey, padder: DeadlinePadder | None = None,
-                 secret: bytes | None = None) -> None:
+
+class ImplicitRejection:
+    """The rejection secret, the deadline padder and its calibration for one exchange key."""
+
+    def __init__(self, public_key: rsa.RSAPublicKey, *, padder: DeadlinePadder | None = None,
+                 secret: bytes | None = None, cache: CalibrationCache | None = None,
+                 probes_per_kind: int = PROBES_PER_KIND, recalibrate_every: int = RECALIBRATE_EVERY) -> None:
         self._public = public_key
         self._secret = os.urandom(32) if secret is None else secret
         self.padder = DeadlinePadder() if padder is None else padder
+        self.cache = cache
+        self.fingerprint = key_fingerprint(public_key)
+        self._probes_per_kind = probes_per_kind
+        self._recalibrate_every = recalibrate_every
+        self._since_calibration = 0
+        self._state_lock = threading.Lock()
+        self._calibration_lock = threading.Lock()
+        self.probes = 0  # probe imports made so far (0 when the cache was trusted)
+        self.imports: collections.Counter[str] = collections.Counter()
 
     def substitute(self, blob: SimpleBlob) -> bytes:
         return substitute_key(self._secret, blob, SESSION_KEY_LENGTHS[blob.alg_id])
@@ -60,20 +89,75 @@ class ImplicitRejection:
         length = SESSION_KEY_LENGTHS[blob.alg_id]
         return SessionKey.from_bytes(blob.alg_id, value if len(value) == length else substitute)
 
-    def run(self, operation: Callable[[], T], probe: ProbeImport, oaep: bool) -> T:
-        """``operation`` padded to the deadline, calibrating first if needed."""
-        if not self.padder.calibrated:
-            self.calibrate(probe, oaep)
+    def run(self, operation: Callable[[], T], probe: ProbeImport, path: str = "implicit") -> T:
+        """``operation`` padded to the deadline; calibrates first when none is known or one is due.
+
+        ``path`` names the import kind in :attr:`imports` (tests check which path a caller took).
+        """
+        with self._state_lock:
+            self.imports[path] += 1
+            self._since_calibration += 1
+            due = self._since_calibration > self._recalibrate_every
+        if due or not self.padder.calibrated:
+            with self._calibration_lock:  # one calibration at a time; the others wait for its deadline
+                if not self.padder.calibrated:
+                    if not self._trust_cache():
+                        self.calibrate(probe)
+                elif self._since_calibration > self._recalibrate_every:
+                    self.calibrate(probe)
         return self.padder.run(operation)
 
-    def calibrate(self, probe: ProbeImport, oaep: bool) -> None:
-        """Learn the deadline from imports that succeed and imports that fail, alternately."""
+    def _trust_cache(self) -> bool:
+        cached = self.cache.load(self.fingerprint) if self.cache is not None else None
+        if cached is None:
+            return False
+        self.padder.raise_to(cached)
+        return True
+
+    def calibrate(self, probe: ProbeImport) -> float:
+        """Time own probes of every kind, raise the deadline (never lower it), record it as the key's floor."""
         modulus_bytes = (self._public.key_size + 7) // 8
-        while not self.padder.calibrated:
-            for valid in (True, False):
-                if valid:
-                    wire = SessionKey.generate("aes256").export_simpleblob(self._public, oaep=oaep)
-                    blob = SimpleBlob.from_bytes(wire)
-                else:
-                    blob = SimpleBlob(AlgId.CALG_AES_256, b"\x00" + os.urandom(modulus_bytes - 1))
-                self.padder.run(lambda blob=blob: probe(blob, oaep))  # type: ignore[misc]
+        durations = []
+        for _ in range(self._probes_per_kind):
+            for oaep in (False, True):
+                valid = SimpleBlob.from_bytes(SessionKey.generate("aes256").export_simpleblob(self._public, oaep=oaep))
+                # Below the modulus but random: the token does the RSA operation, then rejects the padding.
+                invalid = SimpleBlob(AlgId.CALG_AES_256, b"\x00" + os.urandom(modulus_bytes - 1))
+                for blob in (valid, invalid):
+                    durations.append(self.padder.measure(functools.partial(probe, blob, oaep)))
+        with self._state_lock:
+            self.probes += len(durations)
+            self._since_calibration = 0
+        deadline = self.padder.calibrate(durations)
+        if self.cache is not None:
+            floor = self.cache.store(self.fingerprint, deadline)
+            if floor is not None:
+                deadline = self.padder.raise_to(floor)
+        return deadline
+
+
+class DeferredSessionKey(SessionKey):
+    """A session key whose import failure is reported by the final CryptDecrypt, as any other failure.
+
+    ``ExchangeKey.import_simpleblob_deferred`` returns one for every blob:
+    the unwrapped key, or the blob's substitute key when the import failed.
+    Every decrypt runs the same CBC work either way; a final decrypt raises
+    one :class:`DecryptionError` (:data:`CAPI_DECRYPT_FAILED`) when the
+    import had failed *or* the CBC padding is wrong, so neither the message,
+    nor the type, nor the moment tells a bad blob from a bad ciphertext.
+    """
+
+    __slots__ = ("_rejected",)
+
+    def __init__(self, alg: AlgId, key: bytes | bytearray, rejected: bool = False) -> None:
+        super().__init__(alg, key)
+        self._rejected = rejected
+
+    def decrypt(self, data: bytes, final: bool = True) -> bytes:
+        try:
+            out = super().decrypt(data, final)
+        except DecryptionError:
+            raise DecryptionError(CAPI_DECRYPT_FAILED) from None
+        if final and self._rejected:
+            raise DecryptionError(CAPI_DECRYPT_FAILED)
+        return out

@@ -8,6 +8,7 @@ runs on the host in :class:`~tokencsp.session.SessionKey`.
 
 from __future__ import annotations
 
+import hmac
 import os
 import threading
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from . import config
 from .blobs import MAX_RSA_BITS, SESSION_KEY_LENGTHS, AlgId, PrivateKeyBlob, PublicKeyBlob, SimpleBlob
+from .calibration import CalibrationCache
 from .errors import (
     ConfigError,
     InvalidKeyError,
@@ -26,7 +28,7 @@ from .errors import (
     TokenOperationError,
     UnsupportedAlgorithm,
 )
-from .implicit import ImplicitRejection
+from .implicit import DeferredSessionKey, ImplicitRejection
 from .keyinfo import KeyInfo, KeyUsage, RsaPrivateParts
 from .session import SessionKey
 from .token import Token, init_token, iter_tokens, open_token
@@ -128,21 +130,28 @@ class ExchangeKey(KeyPair):
 
     @property
     def rejection(self) -> ImplicitRejection:
-        """This key's implicit-rejection state: substitute secret and deadline padder (tokencsp.implicit)."""
+        """This key's implicit-rejection state: substitute secret, deadline padder, calibration (tokencsp.implicit)."""
         # One per key object, made once: two secrets would give one bad blob two substitutes.
         with self._rejection_lock:
             if self._rejection is None:
-                self._rejection = ImplicitRejection(self.public_key())
+                self._rejection = ImplicitRejection(self.public_key(), cache=CalibrationCache.default())
             return self._rejection
 
     def import_simpleblob(self, blob: bytes | SimpleBlob, oaep: bool = False) -> SessionKey:
         """CryptImportKey of a SIMPLEBLOB: the token unwraps, the host gets a SessionKey.
 
         Malformed blob *structure* is a :class:`BlobFormatError`.  Everything
-        that depends on the secret -- padding, recipient, key length, the
-        token's own failure -- is one :class:`SessionKeyImportError`.
+        that depends on the secret -- padding, recipient, key length, whatever
+        the token says about the blob -- is one :class:`SessionKeyImportError`,
+        raised at the same deadline as a success returns.  The answer itself
+        (imported or not) is still an answer: for blobs a stranger can send,
+        use :meth:`import_simpleblob_deferred` (CryptoAPI payloads) or
+        :meth:`import_simpleblob_implicit` (authenticated payloads).
         """
         simple = _simple_blob(blob)
+        return self.rejection.run(lambda: self._import_explicit(simple, oaep), self._import_or_substitute, "explicit")
+
+    def _import_explicit(self, simple: SimpleBlob, oaep: bool) -> SessionKey:
         value = self.unwrap_raw(simple.encrypted_key, oaep, _secret_type(simple.alg_id))
         # The token calls any length "AES"; only the host can hold it to the ALG_ID.
         if len(value) != SESSION_KEY_LENGTHS[simple.alg_id]:
@@ -158,24 +167,49 @@ class ExchangeKey(KeyPair):
         wrong key, so the failure surfaces only where the payload fails to
         authenticate -- one error, at one place, whatever the token did.
         Only for authenticated payloads (the sealed-message format); a
-        CryptoAPI CBC payload has nothing to catch the wrong key.
+        CryptoAPI CBC payload has nothing to catch the wrong key (use
+        :meth:`import_simpleblob_deferred` there).
 
         Every call also returns at the same moment after it started -- a
-        deadline learned from recent imports of both outcomes (calibrated by
-        16 imports on first use) -- because the token itself takes longer to
-        succeed than to fail (tokencsp.deadline; figures in docs/SECURITY.md).
+        deadline calibrated from this key's own probe imports (both outcomes,
+        both paddings) and the floor cached in the state directory, never from
+        live traffic -- because the token itself takes longer to succeed than
+        to fail (tokencsp.deadline, tokencsp.implicit; docs/SECURITY.md).
         """
         simple = _simple_blob(blob)
-        return self.rejection.run(lambda: self._import_or_substitute(simple, oaep), self._import_or_substitute, oaep)
+        return self.rejection.run(lambda: self._import_or_substitute(simple, oaep), self._import_or_substitute)
+
+    def import_simpleblob_deferred(self, blob: bytes | SimpleBlob, oaep: bool = False) -> DeferredSessionKey:
+        """CryptImportKey for CryptoAPI payloads, with the failure deferred to the final CryptDecrypt.
+
+        The import is the implicit one (same token calls, same deadline); the
+        key returned decrypts with the substitute when the blob was bad, and
+        its final ``decrypt`` then raises the same :class:`DecryptionError`
+        (one message) as a wrong CBC padding does.  What remains is the CBC
+        padding oracle of CryptDecrypt's unauthenticated format itself
+        (docs/SECURITY.md).
+        """
+        simple = _simple_blob(blob)
+        return self.rejection.run(lambda: self._import_deferred(simple, oaep), self._import_or_substitute, "deferred")
+
+    def _import_deferred(self, simple: SimpleBlob, oaep: bool) -> DeferredSessionKey:
+        substitute = self.rejection.substitute(simple)
+        value = self._unwrap_or(simple, oaep, substitute)
+        length = SESSION_KEY_LENGTHS[simple.alg_id]
+        # A failed unwrap hands back the substitute itself; compare without an early exit.
+        good = len(value) == length and not hmac.compare_digest(value, substitute)
+        return DeferredSessionKey(simple.alg_id, value if good else substitute, rejected=not good)
 
     def _import_or_substitute(self, simple: SimpleBlob, oaep: bool) -> SessionKey:
         """The implicit import without its deadline (``tools/timing_audit.py --no-deadline`` times it)."""
         rejection = self.rejection
         substitute = rejection.substitute(simple)
-        value = self._token.unwrap_secret(self.key_id, simple.encrypted_key, oaep, _secret_type(simple.alg_id),
-                                          fallback=substitute)
         # Padding fine but the wrong length: the same substitute, chosen without a branch on secrets' contents.
-        return rejection.choose(simple, value, substitute)
+        return rejection.choose(simple, self._unwrap_or(simple, oaep, substitute), substitute)
+
+    def _unwrap_or(self, simple: SimpleBlob, oaep: bool, substitute: bytes) -> bytes:
+        return self._token.unwrap_secret(self.key_id, simple.encrypted_key, oaep, _secret_type(simple.alg_id),
+                                         fallback=substitute)
 
     def unwrap_raw(self, ciphertext: bytes, oaep: bool = False, secret_type: str = "generic", *,
                    oaep_hash: str = "sha1", oaep_label: bytes = b"") -> bytes:

@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             padded = not args.no_deadline
             measure(pair, valid[:200], invalid[:200], args.oaep, padded)  # warm-up (and calibration)
             good, bad = measure(pair, valid, invalid, args.oaep, padded)
+            flood = flood_check(pair, args.oaep) if padded else None
             leftover = provider.session_object_count()
     good_t, bad_t = trimmed(good), trimmed(bad)
     t = welch_t(good_t, bad_t)
@@ -107,8 +108,22 @@ def main(argv: list[str] | None = None) -> int:
           f"median={statistics.median(bad_t):8.1f} us")
     verdict = "no leak detected" if abs(t) < TVLA_THRESHOLD else "TIMING DIFFERENCE DETECTED"
     print(f"Welch t = {t:+.2f} (|t| < {TVLA_THRESHOLD} passes): {verdict}")
+    if flood is not None:
+        before, after = flood
+        print(f"deadline before / after 600 blobs >= n: {before * 1e6:.1f} / {after * 1e6:.1f} us "
+              f"({'unchanged' if after == before else 'CHANGED'})")
     print(f"session objects left on the token: {leftover}")
-    return 0 if leftover == 0 else 1
+    return 0 if leftover == 0 and (flood is None or flood[0] == flood[1]) else 1
+
+
+def flood_check(pair, oaep: bool) -> tuple[float, float]:
+    """Issue 9 finding 1: cheap rejects (ciphertext >= n) must not move the deadline."""
+    from tokencsp.blobs import AlgId, SimpleBlob
+
+    before = pair.rejection.padder.deadline
+    for i in range(600):
+        pair.import_simpleblob_implicit(SimpleBlob(AlgId.CALG_AES_256, b"\xff" * 255 + bytes([i % 256])), oaep=oaep)
+    return before, pair.rejection.padder.deadline
 
 
 if __name__ == "__main__":

@@ -234,7 +234,8 @@ def cmd_capi_encrypt(args: argparse.Namespace) -> int:
 def cmd_capi_decrypt(args: argparse.Namespace) -> int:
     blob = blobs.SimpleBlob.from_bytes(read_input(args.blob))  # a broken file fails before any PIN prompt
     with _provider(args) as provider:
-        key = provider.exchange_key(args.key).import_simpleblob(blob, oaep=args.oaep)
+        # Deferred: a bad blob fails at the final CryptDecrypt, as a bad ciphertext does (one message).
+        key = provider.exchange_key(args.key).import_simpleblob_deferred(blob, oaep=args.oaep)
     try:
         with open_input(args.input) as source, atomic_output(args.output) as sink:
             _stream(key, source, sink, encrypt=False)
