@@ -40,7 +40,7 @@ LAYER_OF = {
     "_wire": "formats", "blobs": "formats", "session": "formats", "pubkeys": "formats",
     "keyinfo": "formats", "keyaudit": "formats",
     "config": "host", "fileio": "host", "progress": "host", "deadline": "host",
-    "replay": "state", "trust": "state",
+    "replay": "state", "trust": "state", "calibration": "state",
     "envelope": "protocols", "threephase": "protocols", "transfer": "protocols", "net": "protocols",
     "token": "token",
     "implicit": "facade", "provider": "facade",
