@@ -8,6 +8,7 @@ import dataclasses
 import contextlib
 import io
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tokencsp import cli
-from tokencsp.errors import TokenCSPError
+from tokencsp.errors import ConfigError, TokenCSPError
 from tokencsp.net import NetConfig, Receiver, _Channel, _run_session, send_files
 from tokencsp.threephase import (
     Close, Data, FrameTooLarge, HandshakeComplete, PeerAborted, PeerAuthenticationFailed, PeerDisconnected, PhaseTimeout,
@@ -85,11 +86,14 @@ def make_files(directory: Path, spec: dict[str, bytes]) -> list[str]:
     return paths
 
 
-def assert_nothing_partial(out_dir: Path, spec: dict[str, bytes], must_have=None) -> list[str]:
-    present = sorted(os.listdir(out_dir))
+def assert_nothing_partial(out_dir: Path, spec: dict[str, bytes], must_have=None, peer: str = "alice") -> list[str]:
+    """Files land in out_dir/<peer>/ only, each complete; returns the names present."""
+    entries = os.listdir(out_dir)
+    assert set(entries) <= {peer}, f"unexpected entries in the out-dir: {entries}"
+    present = sorted(os.listdir(out_dir / peer)) if entries else []
     for name in present:
         assert name in spec, f"unexpected file {name} (a partial temp file?)"
-        assert (out_dir / name).read_bytes() == spec[name]
+        assert (out_dir / peer / name).read_bytes() == spec[name]
     if must_have is not None:
         assert present == sorted(must_have)
     return present
@@ -166,6 +170,48 @@ def test_sessions_beyond_the_limit_are_closed_unserved(tmp_path, keys, pubs, tru
     closed, refused = run(lambda: receiver_and(keys, pubs, trust, out, body, config=limited))
     assert closed == b"" and refused == 1
     assert os.listdir(out) == []
+
+
+def test_files_are_tied_to_the_authenticated_peer(tmp_path, keys, pubs):
+    """Finding 9.8: two trusted peers sending the same file name each get their own file, in out/<peer>/."""
+    trust = TrustSet({"alice": pubs["alice"], "mallory": pubs["mallory"], "bob": pubs["bob"]})
+    out = tmp_path / "out"
+    out.mkdir()
+    genuine = make_files(tmp_path / "alice", {"report.txt": b"alice's report"})
+    forged = make_files(tmp_path / "mallory", {"report.txt": b"mallory's replacement"})
+
+    async def body(port, receiver):
+        await send_as(keys, pubs, trust, port, genuine)
+        await send_as(keys, pubs, trust, port, forged, who="mallory", name="mallory")
+        return await receiver.wait_for(2)
+
+    results = run(lambda: receiver_and(keys, pubs, trust, out, body))
+    assert [(r.peer, r.files, r.ok) for r in results] == [("alice", ["report.txt"], True),
+                                                          ("mallory", ["report.txt"], True)]
+    assert sorted(os.listdir(out)) == ["alice", "mallory"]
+    assert (out / "alice" / "report.txt").read_bytes() == b"alice's report"
+    assert (out / "mallory" / "report.txt").read_bytes() == b"mallory's replacement"
+    assert os.stat(out / "alice").st_mode & 0o777 == 0o700
+
+
+def test_peer_directory_must_be_a_plain_directory(tmp_path, keys, pubs, trust):
+    """A trusted name that is no single path component is refused up front; a symlink in its place at write time."""
+    with pytest.raises(ConfigError, match="cannot be a directory name"):
+        Receiver(keys["bob"], TrustSet({"../alice": pubs["alice"]}), str(tmp_path), name="bob")
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", out / "alice")
+    paths = make_files(tmp_path / "src", {"f.txt": b"x"})
+
+    async def body(port, receiver):
+        with pytest.raises(TokenCSPError):
+            await send_as(keys, pubs, trust, port, paths)
+        return (await receiver.wait_for(1))[0]
+
+    result = run(lambda: receiver_and(keys, pubs, trust, out, body))
+    assert "is not a directory" in str(result.error)
+    assert os.listdir(tmp_path / "elsewhere") == []
 
 
 # -- a man in the middle -----------------------------------------------------------------
@@ -289,8 +335,7 @@ def test_man_in_the_middle_aborts_both_sides(tmp_path, keys, pubs, trust, action
 def test_recorded_session_replayed_to_a_live_listener_is_refused(tmp_path, keys, pubs, trust):
     out, (sent, result, proxy) = _mitm_session(tmp_path, keys, pubs, trust, ())
     assert result.ok
-    for name in os.listdir(out):
-        os.unlink(out / name)
+    shutil.rmtree(out / "alice")
     recording = b"".join(proxy.frames["s2r"])
 
     async def body(port, receiver):

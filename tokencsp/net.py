@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import stat
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, TypeVar
@@ -42,7 +43,17 @@ from .threephase import (
     check_name,
 )
 from .threephase.messages import LENGTH_PREFIX, check_frame_length, frame_length
-from .transfer import FileChunk, FileEnd, FileHeader, FileReceiver, FileStart, check_ack, check_file_name, data_record
+from .transfer import (
+    FileChunk,
+    FileEnd,
+    FileHeader,
+    FileReceiver,
+    FileStart,
+    check_ack,
+    check_file_name,
+    check_peer_directory,
+    data_record,
+)
 
 __all__ = ["NetConfig", "Receiver", "SessionResult", "check_file_name", "send_files"]
 
@@ -181,11 +192,26 @@ class _Incoming:
             self._cm.__exit__(OutputError, OutputError("transfer aborted"), None)
 
 
+def _peer_directory(out_dir: str, peer: str) -> str:
+    """``out_dir/<peer>``, made 0700 on first use; an existing symlink or non-directory there is refused."""
+    path = os.path.join(out_dir, check_peer_directory(peer))
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise OutputError(f"cannot create {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise OutputError(f"{path} exists and is not a directory")
+    return path
+
+
 async def _receive_files(channel: _Channel, out_dir: str, result: SessionResult,
                          on_authenticated: Callable[[SessionResult], None]) -> None:
     hello = await channel.expect(HandshakeComplete, "the handshake")
     result.peer = hello.peer_name
     on_authenticated(result)
+    directory: str | None = None
     files = FileReceiver()
     incoming: _Incoming | None = None
     try:
@@ -199,7 +225,8 @@ async def _receive_files(channel: _Channel, out_dir: str, result: SessionResult,
                                     f"got {type(event).__name__}")
             for step in files.receive(event.data):
                 if isinstance(step, FileStart):
-                    incoming = _Incoming(os.path.join(out_dir, step.name))
+                    directory = directory or _peer_directory(out_dir, hello.peer_name)
+                    incoming = _Incoming(os.path.join(directory, step.name))
                 elif isinstance(step, FileChunk):
                     assert incoming is not None
                     incoming.write(step.data)
@@ -217,7 +244,10 @@ async def _receive_files(channel: _Channel, out_dir: str, result: SessionResult,
 
 
 class Receiver:
-    """A listener: every connection is one responder session writing files to ``out_dir``.
+    """A listener: every connection is one responder session writing files to ``out_dir/<peer>/``.
+
+    The subdirectory is the authenticated peer's trust-set name, so no peer can
+    replace a file that another peer delivered.
 
     With ``once`` the listener serves until one sender *authenticates*, then
     accepts nothing more: connections that fail before authenticating do not
@@ -229,6 +259,8 @@ class Receiver:
                  once: bool = False, on_session: Callable[[SessionResult], None] | None = None) -> None:
         if not os.path.isdir(out_dir):
             raise OutputError(f"output directory {out_dir} does not exist")
+        for peer in trust:
+            check_peer_directory(peer)
         self.key, self.trust, self.out_dir, self.config = key, trust, out_dir, config
         self.name = check_name(name or key.name)
         self.local_public, self.once, self.on_session = local_public, once, on_session

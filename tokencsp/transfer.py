@@ -14,7 +14,7 @@ import hmac
 from dataclasses import dataclass
 
 from ._wire import WireError, be_bytes, check_empty, take_prefixed, uint_be, view
-from .errors import RemoteProtocolError
+from .errors import ConfigError, RemoteProtocolError
 
 __all__ = [
     "KIND_ACK",
@@ -44,6 +44,19 @@ def check_file_name(name: str) -> str:
             or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES):
         raise RemoteProtocolError(f"refused file name {name!r}")
     return name
+
+
+def check_peer_directory(peer: str) -> str:
+    """Received files go to ``out_dir/<peer>/``: a trusted name must be usable as that one directory name.
+
+    Checked for every trusted name before the listener starts, so that the
+    authenticated peer's name alone decides where its files land and one peer
+    can never replace a file another peer delivered.
+    """
+    try:
+        return check_file_name(peer)
+    except RemoteProtocolError:
+        raise ConfigError(f"trusted name {peer!r} cannot be a directory name for received files") from None
 
 
 @dataclass(frozen=True)

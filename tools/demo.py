@@ -154,9 +154,9 @@ def three_phase(work: Path) -> None:
         if listener.poll() is None:
             listener.kill()
     sys.stdout.write(err.decode(errors="replace"))
-    if listener.returncode != 0 or any((inbox / f.name).read_bytes() != f.read_bytes() for f in files):
+    if listener.returncode != 0 or any((inbox / ALICE / f.name).read_bytes() != f.read_bytes() for f in files):
         sys.exit("demo failed: the three-phase transfer did not deliver identical files")
-    print(f"  {len(files)} files delivered byte-identical into the listener's out-dir")
+    print(f"  {len(files)} files delivered byte-identical into the listener's out-dir, under {ALICE}/")
 
 
 if __name__ == "__main__":

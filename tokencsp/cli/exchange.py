@@ -133,7 +133,7 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
                         help="a trusted sender's public key file (name = file stem) or a directory of them; repeatable")
     listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     listen.add_argument("--port", required=True, type=int)
-    listen.add_argument("--out-dir", required=True, metavar="DIR", help="where received files are written")
+    listen.add_argument("--out-dir", required=True, metavar="DIR", help="received files are written to DIR/PEER/, one directory per authenticated sender")
     listen.add_argument("--once", action="store_true", help="exit after one authenticated session (connections that fail before authenticating "
                              "do not count); the exit code tells success")
     listen.add_argument("--max-sessions", type=int, default=NetConfig.max_sessions, metavar="N",
