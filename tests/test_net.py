@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tokencsp import cli
+from tokencsp.admission import AdmissionPolicy
 from tokencsp.errors import ConfigError, TokenCSPError
 from tokencsp.net import NetConfig, Receiver, _Channel, _run_session, send_files
 from tokencsp.threephase import (
@@ -145,7 +146,9 @@ def test_twenty_concurrent_senders(tmp_path, keys, pubs, trust):
             for i in range(20)))
         return sent, await receiver.wait_for(20)
 
-    sent, results = run(lambda: receiver_and(keys, pubs, trust, out, body))
+    # All twenty come from one address: raise the per-source admission limits for them.
+    crowd = dataclasses.replace(CALM, admission=AdmissionPolicy(per_source=20, per_source_rate=20.0))
+    sent, results = run(lambda: receiver_and(keys, pubs, trust, out, body, config=crowd))
     assert all(len(s) == 2 for s in sent)
     assert all(r.ok and r.peer == "alice" for r in results), [r.error for r in results]
     assert_nothing_partial(out, spec, must_have=spec)
@@ -159,7 +162,7 @@ def test_sessions_beyond_the_limit_are_closed_unserved(tmp_path, keys, pubs, tru
 
     async def body(port, receiver):
         idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
-        await asyncio.sleep(0.2)
+        await receiver.wait_active(2)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         closed = await asyncio.wait_for(reader.read(1), 5)  # EOF: refused without a byte
         writer.close()
@@ -212,6 +215,50 @@ def test_peer_directory_must_be_a_plain_directory(tmp_path, keys, pubs, trust):
     result = run(lambda: receiver_and(keys, pubs, trust, out, body))
     assert "is not a directory" in str(result.error)
     assert os.listdir(tmp_path / "elsewhere") == []
+
+
+def test_unauthenticated_handshakes_are_capped_per_source(tmp_path, keys, pubs, trust):
+    """Finding 9.13: one source holds at most `per_source` handshakes that have not authenticated."""
+    out = tmp_path / "out"
+    out.mkdir()
+    capped = dataclasses.replace(CALM, admission=AdmissionPolicy(per_source=2, per_source_rate=100.0))
+    paths = make_files(tmp_path / "src", {"f.txt": b"data"})
+
+    async def body(port, receiver):
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        await receiver.wait_active(2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        closed = await asyncio.wait_for(reader.read(1), 5)  # EOF: refused without a byte
+        writer.close()
+        refused_while_full = receiver.refused
+        idle[0][1].close()  # one idle handshake ends: its source may start another
+        await receiver.wait_for(1)
+        sent = await send_as(keys, pubs, trust, port, paths)
+        idle[1][1].close()
+        return closed, refused_while_full, sent, await receiver.wait_for(3)
+
+    closed, refused, sent, results = run(lambda: receiver_and(keys, pubs, trust, out, body, config=capped))
+    assert closed == b"" and refused == 1
+    assert sent == ["f.txt"] and sum(r.ok for r in results) == 1
+
+
+def test_new_handshakes_are_rate_limited(tmp_path, keys, pubs, trust):
+    """A source may start `per_source_rate` handshakes per second; the listener refuses the rest unserved."""
+    out = tmp_path / "out"
+    out.mkdir()
+    slow = dataclasses.replace(CALM, admission=AdmissionPolicy(per_source_rate=0.01))  # one, then one per 100 s
+
+    async def body(port, receiver):
+        first = await asyncio.open_connection("127.0.0.1", port)
+        await receiver.wait_active(1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        closed = await asyncio.wait_for(reader.read(1), 5)
+        writer.close()
+        first[1].close()
+        return closed, receiver.refused, await receiver.wait_for(1)
+
+    closed, refused, (result,) = run(lambda: receiver_and(keys, pubs, trust, out, body, config=slow))
+    assert closed == b"" and refused == 1 and not result.ok
 
 
 # -- a man in the middle -----------------------------------------------------------------
@@ -349,7 +396,7 @@ def test_recorded_session_replayed_to_a_live_listener_is_refused(tmp_path, keys,
 
     answer, replayed = run(lambda: receiver_and(keys, pubs, trust, out, body))
     assert isinstance(replayed.error, PeerAuthenticationFailed) and "phase 3" in str(replayed.error)
-    assert answer.endswith(frame(b"\x7f\x02")) and answer[4] == 0x02
+    assert answer.endswith(frame(b"\x7f\x00")) and answer[4] == 0x02  # the ABORT names no reason: unauthenticated
     assert answer[4:-6] != proxy.frames["r2s"][0][4:]  # a new B: the recording's phase 3 cannot fit
     assert os.listdir(out) == []
 
@@ -395,6 +442,7 @@ def test_wrong_keys_and_names_are_refused(tmp_path, keys, pubs, trust, case):
         assert isinstance(result.error, PeerAborted), result.error
     else:
         assert isinstance(sender_error, PeerAborted), sender_error
+        assert sender_error.reason == 0, sender_error  # the same for every refusal before authentication
         assert isinstance(result.error, expected_receiver), result.error
     assert result.files == [] and os.listdir(out) == []
 
@@ -574,11 +622,11 @@ def test_listener_against_a_broken_sender(tmp_path, keys, pubs, trust, behaviour
 
 def test_connection_refused_is_a_clean_error(tmp_path, keys, pubs, trust):
     paths = make_files(tmp_path / "src", {"f.txt": b"data"})
-    with socket.socket() as s:
+    with socket.socket() as s:  # bound and held, never listening: connections to it are refused
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(PeerDisconnected, match="cannot connect"):
-        run(lambda: send_as(keys, pubs, trust, port, paths, config=FAST))
+        with pytest.raises(PeerDisconnected, match="cannot connect"):
+            run(lambda: send_as(keys, pubs, trust, port, paths, config=FAST))
 
 
 def test_listener_close_cancels_sessions_cleanly(tmp_path, keys, pubs, trust):
@@ -587,7 +635,7 @@ def test_listener_close_cancels_sessions_cleanly(tmp_path, keys, pubs, trust):
 
     async def body(port, receiver):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        await asyncio.sleep(0.1)  # the session is waiting for phase 1
+        await receiver.wait_active(1)  # the session is waiting for phase 1
         await receiver.close()
         assert await reader.read() == frame(b"\x7f\x00")  # ABORT, unspecified
         writer.close()
@@ -665,12 +713,6 @@ def tokencsp(*argv: str) -> tuple[int, str]:
     return code, sys.stderr.take()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def exported(tmp_path, keys):
     peers = tmp_path / "keys"
@@ -694,11 +736,10 @@ def test_cli_listen_once_and_send(tmp_path, exported):
         paths = make_files(tmp_path / "src", spec)
         out = tmp_path / "out"
         out.mkdir()
-        port = _free_port()
         thread, outcome = _listen_in_thread(  # --peer DIR: alice, bob and mallory are trusted
             ["listen", "--token", "tokencsp-test-b", "--key", "net-bob", "--name", "bob", "--peer",
-             str(exported), "--port", str(port), "--out-dir", str(out), "--once"])
-        capture.wait_for("listening on")
+             str(exported), "--port", "0", "--out-dir", str(out), "--once"])
+        port = capture.wait_for_port()
         code, err = tokencsp("send", "--token", "tokencsp-test-a", "--key", "net-alice", "--name", "alice",
                              "--peer", str(exported / "bob.pem"), "--to", f"127.0.0.1:{port}", *paths)
         thread.join(20)

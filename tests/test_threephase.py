@@ -405,10 +405,9 @@ def test_deadlines_frames_and_end_of_stream(keys, pubs, trust):
 
 def test_abort_frames(keys, pubs, trust):
     init, resp = pair(keys, pubs, trust)
-    resp.receive_data(init.data_to_send())
-    resp.next_event(0.0)
+    handshake(init, resp)
     abort = init.abort(PhaseTimeout("x"))
-    assert abort == frame(b"\x7f\x04")
+    assert abort == frame(b"\x7f\x04")  # after authentication the reason is told
     assert init.state is State.ERROR
     resp.receive_data(abort)
     with pytest.raises(PeerAborted, match=r"timeout \(its unauthenticated claim\)") as info:
@@ -416,6 +415,40 @@ def test_abort_frames(keys, pubs, trust):
     assert info.value.reason == 4
     assert resp.abort(info.value) == b""  # never answer an abort with an abort
     assert_failed_for_good(resp)
+
+
+def test_aborts_before_authentication_are_uniform(keys, pubs, trust):
+    """Finding 9.13: an unauthenticated party cannot tell an unknown name from a wrong key or a failed proof."""
+    def refused(resp, m1, m3=None):
+        resp.start(0.0)
+        try:
+            deliver(m1, resp)
+            deliver(m3, resp)
+        except ProtocolError as exc:
+            return type(exc), resp.abort(exc)
+        pytest.fail("not refused")
+
+    def responder(trust_set=trust, name="bob"):
+        return ThreePhase(Role.RESPONDER, name, keys["bob"], trust_set, local_public=pubs["bob"])
+
+    def m1_of(key="alice", peer_trust=trust):
+        init = ThreePhase(Role.INITIATOR, "alice", keys[key], peer_trust, peer_name="bob", local_public=pubs[key])
+        init.start(0.0)
+        return init.data_to_send()
+
+    outcomes = [
+        refused(responder(TrustSet({"bob": pubs["bob"]})), m1_of()),                        # unknown name
+        refused(responder(TrustSet({"alice": pubs["mallory"], "bob": pubs["bob"]})), m1_of()),  # not its key
+        refused(responder(), m1_of(peer_trust=TrustSet({"bob": pubs["mallory"]}))),          # not my key
+        refused(responder(name="carol"), m1_of()),                                           # not my name
+        refused(responder(), m1_of(), frame(b"\x03" + bytes(32))),                            # failed proof
+        refused(responder(), frame(b"\x01\x02")),                                            # malformed
+    ]
+    assert {kind for kind, _ in outcomes} == {UnknownPeer, PeerAuthenticationFailed, RemoteProtocolError}
+    assert {abort for _, abort in outcomes} == {frame(b"\x7f\x00")}
+    init, _ = pair(keys, pubs, trust)
+    init.data_to_send()
+    assert init.abort(PhaseTimeout("x")) == frame(b"\x7f\x00")  # the initiator, too, before mac2 verified
 
 
 def test_wrong_message_type_in_each_state(keys, pubs, trust):

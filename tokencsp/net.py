@@ -23,6 +23,7 @@ from typing import BinaryIO, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from .admission import Admission, AdmissionPolicy, Ticket
 from .errors import ConfigError, InputError, OutputError
 from .fileio import atomic_output
 from .threephase import (
@@ -77,6 +78,8 @@ class NetConfig:
     # Each session costs the listener a token unwrap before the peer is
     # authenticated; past this many at once, new connections are closed at once.
     max_sessions: int = 64
+    # Unauthenticated handshakes per source and per second (tokencsp.admission).
+    admission: AdmissionPolicy = AdmissionPolicy()
 
 
 @dataclass
@@ -265,7 +268,8 @@ class Receiver:
         self.name = check_name(name or key.name)
         self.local_public, self.once, self.on_session = local_public, once, on_session
         self.results: list[SessionResult] = []
-        self.refused = 0  # connections closed unserved because max_sessions were running
+        self.refused = 0  # connections closed unserved: max_sessions running, or over an admission limit
+        self._admission = Admission(config.admission)
         self._server: asyncio.Server | None = None
         self._claimed: SessionResult | None = None  # once: the session that authenticated
         self._tasks: set[asyncio.Task[None]] = set()
@@ -286,21 +290,30 @@ class Receiver:
         if self._claimed is not None:  # once, and already taken: the server is closing
             writer.close()
             return
-        if len(self._tasks) >= self.config.max_sessions:
+        ticket = (self._admission.admit(str(peer[0]) if peer else "?", asyncio.get_running_loop().time())
+                  if len(self._tasks) < self.config.max_sessions else "max_sessions")
+        if not isinstance(ticket, Ticket):
             self.refused += 1
             writer.close()
             return
+        def authenticated(result: SessionResult) -> None:
+            ticket.release()  # no longer unauthenticated work
+            self._authenticated(result)
+
         self._tasks.add(task)
         try:
+            async with self._changed:
+                self._changed.notify_all()
             conn = ThreePhase(Role.RESPONDER, self.name, self.key, self.trust, local_public=self.local_public,
                               phase_timeout=self.config.phase_timeout, max_frame=self.config.max_frame)
             await _run_session(conn, reader, writer, self.config,
-                               lambda ch: _receive_files(ch, self.out_dir, result, self._authenticated))
+                               lambda ch: _receive_files(ch, self.out_dir, result, authenticated))
         except Exception as exc:
             result.error = exc
         except asyncio.CancelledError:  # close(): end quietly, the result says why
             result.error = PeerDisconnected("the session was cut off: the listener shut down")
         finally:
+            ticket.release()
             writer.close()
             self.results.append(result)
             if self.on_session:
@@ -330,6 +343,16 @@ class Receiver:
             await self._changed.wait_for(lambda: self._claimed is not None and self._claimed in self.results)
         assert self._claimed is not None
         return self._claimed
+
+    @property
+    def active(self) -> int:
+        """Sessions being served right now."""
+        return len(self._tasks)
+
+    async def wait_active(self, count: int) -> None:
+        """Wait until at least ``count`` sessions are being served (they have been accepted)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self._tasks) >= count)
 
     async def wait_for(self, count: int) -> list[SessionResult]:
         """Wait until ``count`` sessions have ended."""

@@ -232,6 +232,7 @@ class ThreePhase:
         self.max_record = max_frame - 1 - TAG_LEN
         self._key_source = key_source or new_session_key
         self.state = State.IDLE
+        self.authenticated = False  # the peer proved its key (mac2 for the initiator, mac3 for the responder)
         self.ours, self.theirs = Half.OPEN, Half.OPEN
         self.deadline: float | None = None
         self._eof = False
@@ -317,12 +318,17 @@ class ThreePhase:
         return self.data_to_send() + record
 
     def abort(self, exc: BaseException | None = None) -> bytes:
-        """Enter ERROR; returns the ABORT frame to send (``b""`` if the peer aborted)."""
+        """Enter ERROR; returns the ABORT frame to send (``b""`` if the peer aborted).
+
+        Until the peer has authenticated, every ABORT carries the same reason
+        (0): an unknown name, a key that does not match it and a failed proof
+        must look alike to a party that has proved nothing.
+        """
         self._fail()
         if isinstance(exc, PeerAborted):
             return b""
         code = getattr(exc, "abort_code", APPLICATION_ERROR if isinstance(exc, TokenCSPError) else UNSPECIFIED)
-        return frame(Abort(code).to_bytes())
+        return frame(Abort(code if self.authenticated else UNSPECIFIED).to_bytes())
 
     # -- the tables ----------------------------------------------------------
 
@@ -467,6 +473,7 @@ class ThreePhase:
 
     def _complete(self) -> HandshakeComplete:
         assert self.peer_name is not None
+        self.authenticated = True
         return HandshakeComplete(self.peer_name, self._trust.fingerprint(self.peer_name))
 
     def _on_record(self, kind: MsgType, payload: bytes) -> Event:
