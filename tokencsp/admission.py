@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-__all__ = ["AdmissionPolicy", "Admission", "Ticket", "source_of"]
+__all__ = ["Admission", "AdmissionPolicy", "Ticket", "source_of"]
 
 _IPV6_SOURCE_PREFIX = 64
 _MAX_IDLE_BUCKETS = 4096  # past this many sources, full buckets are forgotten

@@ -79,7 +79,7 @@ class NetConfig:
     # authenticated; past this many at once, new connections are closed at once.
     max_sessions: int = 64
     # Unauthenticated handshakes per source and per second (tokencsp.admission).
-    admission: AdmissionPolicy = AdmissionPolicy()
+    admission: AdmissionPolicy = field(default_factory=AdmissionPolicy)
 
 
 @dataclass
