@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from pg_server import pg_dsn, pg_server  # noqa: F401 - fixtures
+
+pytest_plugins = ("pg_server",)  # the pg_server and pg_dsn fixtures (tests/pg_server.py)
 
 KEY_PREFIX = "pgcli"
 

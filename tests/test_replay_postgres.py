@@ -13,13 +13,14 @@ import time
 from collections import Counter
 
 import pytest
-from pg_server import pg_dsn, pg_server  # noqa: F401 - fixtures
 
 from tokencsp.errors import (ConfigError, MessageFromFuture, MessageTooOld, ReplayCacheError, ReplayedMessage,
                              SerialNotIncreasing)
 from tokencsp.replay import MemoryReplayCache, PostgresReplayCache, PostgresSerialCounter, ReplayPolicy, open_cache
 from tokencsp.replay.factory import open_serial_counter, refuse_password_on_command_line
 from tokencsp.replay.postgres import SCHEMA_VERSION, is_postgres_dsn, redact_dsn
+
+pytest_plugins = ("pg_server",)  # the pg_server and pg_dsn fixtures (tests/pg_server.py)
 
 POLICY = ReplayPolicy()
 

@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_output, open_input, read_input
 from ..progress import ProgressReader
 from ..pubkeys import fingerprint, load_public_key
-from ..replay import ReplayPolicy, default_replay_db_path, next_serial, open_cache, parse_duration
+from ..replay import ReplayPolicy, default_replay_db_path, draw_serial, open_cache, parse_duration
 from ..trust import TrustSet
 from .replay import connection_target
 
@@ -34,7 +34,7 @@ def cmd_seal(args: argparse.Namespace) -> int:
 
     with _provider(args) as provider:
         signer = provider.key(args.sign_with)
-        serial = next_serial(fingerprint(signer.public_key()), args.serial_db)
+        serial = draw_serial(fingerprint(signer.public_key()), args.serial_db)
         return _seal(args, recipient, signer, serial)
 
 

@@ -40,7 +40,7 @@ __all__ = ["ENV_REPLAY_DB", "SCHEMA_VERSION", "SERIAL_MAX", "MemoryReplayCache",
            "SQLiteReplayCache", "SerialCounter", "default_replay_db_path", "default_state_dir", "parse_duration"]
 
 # The backends below import names from this package, so they come last.
-from .factory import next_serial, open_cache, open_serial_counter  # noqa: E402
+from .factory import draw_serial, open_cache, open_serial_counter  # noqa: E402
 from .postgres import PostgresReplayCache, PostgresSerialCounter  # noqa: E402
 
-__all__ += ["PostgresReplayCache", "PostgresSerialCounter", "next_serial", "open_cache", "open_serial_counter"]
+__all__ += ["PostgresReplayCache", "PostgresSerialCounter", "draw_serial", "open_cache", "open_serial_counter"]

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from . import ENV_REPLAY_DB, ReplayCache, SerialCounter, SQLiteReplayCache
 from .postgres import PostgresReplayCache, PostgresSerialCounter, dsn_has_password, is_postgres_dsn
 
-__all__ = ["open_cache", "open_serial_counter", "next_serial", "refuse_password_on_command_line", "ENV_SERIAL_DB"]
+__all__ = ["open_cache", "open_serial_counter", "draw_serial", "refuse_password_on_command_line", "ENV_SERIAL_DB"]
 
 ENV_SERIAL_DB = "TOKENCSP_SERIAL_DB"
 
@@ -41,7 +41,7 @@ def open_serial_counter(key_id: bytes, target: str | None = None) -> SerialCount
     return PostgresSerialCounter(target, key_id)
 
 
-def next_serial(key_id: bytes, target: str | None = None) -> int:
+def draw_serial(key_id: bytes, target: str | None = None) -> int:
     """One serial number for ``key_id`` from the counter ``target`` names (see ``open_serial_counter``)."""
     counter = open_serial_counter(key_id, target)
     if isinstance(counter, PostgresSerialCounter):

@@ -98,7 +98,7 @@ def is_postgres_dsn(target: str) -> bool:
 def _conninfo(dsn: str) -> dict[str, str]:
     psycopg = _psycopg()
     try:
-        return psycopg.conninfo.conninfo_to_dict(dsn)
+        return {str(k): str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items()}
     except psycopg.ProgrammingError as exc:
         raise ConfigError(f"invalid PostgreSQL connection string: {_one_line(exc)}") from None
 
@@ -141,7 +141,7 @@ _PERMANENT = ("authentication failed", "no password supplied", "does not exist",
 
 def _is_permanent(exc: BaseException) -> bool:
     code = getattr(exc, "sqlstate", None)
-    if code is not None:
+    if isinstance(code, str):
         return code.startswith(("28", "3D", "42"))
     text = str(exc).lower()
     return any(word in text for word in _PERMANENT)
@@ -400,8 +400,9 @@ class PostgresReplayCache(ReplayCache):
                 "schema_version": version, "database_time": db_now, "clock_offset": time.time() - db_now,
                 "retention": retention, "complete_since": None if math.isinf(since) else since,
                 "ids": ids, "oldest_timestamp": oldest, "newest_timestamp": newest, "prunable": prunable,
-                "senders": senders, "serial_counters": counters, "synchronous_commit": settings.get("synchronous_commit"),
-                "fsync": settings.get("fsync"), "synchronous_standby_names": settings.get("synchronous_standby_names"),
+                "senders": senders, "serial_counters": counters,
+                "synchronous_commit": settings.get("synchronous_commit"), "fsync": settings.get("fsync"),
+                "synchronous_standby_names": settings.get("synchronous_standby_names"),
                 "server_version": settings.get("server_version"), "standby": in_recovery,
             }
 
