@@ -222,9 +222,8 @@ def test_cycle_finder_finds_a_cycle() -> None:
 
 
 @pytest.mark.xfail(strict=True, reason="on main when this test landed: tokencsp.cli <-> cli.seal/cli.exchange "
-                   "(they import _provider from cli/__init__; H-cli is splitting cli/) and tokencsp.replay <-> "
-                   "replay.factory/replay.postgres (the backends import the package that re-exports them); "
-                   "remove this mark when both are gone")
+                   "(they import _provider from cli/__init__; H-cli is splitting cli/); the replay <-> "
+                   "replay.factory/replay.postgres cycle is gone; remove this mark when the cli one is")
 def test_no_import_cycles() -> None:
     found = cycles(import_graph())
     assert not found, f"import cycles between tokencsp modules (docs/ARCHITECTURE.md rule 2): {found}"

@@ -39,8 +39,7 @@ from .sqlite import SCHEMA_VERSION, SQLiteReplayCache
 __all__ = ["ENV_REPLAY_DB", "SCHEMA_VERSION", "SERIAL_MAX", "MemoryReplayCache", "ReplayCache", "ReplayPolicy",
            "SQLiteReplayCache", "SerialCounter", "default_replay_db_path", "default_state_dir", "parse_duration"]
 
-# The backends below import names from this package, so they come last.
-from .factory import draw_serial, open_cache, open_serial_counter  # noqa: E402
-from .postgres import PostgresReplayCache, PostgresSerialCounter  # noqa: E402
+from .factory import draw_serial, open_cache, open_serial_counter
+from .postgres import PostgresReplayCache, PostgresSerialCounter
 
 __all__ += ["PostgresReplayCache", "PostgresSerialCounter", "draw_serial", "open_cache", "open_serial_counter"]

@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 
 from ..errors import ConfigError
-from . import ENV_REPLAY_DB, ReplayCache, SerialCounter, SQLiteReplayCache
+from .base import ReplayCache
+from .paths import ENV_REPLAY_DB
 from .postgres import PostgresReplayCache, PostgresSerialCounter, dsn_has_password, is_postgres_dsn
+from .serial import SerialCounter
+from .sqlite import SQLiteReplayCache
 
 __all__ = ["open_cache", "open_serial_counter", "draw_serial", "refuse_password_on_command_line", "ENV_SERIAL_DB"]
 

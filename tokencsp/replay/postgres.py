@@ -50,7 +50,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..errors import ConfigError, MessageTooOld, ReplayCacheError, ReplayedMessage, SerialNotIncreasing
-from . import SERIAL_MAX, ReplayCache, ReplayPolicy
+from .base import SERIAL_MAX, ReplayCache
+from .policy import ReplayPolicy
 
 __all__ = ["PostgresReplayCache", "PostgresSerialCounter", "is_postgres_dsn", "dsn_has_password", "redact_dsn",
            "SCHEMA_VERSION"]
