@@ -759,7 +759,7 @@ def test_vector_from_format_md(vector_receiver):
     assert v["nonce-0"] == bytes(12) and v["nonce-1"] == bytes(10) + b"\x01\x01"
     # The token unwraps the session key from the key blob.
     simple = SimpleBlob.from_bytes(v["key-blob"])
-    assert vector_receiver.unwrap_raw(simple.encrypted_key, oaep=True, secret_type="aes") == v["session-key"]
+    assert vector_receiver.unwrap_raw(simple.encrypted_key, oaep=True, alg_id=AlgId.CALG_AES_256) == v["session-key"]
     # Independently of envelope.py: AES-256-GCM with the documented nonces and AD.
     aead = AESGCM(v["session-key"])
     assert (aead.decrypt(v["nonce-0"], v["chunk-0"], v["associated-data"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import _ctypes
 import contextlib
-import ctypes
 import fcntl
 import io
 import os
@@ -183,7 +182,7 @@ def _finalize_module() -> None:
     from tokencsp.token import _function_list
 
     _, functions = _function_list(config.find_module())
-    finalize = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_void_p)(functions._unused0)
+    finalize = functions.C_Finalize
     assert finalize(None) == 0
 
 

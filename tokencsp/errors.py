@@ -27,6 +27,8 @@ __all__ = [
     "AmbiguousKeyError",
     "KeyExistsError",
     "TokenOperationError",
+    "TokenLockError",
+    "UnwrapRefused",
     "MessageRejected",
     "EnvelopeFormatError",
     "NotForThisKey",
@@ -134,6 +136,26 @@ class KeyExistsError(TokenError):
 
 class TokenOperationError(TokenError):
     """A PKCS#11 call failed for a reason not covered above (the CKR name is in the message)."""
+
+
+class TokenLockError(TokenError):
+    """The cross-process token lock could not be taken: timed out, or its directory is not private."""
+
+
+UNWRAP_REFUSED = "the token refused to unwrap or decrypt the blob"
+
+
+class UnwrapRefused(TokenCSPError):
+    """The token refused a caller-supplied blob in C_UnwrapKey or C_Decrypt.
+
+    Deliberately not a :class:`TokenError` and always the same message, with
+    no CKR: whatever the token said about the blob (bad padding, bad length,
+    a general error) is one outcome.  Failures of the token's own state
+    (session closed, logged out, removed, key gone) keep their own types.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(UNWRAP_REFUSED)
 
 
 # -- sealed messages (docs/FORMAT.md) ---------------------------------------------------

@@ -25,8 +25,8 @@ from .errors import (
     InvalidKeyError,
     KeyNotFoundError,
     SessionKeyImportError,
-    TokenOperationError,
     UnsupportedAlgorithm,
+    UnwrapRefused,
 )
 from .implicit import DeferredSessionKey, ImplicitRejection
 from .keyinfo import KeyInfo, KeyUsage, RsaPrivateParts
@@ -42,21 +42,6 @@ _OAEP_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
     "sha512": hashes.SHA512,
 }
-
-# Which PKCS#11 key type receives each session key algorithm on unwrap.
-# TODO(H-token): this mapping moves into token/templates.py; the façade then
-# hands the token the ALG_ID only.
-_SECRET_TYPE = {
-    AlgId.CALG_AES_128: "aes",
-    AlgId.CALG_AES_192: "aes",
-    AlgId.CALG_AES_256: "aes",
-    AlgId.CALG_3DES: "des3",
-    AlgId.CALG_3DES_112: "des2",
-}
-
-
-def _secret_type(alg_id: AlgId) -> str:
-    return _SECRET_TYPE[alg_id]
 
 
 def _simple_blob(blob: bytes | SimpleBlob) -> SimpleBlob:
@@ -152,7 +137,7 @@ class ExchangeKey(KeyPair):
         return self.rejection.run(lambda: self._import_explicit(simple, oaep), self._import_or_substitute, "explicit")
 
     def _import_explicit(self, simple: SimpleBlob, oaep: bool) -> SessionKey:
-        value = self.unwrap_raw(simple.encrypted_key, oaep, _secret_type(simple.alg_id))
+        value = self.unwrap_raw(simple.encrypted_key, oaep, simple.alg_id)
         # The token calls any length "AES"; only the host can hold it to the ALG_ID.
         if len(value) != SESSION_KEY_LENGTHS[simple.alg_id]:
             raise SessionKeyImportError() from None
@@ -208,10 +193,10 @@ class ExchangeKey(KeyPair):
         return rejection.choose(simple, self._unwrap_or(simple, oaep, substitute), substitute)
 
     def _unwrap_or(self, simple: SimpleBlob, oaep: bool, substitute: bytes) -> bytes:
-        return self._token.unwrap_secret(self.key_id, simple.encrypted_key, oaep, _secret_type(simple.alg_id),
+        return self._token.unwrap_secret(self.key_id, simple.encrypted_key, oaep, simple.alg_id,
                                          fallback=substitute)
 
-    def unwrap_raw(self, ciphertext: bytes, oaep: bool = False, secret_type: str = "generic", *,
+    def unwrap_raw(self, ciphertext: bytes, oaep: bool = False, alg_id: AlgId | None = None, *,
                    oaep_hash: str = "sha1", oaep_label: bytes = b"") -> bytes:
         """Unwrap an RSA ciphertext (PKCS#1 byte order) on the token and return the value.
 
@@ -221,11 +206,10 @@ class ExchangeKey(KeyPair):
         no label only; see :meth:`supports_oaep`).
         """
         try:
-            return self._token.unwrap_secret(self.key_id, ciphertext, oaep, secret_type, oaep_hash, oaep_label)
-        except TokenOperationError:
-            # What C_UnwrapKey says about the blob (bad padding, bad length...)
-            # is one error.  The token's own state -- closed, logged out,
-            # removed, key gone -- is no secret and keeps its own type.
+            return self._token.unwrap_secret(self.key_id, ciphertext, oaep, alg_id, oaep_hash, oaep_label)
+        except UnwrapRefused:
+            # The token layer says which failures are the blob's; the token's
+            # own state (closed, logged out, removed, key gone) keeps its type.
             raise SessionKeyImportError() from None
 
     def supports_oaep(self, hash_name: str = "sha1", label: bytes = b"") -> bool:

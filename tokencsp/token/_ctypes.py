@@ -1,0 +1,238 @@
+"""The few PKCS#11 calls tokencsp makes through ctypes instead of python-pkcs11.
+
+* ``C_Initialize`` with ``CKF_OS_LOCKING_OK``: python-pkcs11 passes ``NULL``,
+  which tells SoftHSM the application is single-threaded; SoftHSM then turns
+  its locks off and, since python-pkcs11 releases the GIL, concurrent threads
+  crash or read each other's key values (measured);
+* ``C_Login`` on an already open session, so that the token-wide
+  ``CKR_USER_ALREADY_LOGGED_IN`` counts as success without python-pkcs11
+  leaking the session it would open for the login; a NULL PIN for tokens
+  with a protected authentication path; ``CKU_CONTEXT_SPECIFIC`` for keys
+  with ``CKA_ALWAYS_AUTHENTICATE``;
+* ``C_InitToken``/``C_InitPIN`` with PINs from memory;
+* ``C_DecryptInit``/``C_Decrypt``, so that a context-specific login can sit
+  between the two, as PKCS#11 requires.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+from pkcs11 import _pkcs11
+from pkcs11.types import Session
+
+from ..errors import ModuleLoadError
+from .errors import CKR_CRYPTOKI_ALREADY_INITIALIZED, CKR_OK, CKR_USER_ALREADY_LOGGED_IN, map_rv
+
+__all__ = [
+    "CKU_CONTEXT_SPECIFIC", "CKU_SO", "CKU_USER", "FunctionList", "LockingLib", "function_list", "session_handle",
+]
+
+CKF_OS_LOCKING_OK = 0x00000002
+CKU_SO = 0
+CKU_USER = 1
+CKU_CONTEXT_SPECIFIC = 2
+CKZ_DATA_SPECIFIED = 0x00000001
+
+_CK_RV = ctypes.c_ulong
+_CK_ULONG = ctypes.c_ulong
+_CK_ULONG_PTR = ctypes.POINTER(ctypes.c_ulong)
+
+
+class _InitializeArgs(ctypes.Structure):
+    _fields_ = [
+        ("CreateMutex", ctypes.c_void_p),
+        ("DestroyMutex", ctypes.c_void_p),
+        ("LockMutex", ctypes.c_void_p),
+        ("UnlockMutex", ctypes.c_void_p),
+        ("flags", _CK_ULONG),
+        ("pReserved", ctypes.c_void_p),
+    ]
+
+
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte)]
+
+
+class Mechanism(ctypes.Structure):
+    """CK_MECHANISM."""
+
+    _fields_ = [("mechanism", _CK_ULONG), ("pParameter", ctypes.c_void_p), ("ulParameterLen", _CK_ULONG)]
+
+
+class OaepParams(ctypes.Structure):
+    """CK_RSA_PKCS_OAEP_PARAMS."""
+
+    _fields_ = [("hashAlg", _CK_ULONG), ("mgf", _CK_ULONG), ("source", _CK_ULONG),
+                ("pSourceData", ctypes.c_void_p), ("ulSourceDataLen", _CK_ULONG)]
+
+
+def _fn(*args: object) -> object:
+    return ctypes.CFUNCTYPE(_CK_RV, *args)  # type: ignore[arg-type]
+
+
+_VOID = ctypes.c_void_p
+# CK_FUNCTION_LIST in the order of pkcs11f.h, up to C_Decrypt (the rest is never read).
+_FIELDS: list[tuple[str, object]] = [
+    ("version", _Version),
+    ("C_Initialize", _fn(_VOID)),
+    ("C_Finalize", _fn(_VOID)),
+    ("C_GetInfo", _VOID),
+    ("C_GetFunctionList", _VOID),
+    ("C_GetSlotList", _VOID),
+    ("C_GetSlotInfo", _VOID),
+    ("C_GetTokenInfo", _VOID),
+    ("C_GetMechanismList", _VOID),
+    ("C_GetMechanismInfo", _VOID),
+    ("C_InitToken", _fn(_CK_ULONG, ctypes.c_char_p, _CK_ULONG, ctypes.c_char_p)),
+    ("C_InitPIN", _fn(_CK_ULONG, ctypes.c_char_p, _CK_ULONG)),
+    ("C_SetPIN", _VOID),
+    ("C_OpenSession", _VOID),
+    ("C_CloseSession", _VOID),
+    ("C_CloseAllSessions", _VOID),
+    ("C_GetSessionInfo", _VOID),
+    ("C_GetOperationState", _VOID),
+    ("C_SetOperationState", _VOID),
+    ("C_Login", _fn(_CK_ULONG, _CK_ULONG, ctypes.c_char_p, _CK_ULONG)),
+    ("C_Logout", _VOID),
+    ("C_CreateObject", _VOID),
+    ("C_CopyObject", _VOID),
+    ("C_DestroyObject", _VOID),
+    ("C_GetObjectSize", _VOID),
+    ("C_GetAttributeValue", _VOID),
+    ("C_SetAttributeValue", _VOID),
+    ("C_FindObjectsInit", _VOID),
+    ("C_FindObjects", _VOID),
+    ("C_FindObjectsFinal", _VOID),
+    ("C_EncryptInit", _VOID),
+    ("C_Encrypt", _VOID),
+    ("C_EncryptUpdate", _VOID),
+    ("C_EncryptFinal", _VOID),
+    ("C_DecryptInit", _fn(_CK_ULONG, ctypes.POINTER(Mechanism), _CK_ULONG)),
+    ("C_Decrypt", _fn(_CK_ULONG, ctypes.c_char_p, _CK_ULONG, ctypes.c_char_p, _CK_ULONG_PTR)),
+]
+
+
+class FunctionList(ctypes.Structure):
+    _fields_ = _FIELDS  # type: ignore[assignment]
+
+
+def session_handle(session: Session) -> int:
+    """The CK_SESSION_HANDLE of a python-pkcs11 session (its Cython class has it; its stubs do not)."""
+    handle = getattr(session, "handle")  # noqa: B009
+    assert isinstance(handle, int)
+    return handle
+
+
+def function_list(so: str) -> tuple[ctypes.CDLL, FunctionList]:
+    """The module's CK_FUNCTION_LIST (the dll is returned too: it must outlive the list)."""
+    dll = ctypes.CDLL(so)
+    pointer = ctypes.POINTER(FunctionList)()
+    rv = dll.C_GetFunctionList(ctypes.byref(pointer))
+    if rv != CKR_OK:
+        raise ModuleLoadError(f"C_GetFunctionList failed in {so} (CKR 0x{rv:x})")
+    return dll, pointer.contents
+
+
+class LockingLib(_pkcs11.lib):
+    """python-pkcs11's ``lib`` initialised with CKF_OS_LOCKING_OK, plus the ctypes calls above."""
+
+    _dll: ctypes.CDLL
+    _functions: FunctionList
+    _init_lock: threading.Lock
+    generation: int
+    pid: int
+
+    def initialize(self) -> None:
+        # python-pkcs11's own initialized flag stays False: the module is
+        # never finalised by it, which is what keeps sessions alive.
+        self._dll, self._functions = function_list(self.so)
+        self._init_lock = threading.Lock()
+        self.generation = 0
+        self.pid = os.getpid()
+        rv = self._c_initialize()
+        if rv not in (CKR_OK, CKR_CRYPTOKI_ALREADY_INITIALIZED):
+            raise ModuleLoadError(f"C_Initialize failed for {self.so} (CKR 0x{rv:x})")
+
+    def _c_initialize(self) -> int:
+        args = _InitializeArgs(flags=CKF_OS_LOCKING_OK)
+        return int(self._functions.C_Initialize(ctypes.byref(args)))
+
+    def recover(self) -> bool:
+        """Initialise the module again if something else in the process finalised it.
+
+        True when it had been finalised: every session and login of the process
+        died with it, and the module will hand out the same session handles
+        again, so each :class:`Token` opened before is stale (``generation``).
+        """
+        with self._init_lock:
+            rv = self._c_initialize()
+            if rv == CKR_CRYPTOKI_ALREADY_INITIALIZED:
+                return False
+            if rv != CKR_OK:
+                raise ModuleLoadError(f"C_Initialize failed for {self.so} (CKR 0x{rv:x})")
+            self.generation += 1
+            return True
+
+    def login(self, session_handle: int, pin: str | None, user_type: int = CKU_USER) -> None:
+        """C_Login; ``pin=None`` logs in through the token's protected authentication path (PIN pad)."""
+        if pin is None:
+            rv = int(self._functions.C_Login(session_handle, user_type, None, 0))
+        else:
+            secret = ctypes.create_string_buffer(pin.encode("utf-8"))
+            try:
+                rv = int(self._functions.C_Login(session_handle, user_type, secret, len(secret.value)))
+            finally:
+                ctypes.memset(secret, 0, len(secret))
+        if rv in (CKR_OK, CKR_USER_ALREADY_LOGGED_IN):
+            return
+        raise map_rv(rv, "login refused")
+
+    def init_token(self, slot_id: int, so_pin: str, raw_label: bytes) -> None:
+        secret = ctypes.create_string_buffer(so_pin.encode("utf-8"))
+        try:
+            rv = int(self._functions.C_InitToken(slot_id, secret, len(secret.value), raw_label.ljust(32)))
+        finally:
+            ctypes.memset(secret, 0, len(secret))
+        if rv != CKR_OK:
+            raise map_rv(rv, "C_InitToken failed")
+
+    def init_pin(self, session_handle: int, user_pin: str) -> None:
+        secret = ctypes.create_string_buffer(user_pin.encode("utf-8"))
+        try:
+            rv = int(self._functions.C_InitPIN(session_handle, secret, len(secret.value)))
+        finally:
+            ctypes.memset(secret, 0, len(secret))
+        if rv != CKR_OK:
+            raise map_rv(rv, "C_InitPIN refused the user PIN")
+
+    def decrypt(self, session_handle: int, key_handle: int, mechanism: int, oaep: OaepParams | None,
+                data: bytes, out_len: int, *, context_login: bool = False, pin: str | None = None) -> tuple[int, bytes]:
+        """C_DecryptInit (+ context-specific login) + C_Decrypt; (CK_RV, plaintext).
+
+        The CK_RV is returned, not raised: the caller decides which failures
+        are the blob's (see :func:`tokencsp.token.errors.classify_blob_failure`).
+        ``context_login`` (keys with CKA_ALWAYS_AUTHENTICATE) logs in as
+        CKU_CONTEXT_SPECIFIC between the two calls, with ``pin`` (None: the
+        protected authentication path).
+        """
+        mech = Mechanism(mechanism, None, 0)
+        if oaep is not None:
+            mech.pParameter = ctypes.cast(ctypes.pointer(oaep), ctypes.c_void_p)
+            mech.ulParameterLen = ctypes.sizeof(oaep)
+        rv = int(self._functions.C_DecryptInit(session_handle, ctypes.byref(mech), key_handle))
+        if rv != CKR_OK:
+            return rv, b""
+        if context_login:
+            # A refused login leaves the decrypt operation active: the caller
+            # must not reuse this session (the pool closes it).
+            self.login(session_handle, pin, CKU_CONTEXT_SPECIFIC)
+        out = ctypes.create_string_buffer(out_len)
+        length = _CK_ULONG(out_len)
+        rv = int(self._functions.C_Decrypt(session_handle, data, len(data), out, ctypes.byref(length)))
+        try:
+            return rv, out.raw[:length.value] if rv == CKR_OK else b""
+        finally:
+            ctypes.memset(out, 0, out_len)
