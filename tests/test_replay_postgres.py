@@ -128,27 +128,91 @@ def test_prune_forgets_only_ids_no_receiver_can_accept_any_more(pg_server, pg_ds
             cache.accept(b"old", start - 1.5, time.time(), policy)
 
 
-def test_raising_the_retention_refuses_what_may_already_be_forgotten(pg_server, pg_dsn):
+def test_a_longer_window_cannot_accept_what_a_prune_forgot(pg_server, pg_dsn):
     short = ReplayPolicy(max_age=1, max_skew=0)
     with PostgresReplayCache(pg_dsn, retention=1) as cache:
         sent = time.time() - 0.5
         cache.accept(b"m", sent, sent, short)
         time.sleep(0.8)
-        assert cache.prune() == 1  # past sent + 1 s by the database's clock
+        assert cache.prune() == 1  # past sent + 1 s by the database's clock: the horizon moved past it
+        (horizon,), = rows(pg_server, pg_dsn, "SELECT horizon FROM tokencsp_replay_settings")
+        assert sent < horizon <= time.time()
         # A receiver with a day's window now sees the replay.  The id is gone,
-        # but the cache knows its history before the raise is incomplete.
-        with pytest.raises(MessageTooOld, match="remembers"):
+        # but its timestamp is below the horizon.
+        with pytest.raises(MessageTooOld, match="older than the replay cache remembers"):
             cache.accept(b"m", sent, time.time(), POLICY)
-        # The refusal recorded nothing, the raise included; the next accepted message records it.
+        # The refusal recorded nothing, not even the longer window; the next accepted message does.
         assert rows(pg_server, pg_dsn, "SELECT retention FROM tokencsp_replay_settings") == [(1.0,)]
         fresh = time.time()
         cache.accept(b"n", fresh, fresh, POLICY)
-        (retention, since), = rows(pg_server, pg_dsn, "SELECT retention, complete_since FROM tokencsp_replay_settings")
-        assert retention == POLICY.retention() and sent < since <= time.time()
+        assert rows(pg_server, pg_dsn, "SELECT retention FROM tokencsp_replay_settings") == [(POLICY.retention(),)]
         with pytest.raises(MessageTooOld, match="remembers"):
             cache.accept(b"m", sent, time.time(), POLICY)
         time.sleep(1.2)
-        assert cache.prune() == 0  # now kept for a day
+        assert cache.prune() == 0  # "n" is now kept for a day
+        with pytest.raises(ReplayedMessage):
+            cache.accept(b"n", fresh, time.time(), POLICY)
+
+
+def test_a_prune_that_commits_while_an_accept_waits_on_the_key_is_seen(pg_server, pg_dsn):
+    """The accept reads the horizon again after its insert: an insert that waited for a prune's
+    delete of the same key must not record a replay of it."""
+    schema = pg_dsn.rsplit("search_path%3D", 1)[1]
+    with PostgresReplayCache(pg_dsn, retention=1) as cache:
+        sent = time.time() - 0.5
+        cache.accept(b"k", sent, sent, ReplayPolicy(max_age=1, max_skew=0))
+        time.sleep(0.8)
+        outcome = []
+
+        def replay_with_a_long_window():
+            try:
+                cache.accept(b"k", sent, time.time(), POLICY)
+                outcome.append("accepted")
+            except Exception as exc:  # noqa: BLE001 - asserted below
+                outcome.append(exc)
+
+        with pg_server.admin() as pruner, pg_server.admin() as watcher:
+            pruner.execute("BEGIN")  # the statements of PostgresReplayCache._prune_batch, held open
+            pruner.execute(f"UPDATE {schema}.tokencsp_replay_settings SET horizon = greatest(horizon, "
+                           "extract(epoch FROM clock_timestamp()) - retention)")
+            assert pruner.execute(f"DELETE FROM {schema}.tokencsp_seen WHERE message_key = 'k'").rowcount == 1
+            worker = threading.Thread(target=replay_with_a_long_window)
+            worker.start()
+            deadline = time.monotonic() + 30
+            while not watcher.execute("SELECT 1 FROM pg_stat_activity WHERE application_name = 'tokencsp' "
+                                      "AND wait_event_type = 'Lock'").fetchall():
+                assert time.monotonic() < deadline and worker.is_alive(), outcome
+                time.sleep(0.02)
+            pruner.execute("COMMIT")
+            worker.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], MessageTooOld), outcome
+    assert rows(pg_server, pg_dsn, "SELECT count(*) FROM tokencsp_seen") == [(0,)]
+
+
+def test_a_version_1_database_is_migrated_forward_keeping_its_ids(pg_server, pg_dsn):
+    from tokencsp.replay.postgres import MIGRATIONS
+
+    schema = pg_dsn.rsplit("search_path%3D", 1)[1]
+    now = time.time()
+    with pg_server.admin() as db:  # what tokencsp's first release created
+        db.execute(f"SET search_path = {schema}")
+        db.execute("CREATE TABLE tokencsp_schema (version integer PRIMARY KEY, applied_at timestamptz NOT NULL "
+                   "DEFAULT now())")
+        for statement in MIGRATIONS[1]:
+            db.execute(statement)
+        db.execute("INSERT INTO tokencsp_replay_settings (retention, complete_since) VALUES (86700, %s)", (now - 5,))
+        db.execute("INSERT INTO tokencsp_seen VALUES ('old-id', %s, '\\x00')", (now,))
+        db.execute("INSERT INTO tokencsp_schema (version) VALUES (1)")
+        for table in ("tokencsp_schema", "tokencsp_replay_settings", "tokencsp_seen", "tokencsp_senders",
+                      "tokencsp_serial_counters"):
+            db.execute(f"ALTER TABLE {table} OWNER TO tokencsp")
+    with PostgresReplayCache(pg_dsn) as cache:
+        with pytest.raises(ReplayedMessage):
+            cache.accept(b"old-id", now, now, POLICY)
+        with pytest.raises(MessageTooOld, match="remembers"):  # the old lower bound became the horizon
+            cache.accept(b"older", now - 10, now, POLICY)
+        assert cache.status()["schema_version"] == SCHEMA_VERSION == 2
+    assert rows(pg_server, pg_dsn, "SELECT version FROM tokencsp_schema ORDER BY version") == [(1,), (2,)]
 
 
 def test_batched_prune_of_a_large_backlog(pg_server, pg_dsn):
@@ -195,7 +259,7 @@ def test_schema_is_created_once_versioned_and_a_newer_one_refused(pg_server, pg_
     for cache in caches:
         cache.close()
     assert not errors and len(caches) == 6
-    assert rows(pg_server, pg_dsn, "SELECT version FROM tokencsp_schema") == [(SCHEMA_VERSION,)]
+    assert rows(pg_server, pg_dsn, "SELECT version FROM tokencsp_schema ORDER BY version") == [(1,), (2,)]
     assert rows(pg_server, pg_dsn, "SELECT count(*) FROM tokencsp_replay_settings") == [(1,)]
     schema = pg_dsn.rsplit("search_path%3D", 1)[1]
     with pg_server.admin() as db:
@@ -431,7 +495,7 @@ def test_status_reports_what_operators_need(pg_dsn):
         facts = cache.status()
     assert facts["schema_version"] == SCHEMA_VERSION and facts["ids"] == 1 and facts["senders"] == 1
     assert facts["synchronous_commit"] == "on" and facts["fsync"] == "on" and facts["standby"] is False
-    assert facts["retention"] == POLICY.retention() and facts["complete_since"] is None
+    assert facts["retention"] == POLICY.retention() and facts["horizon"] is None
     assert abs(facts["clock_offset"]) < 5 and facts["prunable"] == 0
 
 

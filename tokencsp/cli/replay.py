@@ -69,13 +69,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
-    since = facts["complete_since"]
+    horizon = facts["horizon"]
     lines = {
         "schema version": facts["schema_version"],
         "ids stored": f"{facts['ids']} ({facts['prunable']} prunable now)",
         "oldest / newest timestamp": f"{_when(facts['oldest_timestamp'])} / {_when(facts['newest_timestamp'])}",
         "retention": _duration(facts["retention"]),
-        "complete since": "creation" if since is None else _when(since),
+        "horizon (older timestamps refused)": "none yet" if horizon is None else _when(horizon),
         "senders": facts["senders"],
         "serial counters": facts["serial_counters"],
         "database clock - this host's": f"{-facts['clock_offset']:+.3f} s",

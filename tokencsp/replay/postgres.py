@@ -15,14 +15,15 @@ Decisions (tests/test_replay_postgres.py pins each one down against a real serve
   never decide whether an id may be forgotten, so clock skew between receivers
   cannot let two of them accept one message.  The ``now`` that callers pass to
   ``accept``/``prune`` is not used by this backend.
-* Ids are kept while any receiver could still accept their timestamp: the
-  cache records the longest retention (``max_age + max_skew``) any receiver
-  has used (never lower than the default policy's, or what ``init`` set) and
-  prunes only ids whose *message timestamp* is older than now minus that.  A
-  receiver with a longer window raises it in its accept transaction, and the
-  cache then also records ``complete_since``: ids older than the old retention
-  may already be gone, so messages with a timestamp before that point are
-  refused as too old instead of risking a replay.
+* Ids are kept while any receiver could still accept their timestamp (the
+  contract of ``ReplayCache``, issue 9 finding 3): the cache records the
+  longest window (``max_age + max_skew``) any receiver has used, never lower
+  than the default policy's or what ``init`` set, raised by an accept whose
+  policy is longer.  A prune first moves the *horizon* to the database's now
+  minus that window (it never moves back), then deletes ids whose *message
+  timestamp* is below it; every accept refuses a timestamp below the horizon
+  as too old ("older than the replay cache remembers"), reading the horizon
+  *after* its insert so that a prune committing meanwhile is seen.
 * Sender serials: numeric(20,0), unsigned 64-bit like everywhere else; they
   only go up (the conditional upsert), records never expire.
 * A dropped connection or a serialization failure/deadlock is retried
@@ -56,7 +57,7 @@ from .policy import ReplayPolicy
 __all__ = ["PostgresReplayCache", "PostgresSerialCounter", "is_postgres_dsn", "dsn_has_password", "redact_dsn",
            "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PRUNE_BATCH = 1000
 _T = TypeVar("_T")
 
@@ -80,10 +81,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
                key_id bytea PRIMARY KEY,
                last_serial numeric(20, 0) NOT NULL CHECK (last_serial BETWEEN 0 AND 18446744073709551615))""",
     ),
+    # 1 moved its lower bound only when the retention was raised; the horizon
+    # moves with every prune.  Both mean "timestamps below are refused".
+    2: ("ALTER TABLE tokencsp_replay_settings RENAME COLUMN complete_since TO horizon",),
 }
 _ADVISORY_LOCK = 0x746F6B656E637370  # "tokencsp": serialises schema creation across processes
 
 _NOW = "extract(epoch FROM clock_timestamp())::float8"
+BEYOND_HORIZON = "message is older than the replay cache remembers"
 
 
 def is_postgres_dsn(target: str) -> bool:
@@ -268,15 +273,15 @@ class PostgresReplayCache(ReplayCache):
 
     # -- accept ----------------------------------------------------------------
 
-    def accept(self, message_id: bytes, timestamp: float, now: float | None = None,
+    def accept(self, message_key: bytes, timestamp: float, now: float | None = None,
                policy: ReplayPolicy | None = None, sender_id: bytes | None = None,
                serial: int | None = None) -> None:
-        """Check the window (database clock), the key, then the serial, and record it all in one commit.
+        """Check the window (database clock), the horizon, the key, then the serial, and record it all in one commit.
 
         ``now`` is accepted for interface compatibility and ignored: the database's clock decides.
         """
-        if not isinstance(message_id, bytes) or not message_id:
-            raise ValueError("message_id must be non-empty bytes")
+        if not isinstance(message_key, bytes) or not message_key:
+            raise ValueError("message_key must be non-empty bytes")
         if sender_id is not None and not isinstance(sender_id, bytes):
             raise TypeError("sender_id must be bytes or None")
         if serial is not None and not (isinstance(serial, int) and 0 <= serial <= SERIAL_MAX):
@@ -289,29 +294,31 @@ class PostgresReplayCache(ReplayCache):
         with self._db.lock:
             if self._accepts % self.PRUNE_EVERY == 0:
                 self._prune_batch(PRUNE_BATCH)
-            self._db.run(lambda db, attempt: self._accept_tx(db, attempt, message_id, float(timestamp), policy,
+            self._db.run(lambda db, attempt: self._accept_tx(db, attempt, message_key, float(timestamp), policy,
                                                               sender_id, serial, strict, token))
             self._accepts += 1
 
     def _accept_tx(self, db: Any, attempt: int, key: bytes, timestamp: float, policy: ReplayPolicy,
                    sender_id: bytes | None, serial: int | None, strict: bool, token: bytes) -> None:
-        db_now, retention, complete_since = db.execute(
-            f"SELECT {_NOW}, retention, complete_since FROM tokencsp_replay_settings").fetchone()
+        db_now, retention, horizon = db.execute(
+            f"SELECT {_NOW}, retention, horizon FROM tokencsp_replay_settings").fetchone()
         policy.check_time(timestamp, db_now)
-        if policy.retention() > retention:
-            retention, complete_since = self._raise(db, policy.retention())
-        if timestamp < complete_since:
-            raise MessageTooOld("message is older than what the replay cache still remembers "
-                                "(its retention was raised); refused rather than risk a replay")
+        if timestamp < horizon:
+            raise MessageTooOld(BEYOND_HORIZON)
         row = db.execute(f"INSERT INTO tokencsp_seen (message_key, msg_time, accept_token) VALUES (%s, %s, %s) "
                          f"ON CONFLICT (message_key) DO NOTHING RETURNING {_NOW}", (key, timestamp, token)).fetchone()
         if row is None:
             if attempt and self._ours(db, key, token):
                 return  # our earlier attempt committed; only its acknowledgement was lost
             raise ReplayedMessage()
-        # A transaction that stalled between the first check and the insert
-        # must not record an id that a prune may already have forgotten.
-        policy.check_time(timestamp, row[0])
+        # Read after the insert: a prune that deleted this key (and moved the
+        # horizon) committed before the insert could proceed, so it is seen here.
+        (horizon,) = db.execute("SELECT horizon FROM tokencsp_replay_settings").fetchone()
+        if timestamp < horizon:
+            raise MessageTooOld(BEYOND_HORIZON)
+        policy.check_time(timestamp, row[0])  # a transaction that stalled is judged by the clock now
+        if policy.retention() > retention:
+            self._raise(db, policy.retention())
         if strict and (sender_id is None or serial is None):
             raise SerialNotIncreasing("message carries no sender serial number")
         if sender_id is not None and serial is not None:
@@ -328,17 +335,11 @@ class PostgresReplayCache(ReplayCache):
         return row is not None and bytes(row[0]) == token
 
     @staticmethod
-    def _raise(db: Any, retention: float) -> tuple[float, float]:
-        # complete_since is computed at UPDATE time, after the row lock is
-        # held: prunes that ran with the old retention have committed by then.
-        db.execute(f"UPDATE tokencsp_replay_settings SET complete_since = greatest(complete_since, "
-                   f"{_NOW} - retention), retention = %s WHERE retention < %s", (retention, retention))
-        row = db.execute("SELECT retention, complete_since FROM tokencsp_replay_settings").fetchone()
-        return row[0], row[1]
+    def _raise(db: Any, retention: float) -> None:
+        db.execute("UPDATE tokencsp_replay_settings SET retention = %s WHERE retention < %s", (retention, retention))
 
-    def _accept(self, message_id: bytes, expires: float, now: float, sender_id: bytes | None,
-                serial: int | None, strict: bool) -> None:  # pragma: no cover - accept() is overridden
-        raise NotImplementedError
+    def _accept(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - accept() is overridden
+        raise NotImplementedError("PostgresReplayCache.accept does the whole check in the database")
 
     # -- maintenance -------------------------------------------------------------
 
@@ -356,19 +357,20 @@ class PostgresReplayCache(ReplayCache):
                              f"(SELECT retention FROM tokencsp_replay_settings))").fetchone()[0]
             if not due:
                 return 0
-            # FOR SHARE: a receiver raising the retention waits for this batch,
-            # so its complete_since covers what the batch deletes.
-            (retention,) = db.execute("SELECT retention FROM tokencsp_replay_settings FOR SHARE").fetchone()
+            # The horizon moves (and commits) with the deletes it allows; the
+            # row lock also orders this prune with a concurrent raise.
+            (horizon,) = db.execute(f"UPDATE tokencsp_replay_settings SET horizon = greatest(horizon, "
+                                    f"{_NOW} - retention) RETURNING horizon").fetchone()
             cur = db.execute(
-                f"DELETE FROM tokencsp_seen WHERE message_key IN ("
-                f"SELECT message_key FROM tokencsp_seen WHERE msg_time < {_NOW} - %s "
-                f"ORDER BY msg_time LIMIT %s FOR UPDATE SKIP LOCKED)", (retention, limit))
+                "DELETE FROM tokencsp_seen WHERE message_key IN ("
+                "SELECT message_key FROM tokencsp_seen WHERE msg_time < %s "
+                "ORDER BY msg_time LIMIT %s FOR UPDATE SKIP LOCKED)", (horizon, limit))
             return int(cur.rowcount)
 
         return self._db.run(prune)
 
     def prune(self, now: float | None = None, *, batch: int = 10_000) -> int:
-        """Forget every id whose timestamp is older than the database's now minus the retention.
+        """Move the horizon to the database's now minus the retention and forget every id below it.
 
         Deletes in batches of ``batch`` (one short transaction each), so a large
         backlog never holds locks for long.  ``now`` is ignored: the database's clock decides.
@@ -385,8 +387,8 @@ class PostgresReplayCache(ReplayCache):
         """Facts for operators (``tokencsp replay status``)."""
         def read(db: Any, attempt: int) -> dict[str, Any]:
             version = db.execute("SELECT max(version) FROM tokencsp_schema").fetchone()[0]
-            db_now, retention, since = db.execute(
-                f"SELECT {_NOW}, retention, complete_since FROM tokencsp_replay_settings").fetchone()
+            db_now, retention, horizon = db.execute(
+                f"SELECT {_NOW}, retention, horizon FROM tokencsp_replay_settings").fetchone()
             ids, oldest, newest = db.execute(
                 "SELECT count(*), min(msg_time), max(msg_time) FROM tokencsp_seen").fetchone()
             prunable = db.execute("SELECT count(*) FROM tokencsp_seen WHERE msg_time < %s",
@@ -399,7 +401,7 @@ class PostgresReplayCache(ReplayCache):
             in_recovery = db.execute("SELECT pg_is_in_recovery()").fetchone()[0]
             return {
                 "schema_version": version, "database_time": db_now, "clock_offset": time.time() - db_now,
-                "retention": retention, "complete_since": None if math.isinf(since) else since,
+                "retention": retention, "horizon": None if math.isinf(horizon) else horizon,
                 "ids": ids, "oldest_timestamp": oldest, "newest_timestamp": newest, "prunable": prunable,
                 "senders": senders, "serial_counters": counters,
                 "synchronous_commit": settings.get("synchronous_commit"), "fsync": settings.get("fsync"),
