@@ -203,7 +203,7 @@ def test_senders_sharing_a_key_draw_distinct_increasing_serials(keys, tmp_path, 
 
 def test_replay_init_status_prune(pg_server, pg_dsn, tmp_path):
     result = tokencsp("replay", "init", "--retention", "2d", pg_dsn)
-    assert b"schema version 1" in result.stdout and b"2d" in result.stdout
+    assert b"schema version 2" in result.stdout and b"2d" in result.stdout
     facts = json.loads(tokencsp("replay", "status", "--json", pg_dsn).stdout)
     assert facts["retention"] == 2 * 86400 and facts["ids"] == 0 and facts["synchronous_commit"] == "on"
     schema = pg_dsn.rsplit("search_path%3D", 1)[1]
