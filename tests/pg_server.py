@@ -37,6 +37,12 @@ class ServerUnavailable(RuntimeError):
 
 
 def _bindir() -> Path:
+    # A particular PostgreSQL build, or (in a test) none; not TOKENCSP_*: conftest drops those.
+    override = os.environ.get("PGTEST_BINDIR")
+    if override:
+        if not (Path(override) / "pg_ctl").exists():
+            raise ServerUnavailable(f"no pg_ctl in PGTEST_BINDIR={override}")
+        return Path(override)
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).resolve().parent

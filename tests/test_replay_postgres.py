@@ -8,6 +8,7 @@ whose acknowledgement is lost.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 import threading
 import time
 from collections import Counter
@@ -474,6 +475,36 @@ def test_factory_and_connection_strings(pg_dsn, tmp_path, monkeypatch):
         assert "hunter2" not in redact_dsn(secret)
     refuse_password_on_command_line(pg_dsn, "--replay-db")
     refuse_password_on_command_line("a/path:with@at", "--replay-db")
+
+
+def test_a_service_name_selects_the_cache(pg_server, pg_dsn, tmp_path, monkeypatch):
+    schema = pg_dsn.rsplit("search_path%3D", 1)[1]
+    services = tmp_path / "pg_service.conf"
+    services.write_text(f"[fleet]\nhost={pg_server.socket_dir}\nport=5432\ndbname=tokencsp\nuser=tokencsp\n"
+                        f"options=-csearch_path={schema}\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    now = time.time()
+    with open_cache("service=fleet") as cache:
+        assert isinstance(cache, PostgresReplayCache) and cache.name == "replay cache postgresql service=fleet"
+        cache.accept(b"via-service", now, now, POLICY)
+    with pytest.raises(ReplayedMessage), PostgresReplayCache(pg_dsn) as same:
+        same.accept(b"via-service", now, now, POLICY)
+
+
+def test_without_a_server_the_suite_skips_locally_and_fails_under_ci(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve()
+    env = {**os.environ, "PGTEST_BINDIR": str(tmp_path)}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{here}::test_status_reports_what_operators_need"]
+    local = subprocess.run(command, env={**env, "CI": "false"}, capture_output=True, text=True, cwd=here.parent.parent,
+                           timeout=600)
+    assert local.returncode == 0 and "1 skipped" in local.stdout, local.stdout + local.stderr
+    ci = subprocess.run(command, env={**env, "CI": "true"}, capture_output=True, text=True, cwd=here.parent.parent,
+                        timeout=600)
+    assert ci.returncode == 1 and "cannot start a PostgreSQL test server" in ci.stdout, ci.stdout + ci.stderr
 
 
 def test_a_wrong_password_fails_at_once_without_echoing_it(pg_server, pg_dsn, monkeypatch):
