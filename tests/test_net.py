@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import contextlib
@@ -648,18 +647,6 @@ def test_listener_close_cancels_sessions_cleanly(tmp_path, keys, pubs, trust):
 
 # -- the commands ------------------------------------------------------------------------
 
-def _parser() -> argparse.ArgumentParser:
-    from tokencsp.cli import exchange as cli_exchange
-
-    parser = argparse.ArgumentParser(prog="tokencsp")
-    cli._add_token_options(parser)
-    parser.set_defaults(module=None, token=None, serial=None, uri=None, pin_file=None)
-    token_options = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    cli._add_token_options(token_options)
-    cli_exchange.add_commands(parser.add_subparsers(dest="command", required=True), [token_options])
-    return parser
-
-
 class PerThreadStderr(io.TextIOBase):
     """sys.stderr for commands running in several threads at once: one buffer per thread."""
 
@@ -703,13 +690,8 @@ def per_thread_stderr():
 
 
 def tokencsp(*argv: str) -> tuple[int, str]:
-    """Run a command in-process the way cli.main does: (exit code, stderr); inside per_thread_stderr()."""
-    args = _parser().parse_args(argv)
-    try:
-        code = args.func(args)
-    except TokenCSPError as exc:
-        print(f"tokencsp: error: {exc}", file=sys.stderr)
-        code = cli._exit_code(exc)
+    """Run a command in-process through cli.main: (exit code, stderr); inside per_thread_stderr()."""
+    code = cli.main(list(argv), stdout=io.StringIO(), stderr=sys.stderr)
     return code, sys.stderr.take()
 
 
@@ -808,5 +790,7 @@ def test_cli_argument_errors(tmp_path, exported):
         code, err = tokencsp("listen", "--key", "net-bob", "--peer", str(exported / "alice.blob"), "--port", "1",
                              "--out-dir", str(tmp_path / "missing"))
         assert code == 1 and "not a directory" in err
-        from tokencsp.cli.exchange import _progress
-        assert _progress() is None  # progress only when stderr is a terminal
+        from tokencsp.cli._common import Console
+        from tokencsp.cli.exchange import progress_printer
+        # progress only when stderr is a terminal
+        assert progress_printer(Console(io.StringIO(), sys.stderr, io.StringIO())) is None

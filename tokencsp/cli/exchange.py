@@ -1,7 +1,6 @@
 """``tokencsp listen`` and ``tokencsp send``: the three-phase exchange (docs/THREEPHASE.md) as commands.
 
-``add_commands(subparsers, parents)`` registers both; errors are raised as
-TokenCSPError and printed as one line by ``tokencsp.cli.main``.
+Errors are raised as TokenCSPError and printed as one line by ``main``.
 """
 
 from __future__ import annotations
@@ -9,16 +8,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from ..net import NetConfig, Receiver, SessionResult, send_files
 from ..threephase import TrustSet, check_name
+from ._common import Console, add_token_options, open_provider
 
-__all__ = ["add_commands", "cmd_listen", "cmd_send", "parse_address"]
+__all__ = ["configure", "parse_address"]
 
-EXIT_OK = 0
 PROGRESS_MIN_BYTES = 16 << 20
 
 
@@ -43,68 +43,67 @@ def _own_name(args: argparse.Namespace) -> str:
     return check_name(args.name or args.key)
 
 
-def _say(text: str) -> None:
-    print(f"tokencsp: {text}", file=sys.stderr, flush=True)
+def _reporter(console: Console) -> Callable[[SessionResult], None]:
+    def report(result: SessionResult) -> None:
+        who = result.peer or "unauthenticated peer"
+        if result.ok:
+            console.say(f"received {len(result.files)} file(s) from {who} ({result.address}): "
+                        f"{', '.join(result.files)}")
+        else:
+            console.say(f"session with {who} ({result.address}) failed: {result.error}"
+                        + (f" (kept {len(result.files)} complete file(s))" if result.files else ""))
+    return report
 
 
-def _report(result: SessionResult) -> None:
-    who = result.peer or "unauthenticated peer"
-    if result.ok:
-        _say(f"received {len(result.files)} file(s) from {who} ({result.address}): {', '.join(result.files)}")
-    else:
-        _say(f"session with {who} ({result.address}) failed: {result.error}"
-             + (f" (kept {len(result.files)} complete file(s))" if result.files else ""))
+def _report_unauthenticated(report: Callable[[SessionResult], None]) -> Callable[[SessionResult], None]:
+    def only_unauthenticated(result: SessionResult) -> None:
+        if result.peer is None:
+            report(result)
+    return only_unauthenticated
 
 
-def _report_unauthenticated(result: SessionResult) -> None:
-    if result.peer is None:
-        _report(result)
-
-
-def cmd_listen(args: argparse.Namespace) -> int:
-    from ..cli import _provider
-
+def cmd_listen(args: argparse.Namespace, console: Console) -> int:
     trust = TrustSet.from_paths(args.peer)
     if not trust:
         raise ConfigError("no trusted peer keys were given")
     if not os.path.isdir(args.out_dir):
         raise ConfigError(f"--out-dir {args.out_dir} is not a directory")
     name, config = _own_name(args), _config(args)
-    with _provider(args) as provider:
+    with open_provider(args) as provider:
         key = provider.exchange_key(args.key)
-        return asyncio.run(_listen(key, trust, name, args, config))
+        return asyncio.run(_listen(key, trust, name, args, config, console))
 
 
-async def _listen(key, trust: TrustSet, name: str, args: argparse.Namespace, config: NetConfig) -> int:
+async def _listen(key: Any, trust: TrustSet, name: str, args: argparse.Namespace, config: NetConfig,
+                  console: Console) -> int:
     # With --once only an authenticated session ends the listener; the others are reported as they fail.
+    report = _reporter(console)
     receiver = Receiver(key, trust, args.out_dir, name=name, config=config, once=args.once,
-                        on_session=_report_unauthenticated if args.once else _report)
+                        on_session=_report_unauthenticated(report) if args.once else report)
     async with receiver:
         host, port = await receiver.start(args.host, args.port)
-        _say(f"listening on {host}:{port} as {name!r} for {', '.join(sorted(trust))}")
+        console.say(f"listening on {host}:{port} as {name!r} for {', '.join(sorted(trust))}")
         if not args.once:
             await asyncio.Event().wait()  # until interrupted
         result = await receiver.wait_authenticated()
     if result.error is not None:
         raise result.error
-    _say(f"received {len(result.files)} file(s) from {result.peer}: {', '.join(result.files)}")
-    return EXIT_OK
+    console.say(f"received {len(result.files)} file(s) from {result.peer}: {', '.join(result.files)}")
+    return 0
 
 
-def _progress():
-    if not sys.stderr.isatty():
+def progress_printer(console: Console) -> Callable[[str, int, int], None] | None:
+    """Per-file progress for big files, only when stderr is a terminal."""
+    if not console.stderr_is_terminal():
         return None
 
     def show(name: str, sent: int, total: int) -> None:
         if total >= PROGRESS_MIN_BYTES:
-            end = "\n" if sent == total else ""
-            print(f"\r{name}: {sent * 100 // total:3d}% of {total} bytes", end=end, file=sys.stderr, flush=True)
+            console.progress(f"{name}: {sent * 100 // total:3d}% of {total} bytes", done=sent == total)
     return show
 
 
-def cmd_send(args: argparse.Namespace) -> int:
-    from ..cli import _provider
-
+def cmd_send(args: argparse.Namespace, console: Console) -> int:
     host, port = parse_address(args.to)
     trust = TrustSet.from_paths([args.peer])
     if len(trust) != 1:
@@ -114,18 +113,15 @@ def cmd_send(args: argparse.Namespace) -> int:
     for path in args.files:
         if not Path(path).is_file():
             raise ConfigError(f"{path} is not a regular file")
-    with _provider(args) as provider:
+    with open_provider(args) as provider:
         key = provider.exchange_key(args.key)
         sent = asyncio.run(send_files(key, trust, peer_name, host, port, args.files, name=name, config=config,
-                                      progress=_progress()))
-    _say(f"{peer_name} confirmed {len(sent)} file(s)")
-    return EXIT_OK
+                                      progress=progress_printer(console)))
+    console.say(f"{peer_name} confirmed {len(sent)} file(s)")
+    return 0
 
 
-def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
-    listen = subparsers.add_parser(
-        "listen", parents=parents,
-        help="receive files over the three-phase exchange (docs/THREEPHASE.md)")
+def _configure_listen(listen: argparse.ArgumentParser) -> None:
     listen.add_argument("--key", metavar="NAME",
                         help="this party's exchange key on the token (default: object= of --uri)")
     listen.add_argument("--name", help="this party's name (default: the key name)")
@@ -133,19 +129,22 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
                         help="a trusted sender's public key file (name = file stem) or a directory of them; repeatable")
     listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     listen.add_argument("--port", required=True, type=int)
-    listen.add_argument("--out-dir", required=True, metavar="DIR", help="received files are written to DIR/PEER/, one directory per authenticated sender")
-    listen.add_argument("--once", action="store_true", help="exit after one authenticated session (connections that fail before authenticating "
+    listen.add_argument("--out-dir", required=True, metavar="DIR",
+                        help="received files are written to DIR/PEER/, one directory per authenticated sender")
+    listen.add_argument("--once", action="store_true",
+                        help="exit after one authenticated session (connections that fail before authenticating "
                              "do not count); the exit code tells success")
     listen.add_argument("--max-sessions", type=int, default=NetConfig.max_sessions, metavar="N",
                         help=f"sessions served at once; more connections are closed unserved "
                              f"(default {NetConfig.max_sessions})")
     listen.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="deadline per phase (30)")
     listen.set_defaults(func=cmd_listen)
+    add_token_options(listen)
 
-    send = subparsers.add_parser(
-        "send", parents=parents, help="send files over the three-phase exchange (docs/THREEPHASE.md)")
+
+def _configure_send(send: argparse.ArgumentParser) -> None:
     send.add_argument("--key", metavar="NAME",
-                        help="this party's exchange key on the token (default: object= of --uri)")
+                      help="this party's exchange key on the token (default: object= of --uri)")
     send.add_argument("--name", help="this party's name (default: the key name)")
     send.add_argument("--peer", required=True, metavar="PUBKEY",
                       help="the receiver's public key file (name = file stem)")
@@ -153,4 +152,8 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
     send.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="deadline per phase (30)")
     send.add_argument("files", nargs="+", metavar="FILE")
     send.set_defaults(func=cmd_send)
+    add_token_options(send)
 
+
+def configure(command: str, parser: argparse.ArgumentParser) -> None:
+    {"listen": _configure_listen, "send": _configure_send}[command](parser)

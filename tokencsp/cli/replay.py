@@ -20,8 +20,9 @@ from ..errors import ConfigError
 from ..replay import ENV_REPLAY_DB, PostgresReplayCache, open_cache, parse_duration
 from ..replay.factory import refuse_password_on_command_line
 from ..replay.postgres import is_postgres_dsn
+from ._common import Console
 
-__all__ = ["add_commands", "connection_target"]
+__all__ = ["configure", "connection_target"]
 
 
 def connection_target(option: str) -> Callable[[str], str]:
@@ -52,22 +53,22 @@ def _postgres(args: argparse.Namespace, **kwargs: Any) -> PostgresReplayCache:
     return PostgresReplayCache(target, **kwargs)
 
 
-def cmd_init(args: argparse.Namespace) -> int:
+def cmd_init(args: argparse.Namespace, console: Console) -> int:
     retention = parse_duration(args.retention) if args.retention else None
     with _postgres(args, retention=retention) as cache:
         if retention is not None:
             cache.raise_retention(retention)
         facts = cache.status()
-    print(f"replay cache ready: schema version {facts['schema_version']}, ids kept {_duration(facts['retention'])} "
-          f"past their timestamp")
+    console.out(f"replay cache ready: schema version {facts['schema_version']}, "
+                f"ids kept {_duration(facts['retention'])} past their timestamp")
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
     with _postgres(args) as cache:
         facts = cache.status()
     if args.json:
-        print(json.dumps(facts, indent=2))
+        console.out(json.dumps(facts, indent=2))
         return 0
     horizon = facts["horizon"]
     lines = {
@@ -84,17 +85,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         "synchronous_standby_names": facts["synchronous_standby_names"] or "(none: a failover may lose commits)",
     }
     for name, value in lines.items():
-        print(f"{name}: {value}")
+        console.out(f"{name}: {value}")
     return 0
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
+def cmd_prune(args: argparse.Namespace, console: Console) -> int:
     with open_cache(_target(args)) as cache:
         if isinstance(cache, PostgresReplayCache):
             removed = cache.prune(batch=args.batch)
         else:
             removed = cache.prune(time.time())
-    print(f"pruned {removed} expired ids")
+    console.out(f"pruned {removed} expired ids")
     return 0
 
 
@@ -114,8 +115,7 @@ def _duration(seconds: float) -> str:
     return "".join(parts) or "0s"
 
 
-def add_commands(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
-    replay = subparsers.add_parser("replay", help="set up, inspect and prune a replay cache (docs/FLEET.md)")
+def configure(command: str, replay: argparse.ArgumentParser) -> None:
     actions = replay.add_subparsers(dest="replay_command", metavar="ACTION", required=True)
     target_help = f"postgresql://… URL or service=NAME (default: ${ENV_REPLAY_DB}); password from ~/.pgpass"
     init = actions.add_parser("init", help="create (or migrate) the schema of a PostgreSQL replay cache")

@@ -1,7 +1,7 @@
 """``tokencsp seal``, ``tokencsp open`` and ``tokencsp inspect``: sealed messages (docs/FORMAT.md).
 
-Registered by ``tokencsp.cli``; errors are raised as TokenCSPError and printed
-there as one line with the refusal's own exit status.
+Errors are raised as TokenCSPError and printed by ``main`` as one line with
+the refusal's own exit status.
 """
 
 from __future__ import annotations
@@ -9,63 +9,59 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
+from typing import Any
 
 from .. import envelope
 from ..errors import ConfigError
-from ..fileio import atomic_output, open_input, read_input
-from ..progress import ProgressReader
 from ..pubkeys import fingerprint, load_public_key
 from ..replay import ReplayPolicy, default_replay_db_path, draw_serial, open_cache, parse_duration
 from ..trust import TrustSet
+from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file
+from ._progress import ProgressReader
 from .replay import connection_target
 
-__all__ = ["add_commands"]
+__all__ = ["configure", "describe"]
 
 DEFAULT_MAX_AGE = "24h"
 DEFAULT_MAX_SKEW = "5m"
 
 
-def cmd_seal(args: argparse.Namespace) -> int:
-    recipient = load_public_key(read_input(args.to))
+def cmd_seal(args: argparse.Namespace, console: Console) -> int:
+    recipient = load_public_key(read_file(args.to, console))
     if args.sign_with is None:
-        return _seal(args, recipient, signer=None, serial=None)
-    from ..cli import _provider
-
-    with _provider(args) as provider:
+        return _seal(args, console, recipient, signer=None, serial=None)
+    with open_provider(args) as provider:
         signer = provider.key(args.sign_with)
         serial = draw_serial(fingerprint(signer.public_key()), args.serial_db)
-        return _seal(args, recipient, signer, serial)
+        return _seal(args, console, recipient, signer, serial)
 
 
-def _seal(args: argparse.Namespace, recipient, signer, serial) -> int:
-    with open_input(args.input) as raw, atomic_output(args.output) as sink:
-        source = ProgressReader.wrap(raw, "sealing", args.quiet)
+def _seal(args: argparse.Namespace, console: Console, recipient: Any, signer: Any, serial: int | None) -> int:
+    with input_stream(args.input, console) as raw, output_stream(args.output, console) as sink:
+        source = ProgressReader.wrap(raw, "sealing", console, args.quiet)
         envelope.seal(source, sink, recipient, signer=signer, serial=serial, oaep=not args.pkcs1)  # type: ignore[arg-type]
     return 0
 
 
-def cmd_open(args: argparse.Namespace) -> int:
+def cmd_open(args: argparse.Namespace, console: Console) -> int:
     policy = ReplayPolicy(max_age=parse_duration(args.max_age), max_skew=parse_duration(args.max_skew))
     trusted = TrustSet.from_paths(args.trust) if args.trust else None
     if trusted is not None and not trusted:
         raise ConfigError("--trust named no public key files")
     trust = trusted.by_fingerprint() if trusted is not None else None
-    from ..cli import _provider
-
-    with open_cache(args.replay_db) as cache, _provider(args) as provider:
+    with open_cache(args.replay_db) as cache, open_provider(args) as provider:
         receiver = provider.exchange_key(args.key)
-        with open_input(args.input) as raw, atomic_output(args.output) as sink:
-            source = ProgressReader.wrap(raw, "opening", args.quiet)
+        with input_stream(args.input, console) as raw, output_stream(args.output, console) as sink:
+            source = ProgressReader.wrap(raw, "opening", console, args.quiet)
             opened = envelope.open_message(source, sink, receiver, cache=cache, policy=policy,  # type: ignore[arg-type]
                                            trust=trust)
     if opened.sender_verified and trusted is not None:
         name = next(n for n in trusted if trusted.fingerprint(n) == opened.verified_sender)
-        print(f"tokencsp: from {name} (signature verified), serial {opened.header.serial}", file=sys.stderr)
+        console.say(f"from {name} (signature verified), serial {opened.header.serial}")
     return 0
 
 
-def describe(pre: envelope.Preamble) -> dict:
+def describe(pre: envelope.Preamble) -> dict[str, Any]:
     header = pre.header
     when = datetime.datetime.fromtimestamp(header.timestamp, datetime.timezone.utc)
     return {
@@ -83,21 +79,19 @@ def describe(pre: envelope.Preamble) -> dict:
     }
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
-    with open_input(args.file) as source:
+def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
+    with input_stream(args.file, console) as source:
         facts = describe(envelope.read_header(source))
     if args.json:
-        print(json.dumps(facts, indent=2))
+        console.out(json.dumps(facts, indent=2))
     else:
         for name, value in facts.items():
-            print(f"{name}: {value}")
-        print("(nothing above is verified until the message is opened)")
+            console.out(f"{name}: {value}")
+        console.out("(nothing above is verified until the message is opened)")
     return 0
 
 
-def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
-    seal = subparsers.add_parser("seal", parents=parents,
-                                 help="seal a message to a recipient's key (replay-proof format, docs/FORMAT.md)")
+def _configure_seal(seal: argparse.ArgumentParser) -> None:
     seal.add_argument("--to", required=True, metavar="PUBKEY", help="recipient PUBLICKEYBLOB, PEM or DER file")
     seal.add_argument("--sign-with", metavar="NAME", help="sign with this signature key on your token")
     seal.add_argument("--pkcs1", action="store_true", help="wrap the session key with PKCS#1 v1.5 instead of OAEP")
@@ -108,8 +102,10 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
     seal.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     seal.add_argument("input", nargs="?", help="plaintext file (default: stdin)")
     seal.set_defaults(func=cmd_seal)
+    add_token_options(seal)
 
-    opener = subparsers.add_parser("open", parents=parents, help="open a sealed message with a key on the token")
+
+def _configure_open(opener: argparse.ArgumentParser) -> None:
     opener.add_argument("--key", metavar="NAME", help="your exchange key on the token (default: object= of --uri)")
     opener.add_argument("--trust", action="append", metavar="PUBKEY_OR_DIR",
                         help="trusted sender public key file or directory; when given, a valid signature is required")
@@ -126,8 +122,14 @@ def add_commands(subparsers, parents: list[argparse.ArgumentParser]) -> None:
     opener.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     opener.add_argument("input", nargs="?", help="sealed message (default: stdin)")
     opener.set_defaults(func=cmd_open)
+    add_token_options(opener)
 
-    inspect = subparsers.add_parser("inspect", help="show a sealed message's header without decrypting it")
+
+def _configure_inspect(inspect: argparse.ArgumentParser) -> None:
     inspect.add_argument("file")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(func=cmd_inspect)
+
+
+def configure(command: str, parser: argparse.ArgumentParser) -> None:
+    {"seal": _configure_seal, "open": _configure_open, "inspect": _configure_inspect}[command](parser)

@@ -1,0 +1,131 @@
+"""What every command shares: the console (injected streams), inputs/outputs, the token.
+
+Commands write only through :class:`Console`; nothing in ``tokencsp.cli``
+touches ``sys.stdout``/``sys.stderr`` directly, so ``main(argv, stdout=...,
+stderr=...)`` captures everything a command says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, BinaryIO, TextIO
+
+from ..errors import OutputError
+from ..fileio import atomic_output, open_input
+
+if TYPE_CHECKING:
+    from ..provider import Provider
+
+__all__ = ["PROG", "Console", "add_token_options", "input_stream", "open_provider", "output_stream", "read_file"]
+
+PROG = "tokencsp"
+
+
+class Console:
+    """The streams of one ``main`` call; the one place that formats ``tokencsp: error:``/``hint:`` lines."""
+
+    def __init__(self, stdout: TextIO, stderr: TextIO, stdin: TextIO) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stdin = stdin
+
+    def out(self, text: str = "") -> None:
+        """One line of a command's result on stdout."""
+        self.stdout.write(text + "\n")
+
+    def note(self, text: str) -> None:
+        """A plain line on stderr (counts, confirmations), not prefixed."""
+        self.stderr.write(text + "\n")
+        self.stderr.flush()
+
+    def say(self, text: str) -> None:
+        """``tokencsp: TEXT`` on stderr: what happened, for a person watching."""
+        self.note(f"{PROG}: {text}")
+
+    def error(self, text: str) -> None:
+        self.note(f"{PROG}: error: {text}")
+
+    def hint(self, text: str) -> None:
+        self.note(f"{PROG}: hint: {text}")
+
+    def progress(self, text: str, *, done: bool) -> None:
+        """A progress line redrawn in place (terminals only; see :meth:`stderr_is_terminal`)."""
+        self.stderr.write("\r" + text + ("\n" if done else ""))
+        self.stderr.flush()
+
+    def stderr_is_terminal(self) -> bool:
+        isatty = getattr(self.stderr, "isatty", None)
+        return bool(isatty and isatty())
+
+    def binary_stdout(self) -> BinaryIO:
+        self.stdout.flush()
+        buffer = getattr(self.stdout, "buffer", None)
+        if buffer is None:
+            raise OutputError("standard output takes no binary data here; use -o FILE")
+        return buffer  # type: ignore[no-any-return]
+
+    def binary_stdin(self) -> BinaryIO:
+        buffer = getattr(self.stdin, "buffer", None)
+        if buffer is None:
+            raise OutputError("standard input gives no binary data here; name an input file")
+        return buffer  # type: ignore[no-any-return]
+
+
+def _is_std(path: str | None) -> bool:
+    return path in (None, "-")
+
+
+@contextlib.contextmanager
+def output_stream(path: str | None, console: Console, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """``path`` written atomically (fileio.atomic_output), or the console's stdout for None/"-"."""
+    if _is_std(path):
+        sink = console.binary_stdout()
+        yield sink
+        sink.flush()
+        return
+    with atomic_output(path, mode=mode) as sink:
+        yield sink
+
+
+@contextlib.contextmanager
+def input_stream(path: str | None, console: Console) -> Iterator[BinaryIO]:
+    """``path`` opened for reading, or the console's stdin for None/"-"."""
+    if _is_std(path):
+        yield console.binary_stdin()
+        return
+    with open_input(path) as source:
+        yield source
+
+
+def read_file(path: str | None, console: Console) -> bytes:
+    from ..errors import InputError
+
+    with input_stream(path, console) as source:
+        try:
+            return source.read()
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def add_token_options(parser: argparse.ArgumentParser, *, suppress: bool = True) -> None:
+    """The token-selection options; on subcommands with SUPPRESSed defaults so that an
+    option given before the subcommand is not overwritten by the subcommand's unset one."""
+    default = argparse.SUPPRESS if suppress else None
+    token = parser.add_argument_group("token selection")
+    token.add_argument("--module", default=default,
+                       help="PKCS#11 module path (env TOKENCSP_MODULE; default: SoftHSM2)")
+    token.add_argument("--token", default=default, help="token label (env TOKENCSP_TOKEN)")
+    token.add_argument("--serial", default=default, help="token serial number")
+    token.add_argument("--uri", default=default, help="RFC 7512 PKCS#11 URI (env TOKENCSP_URI)")
+    token.add_argument("--pin-file", default=default,
+                       help="file whose first line is the user PIN (else TOKENCSP_PIN or a prompt)")
+
+
+def open_provider(args: argparse.Namespace) -> Provider:
+    """The token named by the global options; only commands that need the token load the module."""
+    from ..provider import Provider
+
+    return Provider.open(module=args.module, token=args.token, serial=args.serial, uri=args.uri,
+                         pin_file=args.pin_file)

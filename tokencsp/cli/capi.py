@@ -1,0 +1,77 @@
+"""``tokencsp capi encrypt|decrypt``: CryptoAPI-compatible SIMPLEBLOB + CryptEncrypt files."""
+
+from __future__ import annotations
+
+import argparse
+from typing import BinaryIO
+
+from ..session import ALG_NAMES, SessionKey, alg_from_name
+from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file
+
+__all__ = ["configure"]
+
+CHUNK = 1 << 20  # a multiple of every block size
+
+
+def _stream(key: SessionKey, source: BinaryIO, sink: BinaryIO, encrypt: bool) -> None:
+    """CryptEncrypt/CryptDecrypt in chunks: whole blocks non-final, the rest final."""
+    step = key.encrypt if encrypt else key.decrypt
+    pending = source.read(CHUNK)
+    while True:
+        following = source.read(CHUNK)
+        if not following:
+            sink.write(step(pending, final=True))
+            return
+        sink.write(step(pending, final=False))
+        pending = following
+
+
+def cmd_capi_encrypt(args: argparse.Namespace, console: Console) -> int:
+    from ..pubkeys import load_public_key
+
+    recipient = load_public_key(read_file(args.to, console))
+    key = SessionKey.generate(alg_from_name(args.alg))
+    blob = key.export_simpleblob(recipient, oaep=args.oaep)
+    with output_stream(args.blob_out, console, mode=0o644) as blob_file, input_stream(args.input, console) as source, \
+            output_stream(args.output, console) as sink:
+        _stream(key, source, sink, encrypt=True)
+        blob_file.write(blob)
+    key.wipe()
+    return 0
+
+
+def cmd_capi_decrypt(args: argparse.Namespace, console: Console) -> int:
+    from .. import blobs
+
+    blob = blobs.SimpleBlob.from_bytes(read_file(args.blob, console))  # a broken file fails before any PIN prompt
+    with open_provider(args) as provider:
+        # Deferred: a bad blob fails at the final CryptDecrypt, as a bad ciphertext does (one message).
+        key = provider.exchange_key(args.key).import_simpleblob_deferred(blob, oaep=args.oaep)
+    try:
+        with input_stream(args.input, console) as source, output_stream(args.output, console) as sink:
+            _stream(key, source, sink, encrypt=False)
+    finally:
+        key.wipe()
+    return 0
+
+
+def configure(command: str, parser: argparse.ArgumentParser) -> None:
+    capi = parser.add_subparsers(dest="capi_command", metavar="ACTION", required=True)
+    enc = capi.add_parser("encrypt", help="sender: new session key, SIMPLEBLOB to PUBKEY, CryptEncrypt (no token)")
+    enc.add_argument("--to", required=True, metavar="PUBKEY", help="recipient PUBLICKEYBLOB, PEM or DER file")
+    enc.add_argument("--alg", choices=tuple(ALG_NAMES), default="aes256")
+    enc.add_argument("--oaep", action="store_true", help="wrap with CRYPT_OAEP (OAEP SHA-1) instead of PKCS#1 v1.5")
+    enc.add_argument("--blob-out", required=True, metavar="FILE", help="where to write the SIMPLEBLOB")
+    enc.add_argument("-o", "--output", help="ciphertext file (default: stdout)")
+    enc.add_argument("input", nargs="?", help="plaintext file (default: stdin)")
+    enc.set_defaults(func=cmd_capi_encrypt)
+
+    dec = capi.add_parser("decrypt", help="receiver: import the SIMPLEBLOB on the token, CryptDecrypt on the host")
+    dec.add_argument("--key", metavar="NAME", help="exchange key on the token (default: object= of --uri)")
+    dec.add_argument("--blob", required=True, metavar="FILE", help="the SIMPLEBLOB")
+    dec.add_argument("--oaep", action="store_true", help="the blob was wrapped with CRYPT_OAEP")
+    dec.add_argument("-o", "--output", help="plaintext file, written only if decryption succeeds "
+                                            "(default: stdout, streamed; a failure at the end still exits non-zero)")
+    dec.add_argument("input", nargs="?", help="ciphertext file (default: stdin)")
+    dec.set_defaults(func=cmd_capi_decrypt)
+    add_token_options(dec)

@@ -1,0 +1,135 @@
+"""``tokencsp key ...``: key containers on the token."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING
+
+from ._common import Console, add_token_options, open_provider, output_stream, read_file
+
+if TYPE_CHECKING:
+    from ..keyinfo import KeyInfo
+
+__all__ = ["configure"]
+
+
+def cmd_key_generate(args: argparse.Namespace, console: Console) -> int:
+    with open_provider(args) as provider:
+        pair = provider.generate_key(args.name, args.bits, args.usage, legacy=args.legacy, oaep_only=args.oaep_only)
+        print_info(console, pair.info())
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace, console: Console) -> int:
+    with open_provider(args) as provider:
+        infos = provider.list_keys()
+    if args.json:
+        console.out(json.dumps([info.as_dict() for info in infos], indent=2))
+        return 0
+    if not infos:
+        console.note("no keys on this token")
+    for info in infos:
+        print_info(console, info)
+    return 0
+
+
+def print_info(console: Console, info: KeyInfo) -> None:
+    flags = [name for name, on in (
+        ("sensitive", info.sensitive), ("never-extractable", info.never_extractable),
+        ("local", info.local), ("oaep-only", info.oaep_only), ("EXTRACTABLE", info.extractable)) if on]
+    usage = info.usage.value if info.usage else "mixed"
+    console.out(f"{info.name}\t{usage}\tRSA-{info.bits}\tid={info.id.hex()}\t{','.join(flags)}")
+
+
+def cmd_key_export(args: argparse.Namespace, console: Console) -> int:
+    with open_provider(args) as provider:
+        pair = provider.key(args.name)
+        data = {"msblob": pair.public_blob, "pem": pair.public_pem, "der": pair.public_der}[args.format]()
+    with output_stream(args.output, console, mode=0o644) as out:
+        out.write(data)
+    return 0
+
+
+def cmd_key_import(args: argparse.Namespace, console: Console) -> int:
+    data = read_file(args.private_blob or args.pem, console)
+    with open_provider(args) as provider:
+        if args.private_blob:
+            pair = provider.import_private_blob(args.name, data, legacy=args.legacy, oaep_only=args.oaep_only)
+        else:
+            pair = provider.import_pem(args.name, data, usage=args.usage, legacy=args.legacy,
+                                       oaep_only=args.oaep_only)
+        print_info(console, pair.info())
+    return 0
+
+
+def cmd_key_audit(args: argparse.Namespace, console: Console) -> int:
+    from ..keyaudit import WARN, audit_key
+
+    with open_provider(args) as provider:
+        infos = provider.list_keys()
+    report = [(info, audit_key(info)) for info in infos]
+    if args.json:
+        console.out(json.dumps([{**info.as_dict(), "findings": [{"level": f.level, "message": f.message}
+                                                                 for f in found]}
+                                for info, found in report], indent=2))
+    else:
+        for info, found in report:
+            print_info(console, info)
+            for finding in found:
+                console.out(f"  {finding.level}: {finding.message}")
+    warnings = sum(f.level == WARN for _, found in report for f in found)
+    console.note(f"{len(infos)} keys, {warnings} warnings")
+    return 5 if warnings and args.strict else 0
+
+
+def cmd_key_delete(args: argparse.Namespace, console: Console) -> int:
+    with open_provider(args) as provider:
+        count = provider.delete_key(args.name)
+    console.note(f"deleted {args.name} ({count} objects)")
+    return 0
+
+
+def configure(command: str, parser: argparse.ArgumentParser) -> None:
+    key = parser.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+    generate = key.add_parser("generate", help="generate an RSA key pair on the token")
+    generate.add_argument("name")
+    generate.add_argument("--bits", type=int, default=2048, help="2048 (default), 3072 or 4096")
+    generate.add_argument("--usage", choices=("exchange", "signature"), default="exchange")
+    generate.add_argument("--legacy", action="store_true", help="allow 1024-bit keys (CryptoAPI legacy)")
+    generate.add_argument("--oaep-only", action="store_true",
+                          help="allow only OAEP unwraps (CKA_ALLOWED_MECHANISMS); refuses non-CRYPT_OAEP peers")
+    generate.set_defaults(func=cmd_key_generate)
+
+    listing = key.add_parser("list", help="list key containers and their security attributes")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_key_list)
+
+    export = key.add_parser("export", help="export a public key")
+    export.add_argument("name")
+    export.add_argument("--format", choices=("msblob", "pem", "der"), default="msblob",
+                        help="msblob = CryptoAPI PUBLICKEYBLOB (default)")
+    export.add_argument("-o", "--output", help="output file (default: stdout)")
+    export.set_defaults(func=cmd_key_export)
+
+    imp = key.add_parser("import", help="move an existing private key onto the token (non-extractable)")
+    imp.add_argument("name")
+    source = imp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--private-blob", metavar="FILE", help="CryptoAPI PRIVATEKEYBLOB (usage from its ALG_ID)")
+    source.add_argument("--pem", metavar="FILE", help="unencrypted PEM private key (PKCS#8 or PKCS#1)")
+    imp.add_argument("--usage", choices=("exchange", "signature"), default="exchange", help="for --pem")
+    imp.add_argument("--legacy", action="store_true", help="allow 1024-bit and unusual key sizes")
+    imp.add_argument("--oaep-only", action="store_true", help="allow only OAEP unwraps (exchange keys)")
+    imp.set_defaults(func=cmd_key_import)
+
+    audit = key.add_parser("audit", help="security attributes of every key, with warnings")
+    audit.add_argument("--json", action="store_true")
+    audit.add_argument("--strict", action="store_true", help="exit 5 when any warning is found")
+    audit.set_defaults(func=cmd_key_audit)
+
+    delete = key.add_parser("delete", help="delete a key container (private and public halves)")
+    delete.add_argument("name")
+    delete.set_defaults(func=cmd_key_delete)
+
+    for sub in (generate, listing, export, imp, audit, delete):
+        add_token_options(sub)

@@ -1,0 +1,186 @@
+"""The parser and ``main``: the only place that turns errors into exit statuses.
+
+Every error is one line on stderr, ``tokencsp: error: ...``, and a non-zero
+exit; no traceback, no partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import IO, Any, NoReturn, TextIO
+
+from .. import errors
+from ._common import PROG, Console, add_token_options
+
+__all__ = ["COMMANDS", "Parser", "build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_TOKEN = 3
+EXIT_DECRYPT = 4
+EXIT_INTERRUPTED = 130
+
+# Each refusal of a sealed message has its own status, so scripts can tell
+# "replayed" from "tampered" without parsing text.
+REFUSAL_EXIT_CODES = {
+    "unauthenticated": 10, "truncated": 11, "not-for-this-key": 12, "malformed": 13,
+    "replayed": 20, "too-old": 21, "from-future": 22, "serial-backwards": 23,
+    "untrusted": 30, "bad-signature": 31, "unsigned": 32,
+}
+EXIT_PROTOCOL = 40
+EXIT_PEER_AUTH = 41
+EXIT_UNKNOWN_PEER = 42
+EXIT_TIMEOUT = 43
+
+EXIT_CODES_HELP = """\
+exit status:
+  0  success
+  1  error (bad input file, unusable key, I/O failure, replay cache unusable)
+  2  usage error
+  3  token error (module, token, PIN, missing key)
+  4  decryption failed (the session key blob or the ciphertext did not decrypt)
+  5  key audit --strict found warnings
+ 10  open: message could not be authenticated (tampered, wrong key blob)
+ 11  open: message is truncated
+ 12  open: message is not addressed to this key
+ 13  open: not a sealed message (malformed header)
+ 20  open: replayed (already accepted once)
+ 21  open: too old (--max-age)
+ 22  open: timestamp too far in the future (--max-skew)
+ 23  open: sender serial number did not increase
+ 30  open: sender not in --trust
+ 31  open: sender signature does not verify
+ 32  open: unsigned message but --trust was given
+ 40  listen/send: protocol error
+ 41  listen/send: the peer failed to authenticate (wrong key, tampering, replay)
+ 42  listen/send: unknown peer
+ 43  listen/send: a phase timed out
+"""
+
+TOKEN_HELP = """
+token selection: --module/TOKENCSP_MODULE (default: SoftHSM2), --token/TOKENCSP_TOKEN
+(label), --serial, or --uri/TOKENCSP_URI (RFC 7512, e.g. "pkcs11:token=dev?pin-source=file:/run/pin").
+PIN: TOKENCSP_PIN, --pin-file, the URI's pin-source/pin-value, or a prompt on a terminal.
+PINs are never accepted as command-line options.
+"""
+
+# command: (module in tokencsp.cli that defines it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "key": ("keys", "key containers on the token"),
+    "token": ("tokens", "tokens in the PKCS#11 module"),
+    "blob": ("blobs", "CryptoAPI key BLOB files"),
+    "capi": ("capi", "CryptoAPI-compatible SIMPLEBLOB + CryptEncrypt files"),
+    "seal": ("seal", "seal a message to a recipient's key (replay-proof format, docs/FORMAT.md)"),
+    "open": ("seal", "open a sealed message with a key on the token"),
+    "inspect": ("seal", "show a sealed message's header without decrypting it"),
+    "listen": ("exchange", "receive files over the three-phase exchange (docs/THREEPHASE.md)"),
+    "send": ("exchange", "send files over the three-phase exchange (docs/THREEPHASE.md)"),
+    "replay": ("replay", "set up, inspect and prune a replay cache (docs/FLEET.md)"),
+}
+
+
+class _ParserDone(Exception):
+    """argparse wanted to exit (help, version, usage error): main returns ``status``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse writing to the console's streams and returning instead of calling sys.exit."""
+
+    def __init__(self, *args: Any, console: Console, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.console = console
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("parser_class", functools.partial(Parser, console=self.console))
+        return super().add_subparsers(**kwargs)
+
+    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+        if message:
+            stream = self.console.stderr if file is sys.stderr else self.console.stdout
+            stream.write(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            self.console.stderr.write(message)
+        raise _ParserDone(status)
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(self.console.stderr)
+        self.console.error(message)
+        raise _ParserDone(EXIT_USAGE)
+
+
+def build_parser(console: Console | None = None) -> Parser:
+    console = console or Console(sys.stdout, sys.stderr, sys.stdin)
+    parser = Parser(
+        prog=PROG,
+        description="CryptoAPI-compatible session-key exchange with the receiver's key on a PKCS#11 token.",
+        epilog=EXIT_CODES_HELP + TOKEN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        console=console,
+    )
+    parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
+    # Token options are accepted before or after the subcommand.
+    add_token_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text)
+        importlib.import_module(f"{__package__}.{module}").configure(name, sub)
+    return parser
+
+
+def _exit_code(exc: errors.TokenCSPError) -> int:
+    if isinstance(exc, errors.MessageRejected):
+        return REFUSAL_EXIT_CODES.get(exc.reason, EXIT_ERROR)
+    if isinstance(exc, errors.ProtocolError):
+        for kind, code in ((errors.PeerAuthenticationFailed, EXIT_PEER_AUTH), (errors.UnknownPeer, EXIT_UNKNOWN_PEER),
+                           (errors.PhaseTimeout, EXIT_TIMEOUT)):
+            if isinstance(exc, kind):
+                return code
+        return EXIT_PROTOCOL
+    if isinstance(exc, errors.DecryptionError):
+        return EXIT_DECRYPT
+    if isinstance(exc, errors.TokenError):
+        return EXIT_TOKEN
+    return EXIT_ERROR
+
+
+def _default_key_from_uri(args: argparse.Namespace) -> None:
+    """``--key`` may be left out when the PKCS#11 URI names the object (``object=``)."""
+    if getattr(args, "key", False) is not None:
+        return
+    from ..config import resolve_selector
+
+    args.key = resolve_selector(uri=args.uri).object_label
+    if not args.key:
+        raise errors.ConfigError("no key named: give --key NAME or a --uri with object=NAME")
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None,
+         stdin: TextIO | None = None) -> int:
+    """Run one ``tokencsp`` command; everything it prints goes to ``stdout``/``stderr`` (default: sys's)."""
+    console = Console(stdout or sys.stdout, stderr or sys.stderr, stdin or sys.stdin)
+    try:
+        args = build_parser(console).parse_args(argv)
+    except _ParserDone as done:
+        return done.status
+    try:
+        _default_key_from_uri(args)
+        return int(args.func(args, console))
+    except errors.TokenCSPError as exc:
+        console.error(str(exc))
+        return _exit_code(exc)
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_ERROR
