@@ -26,3 +26,14 @@ def test_readme_library_examples_run(softhsm_kit, capsys):
                 provider.delete_key("readme-alice")
     assert namespace["key"].key == namespace["session"].key
     assert "message was already accepted once" in capsys.readouterr().out
+
+
+def test_readme_exit_status_table_is_the_cli_table():
+    from tokencsp.cli import ExitStatus
+
+    text = README.read_text()
+    table = text[text.index("| status | meaning |"):]
+    table = table[:table.index("\n\n")]
+    rows = [line.strip("|").split("|") for line in table.splitlines()[2:]]
+    readme = [(int(status), meaning.strip().replace("`", "")) for status, meaning in rows]
+    assert readme == [(int(status), status.description) for status in ExitStatus]

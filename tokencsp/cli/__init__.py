@@ -7,6 +7,7 @@ the console, inputs/outputs and the token opener they share.
 
 from __future__ import annotations
 
+from ._status import ExitStatus
 from .main import main
 
-__all__ = ["main"]
+__all__ = ["ExitStatus", "main"]

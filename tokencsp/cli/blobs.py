@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ._common import Console, read_file
+from ._status import ExitStatus
 
 __all__ = ["configure", "describe_blob"]
 
@@ -30,7 +31,7 @@ def describe_blob(blob: Any) -> dict[str, Any]:
     return {"type": "PLAINTEXTKEYBLOB", "alg_id": blob.alg_id.name, "key_bytes": len(blob.key)}
 
 
-def cmd_blob_inspect(args: argparse.Namespace, console: Console) -> int:
+def cmd_blob_inspect(args: argparse.Namespace, console: Console) -> ExitStatus:
     from .. import blobs
 
     facts = describe_blob(blobs.parse(read_file(args.file, console)))
@@ -39,7 +40,7 @@ def cmd_blob_inspect(args: argparse.Namespace, console: Console) -> int:
     else:
         for name, value in facts.items():
             console.out(f"{name}: {value}")
-    return 0
+    return ExitStatus.OK
 
 
 def configure(command: str, parser: argparse.ArgumentParser) -> None:

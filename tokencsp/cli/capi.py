@@ -7,6 +7,7 @@ from typing import BinaryIO
 
 from ..session import ALG_NAMES, SessionKey, alg_from_name
 from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file
+from ._status import ExitStatus
 
 __all__ = ["configure"]
 
@@ -26,7 +27,7 @@ def _stream(key: SessionKey, source: BinaryIO, sink: BinaryIO, encrypt: bool) ->
         pending = following
 
 
-def cmd_capi_encrypt(args: argparse.Namespace, console: Console) -> int:
+def cmd_capi_encrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..pubkeys import load_public_key
 
     recipient = load_public_key(read_file(args.to, console))
@@ -37,10 +38,10 @@ def cmd_capi_encrypt(args: argparse.Namespace, console: Console) -> int:
         _stream(key, source, sink, encrypt=True)
         blob_file.write(blob)
     key.wipe()
-    return 0
+    return ExitStatus.OK
 
 
-def cmd_capi_decrypt(args: argparse.Namespace, console: Console) -> int:
+def cmd_capi_decrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
     from .. import blobs
 
     blob = blobs.SimpleBlob.from_bytes(read_file(args.blob, console))  # a broken file fails before any PIN prompt
@@ -52,7 +53,7 @@ def cmd_capi_decrypt(args: argparse.Namespace, console: Console) -> int:
             _stream(key, source, sink, encrypt=False)
     finally:
         key.wipe()
-    return 0
+    return ExitStatus.OK
 
 
 def configure(command: str, parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..net import NetConfig, Receiver, SessionResult, send_files
 from ..threephase import TrustSet, check_name
 from ._common import Console, add_token_options, open_provider
+from ._status import ExitStatus
 
 __all__ = ["configure", "parse_address"]
 
@@ -62,7 +63,7 @@ def _report_unauthenticated(report: Callable[[SessionResult], None]) -> Callable
     return only_unauthenticated
 
 
-def cmd_listen(args: argparse.Namespace, console: Console) -> int:
+def cmd_listen(args: argparse.Namespace, console: Console) -> ExitStatus:
     trust = TrustSet.from_paths(args.peer)
     if not trust:
         raise ConfigError("no trusted peer keys were given")
@@ -75,7 +76,7 @@ def cmd_listen(args: argparse.Namespace, console: Console) -> int:
 
 
 async def _listen(key: Any, trust: TrustSet, name: str, args: argparse.Namespace, config: NetConfig,
-                  console: Console) -> int:
+                  console: Console) -> ExitStatus:
     # With --once only an authenticated session ends the listener; the others are reported as they fail.
     report = _reporter(console)
     receiver = Receiver(key, trust, args.out_dir, name=name, config=config, once=args.once,
@@ -89,7 +90,7 @@ async def _listen(key: Any, trust: TrustSet, name: str, args: argparse.Namespace
     if result.error is not None:
         raise result.error
     console.say(f"received {len(result.files)} file(s) from {result.peer}: {', '.join(result.files)}")
-    return 0
+    return ExitStatus.OK
 
 
 def progress_printer(console: Console) -> Callable[[str, int, int], None] | None:
@@ -103,7 +104,7 @@ def progress_printer(console: Console) -> Callable[[str, int, int], None] | None
     return show
 
 
-def cmd_send(args: argparse.Namespace, console: Console) -> int:
+def cmd_send(args: argparse.Namespace, console: Console) -> ExitStatus:
     host, port = parse_address(args.to)
     trust = TrustSet.from_paths([args.peer])
     if len(trust) != 1:
@@ -118,7 +119,7 @@ def cmd_send(args: argparse.Namespace, console: Console) -> int:
         sent = asyncio.run(send_files(key, trust, peer_name, host, port, args.files, name=name, config=config,
                                       progress=progress_printer(console)))
     console.say(f"{peer_name} confirmed {len(sent)} file(s)")
-    return 0
+    return ExitStatus.OK
 
 
 def _configure_listen(listen: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING
 
 from ._common import Console, add_token_options, open_provider, output_stream, read_file
+from ._status import ExitStatus
 
 if TYPE_CHECKING:
     from ..keyinfo import KeyInfo
@@ -14,24 +15,24 @@ if TYPE_CHECKING:
 __all__ = ["configure"]
 
 
-def cmd_key_generate(args: argparse.Namespace, console: Console) -> int:
+def cmd_key_generate(args: argparse.Namespace, console: Console) -> ExitStatus:
     with open_provider(args) as provider:
         pair = provider.generate_key(args.name, args.bits, args.usage, legacy=args.legacy, oaep_only=args.oaep_only)
         print_info(console, pair.info())
-    return 0
+    return ExitStatus.OK
 
 
-def cmd_key_list(args: argparse.Namespace, console: Console) -> int:
+def cmd_key_list(args: argparse.Namespace, console: Console) -> ExitStatus:
     with open_provider(args) as provider:
         infos = provider.list_keys()
     if args.json:
         console.out(json.dumps([info.as_dict() for info in infos], indent=2))
-        return 0
+        return ExitStatus.OK
     if not infos:
         console.note("no keys on this token")
     for info in infos:
         print_info(console, info)
-    return 0
+    return ExitStatus.OK
 
 
 def print_info(console: Console, info: KeyInfo) -> None:
@@ -42,16 +43,16 @@ def print_info(console: Console, info: KeyInfo) -> None:
     console.out(f"{info.name}\t{usage}\tRSA-{info.bits}\tid={info.id.hex()}\t{','.join(flags)}")
 
 
-def cmd_key_export(args: argparse.Namespace, console: Console) -> int:
+def cmd_key_export(args: argparse.Namespace, console: Console) -> ExitStatus:
     with open_provider(args) as provider:
         pair = provider.key(args.name)
         data = {"msblob": pair.public_blob, "pem": pair.public_pem, "der": pair.public_der}[args.format]()
     with output_stream(args.output, console, mode=0o644) as out:
         out.write(data)
-    return 0
+    return ExitStatus.OK
 
 
-def cmd_key_import(args: argparse.Namespace, console: Console) -> int:
+def cmd_key_import(args: argparse.Namespace, console: Console) -> ExitStatus:
     data = read_file(args.private_blob or args.pem, console)
     with open_provider(args) as provider:
         if args.private_blob:
@@ -60,10 +61,10 @@ def cmd_key_import(args: argparse.Namespace, console: Console) -> int:
             pair = provider.import_pem(args.name, data, usage=args.usage, legacy=args.legacy,
                                        oaep_only=args.oaep_only)
         print_info(console, pair.info())
-    return 0
+    return ExitStatus.OK
 
 
-def cmd_key_audit(args: argparse.Namespace, console: Console) -> int:
+def cmd_key_audit(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..keyaudit import WARN, audit_key
 
     with open_provider(args) as provider:
@@ -80,14 +81,14 @@ def cmd_key_audit(args: argparse.Namespace, console: Console) -> int:
                 console.out(f"  {finding.level}: {finding.message}")
     warnings = sum(f.level == WARN for _, found in report for f in found)
     console.note(f"{len(infos)} keys, {warnings} warnings")
-    return 5 if warnings and args.strict else 0
+    return ExitStatus.FINDINGS if warnings and args.strict else ExitStatus.OK
 
 
-def cmd_key_delete(args: argparse.Namespace, console: Console) -> int:
+def cmd_key_delete(args: argparse.Namespace, console: Console) -> ExitStatus:
     with open_provider(args) as provider:
         count = provider.delete_key(args.name)
     console.note(f"deleted {args.name} ({count} objects)")
-    return 0
+    return ExitStatus.OK
 
 
 def configure(command: str, parser: argparse.ArgumentParser) -> None:

@@ -15,52 +15,9 @@ from typing import IO, Any, NoReturn, TextIO
 
 from .. import errors
 from ._common import PROG, Console, add_token_options
+from ._status import ExitStatus, epilog, status_for
 
 __all__ = ["COMMANDS", "Parser", "build_parser", "main"]
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_TOKEN = 3
-EXIT_DECRYPT = 4
-EXIT_INTERRUPTED = 130
-
-# Each refusal of a sealed message has its own status, so scripts can tell
-# "replayed" from "tampered" without parsing text.
-REFUSAL_EXIT_CODES = {
-    "unauthenticated": 10, "truncated": 11, "not-for-this-key": 12, "malformed": 13,
-    "replayed": 20, "too-old": 21, "from-future": 22, "serial-backwards": 23,
-    "untrusted": 30, "bad-signature": 31, "unsigned": 32,
-}
-EXIT_PROTOCOL = 40
-EXIT_PEER_AUTH = 41
-EXIT_UNKNOWN_PEER = 42
-EXIT_TIMEOUT = 43
-
-EXIT_CODES_HELP = """\
-exit status:
-  0  success
-  1  error (bad input file, unusable key, I/O failure, replay cache unusable)
-  2  usage error
-  3  token error (module, token, PIN, missing key)
-  4  decryption failed (the session key blob or the ciphertext did not decrypt)
-  5  key audit --strict found warnings
- 10  open: message could not be authenticated (tampered, wrong key blob)
- 11  open: message is truncated
- 12  open: message is not addressed to this key
- 13  open: not a sealed message (malformed header)
- 20  open: replayed (already accepted once)
- 21  open: too old (--max-age)
- 22  open: timestamp too far in the future (--max-skew)
- 23  open: sender serial number did not increase
- 30  open: sender not in --trust
- 31  open: sender signature does not verify
- 32  open: unsigned message but --trust was given
- 40  listen/send: protocol error
- 41  listen/send: the peer failed to authenticate (wrong key, tampering, replay)
- 42  listen/send: unknown peer
- 43  listen/send: a phase timed out
-"""
 
 TOKEN_HELP = """
 token selection: --module/TOKENCSP_MODULE (default: SoftHSM2), --token/TOKENCSP_TOKEN
@@ -105,8 +62,11 @@ class Parser(argparse.ArgumentParser):
 
     def _print_message(self, message: str, file: IO[str] | None = None) -> None:
         if message:
-            stream = self.console.stderr if file is sys.stderr else self.console.stdout
-            stream.write(message)
+            if file is None or file is sys.stdout:
+                file = self.console.stdout
+            elif file is sys.stderr:
+                file = self.console.stderr
+            file.write(message)
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         if message:
@@ -116,7 +76,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(self.console.stderr)
         self.console.error(message)
-        raise _ParserDone(EXIT_USAGE)
+        raise _ParserDone(ExitStatus.USAGE)
 
 
 def build_parser(console: Console | None = None) -> Parser:
@@ -124,7 +84,7 @@ def build_parser(console: Console | None = None) -> Parser:
     parser = Parser(
         prog=PROG,
         description="CryptoAPI-compatible session-key exchange with the receiver's key on a PKCS#11 token.",
-        epilog=EXIT_CODES_HELP + TOKEN_HELP,
+        epilog=epilog() + TOKEN_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         console=console,
     )
@@ -136,22 +96,6 @@ def build_parser(console: Console | None = None) -> Parser:
         sub = commands.add_parser(name, help=help_text)
         importlib.import_module(f"{__package__}.{module}").configure(name, sub)
     return parser
-
-
-def _exit_code(exc: errors.TokenCSPError) -> int:
-    if isinstance(exc, errors.MessageRejected):
-        return REFUSAL_EXIT_CODES.get(exc.reason, EXIT_ERROR)
-    if isinstance(exc, errors.ProtocolError):
-        for kind, code in ((errors.PeerAuthenticationFailed, EXIT_PEER_AUTH), (errors.UnknownPeer, EXIT_UNKNOWN_PEER),
-                           (errors.PhaseTimeout, EXIT_TIMEOUT)):
-            if isinstance(exc, kind):
-                return code
-        return EXIT_PROTOCOL
-    if isinstance(exc, errors.DecryptionError):
-        return EXIT_DECRYPT
-    if isinstance(exc, errors.TokenError):
-        return EXIT_TOKEN
-    return EXIT_ERROR
 
 
 def _default_key_from_uri(args: argparse.Namespace) -> None:
@@ -178,9 +122,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         return int(args.func(args, console))
     except errors.TokenCSPError as exc:
         console.error(str(exc))
-        return _exit_code(exc)
-    except KeyboardInterrupt:
+        return int(status_for(exc))
+    except KeyboardInterrupt as exc:
         console.error("interrupted")
-        return EXIT_INTERRUPTED
+        return int(status_for(exc))
     except BrokenPipeError:
-        return EXIT_ERROR
+        return int(ExitStatus.ERROR)

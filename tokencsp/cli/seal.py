@@ -17,6 +17,7 @@ from ..pubkeys import fingerprint, load_public_key
 from ..replay import ReplayPolicy, default_replay_db_path, draw_serial, open_cache, parse_duration
 from ..trust import TrustSet
 from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file
+from ._status import ExitStatus
 from ._progress import ProgressReader
 from .replay import connection_target
 
@@ -26,7 +27,7 @@ DEFAULT_MAX_AGE = "24h"
 DEFAULT_MAX_SKEW = "5m"
 
 
-def cmd_seal(args: argparse.Namespace, console: Console) -> int:
+def cmd_seal(args: argparse.Namespace, console: Console) -> ExitStatus:
     recipient = load_public_key(read_file(args.to, console))
     if args.sign_with is None:
         return _seal(args, console, recipient, signer=None, serial=None)
@@ -36,14 +37,15 @@ def cmd_seal(args: argparse.Namespace, console: Console) -> int:
         return _seal(args, console, recipient, signer, serial)
 
 
-def _seal(args: argparse.Namespace, console: Console, recipient: Any, signer: Any, serial: int | None) -> int:
+def _seal(args: argparse.Namespace, console: Console, recipient: Any, signer: Any,
+          serial: int | None) -> ExitStatus:
     with input_stream(args.input, console) as raw, output_stream(args.output, console) as sink:
         source = ProgressReader.wrap(raw, "sealing", console, args.quiet)
         envelope.seal(source, sink, recipient, signer=signer, serial=serial, oaep=not args.pkcs1)  # type: ignore[arg-type]
-    return 0
+    return ExitStatus.OK
 
 
-def cmd_open(args: argparse.Namespace, console: Console) -> int:
+def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
     policy = ReplayPolicy(max_age=parse_duration(args.max_age), max_skew=parse_duration(args.max_skew))
     trusted = TrustSet.from_paths(args.trust) if args.trust else None
     if trusted is not None and not trusted:
@@ -58,7 +60,7 @@ def cmd_open(args: argparse.Namespace, console: Console) -> int:
     if opened.sender_verified and trusted is not None:
         name = next(n for n in trusted if trusted.fingerprint(n) == opened.verified_sender)
         console.say(f"from {name} (signature verified), serial {opened.header.serial}")
-    return 0
+    return ExitStatus.OK
 
 
 def describe(pre: envelope.Preamble) -> dict[str, Any]:
@@ -79,7 +81,7 @@ def describe(pre: envelope.Preamble) -> dict[str, Any]:
     }
 
 
-def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
+def cmd_inspect(args: argparse.Namespace, console: Console) -> ExitStatus:
     with input_stream(args.file, console) as source:
         facts = describe(envelope.read_header(source))
     if args.json:
@@ -88,7 +90,7 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
         for name, value in facts.items():
             console.out(f"{name}: {value}")
         console.out("(nothing above is verified until the message is opened)")
-    return 0
+    return ExitStatus.OK
 
 
 def _configure_seal(seal: argparse.ArgumentParser) -> None:

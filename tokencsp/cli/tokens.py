@@ -6,23 +6,24 @@ import argparse
 import json
 
 from ._common import Console, add_token_options
+from ._status import ExitStatus
 
 __all__ = ["configure"]
 
 
-def cmd_token_list(args: argparse.Namespace, console: Console) -> int:
+def cmd_token_list(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..provider import list_tokens
 
     tokens = list_tokens(args.module)
     if args.json:
         console.out(json.dumps([{"label": label, "serial": serial} for label, serial in tokens], indent=2))
-        return 0
+        return ExitStatus.OK
     for label, serial in tokens:
         console.out(f"{label}\tserial={serial}")
-    return 0
+    return ExitStatus.OK
 
 
-def cmd_token_init(args: argparse.Namespace, console: Console) -> int:
+def cmd_token_init(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..config import resolve_pin, resolve_so_pin
     from ..provider import initialize_token
 
@@ -30,7 +31,7 @@ def cmd_token_init(args: argparse.Namespace, console: Console) -> int:
     pin = resolve_pin(pin_file=args.pin_file, prompt="New user PIN: ")
     serial = initialize_token(args.label, so_pin=so_pin, pin=pin, module=args.module)
     console.note(f"initialised token {args.label!r}, serial {serial}")
-    return 0
+    return ExitStatus.OK
 
 
 def configure(command: str, parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,86 @@
+"""``tokencsp.cli.main`` in process: injected streams, the one exit-status table, module structure."""
+
+from __future__ import annotations
+
+import ast
+import io
+from pathlib import Path
+
+import pytest
+
+from tokencsp import errors
+from tokencsp.cli import ExitStatus, main
+from tokencsp.cli._status import status_for
+
+CLI_DIR = Path(__file__).resolve().parent.parent / "tokencsp" / "cli"
+
+
+def run(*argv: str, stdin: bytes = b"") -> tuple[int, bytes, str]:
+    out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.StringIO()
+    code = main(list(argv), stdout=out, stderr=err,
+                stdin=io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+    out.flush()
+    return code, out.buffer.getvalue(), err.getvalue()
+
+
+def test_everything_goes_to_the_injected_streams(tmp_path, capsys):
+    from tokencsp.blobs import AlgId, PlaintextKeyBlob
+
+    blob = tmp_path / "k.blob"
+    blob.write_bytes(PlaintextKeyBlob(AlgId.CALG_AES_128, bytes(16)).to_bytes())
+    code, out, err = run("blob", "inspect", str(blob))
+    assert code == 0 and b"type: PLAINTEXTKEYBLOB" in out and err == ""
+    code, out, err = run("blob", "inspect", "-", stdin=b"\x01\x02")  # "-" is the injected stdin
+    assert code == ExitStatus.ERROR and out == b"" and err.startswith("tokencsp: error: ") and "truncated" in err
+    code, out, err = run("--help")
+    assert code == 0 and b"exit status:" in out and err == ""
+    code, out, err = run("--version")
+    assert code == 0 and out == b"tokencsp 0.1.0\n"
+    code, out, err = run("key", "frobnicate")
+    assert code == ExitStatus.USAGE and out == b"" and "tokencsp: error: " in err
+    assert capsys.readouterr() == ("", "")  # nothing reached the real sys.stdout/sys.stderr
+
+
+def test_help_epilog_is_the_exit_status_table():
+    _, out, _ = run("--help")
+    text = out.decode()
+    for status in ExitStatus:
+        assert f"{int(status):3d}  {status.description}\n" in text
+
+
+@pytest.mark.parametrize("error,status", [
+    (errors.ConfigError("x"), 1), (errors.InputError("x"), 1), (errors.ReplayCacheError("x"), 1),
+    (errors.PinError("x"), 3), (errors.KeyNotFoundError("x"), 3), (errors.ModuleLoadError("x"), 3),
+    (errors.SessionKeyImportError(), 4), (errors.DecryptionError("x"), 4),
+    (errors.AuthenticationFailed(), 10), (errors.TruncatedMessage(), 11), (errors.NotForThisKey(), 12),
+    (errors.EnvelopeFormatError(), 13), (errors.ReplayedMessage(), 20), (errors.MessageTooOld(), 21),
+    (errors.MessageFromFuture(), 22), (errors.SerialNotIncreasing(), 23), (errors.UntrustedSender(), 30),
+    (errors.BadSignature(), 31), (errors.SignatureRequired(), 32), (errors.ReplayError(), 1),
+    (errors.ProtocolError("x"), 40), (errors.FrameTooLarge("x"), 40), (errors.PeerAborted(1, "x"), 40),
+    (errors.PeerAuthenticationFailed("x"), 41), (errors.TruncatedSession("x"), 41), (errors.UnknownPeer("x"), 42),
+    (errors.PhaseTimeout("x"), 43), (KeyboardInterrupt(), 130),
+])
+def test_each_error_keeps_its_exit_status(error, status):
+    assert status_for(error) == status
+
+
+def test_cli_modules_write_only_through_the_console():
+    for path in CLI_DIR.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id != "print", f"{path.name}:{node.lineno} calls print"
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sys":
+                assert node.attr not in ("stdout", "stderr", "stdin") or path.name == "main.py", \
+                    f"{path.name}:{node.lineno} uses sys.{node.attr}"
+
+
+def test_no_command_module_imports_the_cli_package_back():
+    """The old cycle: cli_seal/cli_exchange imported ``_provider`` from ``tokencsp.cli``."""
+    for path in CLI_DIR.glob("*.py"):
+        if path.name in ("__init__.py", "main.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+                assert target not in ("..cli", "tokencsp.cli", ".", ".main"), f"{path.name} imports {target}"
