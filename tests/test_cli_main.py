@@ -84,3 +84,29 @@ def test_no_command_module_imports_the_cli_package_back():
             if isinstance(node, ast.ImportFrom):
                 target = "." * node.level + (node.module or "")
                 assert target not in ("..cli", "tokencsp.cli", ".", ".main"), f"{path.name} imports {target}"
+
+
+@pytest.mark.parametrize("state", ["empty", "unusable"])
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["open", "--help"], ["seal", "--help"]])
+def test_building_the_parser_writes_nothing(tmp_path, state, argv):
+    """`tokencsp --version` used to mkdir ~/.local/state/tokencsp (the --replay-db help), and a failing
+    mkdir was a traceback. A file where the state dir's parent should be makes mkdir fail even as root."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    if state == "empty":
+        xdg = tmp_path / "state"
+        xdg.mkdir()
+    else:
+        (tmp_path / "file").write_text("")
+        xdg = tmp_path / "file" / "state"
+    env = {k: v for k, v in os.environ.items() if k != "TOKENCSP_REPLAY_DB"}
+    env.update(HOME=str(home), XDG_STATE_HOME=str(xdg))
+    result = subprocess.run([sys.executable, "-m", "tokencsp", *argv], capture_output=True, env=env, timeout=60)
+    assert result.returncode == 0 and result.stderr == b"", result.stderr
+    assert list(home.iterdir()) == []
+    if state == "empty":
+        assert list(xdg.iterdir()) == []

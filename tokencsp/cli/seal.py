@@ -14,7 +14,7 @@ from typing import Any
 from .. import envelope
 from ..errors import ConfigError
 from ..pubkeys import fingerprint, load_public_key
-from ..replay import ReplayPolicy, default_replay_db_path, draw_serial, open_cache, parse_duration
+from ..replay import ReplayPolicy, draw_serial, open_cache, parse_duration
 from ..trust import TrustSet
 from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file
 from ._status import ExitStatus
@@ -113,8 +113,8 @@ def _configure_open(opener: argparse.ArgumentParser) -> None:
                         help="trusted sender public key file or directory; when given, a valid signature is required")
     opener.add_argument("--replay-db", metavar="PATH_OR_URL", type=connection_target("--replay-db"),
                         help="replay cache: an SQLite file, or postgresql://... / service=NAME for one shared by "
-                             f"a fleet, password from ~/.pgpass (default: $TOKENCSP_REPLAY_DB or "
-                             f"{default_replay_db_path()})")
+                             "a fleet, password from ~/.pgpass (default: $TOKENCSP_REPLAY_DB, else "
+                             "$XDG_STATE_HOME/tokencsp/replay.sqlite3, else ~/.local/state/tokencsp/replay.sqlite3)")
     opener.add_argument("--max-age", default=DEFAULT_MAX_AGE, metavar="DURATION",
                         help=f"oldest timestamp accepted (default {DEFAULT_MAX_AGE}; e.g. 90s, 15m, 7d)")
     opener.add_argument("--max-skew", default=DEFAULT_MAX_SKEW, metavar="DURATION",
