@@ -110,3 +110,47 @@ def test_building_the_parser_writes_nothing(tmp_path, state, argv):
     assert list(home.iterdir()) == []
     if state == "empty":
         assert list(xdg.iterdir()) == []
+
+
+_PROBE = """
+import runpy, sys
+sys.argv = ["tokencsp"] + sys.argv[1:]
+try:
+    runpy.run_module("tokencsp", run_name="__main__")
+except SystemExit as done:
+    code = done.code
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("pkcs11", "asn1crypto") or m == "tokencsp.token")
+print("HEAVY", heavy, file=sys.stderr)
+print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] in ("tokencsp", "cryptography", "asyncio")),
+      file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_commands_without_a_token_never_import_pkcs11(tmp_path):
+    """Fast start: python-pkcs11 (and asn1crypto under it) cost ~50 ms; seal to a file key needs neither."""
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pub = tmp_path / "r.pem"
+    pub.write_bytes(rsa.generate_private_key(65537, 2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "plain").write_bytes(b"hello")
+    sealed = tmp_path / "m.tcsp"
+    runs = [["--version"], ["--help"], ["seal", "--to", str(pub), "-o", str(sealed), str(tmp_path / "plain")],
+            ["inspect", str(sealed)],
+            ["capi", "encrypt", "--to", str(pub), "--blob-out", str(tmp_path / "sb"), "-o", str(tmp_path / "ct"),
+             str(tmp_path / "plain")],
+            ["blob", "inspect", str(tmp_path / "sb")]]
+    for argv in runs:
+        result = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, timeout=60)
+        err = result.stderr.decode()
+        assert result.returncode == 0, (argv, err)
+        assert "HEAVY []" in err, (argv, err)
+        if argv == ["--version"]:  # lazy subcommands: nothing but the parser
+            loaded = err[err.index("LOADED"):]
+            for module in ("cryptography", "asyncio", "tokencsp.envelope", "tokencsp.net", "tokencsp.replay"):
+                assert f"'{module}" not in loaded, loaded

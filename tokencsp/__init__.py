@@ -6,19 +6,49 @@ does, once per process.
 
 from __future__ import annotations
 
+import importlib
 import io
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from . import blobs, errors
-from .blobs import AlgId
-from .envelope import Header, Opened
+from . import errors
 from .errors import TokenCSPError
-from .provider import ExchangeKey, KeyInfo, KeyPair, KeyUsage, Provider
-from .replay import MemoryReplayCache, ReplayCache, ReplayPolicy, SQLiteReplayCache
-from .replay.postgres import PostgresReplayCache
-from .session import SessionKey
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from . import blobs
+    from .blobs import AlgId
+    from .envelope import Header, Opened
+    from .provider import ExchangeKey, KeyInfo, KeyPair, KeyUsage, Provider
+    from .replay import MemoryReplayCache, ReplayCache, ReplayPolicy, SQLiteReplayCache
+    from .replay.postgres import PostgresReplayCache
+    from .session import SessionKey
+
+# Loaded on first use, so that ``import tokencsp`` costs almost nothing and a
+# command that needs no token (``tokencsp seal``, ``--version``) never imports
+# python-pkcs11.  name: (module, attribute or None for the module itself)
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "blobs": ("blobs", None), "AlgId": ("blobs", "AlgId"), "SessionKey": ("session", "SessionKey"),
+    **{name: ("envelope", name) for name in ("Header", "Opened")},
+    **{name: ("provider", name) for name in ("ExchangeKey", "KeyInfo", "KeyPair", "KeyUsage", "Provider")},
+    **{name: ("replay", name) for name in ("MemoryReplayCache", "ReplayCache", "ReplayPolicy", "SQLiteReplayCache")},
+    "PostgresReplayCache": ("replay.postgres", "PostgresReplayCache"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(f".{module_name}", __name__)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AlgId",
@@ -54,6 +84,8 @@ def seal(data: bytes | BinaryIO, recipient: rsa.RSAPublicKey | bytes, *, sink: B
     ``serial``, ``oaep``...).  Returns the sealed bytes, or the header when
     writing to ``sink``.
     """
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     from . import envelope
     from .pubkeys import load_public_key
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any, NoReturn, TextIO
 
-from .. import errors
+from .. import __version__, errors
 from ._common import PROG, Console, add_token_options
 from ._status import ExitStatus, epilog, status_for
 
@@ -79,7 +79,29 @@ class Parser(argparse.ArgumentParser):
         raise _ParserDone(ExitStatus.USAGE)
 
 
-def build_parser(console: Console | None = None) -> Parser:
+class _LazyCommands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Subcommands whose options (and imports) are loaded only when the command is chosen.
+
+    ``tokencsp --version`` or ``tokencsp seal`` then never import python-pkcs11,
+    the three-phase stack or the replay cache.
+    """
+
+    def load(self, name: str) -> None:
+        parser = self._name_parser_map[name]
+        if not getattr(parser, "_tokencsp_loaded", False):
+            module = importlib.import_module(f"{__package__}.{COMMANDS[name][0]}")
+            module.configure(name, parser)
+            parser._tokencsp_loaded = True  # type: ignore[attr-defined]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if values and values[0] in self._name_parser_map:
+            self.load(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def build_parser(console: Console | None = None, *, load_all: bool = False) -> Parser:
+    """The whole parser; a command's own options are added when it is chosen (or all, with ``load_all``)."""
     console = console or Console(sys.stdout, sys.stderr, sys.stdin)
     parser = Parser(
         prog=PROG,
@@ -88,13 +110,15 @@ def build_parser(console: Console | None = None) -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         console=console,
     )
-    parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # Token options are accepted before or after the subcommand.
     add_token_options(parser, suppress=False)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_text) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text)
-        importlib.import_module(f"{__package__}.{module}").configure(name, sub)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, action=_LazyCommands)
+    for name, (_, help_text) in COMMANDS.items():
+        commands.add_parser(name, help=help_text)
+    if load_all:
+        for name in COMMANDS:
+            commands.load(name)
     return parser
 
 
