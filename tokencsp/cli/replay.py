@@ -21,6 +21,7 @@ from ..replay import ENV_REPLAY_DB, PostgresReplayCache, open_cache, parse_durat
 from ..replay.factory import refuse_password_on_command_line
 from ..replay.postgres import is_postgres_dsn
 from ._common import Console
+from ._status import ExitStatus
 
 __all__ = ["configure", "connection_target"]
 
@@ -53,7 +54,7 @@ def _postgres(args: argparse.Namespace, **kwargs: Any) -> PostgresReplayCache:
     return PostgresReplayCache(target, **kwargs)
 
 
-def cmd_init(args: argparse.Namespace, console: Console) -> int:
+def cmd_init(args: argparse.Namespace, console: Console) -> ExitStatus:
     retention = parse_duration(args.retention) if args.retention else None
     with _postgres(args, retention=retention) as cache:
         if retention is not None:
@@ -61,15 +62,15 @@ def cmd_init(args: argparse.Namespace, console: Console) -> int:
         facts = cache.status()
     console.out(f"replay cache ready: schema version {facts['schema_version']}, "
                 f"ids kept {_duration(facts['retention'])} past their timestamp")
-    return 0
+    return ExitStatus.OK
 
 
-def cmd_status(args: argparse.Namespace, console: Console) -> int:
+def cmd_status(args: argparse.Namespace, console: Console) -> ExitStatus:
     with _postgres(args) as cache:
         facts = cache.status()
     if args.json:
         console.out(json.dumps(facts, indent=2))
-        return 0
+        return ExitStatus.OK
     horizon = facts["horizon"]
     lines = {
         "schema version": facts["schema_version"],
@@ -86,17 +87,17 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     }
     for name, value in lines.items():
         console.out(f"{name}: {value}")
-    return 0
+    return ExitStatus.OK
 
 
-def cmd_prune(args: argparse.Namespace, console: Console) -> int:
+def cmd_prune(args: argparse.Namespace, console: Console) -> ExitStatus:
     with open_cache(_target(args)) as cache:
         if isinstance(cache, PostgresReplayCache):
             removed = cache.prune(batch=args.batch)
         else:
             removed = cache.prune(time.time())
     console.out(f"pruned {removed} expired ids")
-    return 0
+    return ExitStatus.OK
 
 
 def _when(seconds: float | None) -> str:
