@@ -221,9 +221,9 @@ def test_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-@pytest.mark.xfail(strict=True, reason="on main when this test landed: tokencsp.cli <-> cli.seal/cli.exchange "
-                   "(they import _provider from cli/__init__; H-cli is splitting cli/); the replay <-> "
-                   "replay.factory/replay.postgres cycle is gone; remove this mark when the cli one is")
+@pytest.mark.xfail(strict=True, reason="on main: tokencsp.replay <-> replay.factory/replay.postgres (the "
+                   "backends import the package that re-exports them; the cli cycle is gone); remove this mark "
+                   "when it is gone")
 def test_no_import_cycles() -> None:
     found = cycles(import_graph())
     assert not found, f"import cycles between tokencsp modules (docs/ARCHITECTURE.md rule 2): {found}"
@@ -315,8 +315,6 @@ def test_wheel_holds_the_library_and_no_tools(wheel: zipfile.ZipFile) -> None:
 # -- rule 6: no side effects before a command runs -------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="on main when this test landed: building the parser creates "
-                   "$XDG_STATE_HOME/tokencsp (issue 8, H-cli); remove this mark with the fix")
 def test_version_writes_nothing(tmp_path: Path) -> None:
     dirs = {name: tmp_path / name for name in ("home", "state", "config", "cache", "runtime", "tmp", "cwd")}
     for d in dirs.values():
