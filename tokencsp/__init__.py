@@ -76,7 +76,7 @@ __version__ = "0.1.0"
 
 
 def seal(data: bytes | BinaryIO, recipient: rsa.RSAPublicKey | bytes, *, sink: BinaryIO | None = None,
-         **options) -> bytes | Header:
+         **options: Any) -> bytes | Header:
     """Seal ``data`` (bytes, or a binary reader with ``sink``) to ``recipient`` (docs/FORMAT.md).
 
     ``recipient`` is a ``cryptography`` RSA public key or PUBLICKEYBLOB/PEM/DER
@@ -100,7 +100,7 @@ def seal(data: bytes | BinaryIO, recipient: rsa.RSAPublicKey | bytes, *, sink: B
 
 
 def open(data: bytes | BinaryIO, receiver: ExchangeKey, *, cache: ReplayCache, sink: BinaryIO | None = None,
-         **options) -> bytes | Opened:  # noqa: A001 - tokencsp.open mirrors tokencsp.seal
+         **options: Any) -> bytes | Opened:
     """Open a sealed message with ``receiver`` (an :class:`ExchangeKey` on the token).
 
     ``cache`` is the replay cache (e.g. ``SQLiteReplayCache()``); ``options`` are

@@ -11,11 +11,14 @@ import functools
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import IO, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from .. import __version__, errors
 from ._common import PROG, Console, add_token_options
 from ._status import ExitStatus, epilog, status_for
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 __all__ = ["COMMANDS", "Parser", "build_parser", "main"]
 
@@ -60,7 +63,7 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("parser_class", functools.partial(Parser, console=self.console))
         return super().add_subparsers(**kwargs)
 
-    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
         if message:
             if file is None or file is sys.stdout:
                 file = self.console.stdout
@@ -87,11 +90,11 @@ class _LazyCommands(argparse._SubParsersAction):  # type: ignore[type-arg]
     """
 
     def load(self, name: str) -> None:
-        parser = self._name_parser_map[name]
-        if not getattr(parser, "_tokencsp_loaded", False):
+        loaded: set[str] = self.__dict__.setdefault("_tokencsp_loaded", set())
+        if name not in loaded:
             module = importlib.import_module(f"{__package__}.{COMMANDS[name][0]}")
-            module.configure(name, parser)
-            parser._tokencsp_loaded = True  # type: ignore[attr-defined]
+            module.configure(name, self._name_parser_map[name])
+            loaded.add(name)
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:

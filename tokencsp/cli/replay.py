@@ -92,10 +92,8 @@ def cmd_status(args: argparse.Namespace, console: Console) -> ExitStatus:
 
 def cmd_prune(args: argparse.Namespace, console: Console) -> ExitStatus:
     with open_cache(_target(args)) as cache:
-        if isinstance(cache, PostgresReplayCache):
-            removed = cache.prune(batch=args.batch)
-        else:
-            removed = cache.prune(time.time())
+        postgres = isinstance(cache, PostgresReplayCache)
+        removed = cache.prune(batch=args.batch) if postgres else cache.prune(time.time())  # type: ignore[call-arg]
     console.out(f"pruned {removed} expired ids")
     return ExitStatus.OK
 
@@ -103,7 +101,7 @@ def cmd_prune(args: argparse.Namespace, console: Console) -> ExitStatus:
 def _when(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    when = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    when = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 

@@ -17,8 +17,8 @@ from ..pubkeys import fingerprint, load_public_key
 from ..replay import ReplayPolicy, draw_serial, open_cache, parse_duration
 from ..trust import TrustSet
 from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file
-from ._status import ExitStatus
 from ._progress import ProgressReader
+from ._status import ExitStatus
 from .replay import connection_target
 
 __all__ = ["configure", "describe"]
@@ -65,12 +65,12 @@ def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
 
 def describe(pre: envelope.Preamble) -> dict[str, Any]:
     header = pre.header
-    when = datetime.datetime.fromtimestamp(header.timestamp, datetime.timezone.utc)
+    when = datetime.datetime.fromtimestamp(header.timestamp, datetime.UTC)
     return {
         "version": header.version,
         "suite": header.suite,
         "recipient_key_id": header.recipient_id.hex(),
-        "sender_key_id": header.sender_id.hex() if header.signed else None,
+        "sender_key_id": header.sender_id.hex() if header.sender_id is not None else None,
         "signed": header.signed,
         "message_id": header.message_id.hex(),
         "timestamp": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
