@@ -221,9 +221,6 @@ def test_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-@pytest.mark.xfail(strict=True, reason="on main: tokencsp.replay <-> replay.factory/replay.postgres (the "
-                   "backends import the package that re-exports them; the cli cycle is gone); remove this mark "
-                   "when it is gone")
 def test_no_import_cycles() -> None:
     found = cycles(import_graph())
     assert not found, f"import cycles between tokencsp modules (docs/ARCHITECTURE.md rule 2): {found}"
