@@ -1,18 +1,17 @@
-"""Session-wide SoftHSM tokens for the test suite, built only when a token test is collected.
+"""tokencsp's own test rules, on top of the ``tokencsp`` pytest plugin (tokencsp/pytest_plugin.py).
 
-The PKCS#11 module is initialised once per process (by ``tokencsp.token``) and only sees the
-tokens that exist at that moment, reading SOFTHSM2_CONF then.  So the tokens are made when
-collection has finished (``pytest_collection_finish``) - after every test module is imported
-(none touches the token at import) and before any test runs - and the environment is pointed at
-them for the whole process and any subprocess a test starts.  A run that selects no token test
-(``pytest -m "not softhsm" tests/test_blobs.py``) never builds them and needs no SoftHSM.
-
-A test is a token test (``softhsm`` marker) when it uses the ``softhsm_kit`` fixture, directly or
-through another fixture (``tokens``, ``keys``, a module's ``provider``); a test that reaches the
+The plugin makes the session's SoftHSM tokens (``tokencsp-test-a`` and ``tokencsp-test-b`` from
+pyproject's ``tokencsp_softhsm_labels``, plus a fresh token per ``softhsm_token`` user) when
+collection has finished - after every test module is imported (none touches the token at import)
+and before any test runs, because SoftHSM only sees tokens that existed when a process initialised
+the module - and only if a selected test needs them: ``pytest -m "not softhsm" tests/test_blobs.py``
+needs no SoftHSM.  A test is a ``softhsm`` test when it uses ``softhsm_kit`` (directly or through
+``tokens``, ``keys``, a module's ``provider``...) or another plugin fixture; a test that reaches the
 token only through the environment carries ``@pytest.mark.softhsm`` itself.
 
-Under ``CI=true`` a skipped token test or Wycheproof test (a vectors folder not found) fails the
-run: a green CI must have tested what needs the token and the vectors.
+Here: under ``CI=true`` a skipped token test or Wycheproof test (a vectors folder not found) fails
+the run, because a green CI must have tested what needs the token and the vectors; the two-party
+fixtures; the vectors folder.
 
 Whatever SOFTHSM2_CONF / TOKENCSP_* the caller's shell had (say from ``. .softhsm/env``) is
 dropped, so tests never touch the dev token; TOKENCSP_VECTORS is the one variable kept.
@@ -37,10 +36,7 @@ if TYPE_CHECKING:
     from tokencsp.provider import ExchangeKey
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TEST_TOKEN_LABELS = ("tokencsp-test-a", "tokencsp-test-b")
 
-#: Using one of these fixtures (directly or through others) makes a test a ``softhsm`` test.
-TOKEN_FIXTURES = frozenset({"softhsm_kit"})
 #: Under CI, a skip of a test with one of these markers fails the run.
 STRICT_IN_CI = ("softhsm", "wycheproof")
 
@@ -50,11 +46,10 @@ for _name in list(os.environ):
     if _name == "SOFTHSM2_CONF" or (_name.startswith("TOKENCSP_") and _name not in _KEEP_FROM_CALLER):
         del os.environ[_name]
 
-_SCRATCH = Path(tempfile.mkdtemp(prefix="tokencsp-tests-"))
+_SCRATCH = Path(tempfile.mkdtemp(prefix="tokencsp-tests-"))  # removed in pytest_unconfigure
 # Replay caches and serial counters default to the user's state directory: keep the suite's here.
 os.environ["XDG_STATE_HOME"] = str(_SCRATCH / "state")
 
-_kit: SoftHSMKit | None = None
 _strict_skips: list[tuple[str, str]] = []
 
 
@@ -62,42 +57,18 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
-def build_kit() -> SoftHSMKit:
-    """The session's tokens, made on first call and applied to ``os.environ``."""
-    global _kit
-    if _kit is None:
-        kit = SoftHSMKit(_SCRATCH / "softhsm", labels=TEST_TOKEN_LABELS)
-        kit.__enter__()
-        kit.apply()
-        _kit = kit
-    return _kit
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "softhsm: needs the session's SoftHSM tokens (set automatically by fixture)")
-    config.addinivalue_line("markers", "wycheproof: needs the Wycheproof vectors (set automatically by fixture)")
+    if not config.pluginmanager.has_plugin("tokencsp"):
+        raise pytest.UsageError("the tokencsp pytest plugin is not installed: run `make test` "
+                                "(or pip install -e '.[test]'), which registers its pytest11 entry point")
 
 
-@pytest.hookimpl(tryfirst=True)  # before -m deselects, so that -m "not softhsm" sees the markers
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
-        if used & TOKEN_FIXTURES and item.get_closest_marker("softhsm") is None:
-            item.add_marker(pytest.mark.softhsm)
         if "vectors_dir" in used and item.get_closest_marker("wycheproof") is None:
             item.add_marker(pytest.mark.wycheproof)
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    if session.config.option.collectonly or not any(item.get_closest_marker("softhsm") for item in session.items):
-        return
-    try:
-        build_kit()
-    except (RuntimeError, ValueError, OSError) as e:
-        # Fail the whole run loudly: skipping would let a run pass having tested nothing that needs a token.
-        pytest.exit(f"cannot create the SoftHSM test tokens: {e}\n"
-                    "(or deselect the token tests: -m 'not softhsm')",
-                    returncode=pytest.ExitCode.TESTS_FAILED)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -116,13 +87,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_SCRATCH, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def softhsm_kit() -> SoftHSMKit:
-    """The session's SoftHSM kit: tokens ``tokencsp-test-a`` (also TOKENCSP_TOKEN) and
-    ``tokencsp-test-b``, user PIN ``kit.user_pin``."""
-    return build_kit()
 
 
 @pytest.fixture(scope="module")

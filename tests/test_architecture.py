@@ -45,7 +45,7 @@ LAYER_OF = {
     "net": "protocols",
     "token": "token",
     "implicit": "facade", "provider": "facade",
-    "testing": "testing",
+    "testing": "testing", "pytest_plugin": "testing",
     "cli": "cli", "__main__": "cli",
     "__init__": "api",
 }
@@ -57,7 +57,7 @@ MAY_IMPORT = {
     "protocols": {"errors", "formats", "host", "state", "protocols"},
     "token": {"errors", "formats", "host", "token"},
     "facade": {"errors", "formats", "host", "state", "protocols", "token", "facade"},
-    "testing": {"errors", "formats", "host", "testing"},
+    "testing": {"errors", "formats", "host", "state", "protocols", "facade", "testing"},
     "cli": {"errors", "formats", "host", "state", "protocols", "facade", "cli", "api"},
     "api": {"errors", "formats", "host", "state", "protocols", "facade", "api"},
 }

@@ -1,8 +1,10 @@
-"""A SoftHSM2 token kit for tests and benchmarks.
+"""A SoftHSM2 token kit for tests and benchmarks, and the objects the pytest plugin hands out.
 
 :class:`SoftHSMKit` builds a private SoftHSM2 token store in a directory the
-caller owns (a temp dir), initialises one token per label with
-``softhsm2-util`` and hands back the environment that points tokencsp at it::
+caller owns (a temp dir), initialises one token per label over PKCS#11 (in a
+child process running tokencsp's ``initialize_token``, the PINs in its
+environment, never on a command line) and hands back the environment that
+points tokencsp at it::
 
     with SoftHSMKit(tmp_path, labels=("a", "b")) as kit:
         kit.apply()               # SOFTHSM2_CONF, TOKENCSP_MODULE/TOKEN/PIN
@@ -10,7 +12,8 @@ caller owns (a temp dir), initialises one token per label with
 
 A process sees only the tokens that existed when it initialised the PKCS#11
 module, so create every token (and apply the environment) *before* anything
-imports ``tokencsp.token`` or otherwise loads the module.
+in this process loads the module.  ``tokencsp.pytest_plugin`` does that for
+pytest users (docs/TESTING.md).
 
 Subprocess and files only: it must work before the PKCS#11 module is loaded,
 and it never loads one.
@@ -22,13 +25,15 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 from .config import SOFTHSM_MODULE_PATHS
 
-__all__ = ["MODULE_CANDIDATES", "SoftHSMKit", "find_softhsm_module"]
+__all__ = ["MODULE_CANDIDATES", "SoftHSMKit", "SoftHSMToken", "find_softhsm_module"]
 
 #: Where distributions put libsofthsm2.so (softhsm/setup-token.sh has the same list).
 MODULE_CANDIDATES: tuple[str, ...] = SOFTHSM_MODULE_PATHS
@@ -41,6 +46,18 @@ directories.tokendir = {tokendir}
 objectstore.backend = file
 log.level = ERROR
 slots.removable = false
+"""
+
+_INIT_TOKENS = """\
+import os, sys
+from tokencsp.errors import TokenCSPError
+from tokencsp.provider import initialize_token
+try:
+    for label in sys.argv[1:]:
+        initialize_token(label, so_pin=os.environ["TOKENCSP_SO_PIN"], pin=os.environ["TOKENCSP_PIN"],
+                         module=os.environ["TOKENCSP_MODULE"])
+except TokenCSPError as e:
+    sys.exit(f"token {label!r}: {e}")
 """
 
 _INSTALL_HINT = "run `make test` (or softhsm/install-deps.sh), which installs softhsm2"
@@ -73,6 +90,36 @@ def _parse_labels(show_slots_output: str) -> list[str]:
     return labels
 
 
+@dataclass(frozen=True)
+class SoftHSMToken:
+    """One initialised token of a :class:`SoftHSMKit`: what a test needs to reach it."""
+
+    module: str
+    label: str
+    pin: str = field(repr=False)
+    so_pin: str = field(repr=False)
+    conf_path: Path
+
+    @property
+    def uri(self) -> str:
+        """RFC 7512 URI of the token, with the module path and no PIN."""
+        return f"pkcs11:token={quote(self.label, safe='')}?module-path={quote(self.module, safe='/')}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Variables for a child process (or ``os.environ``): SoftHSM's config, tokencsp's
+        ``TOKENCSP_*`` and python-pkcs11's CI convention ``PKCS11_MODULE``/``_TOKEN_LABEL``/``_TOKEN_PIN``."""
+        return {
+            "SOFTHSM2_CONF": str(self.conf_path),
+            "TOKENCSP_MODULE": self.module,
+            "TOKENCSP_TOKEN": self.label,
+            "TOKENCSP_PIN": self.pin,
+            "PKCS11_MODULE": self.module,
+            "PKCS11_TOKEN_LABEL": self.label,
+            "PKCS11_TOKEN_PIN": self.pin,
+        }
+
+
 class SoftHSMKit:
     """A private SoftHSM2 token store with one initialised token per label.
 
@@ -96,13 +143,7 @@ class SoftHSMKit:
             raise ValueError("at least one token label is required")
         if len(set(labels)) != len(labels):
             raise ValueError("token labels must be unique: tokens are found by label")
-        for label in labels:
-            size = len(label.encode("utf-8"))
-            if not 0 < size <= _MAX_LABEL_BYTES or label != label.strip():
-                raise ValueError(
-                    f"token label {label!r} must be 1 to {_MAX_LABEL_BYTES} bytes "
-                    "without leading or trailing spaces"
-                )
+        self._check_labels(labels)
         for name, pin in (("user_pin", user_pin), ("so_pin", so_pin)):
             if not 4 <= len(pin) <= 255:  # SoftHSM's PIN length limits
                 raise ValueError(f"{name} must be 4 to 255 characters")
@@ -114,6 +155,16 @@ class SoftHSMKit:
         self.user_pin = user_pin
         self.so_pin = so_pin
         self.module: str | None = None
+
+    @staticmethod
+    def _check_labels(labels: Sequence[str]) -> None:
+        for label in labels:
+            size = len(label.encode("utf-8"))
+            if not 0 < size <= _MAX_LABEL_BYTES or label != label.strip():
+                raise ValueError(
+                    f"token label {label!r} must be 1 to {_MAX_LABEL_BYTES} bytes "
+                    "without leading or trailing spaces"
+                )
 
     def __repr__(self) -> str:  # no PINs
         return f"SoftHSMKit(directory={str(self.directory)!r}, labels={self.labels!r})"
@@ -133,15 +184,34 @@ class SoftHSMKit:
         self.token_dir.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(_CONF_TEMPLATE.format(tokendir=self.token_dir))
 
-        existing = set(self.token_labels())
-        for label in self.labels:
-            if label in existing:
-                continue
-            self._init_token(label)
+        self._init_tokens(label for label in self.labels if label not in set(self.token_labels()))
         missing = set(self.labels) - set(self.token_labels())
         if missing:
             raise RuntimeError(f"tokens {sorted(missing)} were not created")
         return self
+
+    def add_tokens(self, labels: Iterable[str]) -> tuple[SoftHSMToken, ...]:
+        """Initialise more tokens in the entered kit's store.  Only processes that load the
+        PKCS#11 module afterwards see them."""
+        if self.module is None:
+            raise RuntimeError("SoftHSMKit.add_tokens() needs the kit entered first")
+        new = tuple(labels)
+        self._check_labels(new)
+        clash = set(new) & set(self.labels)
+        if clash:
+            raise ValueError(f"tokens {sorted(clash)} exist already")
+        self._init_tokens(new)
+        self.labels += new
+        return tuple(self.token(label) for label in new)
+
+    def token(self, label: str | None = None) -> SoftHSMToken:
+        """The token ``label`` (default: the first) of the entered kit."""
+        if self.module is None:
+            raise RuntimeError("SoftHSMKit.token() needs the kit entered first")
+        label = self.labels[0] if label is None else label
+        if label not in self.labels:
+            raise KeyError(label)
+        return SoftHSMToken(self.module, label, self.user_pin, self.so_pin, self.conf_path)
 
     def __exit__(
         self,
@@ -171,16 +241,22 @@ class SoftHSMKit:
         """Put :meth:`environ` into ``os.environ`` for this process and its children."""
         os.environ.update(self.environ())
 
-    def _init_token(self, label: str) -> None:
-        # In a child process, so that this one has not loaded the module yet;
-        # the PINs travel in the environment, never on a command line.
+    def _init_tokens(self, labels: Iterable[str]) -> None:
+        # All in one child process, so that this one has not loaded the module yet (SoftHSM adds a
+        # free slot after each C_InitToken); the PINs travel in its environment, the labels on argv.
+        todo = list(labels)
+        if not todo:
+            return
         env = dict(os.environ, SOFTHSM2_CONF=str(self.conf_path), TOKENCSP_MODULE=str(self.module),
                    TOKENCSP_SO_PIN=self.so_pin, TOKENCSP_PIN=self.user_pin)
-        proc = subprocess.run([sys.executable, "-m", "tokencsp", "token", "init", "--label", label], env=env,
-                              capture_output=True, text=True, timeout=_UTIL_TIMEOUT_S, stdin=subprocess.DEVNULL,
-                              check=False)
+        timeout = _UTIL_TIMEOUT_S + 2 * len(todo)
+        try:
+            proc = subprocess.run([sys.executable, "-c", _INIT_TOKENS, *todo], env=env, capture_output=True, text=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"initialising {len(todo)} tokens timed out after {timeout} s") from None
         if proc.returncode != 0:
-            raise RuntimeError(f"initialising token {label!r} failed: {proc.stderr.strip()}")
+            raise RuntimeError(f"initialising tokens {todo} failed: {proc.stderr.strip()}")
 
     def _run_util(self, *args: str, what: str) -> str:
         env = dict(os.environ, SOFTHSM2_CONF=str(self.conf_path))

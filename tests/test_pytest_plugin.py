@@ -1,0 +1,98 @@
+"""The ``tokencsp`` pytest plugin as a downstream project sees it: a directory with two test files
+and no conftest, run by pytest in a child process (the plugin comes from the pytest11 entry point).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PKCS11_DIRECT = '''
+import pkcs11
+from pkcs11 import Attribute, ObjectClass
+
+
+def _session(softhsm_token):
+    lib = pkcs11.lib(softhsm_token.module)
+    token = lib.get_token(token_label=softhsm_token.label)
+    return token.open(user_pin=softhsm_token.pin, rw=True)
+
+
+def test_first_leaves_an_object_behind(softhsm_token):
+    with _session(softhsm_token) as session:
+        assert list(session.get_objects()) == []
+        session.create_object({Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True,
+                               Attribute.LABEL: "left-behind", Attribute.VALUE: b"x"})
+        assert len(list(session.get_objects({Attribute.LABEL: "left-behind"}))) == 1
+
+
+def test_second_finds_an_empty_token(softhsm_token):
+    with _session(softhsm_token) as session:
+        assert list(session.get_objects()) == []
+
+
+def test_token_facts(softhsm_token):
+    env = softhsm_token.env
+    assert env["PKCS11_MODULE"] == softhsm_token.module and env["PKCS11_TOKEN_LABEL"] == softhsm_token.label
+    assert env["PKCS11_TOKEN_PIN"] == softhsm_token.pin and env["TOKENCSP_PIN"] == softhsm_token.pin
+    assert softhsm_token.uri.startswith("pkcs11:token=" + softhsm_token.label)
+    assert "pin" not in softhsm_token.uri and softhsm_token.pin not in repr(softhsm_token)
+'''
+
+PROVIDER = '''
+from tokencsp import SessionKey
+
+
+def test_provider_round_trip(tokencsp_provider, exchange_key):
+    session_key = SessionKey.generate("aes256")
+    blob = session_key.export_simpleblob(exchange_key.public_key())
+    assert exchange_key.import_simpleblob(blob).key == session_key.key
+    assert [k.name for k in tokencsp_provider.list_keys()] == ["exchange-key"]
+
+
+def test_each_provider_has_its_own_token(tokencsp_provider):
+    assert tokencsp_provider.list_keys() == []
+
+
+def test_pure():
+    assert SessionKey.generate("aes256").key
+'''
+
+
+def run_downstream(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("TOKENCSP_", "PKCS11_")) and k not in {"SOFTHSM2_CONF", "CI"}}
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir",
+                           str(project), str(project), *args], capture_output=True, text=True,
+                          env={**base, **(env or {})}, cwd=project, timeout=600, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "test_pkcs11_direct.py").write_text(PKCS11_DIRECT)
+    (tmp_path / "test_provider.py").write_text(PROVIDER)
+    return tmp_path
+
+
+@pytest.mark.softhsm  # the child makes tokens of its own
+def test_downstream_project_without_conftest(project: Path) -> None:
+    assert not (project / "conftest.py").exists()
+    result = run_downstream(project, "-p", "no:randomly")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 passed" in result.stdout, result.stdout
+
+
+def test_pure_tests_need_no_softhsm(project: Path) -> None:
+    no_softhsm = {"PATH": str(Path(sys.executable).parent)}
+    assert shutil.which("softhsm2-util", path=no_softhsm["PATH"]) is None
+    pure = run_downstream(project, "-m", "not softhsm", env=no_softhsm)
+    assert pure.returncode == 0 and "1 passed, 5 deselected" in pure.stdout, pure.stdout + pure.stderr
+    missing = run_downstream(project, env=no_softhsm)
+    assert missing.returncode == 1, missing.stdout + missing.stderr
+    assert "cannot create the SoftHSM test tokens: softhsm2-util not found" in missing.stdout + missing.stderr
+    assert "skipped" not in missing.stdout, missing.stdout

@@ -1,0 +1,143 @@
+"""pytest fixtures for PKCS#11 tests on throwaway SoftHSM2 tokens (registered as the ``tokencsp``
+plugin through the ``pytest11`` entry point; docs/TESTING.md).
+
+``softhsm_token`` gives every test a token of its own that has never been used: SoftHSM only sees
+tokens that existed when a process initialised the module, so the plugin counts, once collection
+is done and before any test runs, the selected tests that need a token, makes that many (a pool,
+in one child process) and points the environment at the store.  A test therefore finds an empty
+token even when an earlier test in the same process initialised the module and left objects
+behind, and no PIN is ever on a command line.
+
+Nothing happens in a run that selects no test using these fixtures; tests that do use them get
+the ``softhsm`` marker, so ``-m "not softhsm"`` runs without SoftHSM.  When SoftHSM is missing and
+such a test is selected, the run stops with the install hint instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .testing import SoftHSMKit, SoftHSMToken
+
+if TYPE_CHECKING:
+    from .provider import ExchangeKey, Provider
+
+__all__ = ["exchange_key", "softhsm_kit", "softhsm_token", "tokencsp_provider"]
+
+#: Fixtures that need the session's SoftHSM store; a test using any of them is a ``softhsm`` test.
+STORE_FIXTURES = frozenset({"softhsm_kit", "softhsm_token", "tokencsp_provider", "exchange_key"})
+#: Fixtures that take a fresh token from the pool.
+POOL_FIXTURES = frozenset({"softhsm_token"})
+#: Variables that would point code at another module, token or PIN; dropped before the kit applies.
+FOREIGN_ENV = ("SOFTHSM2_CONF", "TOKENCSP_MODULE", "TOKENCSP_TOKEN", "TOKENCSP_PIN", "TOKENCSP_SO_PIN",
+               "TOKENCSP_URI", "PKCS11_MODULE", "PKCS11_TOKEN_LABEL", "PKCS11_TOKEN_PIN")
+
+_POOL_PREFIX = "tcsp-pool-"
+_SPARE = 2  # for a test that is run twice (reruns) or requests the fixture through getfixturevalue
+
+
+class _State:
+    def __init__(self) -> None:
+        self.kit: SoftHSMKit | None = None
+        self.directory: Path | None = None
+        self.pool: list[str] = []
+        self.error: str | None = None
+
+
+_STATE = pytest.StashKey[_State]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini("tokencsp_softhsm_labels", "token labels the session's SoftHSM store makes besides the pool "
+                  "(the first one becomes TOKENCSP_TOKEN)", type="linelist", default=[])
+    parser.addini("tokencsp_softhsm_pin", "user PIN of the SoftHSM test tokens", default="1234")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "softhsm: needs SoftHSM test tokens (set by the tokencsp plugin's fixtures)")
+    config.stash[_STATE] = _State()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects, so that -m "not softhsm" sees the marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if set(getattr(item, "fixturenames", ())) & STORE_FIXTURES and item.get_closest_marker("softhsm") is None:
+            item.add_marker(pytest.mark.softhsm)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    selected = [item for item in session.items if item.get_closest_marker("softhsm")]
+    if not selected:
+        return
+    need = sum(1 for item in selected if set(getattr(item, "fixturenames", ())) & POOL_FIXTURES)
+    try:
+        _build(session.config, need + _SPARE if need else 0)
+    except (RuntimeError, ValueError, OSError) as e:
+        pytest.exit(f"cannot create the SoftHSM test tokens: {e}\n(or deselect the token tests: -m 'not softhsm')",
+                    returncode=pytest.ExitCode.TESTS_FAILED)
+
+
+def _build(config: pytest.Config, pool_size: int) -> SoftHSMKit:
+    state = config.stash[_STATE]
+    if state.kit is not None:
+        return state.kit
+    for name in FOREIGN_ENV:
+        os.environ.pop(name, None)
+    state.directory = Path(tempfile.mkdtemp(prefix="tokencsp-softhsm-"))
+    state.pool = [f"{_POOL_PREFIX}{i:04d}" for i in range(pool_size)]
+    labels = [*config.getini("tokencsp_softhsm_labels"), *state.pool]
+    if not labels:
+        labels = [f"{_POOL_PREFIX}kit"]
+    kit = SoftHSMKit(state.directory, labels=labels, user_pin=str(config.getini("tokencsp_softhsm_pin")))
+    kit.__enter__()
+    kit.apply()
+    state.kit = kit
+    return kit
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is not None and state.directory is not None:
+        shutil.rmtree(state.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def softhsm_kit(pytestconfig: pytest.Config) -> SoftHSMKit:
+    """The session's SoftHSM store (:class:`tokencsp.testing.SoftHSMKit`): ``.token(label)``,
+    ``.environ()`` for subprocesses, ``.add_tokens()`` for processes started afterwards."""
+    return _build(pytestconfig, 0)
+
+
+@pytest.fixture
+def softhsm_token(softhsm_kit: SoftHSMKit, pytestconfig: pytest.Config) -> SoftHSMToken:
+    """A token no test has used: ``.module``, ``.label``, ``.pin``, ``.so_pin``, ``.uri``, ``.env``."""
+    state = pytestconfig.stash[_STATE]
+    if not state.pool:
+        pytest.fail("no fresh SoftHSM token left: the plugin makes one per test that uses softhsm_token when "
+                    "collection ends; a token made now would be invisible to this process (SoftHSM sees only "
+                    "tokens that existed when the module was initialised)", pytrace=False)
+    return softhsm_kit.token(state.pool.pop(0))
+
+
+@pytest.fixture
+def tokencsp_provider(softhsm_token: SoftHSMToken) -> Iterator[Provider]:
+    """An open :class:`tokencsp.Provider`, logged in to ``softhsm_token``."""
+    from .provider import Provider
+
+    with Provider.open(token=softhsm_token.label, pin=softhsm_token.pin, module=softhsm_token.module) as provider:
+        yield provider
+
+
+@pytest.fixture
+def exchange_key(tokencsp_provider: Provider) -> ExchangeKey:
+    """A fresh RSA exchange key pair (AT_KEYEXCHANGE) named ``exchange-key`` on the test's own token."""
+    return tokencsp_provider.generate_exchange_key("exchange-key")
