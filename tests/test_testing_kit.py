@@ -85,3 +85,29 @@ def test_kit_rejects_bad_labels(tmp_path: Path, labels: tuple[str, ...]) -> None
 def test_kit_rejects_short_pin(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         SoftHSMKit(tmp_path, user_pin="123")
+
+
+def test_add_tokens_and_token_objects(tmp_path: Path) -> None:
+    with SoftHSMKit(tmp_path, labels=("kit-first",), user_pin="u-pin-4417") as kit:
+        added = kit.add_tokens(["kit second", "kit/third"])
+        assert [t.label for t in added] == ["kit second", "kit/third"]
+        assert sorted(kit.token_labels()) == ["kit second", "kit-first", "kit/third"]
+        assert kit.labels == ("kit-first", "kit second", "kit/third")
+        with pytest.raises(ValueError):
+            kit.add_tokens(["kit-first"])
+        with pytest.raises(KeyError):
+            kit.token("no-such-token")
+        first = kit.token()
+    assert first.label == "kit-first" and first.module == kit.module and first.conf_path == kit.conf_path
+    assert first.env["PKCS11_TOKEN_LABEL"] == "kit-first" and first.env["PKCS11_TOKEN_PIN"] == "u-pin-4417"
+    assert set(first.env) == {"SOFTHSM2_CONF", "TOKENCSP_MODULE", "TOKENCSP_TOKEN", "TOKENCSP_PIN",
+                              "PKCS11_MODULE", "PKCS11_TOKEN_LABEL", "PKCS11_TOKEN_PIN"}
+    # RFC 7512: reserved characters in the label are percent-encoded; no PIN in the URI or repr.
+    third = added[1]
+    assert third.uri.startswith("pkcs11:token=kit%2Fthird?module-path=/"), third.uri
+    assert "u-pin-4417" not in third.uri + repr(third)
+
+
+def test_add_tokens_needs_an_entered_kit(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="entered first"):
+        SoftHSMKit(tmp_path).add_tokens(["x"])

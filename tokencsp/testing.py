@@ -60,7 +60,8 @@ except TokenCSPError as e:
     sys.exit(f"token {label!r}: {e}")
 """
 
-_INSTALL_HINT = "run `make test` (or softhsm/install-deps.sh), which installs softhsm2"
+_INSTALL_HINT = ("install SoftHSM2 (Debian/Ubuntu: apt-get install softhsm2; Fedora: dnf install softhsm; "
+                 "in a tokencsp checkout `make test` does it)")
 
 # PKCS#11 token labels are CK_UTF8CHAR[32], space padded.
 _MAX_LABEL_BYTES = 32
