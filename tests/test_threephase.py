@@ -329,6 +329,49 @@ def test_refusals_in_phase1(keys, pubs, trust):
         assert_failed_for_good(resp)
 
 
+class RecordingKey:
+    """A real token ExchangeKey that records how the machine asks it to unwrap."""
+
+    def __init__(self, key) -> None:
+        self.key, self.calls = key, []
+
+    def public_key(self):
+        return self.key.public_key()
+
+    def import_simpleblob(self, blob, oaep=False):
+        self.calls.append(("explicit", oaep))
+        return self.key.import_simpleblob(blob, oaep=oaep)
+
+    def import_simpleblob_implicit(self, blob, oaep=False):
+        self.calls.append(("implicit", oaep))
+        return self.key.import_simpleblob_implicit(blob, oaep=oaep)
+
+
+def test_pkcs1_v15_key_transport_is_never_used(keys, pubs, trust):
+    """Three-phase has no PKCS#1 v1.5 mode to opt into (finding 9.1): a v1.5 SIMPLEBLOB A, valid for bob's key,
+    is unwrapped as OAEP only -- implicit rejection on the token -- and the session fails at the initiator."""
+    a = SessionKey.generate("aes256")
+    pkcs1_blob = a.export_simpleblob(pubs["bob"], oaep=False)
+    assert keys["bob"].import_simpleblob(pkcs1_blob, oaep=False).key == a.key  # a genuine v1.5 blob for bob
+    bob, alice = RecordingKey(keys["bob"]), RecordingKey(keys["alice"])
+    init = ThreePhase(Role.INITIATOR, "alice", alice, trust, peer_name="bob", local_public=pubs["alice"],
+                      key_source=lambda pk: (SessionKey.from_bytes("aes256", a.key), pkcs1_blob))
+    resp = ThreePhase(Role.RESPONDER, "bob", bob, trust, local_public=pubs["bob"])
+    init.start(0.0)
+    resp.start(0.0)
+    assert deliver(init.data_to_send(), resp) is NEED_DATA  # answered like any blob: no oracle
+    with pytest.raises(PeerAuthenticationFailed, match="phase 2 MAC mismatch"):
+        deliver(resp.data_to_send(), init)
+    assert bob.calls == [("implicit", True)] and alice.calls == [("implicit", True)]
+    alice, bob = RecordingKey(keys["alice"]), RecordingKey(keys["bob"])
+    init = ThreePhase(Role.INITIATOR, "alice", alice, trust, peer_name="bob", local_public=pubs["alice"])
+    resp = ThreePhase(Role.RESPONDER, "bob", bob, trust, local_public=pubs["bob"])
+    init.start(0.0)
+    resp.start(0.0)
+    handshake(init, resp)
+    assert bob.calls == alice.calls == [("implicit", True)]  # an honest session: OAEP, on the production path
+
+
 def test_impostor_presenting_another_name_cannot_finish(keys, pubs, trust):
     """mallory claims alice's name *and* alice's fingerprint: only the phase-3 proof stops her."""
     mallory = ThreePhase(Role.INITIATOR, "alice", keys["mallory"], trust, peer_name="bob",
