@@ -652,30 +652,38 @@ class PerThreadStderr(io.TextIOBase):
 
     def __init__(self) -> None:
         self.buffers: dict[int, io.StringIO] = {}
+        self.written = threading.Condition()
 
     def write(self, text: str) -> int:
-        return self.buffers.setdefault(threading.get_ident(), io.StringIO()).write(text)
+        with self.written:
+            count = self.buffers.setdefault(threading.get_ident(), io.StringIO()).write(text)
+            self.written.notify_all()
+        return count
 
     def isatty(self) -> bool:
         return False
 
+    def _line_with(self, text: str) -> str | None:
+        for buf in list(self.buffers.values()):
+            for line in buf.getvalue().splitlines():
+                if text in line:
+                    return line
+        return None
+
     def wait_for(self, text: str, limit: float = 10.0) -> str:
-        """The first stderr line (of any thread) that contains ``text``, once one does."""
-        deadline = time.monotonic() + limit
-        while True:
-            for buf in list(self.buffers.values()):
-                for line in buf.getvalue().splitlines():
-                    if text in line:
-                        return line
-            assert time.monotonic() < deadline, f"no {text!r} on stderr"
-            time.sleep(0.01)
+        """The first stderr line (of any thread) that contains ``text``, woken by each write."""
+        with self.written:
+            found = self.written.wait_for(lambda: self._line_with(text), timeout=limit)
+        assert found, f"no {text!r} on stderr"
+        return found
 
     def wait_for_port(self) -> int:
         """The port a listener started with ``--port 0`` bound, from its "listening on HOST:PORT" line."""
         return int(self.wait_for("listening on").split(" as ")[0].rpartition(":")[2])
 
     def take(self) -> str:
-        return self.buffers.pop(threading.get_ident(), io.StringIO()).getvalue()
+        with self.written:
+            return self.buffers.pop(threading.get_ident(), io.StringIO()).getvalue()
 
 
 @contextlib.contextmanager
