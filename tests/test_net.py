@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import contextlib
+import dataclasses
 import io
 import os
 import shutil
@@ -21,8 +21,22 @@ from tokencsp.admission import AdmissionPolicy
 from tokencsp.errors import ConfigError, TokenCSPError
 from tokencsp.net import NetConfig, Receiver, _Channel, _run_session, send_files
 from tokencsp.threephase import (
-    Close, Data, FrameTooLarge, HandshakeComplete, PeerAborted, PeerAuthenticationFailed, PeerDisconnected, PhaseTimeout,
-    ProtocolError, RecordError, Role, ThreePhase, TruncatedSession, TrustSet, UnknownPeer, frame,
+    Close,
+    Data,
+    FrameTooLarge,
+    HandshakeComplete,
+    PeerAborted,
+    PeerAuthenticationFailed,
+    PeerDisconnected,
+    PhaseTimeout,
+    ProtocolError,
+    RecordError,
+    Role,
+    ThreePhase,
+    TruncatedSession,
+    TrustSet,
+    UnknownPeer,
+    frame,
 )
 
 FAST = NetConfig(phase_timeout=0.5, idle_timeout=0.5, chunk_size=1024)
@@ -379,7 +393,7 @@ def test_man_in_the_middle_aborts_both_sides(tmp_path, keys, pubs, trust, action
 
 
 def test_recorded_session_replayed_to_a_live_listener_is_refused(tmp_path, keys, pubs, trust):
-    out, (sent, result, proxy) = _mitm_session(tmp_path, keys, pubs, trust, ())
+    out, (_, result, proxy) = _mitm_session(tmp_path, keys, pubs, trust, ())
     assert result.ok
     shutil.rmtree(out / "alice")
     recording = b"".join(proxy.frames["s2r"])

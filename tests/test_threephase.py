@@ -14,9 +14,30 @@ from tokencsp.errors import ConfigError, TokenCSPError
 from tokencsp.pubkeys import fingerprint
 from tokencsp.session import SessionKey
 from tokencsp.threephase import (
-    NEED_DATA, TRANSITIONS, Close, ConnectionClosed, Data, FrameTooLarge, HandshakeComplete, LocalProtocolError,
-    MsgType, PeerAborted, PeerAuthenticationFailed, PeerDisconnected, PhaseTimeout, ProtocolError, RecordError,
-    RemoteProtocolError, Role, State, ThreePhase, TruncatedSession, TrustSet, UnknownPeer, check_name, frame,
+    NEED_DATA,
+    TRANSITIONS,
+    Close,
+    ConnectionClosed,
+    Data,
+    FrameTooLarge,
+    HandshakeComplete,
+    LocalProtocolError,
+    MsgType,
+    PeerAborted,
+    PeerAuthenticationFailed,
+    PeerDisconnected,
+    PhaseTimeout,
+    ProtocolError,
+    RecordError,
+    RemoteProtocolError,
+    Role,
+    State,
+    ThreePhase,
+    TruncatedSession,
+    TrustSet,
+    UnknownPeer,
+    check_name,
+    frame,
 )
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "THREEPHASE.md"
@@ -533,7 +554,7 @@ def test_trust_set_from_files_and_directories(tmp_path, keys, pubs):
     with pytest.raises(UnknownPeer):
         ts.key_for("carol")
     (tmp_path / "broken.pem").write_bytes(b"not a key")
-    with pytest.raises(ConfigError, match="broken.pem"):
+    with pytest.raises(ConfigError, match=r"broken\.pem"):
         TrustSet.from_paths([tmp_path / "broken.pem"])
     with pytest.raises(ConfigError, match="two trusted keys"):
         TrustSet.from_paths([tmp_path / "bob.pem", tmp_path / "bob.pem"])

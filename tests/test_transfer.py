@@ -8,7 +8,15 @@ import pytest
 
 from tokencsp.errors import RemoteProtocolError
 from tokencsp.transfer import (
-    FileChunk, FileEnd, FileHeader, FileReceiver, FileStart, ack_record, check_ack, check_file_name, data_record,
+    FileChunk,
+    FileEnd,
+    FileHeader,
+    FileReceiver,
+    FileStart,
+    ack_record,
+    check_ack,
+    check_file_name,
+    data_record,
 )
 
 
@@ -18,7 +26,7 @@ def test_header_layout_round_trip_and_exactness():
     assert raw == b"H" + (9).to_bytes(2, "big") + "ünï.txt".encode() + (70_000).to_bytes(8, "big")
     assert FileHeader.parse(raw) == header
     for bad in (raw[:-1], raw + b"\0", b"H", b"H\x00", b"X" + raw[1:], raw[:3] + b"\xff" + raw[4:]):
-        with pytest.raises(RemoteProtocolError, match="malformed file header|refused file name"):
+        with pytest.raises(RemoteProtocolError, match=r"malformed file header|refused file name"):
             FileHeader.parse(bad)
 
 

@@ -40,7 +40,7 @@ def test_directory_of_key_files(tmp_path):
 ])
 def test_unusable_key_file_is_one_config_error(tmp_path, content):
     (tmp_path / "x.pem").write_bytes(content)
-    with pytest.raises(ConfigError, match="x.pem"):
+    with pytest.raises(ConfigError, match=r"x\.pem"):
         TrustSet.from_paths([tmp_path])
 
 
