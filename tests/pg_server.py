@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -63,6 +64,7 @@ class PgServer:
         self.password = secrets.token_hex(16)
         self._as_postgres = os.geteuid() == 0
         self._schemas = itertools.count()
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     # -- processes ---------------------------------------------------------------
 
@@ -160,6 +162,21 @@ class PgServer:
         if self.running():
             self.stop("immediate")
         shutil.rmtree(self.base, ignore_errors=True)
+        if self._watchdog is not None:
+            self._watchdog.stdin.close()  # it finds nothing left to stop
+            self._watchdog.wait(60)
+
+
+# Stops the server when the process that started it dies without cleaning up
+# (SIGKILL, a timeout's SIGTERM): it waits for EOF on a pipe only that process
+# holds.  pg_ctl detaches the server, so nothing else would ever stop it.
+_WATCHDOG = """
+import shutil, subprocess, sys
+sys.stdin.buffer.read()
+command = sys.argv[4:] + [sys.argv[1], "-D", sys.argv[2], "-m", "immediate", "stop"]
+subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+shutil.rmtree(sys.argv[3], ignore_errors=True)
+"""
 
 
 def start_server() -> PgServer:
@@ -167,6 +184,11 @@ def start_server() -> PgServer:
     try:
         server.init()
         server.start()
+        prefix = ["runuser", "-u", "postgres", "--"] if server._as_postgres else []
+        server._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(server.bindir / "pg_ctl"), str(server.data), str(server.base),
+             *prefix], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
         server.create_role_and_database()
     except BaseException:
         server.destroy()

@@ -379,6 +379,74 @@ def test_server_restart_in_the_middle_of_a_run_loses_no_acceptance(pg_server, pg
     assert stored == set(acknowledged)
 
 
+def test_a_serializable_default_isolation_changes_nothing(pg_server, pg_dsn):
+    """Receivers force READ COMMITTED: under a role default of SERIALIZABLE the schema check after the
+    advisory lock saw a stale snapshot (racing first uses failed with 'relation already exists'), and
+    the horizon read after the insert would not see a prune that committed meanwhile."""
+    with pg_server.admin() as db:
+        db.execute("ALTER ROLE tokencsp SET default_transaction_isolation = 'serializable'")
+    try:
+        now = time.time()
+        failures = []
+        barrier = threading.Barrier(4)
+
+        def receiver(n):
+            try:
+                barrier.wait(60)
+                with PostgresReplayCache(pg_dsn) as cache:
+                    for i in range(25):
+                        cache.accept(f"{n}-{i}".encode(), now, now, ReplayPolicy(strict_serial=False),
+                                     sender_id=b"busy", serial=n * 1000 + i)
+            except Exception as exc:  # noqa: BLE001 - asserted below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=receiver, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        with pg_server.admin() as db:
+            db.execute("ALTER ROLE tokencsp RESET default_transaction_isolation")
+    assert not failures, failures
+    assert rows(pg_server, pg_dsn, "SELECT count(*) FROM tokencsp_seen") == [(100,)]
+    assert rows(pg_server, pg_dsn, "SELECT last_serial FROM tokencsp_senders") == [(3024,)]
+
+
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01"])  # serialization_failure, deadlock_detected
+def test_serialization_failures_and_deadlocks_are_retried_a_bounded_number_of_times(pg_server, pg_dsn, sqlstate):
+    """The server itself raises the error (a trigger fed by a sequence, which a rollback does not rewind)."""
+    schema = pg_dsn.rsplit("search_path%3D", 1)[1]
+    now = time.time()
+    with PostgresReplayCache(pg_dsn) as cache:
+        cache.accept(b"warm-up", now, now, POLICY)  # schema made, first prune done
+        with pg_server.admin() as db:
+            db.execute(f"SET search_path = {schema}")
+            db.execute("CREATE SEQUENCE faults")
+            db.execute("CREATE TABLE fail_times (n bigint)")
+            db.execute("INSERT INTO fail_times VALUES (3)")
+            db.execute(f"""CREATE FUNCTION conflict() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF nextval('{schema}.faults') <= (SELECT n FROM {schema}.fail_times) THEN
+                        RAISE EXCEPTION 'injected conflict' USING ERRCODE = '{sqlstate}';
+                    END IF;
+                    RETURN NEW;
+                END $$""")
+            db.execute("CREATE TRIGGER conflict BEFORE INSERT ON tokencsp_seen FOR EACH ROW EXECUTE FUNCTION conflict()")
+            db.execute("GRANT ALL ON fail_times, faults TO tokencsp")
+        cache.accept(b"after-three-conflicts", now, now, POLICY, sender_id=b"s", serial=1)
+        assert rows(pg_server, pg_dsn, "SELECT last_value FROM faults") == [(4,)]
+        with pg_server.admin() as db:
+            db.execute(f"UPDATE {schema}.fail_times SET n = 1000000")
+        started = time.monotonic()
+        with pytest.raises(ReplayCacheError, match="gave up after 20 attempts") as refused:
+            cache.accept(b"never", now, now, POLICY, sender_id=b"s", serial=2)
+        assert "injected conflict" in str(refused.value) and time.monotonic() - started < 10
+    assert sorted(bytes(k) for (k,) in rows(pg_server, pg_dsn, "SELECT message_key FROM tokencsp_seen")) == [
+        b"after-three-conflicts", b"warm-up"]
+    assert rows(pg_server, pg_dsn, "SELECT last_serial FROM tokencsp_senders") == [(1,)]
+
+
 def test_a_lost_commit_acknowledgement_is_neither_a_double_accept_nor_a_false_replay(pg_server, pg_dsn):
     """The commit reaches the WAL, then the connection dies before the client hears back: the retry
     must recognise its own acceptance (waiting for a synchronous standby that does not exist holds

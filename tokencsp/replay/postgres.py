@@ -186,6 +186,11 @@ class _Connection:
             # Durability of every acceptance is the point: never inherit a
             # server or role default of synchronous_commit=off/local.
             conn.execute("SET synchronous_commit = on")
+            # Every transaction here is written for READ COMMITTED: each
+            # statement sees what committed before it (the horizon read after
+            # the insert, the schema check after the advisory lock).  A role or
+            # server default of REPEATABLE READ/SERIALIZABLE would break that.
+            conn.execute("SET default_transaction_isolation = 'read committed'")
             # A client that dies inside a transaction (SIGKILL, lost host) must not hold locks.
             conn.execute("SET idle_in_transaction_session_timeout = '60s'")
         except BaseException:
@@ -208,25 +213,27 @@ class _Connection:
         psycopg = self._psycopg
         errors = psycopg.errors
         deadline = time.monotonic() + self.retry_seconds
-        delay = 0.05
+        backoff = 0.05  # for a lost server: it takes a while to come back
+        pause = 0.0
         last: BaseException | None = None
         for attempt in range(self.max_attempts):
             if attempt:
-                if time.monotonic() + delay > deadline:
+                if time.monotonic() + pause > deadline:
                     break
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                time.sleep(pause)
             try:
                 conn = self._open()
                 with conn.transaction():
                     return work(conn, attempt)
             except (errors.SerializationFailure, errors.DeadlockDetected) as exc:
                 last = exc
+                pause = secrets.randbelow(20) / 1000  # a conflict clears at once; jitter breaks lockstep
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 if _is_permanent(exc):
                     raise ReplayCacheError(f"{self.name}: {_one_line(exc)}") from None
                 last = exc
                 self.discard()
+                pause, backoff = backoff, min(backoff * 2, 1.0)
             except psycopg.Error as exc:  # anything else is not going to change by retrying
                 raise ReplayCacheError(f"{self.name}: {_one_line(exc)}") from None
         assert last is not None
