@@ -84,6 +84,38 @@ def cmd_key_audit(args: argparse.Namespace, console: Console) -> ExitStatus:
     return ExitStatus.FINDINGS if warnings and args.strict else ExitStatus.OK
 
 
+def cmd_key_cert(args: argparse.Namespace, console: Console) -> ExitStatus:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from ..certs import CertificateRequest, build_certificate, parse_name
+    from ..errors import InputError
+
+    subject = parse_name(args.subject or f"CN={args.name}")
+    issuer_cert = None
+    if args.issuer_cert:
+        try:
+            issuer_cert = x509.load_pem_x509_certificate(read_file(args.issuer_cert, console))
+        except ValueError:
+            raise InputError(f"{args.issuer_cert}: not a PEM certificate") from None
+    with open_provider(args) as provider:
+        pair = provider.key(args.name)
+        signer = provider.key(args.signer)
+        self_signed = args.name == args.signer
+        issuer = subject if self_signed else (issuer_cert.subject if issuer_cert else parse_name(f"CN={args.signer}"))
+        if issuer_cert is not None and issuer_cert.public_key() != signer.public_key():
+            raise InputError(f"{args.issuer_cert} is not the certificate of key {args.signer!r}")
+        request = CertificateRequest(pair.public_key(), subject, issuer=issuer, issuer_key=signer.public_key(),
+                                     days=args.days, now=datetime.datetime.now(datetime.timezone.utc),
+                                     ca=self_signed, encipherment=pair.info().can_unwrap)
+        cert = build_certificate(request, signer.sign)
+    with output_stream(args.output, console, mode=0o644) as out:
+        out.write(cert.public_bytes(serialization.Encoding.PEM))
+    return ExitStatus.OK
+
+
 def cmd_key_delete(args: argparse.Namespace, console: Console) -> ExitStatus:
     with open_provider(args) as provider:
         count = provider.delete_key(args.name)
@@ -128,9 +160,25 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     audit.add_argument("--strict", action="store_true", help="exit 5 when any warning is found")
     audit.set_defaults(func=cmd_key_audit)
 
+    cert = key.add_parser("cert", help="an X.509 certificate (PEM) for a key, signed on the token by --signer",
+                          description="An X.509 certificate for key NAME, signed on the token by the signature key "
+                                      "SIGNKEY (RSA-PSS, SHA-256). An exchange key gets keyUsage keyEncipherment "
+                                      "(for 'openssl cms -encrypt -recip'); NAME equal to SIGNKEY makes a "
+                                      "self-signed CA certificate (keyCertSign) to verify the others with. "
+                                      "See docs/CMS.md.")
+    cert.add_argument("name")
+    cert.add_argument("--signer", required=True, metavar="SIGNKEY", help="signature key on the token that signs")
+    cert.add_argument("--subject", help='subject DN, RFC 4514 (default: "CN=NAME")')
+    cert.add_argument("--issuer-cert", metavar="FILE",
+                      help="the signer's certificate (PEM): its subject becomes the issuer (default: CN=SIGNKEY, "
+                           "as 'key cert SIGNKEY --signer SIGNKEY' names it)")
+    cert.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    cert.add_argument("-o", "--output", help="output file (default: stdout)")
+    cert.set_defaults(func=cmd_key_cert)
+
     delete = key.add_parser("delete", help="delete a key container (private and public halves)")
     delete.add_argument("name")
     delete.set_defaults(func=cmd_key_delete)
 
-    for sub in (generate, listing, export, imp, audit, delete):
+    for sub in (generate, listing, export, imp, audit, cert, delete):
         add_token_options(sub)
