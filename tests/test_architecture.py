@@ -42,7 +42,7 @@ LAYER_OF = {
     "config": "host", "fileio": "host", "progress": "host", "deadline": "host",
     "replay": "state", "trust": "state", "calibration": "state",
     "envelope": "protocols", "threephase": "protocols", "transfer": "protocols", "admission": "protocols",
-    "net": "protocols",
+    "net": "protocols", "cms": "protocols",
     "token": "token",
     "implicit": "facade", "provider": "facade",
     "testing": "testing", "pytest_plugin": "testing",
@@ -66,7 +66,7 @@ MAY_IMPORT = {
 #: Those that exist are checked (others are splitting packages into these right now).
 PURE = ("tokencsp.errors", "tokencsp._wire", "tokencsp.blobs", "tokencsp.session", "tokencsp.pubkeys",
         "tokencsp.keyinfo", "tokencsp.keyaudit", "tokencsp.rsadecode", "tokencsp.envelope._format", "tokencsp.envelope.format",
-        "tokencsp.threephase.*", "tokencsp.transfer", "tokencsp.admission", "tokencsp.certs")
+        "tokencsp.threephase.*", "tokencsp.transfer", "tokencsp.admission", "tokencsp.certs", "tokencsp.cms.*")
 #: What a pure module may not import.  ``os`` is allowed for ``os.urandom`` only (checked below).
 IO_MODULES = frozenset({
     "asyncio", "ctypes", "fcntl", "getpass", "glob", "http", "io", "mmap", "multiprocessing", "pathlib",

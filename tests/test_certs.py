@@ -41,7 +41,7 @@ def test_openssl_verify_accepts_the_chain(issued):
 
 
 def test_openssl_verify_rejects_a_certificate_from_another_signer(issued, tmp_path):
-    where, _, kx = issued
+    where, _, _kx = issued
     other = f"{PREFIX}-other"
     tokencsp("key", "generate", other, "--usage", "signature")
     try:

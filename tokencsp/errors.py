@@ -29,6 +29,9 @@ __all__ = [
     "TokenOperationError",
     "TokenLockError",
     "UnwrapRefused",
+    "CmsError",
+    "CmsFormatError",
+    "CmsRecipientNotFound",
     "MessageRejected",
     "EnvelopeFormatError",
     "NotForThisKey",
@@ -77,6 +80,18 @@ class InvalidKeyError(TokenCSPError, ValueError):
 
 class DecryptionError(TokenCSPError):
     """Ciphertext that does not decrypt (CryptDecrypt's NTE_BAD_DATA)."""
+
+
+class CmsError(TokenCSPError):
+    """A CMS (RFC 5652) message could not be opened or made; see the subclasses."""
+
+
+class CmsFormatError(CmsError, ValueError):
+    """Not a CMS EnvelopedData/AuthEnvelopedData this library reads (malformed or unsupported structure)."""
+
+
+class CmsRecipientNotFound(CmsError):
+    """No RecipientInfo of the CMS message is for the key at hand (a public fact of the message)."""
 
 
 SESSION_KEY_IMPORT_FAILED = "the session key blob could not be imported"

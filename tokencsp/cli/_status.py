@@ -34,6 +34,8 @@ class ExitStatus(IntEnum):
     TRUNCATED = 11, "open: message is truncated"
     NOT_FOR_THIS_KEY = 12, "open: message is not addressed to this key"
     MALFORMED = 13, "open: not a sealed message (malformed header)"
+    CMS_MALFORMED = 14, "cms: not a CMS EnvelopedData/AuthEnvelopedData (malformed or unsupported)"
+    CMS_NOT_FOR_THIS_KEY = 15, "cms: no recipient of the message is this key (give --cert)"
     REPLAYED = 20, "open: replayed (already accepted once)"
     TOO_OLD = 21, "open: too old (--max-age)"
     FROM_FUTURE = 22, "open: timestamp too far in the future (--max-skew)"
@@ -58,6 +60,8 @@ BY_ERROR: Mapping[type[BaseException], ExitStatus] = {
     errors.TruncatedMessage: ExitStatus.TRUNCATED,
     errors.NotForThisKey: ExitStatus.NOT_FOR_THIS_KEY,
     errors.EnvelopeFormatError: ExitStatus.MALFORMED,
+    errors.CmsFormatError: ExitStatus.CMS_MALFORMED,
+    errors.CmsRecipientNotFound: ExitStatus.CMS_NOT_FOR_THIS_KEY,
     errors.ReplayedMessage: ExitStatus.REPLAYED,
     errors.MessageTooOld: ExitStatus.TOO_OLD,
     errors.MessageFromFuture: ExitStatus.FROM_FUTURE,

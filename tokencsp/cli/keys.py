@@ -108,7 +108,7 @@ def cmd_key_cert(args: argparse.Namespace, console: Console) -> ExitStatus:
         if issuer_cert is not None and issuer_cert.public_key() != signer.public_key():
             raise InputError(f"{args.issuer_cert} is not the certificate of key {args.signer!r}")
         request = CertificateRequest(pair.public_key(), subject, issuer=issuer, issuer_key=signer.public_key(),
-                                     days=args.days, now=datetime.datetime.now(datetime.timezone.utc),
+                                     days=args.days, now=datetime.datetime.now(datetime.UTC),
                                      ca=self_signed, encipherment=pair.info().can_unwrap)
         cert = build_certificate(request, signer.sign)
     with output_stream(args.output, console, mode=0o644) as out:

@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("seal", "show a sealed message's header without decrypting it"),
     "listen": ("exchange", "receive files over the three-phase exchange (docs/THREEPHASE.md)"),
     "send": ("exchange", "send files over the three-phase exchange (docs/THREEPHASE.md)"),
+    "cms": ("cms", "CMS / S-MIME EnvelopedData (openssl cms) with the key on the token (docs/CMS.md)"),
     "replay": ("replay", "set up, inspect and prune a replay cache (docs/FLEET.md)"),
 }
 

@@ -1,0 +1,188 @@
+"""``tokencsp cms decrypt``: messages made by the real ``openssl cms -encrypt``, opened with the key on the token."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from helpers import assert_one_line_error, tokencsp
+
+PREFIX = "cms"
+
+
+def _openssl(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    result = subprocess.run(["openssl", *args], capture_output=True, timeout=300, input=input)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def recipient(softhsm_kit, tmp_path_factory):
+    """An exchange key with a certificate from a CA key on the token, and a second, unrelated key."""
+    where = tmp_path_factory.mktemp("cms")
+    ca, kx, other = f"{PREFIX}-ca", f"{PREFIX}-kx", f"{PREFIX}-other"
+    tokencsp("key", "generate", ca, "--usage", "signature")
+    tokencsp("key", "generate", kx)
+    tokencsp("key", "generate", other)
+    tokencsp("key", "cert", ca, "--signer", ca, "-o", str(where / "ca.pem"))
+    tokencsp("key", "cert", kx, "--signer", ca, "-o", str(where / "kx.pem"))
+    tokencsp("key", "cert", other, "--signer", ca, "-o", str(where / "other.pem"))
+    yield where, kx, other
+    for name in (ca, kx, other):
+        tokencsp("key", "delete", name, check=False)
+
+
+def _encrypt(where, plain: bytes, *options: str, recipients: tuple[str, ...] = ("kx.pem",)) -> bytes:
+    (where / "plain").write_bytes(plain)
+    args = ["cms", "-encrypt", "-binary", "-in", str(where / "plain"), *options]
+    for name in recipients:
+        args += ["-recip", str(where / name)]
+    return _openssl(*args).stdout
+
+
+VARIANTS = {
+    "cbc-v15-der": ("-aes-256-cbc", "-outform", "DER"),
+    "cbc128-v15-pem": ("-aes-128-cbc", "-outform", "PEM"),
+    "cbc192-smime": ("-aes-192-cbc",),
+    "3des-der": ("-des3", "-outform", "DER"),
+    "cbc-oaep-der": ("-aes-256-cbc", "-outform", "DER", "-keyopt", "rsa_padding_mode:oaep"),
+    "cbc-keyid-der": ("-aes-256-cbc", "-outform", "DER", "-keyid"),
+    "gcm-der": ("-aes-256-gcm", "-outform", "DER"),
+    "gcm-oaep-smime": ("-aes-128-gcm", "-keyopt", "rsa_padding_mode:oaep"),
+    "stream-cbc-der": ("-aes-256-cbc", "-stream", "-outform", "DER"),
+    "stream-cbc-smime": ("-aes-256-cbc", "-stream"),
+    "stream-gcm-pem": ("-aes-256-gcm", "-stream", "-outform", "PEM"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_openssl_output_opens_on_the_token(recipient, tmp_path, variant):
+    where, kx, _ = recipient
+    plain = os.urandom(70_001) + b"end"
+    options = VARIANTS[variant]
+    if "-keyopt" in options:  # -keyopt applies to the -recip before it
+        message = _encrypt(where, plain, *[o for o in options if o not in ("-keyopt", "rsa_padding_mode:oaep")],
+                           "-recip", str(where / "kx.pem"), "-keyopt", "rsa_padding_mode:oaep", recipients=())
+    else:
+        message = _encrypt(where, plain, *options)
+    (tmp_path / "msg").write_bytes(message)
+    tokencsp("cms", "decrypt", "--key", kx, "-o", str(tmp_path / "out"), str(tmp_path / "msg"))
+    assert (tmp_path / "out").read_bytes() == plain
+    assert tokencsp("cms", "decrypt", "--key", kx, input=message).stdout == plain
+
+
+def test_several_recipients_need_the_certificate(recipient, tmp_path):
+    where, kx, _ = recipient
+    message = _encrypt(where, b"to both", "-aes-256-cbc", "-outform", "DER", recipients=("other.pem", "kx.pem"))
+    (tmp_path / "msg").write_bytes(message)
+    result = tokencsp("cms", "decrypt", "--key", kx, str(tmp_path / "msg"), check=False)
+    assert_one_line_error(result, 15, "--cert")
+    out = tokencsp("cms", "decrypt", "--key", kx, "--cert", str(where / "kx.pem"), str(tmp_path / "msg")).stdout
+    assert out == b"to both"
+
+
+def _tamper_key(message: bytes, where) -> bytes:
+    """Flip a byte inside the RSA-encrypted key (located through openssl's own parse)."""
+    dump = _openssl("asn1parse", "-inform", "DER", input=message).stdout.decode().splitlines()
+    # the encrypted key is the first OCTET STRING of the modulus' length
+    for line in dump:
+        if "OCTET STRING" in line and "l= 256" in line:
+            offset = int(line.split(":")[0]) + int(line.split("hl=")[1].split()[0])
+            tampered = bytearray(message)
+            tampered[offset + 100] ^= 0x40
+            return bytes(tampered)
+    raise AssertionError("no 256-byte OCTET STRING in the message")
+
+
+@pytest.mark.parametrize("cipher", ["-aes-256-cbc", "-aes-256-gcm"])
+def test_a_bad_key_transport_fails_like_a_bad_content(recipient, tmp_path, cipher):
+    where, kx, _ = recipient
+    message = _encrypt(where, os.urandom(5000), cipher, "-outform", "DER")
+    bad_key = _tamper_key(message, where)
+    bad_content = bytearray(message)
+    # CBC: the last byte of the next-to-last block, which is the padding's; GCM: in the tag
+    bad_content[-17 if cipher.endswith("cbc") else -5] ^= 1
+    results = []
+    for name, data in (("key", bad_key), ("content", bytes(bad_content))):
+        (tmp_path / name).write_bytes(data)
+        result = tokencsp("cms", "decrypt", "--key", kx, "-o", str(tmp_path / f"{name}.out"), str(tmp_path / name),
+                          check=False)
+        results.append(assert_one_line_error(result, 4, "could not be decrypted"))
+        assert not (tmp_path / f"{name}.out").exists()
+    assert results[0] == results[1]
+
+
+def test_a_message_for_another_key_of_the_same_size_fails_as_decryption(recipient, tmp_path):
+    where, kx, _ = recipient
+    message = _encrypt(where, b"secret", "-aes-256-gcm", "-outform", "DER", recipients=("other.pem",))
+    (tmp_path / "msg").write_bytes(message)
+    result = tokencsp("cms", "decrypt", "--key", kx, "-o", str(tmp_path / "out"), str(tmp_path / "msg"), check=False)
+    assert_one_line_error(result, 4, "could not be decrypted")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("data", [b"", b"not cms at all\n", b"\x30\x03\x06\x01\x00", b"-----BEGIN CMS-----\n!!\n"])
+def test_garbage_is_one_line(recipient, tmp_path, data):
+    _, kx, _ = recipient
+    (tmp_path / "msg").write_bytes(data)
+    result = tokencsp("cms", "decrypt", "--key", kx, "-o", str(tmp_path / "out"), str(tmp_path / "msg"), check=False)
+    assert_one_line_error(result, 14, "")
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_stream_is_one_line_and_no_output(recipient, tmp_path):
+    where, kx, _ = recipient
+    message = _encrypt(where, os.urandom(200_000), "-aes-256-gcm", "-stream", "-outform", "DER")
+    (tmp_path / "msg").write_bytes(message[: len(message) // 2])
+    result = tokencsp("cms", "decrypt", "--key", kx, "-o", str(tmp_path / "out"), str(tmp_path / "msg"), check=False)
+    assert_one_line_error(result, 14, "truncated")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cbc_enveloped_data_has_no_integrity(recipient, tmp_path):
+    """What --help and docs/CMS.md warn about: a flipped bit away from the padding decrypts, to garbage."""
+    where, kx, _ = recipient
+    plain = bytes(5000)
+    message = bytearray(_encrypt(where, plain, "-aes-256-cbc", "-outform", "DER"))
+    message[-100] ^= 1
+    (tmp_path / "msg").write_bytes(message)
+    out = tokencsp("cms", "decrypt", "--key", kx, str(tmp_path / "msg")).stdout
+    assert len(out) == len(plain) and out != plain
+
+
+def _peak_rss_kib(tmp_path, *args: str) -> int:
+    """Run ``tokencsp ARGS`` in a subprocess and return its VmHWM (peak resident set), KiB."""
+    import sys
+
+    status = tmp_path / "status"
+    probe = ("import atexit, runpy, sys\n"
+             f"atexit.register(lambda: open({str(status)!r}, 'w').write(open('/proc/self/status').read()))\n"
+             "sys.argv = ['tokencsp'] + sys.argv[1:]; runpy.run_module('tokencsp', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, timeout=600, env=os.environ)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1])
+
+
+@pytest.mark.parametrize("cipher", ["-aes-256-cbc", "-aes-256-gcm"])
+def test_a_streamed_message_opens_in_constant_memory(recipient, tmp_path, cipher):
+    """48 MiB of -stream BER: the peak RSS stays within a few MiB of opening a tiny message's."""
+    where, kx, _ = recipient
+    size = 48 << 20
+    big = tmp_path / "big"
+    with big.open("wb") as out:
+        for _ in range(size >> 20):
+            out.write(os.urandom(1 << 20))
+    _openssl("cms", "-encrypt", "-binary", "-stream", cipher, "-outform", "DER", "-in", str(big),
+             "-out", str(tmp_path / "big.p7m"), str(where / "kx.pem"))
+    (tmp_path / "small.p7m").write_bytes(_encrypt(where, b"small", cipher, "-stream", "-outform", "DER"))
+    small = _peak_rss_kib(tmp_path, "cms", "decrypt", "--key", kx, "-o", str(tmp_path / "small.out"),
+                          str(tmp_path / "small.p7m"))
+    large = _peak_rss_kib(tmp_path, "cms", "decrypt", "--key", kx, "-o", str(tmp_path / "big.out"),
+                          str(tmp_path / "big.p7m"))
+    assert (tmp_path / "big.out").stat().st_size == size
+    assert _openssl("dgst", "-sha256", str(big)).stdout.split()[-1] == \
+        _openssl("dgst", "-sha256", str(tmp_path / "big.out")).stdout.split()[-1]
+    assert large - small < 16 * 1024, f"peak RSS {large} KiB for 48 MiB vs {small} KiB for 5 bytes"
