@@ -9,7 +9,7 @@ STATE_DIR   := .softhsm
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv token demo test lint bench audit clean
+.PHONY: help deps venv token demo test test-opencryptoki lint bench audit clean
 
 help:
 	@echo "tokencsp make targets:"
@@ -17,6 +17,8 @@ help:
 	@echo "  token   venv + project-local SoftHSM dev token in $(STATE_DIR)/ (label \$${TOKENCSP_TOKEN:-tokencsp-dev})"
 	@echo "  demo    token, then run tools/demo.py against it (PIN \$${TOKENCSP_PIN:-1234})"
 	@echo "  test    venv, then pytest \$$(PYTEST_ARGS); tests make their own throwaway tokens"
+	@echo "  test-opencryptoki  venv, then the token tests (pytest -m softhsm \$$(PYTEST_ARGS)) on opencryptoki soft"
+	@echo "          tokens: pkcsslotd in private namespaces (opencryptoki/run-in-namespace.sh; root; installs it)"
 	@echo "  lint    venv + the 'lint' extra (ruff, mypy), then ruff check and mypy (config in pyproject.toml)"
 	@echo "  bench   venv, then run tools/bench.py and tools/bench_fleet.py (replay cache: SQLite vs PostgreSQL)"
 	@echo "  audit   venv, then the long checks: padding timing (Welch t) and 8x10000 / 4x2500 imports"
@@ -29,7 +31,7 @@ help:
 # the full install-deps.sh, which also probes `python -m venv`, runs with the
 # venv build below.
 deps:
-	@command -v softhsm2-util >/dev/null 2>&1 || PYTHON=$(PYTHON) softhsm/install-deps.sh
+	@{ command -v softhsm2-util && command -v p11tool; } >/dev/null 2>&1 || PYTHON=$(PYTHON) softhsm/install-deps.sh
 	@postgres/install-deps.sh
 
 $(STAMP): pyproject.toml softhsm/install-deps.sh | deps
@@ -72,6 +74,13 @@ $(LINT_STAMP): $(STAMP) pyproject.toml
 lint: venv $(LINT_STAMP)
 	$(VENV)/bin/ruff check tokencsp tests tools
 	$(VENV)/bin/mypy
+
+# The token tests (marker softhsm: every test that reaches a token) again on opencryptoki 3.8's
+# soft tokens (TOKENCSP_TEST_BACKEND=opencryptoki); the pure tests gain nothing from a second run.
+test-opencryptoki: venv
+	@rc=0; opencryptoki/run-in-namespace.sh $(VPY) -m pytest -m softhsm $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: no tests ran (pytest exit 5)" >&2; fi; \
+	exit $$rc
 
 bench: venv
 	$(VPY) tools/bench.py

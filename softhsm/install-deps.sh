@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system packages tokencsp needs for its tests and demo:
 #   softhsm2 (and openssl, if missing) when softhsm2-util is missing,
-#   python3-venv when `python3 -m venv` does not work (Debian splits it out).
+#   python3-venv when `python3 -m venv` does not work (Debian splits it out),
+#   gnutls-bin when p11tool is missing (tests/test_p11tool.py reads the token with it).
 # Does nothing when everything is present. Uses sudo when not root.
 # Only apt-get (Debian/Ubuntu) is supported; elsewhere it says what is missing.
 #
@@ -33,6 +34,7 @@ if ! command -v softhsm2-util >/dev/null 2>&1; then
     packages+=(softhsm2)
     command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 fi
+command -v p11tool >/dev/null 2>&1 || packages+=(gnutls-bin)
 need_venv=0
 if ! venv_works; then
     need_venv=1

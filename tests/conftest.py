@@ -14,7 +14,14 @@ the run, because a green CI must have tested what needs the token and the vector
 fixtures; the vectors folder.
 
 Whatever SOFTHSM2_CONF / TOKENCSP_* the caller's shell had (say from ``. .softhsm/env``) is
-dropped, so tests never touch the dev token; TOKENCSP_VECTORS is the one variable kept.
+dropped, so tests never touch the dev token; TOKENCSP_VECTORS is the one variable kept (and
+the opencryptoki run's TOKENCSP_TEST_BACKEND / TOKENCSP_OCK_*).
+
+``TOKENCSP_TEST_BACKEND=opencryptoki`` (set by ``opencryptoki/run-in-namespace.sh``, ``make
+test-opencryptoki``) makes the plugin build the same labels on opencryptoki soft tokens
+(:class:`tokencsp.testing.OpencryptokiKit`).  ``softhsm_only`` / ``opencryptoki_only`` tests are
+skipped, with their reason, on the other backend; those deliberate skips do not count as the
+CI-failing token-test skips above, since the other make target runs them.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tokencsp.testing import SoftHSMKit
+from tokencsp.testing import OpencryptokiKit, SoftHSMKit, selected_backend
 
 if TYPE_CHECKING:
     from tokencsp import Provider
@@ -40,7 +47,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Under CI, a skip of a test with one of these markers fails the run.
 STRICT_IN_CI = ("softhsm", "wycheproof")
 
-_KEEP_FROM_CALLER = {"TOKENCSP_VECTORS"}
+BACKEND = selected_backend()
+_KEEP_FROM_CALLER = {"TOKENCSP_VECTORS", "TOKENCSP_TEST_BACKEND", "TOKENCSP_OCK_SANDBOX", "TOKENCSP_OCK_MODULE"}
+#: marker -> the backend it needs (other backends skip the test, with the marker's reason).
+BACKEND_MARKERS = {"softhsm_only": "softhsm", "opencryptoki_only": "opencryptoki"}
 
 for _name in list(os.environ):
     if _name == "SOFTHSM2_CONF" or (_name.startswith("TOKENCSP_") and _name not in _KEEP_FROM_CALLER):
@@ -51,6 +61,7 @@ _SCRATCH = Path(tempfile.mkdtemp(prefix="tokencsp-tests-"))  # removed in pytest
 os.environ["XDG_STATE_HOME"] = str(_SCRATCH / "state")
 
 _strict_skips: list[tuple[str, str]] = []
+_backend_skips: set[str] = set()
 
 
 def in_ci() -> bool:
@@ -61,6 +72,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.has_plugin("tokencsp"):
         raise pytest.UsageError("the tokencsp pytest plugin is not installed: run `make test` "
                                 "(or pip install -e '.[test]'), which registers its pytest11 entry point")
+    config.addinivalue_line("markers", "softhsm_only(reason): needs SoftHSM itself (softhsm2-util, SOFTHSM2_CONF, "
+                            "a token per test); skipped with the reason on other backends")
+    config.addinivalue_line("markers", "opencryptoki_only(reason): only meaningful on opencryptoki (fork: SoftHSM "
+                            "does not notice one); skipped with the reason elsewhere")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects
@@ -69,10 +84,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         used = set(getattr(item, "fixturenames", ()))
         if "vectors_dir" in used and item.get_closest_marker("wycheproof") is None:
             item.add_marker(pytest.mark.wycheproof)
+        for name, needs in BACKEND_MARKERS.items():
+            marker = item.get_closest_marker(name)
+            if marker is not None and needs != BACKEND:
+                why = marker.kwargs.get("reason") or (marker.args[0] if marker.args else name)
+                item.add_marker(pytest.mark.skip(reason=f"{name} (backend {BACKEND}): {why}"))
+                _backend_skips.add(item.nodeid)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.skipped and not hasattr(report, "wasxfail"):
+    if report.skipped and not hasattr(report, "wasxfail") and report.nodeid not in _backend_skips:
         marks = [name for name in STRICT_IN_CI if name in report.keywords]
         if marks:
             longrepr = report.longrepr
@@ -90,7 +111,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="module")
-def tokens(softhsm_kit: SoftHSMKit) -> Iterator[tuple[Provider, Provider]]:
+def tokens(softhsm_kit: SoftHSMKit | OpencryptokiKit) -> Iterator[tuple[Provider, Provider]]:
     """Providers for both test tokens, (a, b): one party each in the two-party tests."""
     from tokencsp import Provider
 

@@ -30,6 +30,7 @@ from tokencsp.errors import (
     UnsupportedAlgorithm,
 )
 from tokencsp.errors import SESSION_KEY_IMPORT_FAILED
+from tokencsp.testing import selected_backend
 
 ALGS = ["aes128", "aes192", "aes256", "3des", "3des112"]
 
@@ -272,10 +273,17 @@ def test_open_by_uri_with_pin_source_and_serial(softhsm_kit, tmp_path, exchange_
     with Provider.open(uri=uri) as provider:
         serial = provider.token_serial
         assert provider.exchange_key("test-kx").public_blob() == exchange_key.public_blob()
+    if selected_backend() == "opencryptoki":
+        # opencryptoki 3.8 gives every soft token serial "123" (init_tokenInfo): a serial
+        # alone names no single token, and saying so is the right answer.
+        with pytest.raises(TokenNotFoundError, match="serial"):
+            Provider.open(serial=serial, token=None, pin_file=pin_file)
+        return
     with Provider.open(serial=serial, token=None, pin_file=pin_file) as provider:
         assert provider.token_label == "tokencsp-test-a"
 
 
+@pytest.mark.softhsm_only(reason="imports its key with softhsm2-util (TODO: import with python-pkcs11 to run on every backend)")
 def test_ambiguous_label_is_refused(provider, softhsm_kit, tmp_path):
     """Two private keys with one label (as other tools can make): tokencsp refuses to pick one."""
     key_file = tmp_path / "dup.pem"

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.softhsm_only(reason="tests the SoftHSM plugin itself (a fresh SoftHSM token per test)")
+
 PKCS11_DIRECT = '''
 import pkcs11
 from pkcs11 import Attribute, ObjectClass

@@ -11,6 +11,8 @@ import pytest
 
 from tokencsp.testing import SoftHSMKit, find_softhsm_module
 
+pytestmark = pytest.mark.softhsm_only(reason="tests the SoftHSM kit itself (softhsm2-util, SOFTHSM2_CONF)")
+
 
 def _show_slots(conf: Path) -> str:
     env = dict(os.environ, SOFTHSM2_CONF=str(conf))

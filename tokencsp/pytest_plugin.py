@@ -11,6 +11,10 @@ behind, and no PIN is ever on a command line.
 Nothing happens in a run that selects no test using these fixtures; tests that do use them get
 the ``softhsm`` marker, so ``-m "not softhsm"`` runs without SoftHSM.  When SoftHSM is missing and
 such a test is selected, the run stops with the install hint instead of skipping.
+
+Under ``TOKENCSP_TEST_BACKEND=opencryptoki`` (inside ``opencryptoki/run-in-namespace.sh``) the
+store is :class:`tokencsp.testing.OpencryptokiKit` instead: the same labels on opencryptoki soft
+tokens, whose slot table is fixed, so there is no pool and ``softhsm_token`` skips.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .testing import SoftHSMKit, SoftHSMToken
+from .testing import OpencryptokiKit, SoftHSMKit, SoftHSMToken, selected_backend
 
 if TYPE_CHECKING:
     from .provider import ExchangeKey, Provider
@@ -45,7 +49,7 @@ _SPARE = 2  # for a test that is run twice (reruns) or requests the fixture thro
 
 class _State:
     def __init__(self) -> None:
-        self.kit: SoftHSMKit | None = None
+        self.kit: SoftHSMKit | OpencryptokiKit | None = None
         self.directory: Path | None = None
         self.pool: list[str] = []
         self.error: str | None = None
@@ -82,17 +86,25 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     try:
         _build(session.config, need + _SPARE if need else 0)
     except (RuntimeError, ValueError, OSError) as e:
-        pytest.exit(f"cannot create the SoftHSM test tokens: {e}\n(or deselect the token tests: -m 'not softhsm')",
+        backend = "opencryptoki" if selected_backend() == "opencryptoki" else "SoftHSM"
+        pytest.exit(f"cannot create the {backend} test tokens: {e}\n(or deselect the token tests: -m 'not softhsm')",
                     returncode=pytest.ExitCode.TESTS_FAILED)
 
 
-def _build(config: pytest.Config, pool_size: int) -> SoftHSMKit:
+def _build(config: pytest.Config, pool_size: int) -> SoftHSMKit | OpencryptokiKit:
     state = config.stash[_STATE]
     if state.kit is not None:
         return state.kit
     for name in FOREIGN_ENV:
         os.environ.pop(name, None)
     state.directory = Path(tempfile.mkdtemp(prefix="tokencsp-softhsm-"))
+    if selected_backend() == "opencryptoki":
+        labels = config.getini("tokencsp_softhsm_labels") or [f"{_POOL_PREFIX}kit"]
+        ock = OpencryptokiKit(state.directory, labels=labels, user_pin=str(config.getini("tokencsp_softhsm_pin")))
+        ock.__enter__()
+        ock.apply()
+        state.kit = ock
+        return ock
     state.pool = [f"{_POOL_PREFIX}{i:04d}" for i in range(pool_size)]
     labels = [*config.getini("tokencsp_softhsm_labels"), *state.pool]
     if not labels:
@@ -111,15 +123,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def softhsm_kit(pytestconfig: pytest.Config) -> SoftHSMKit:
+def softhsm_kit(pytestconfig: pytest.Config) -> SoftHSMKit | OpencryptokiKit:
     """The session's SoftHSM store (:class:`tokencsp.testing.SoftHSMKit`): ``.token(label)``,
     ``.environ()`` for subprocesses, ``.add_tokens()`` for processes started afterwards."""
     return _build(pytestconfig, 0)
 
 
 @pytest.fixture
-def softhsm_token(softhsm_kit: SoftHSMKit, pytestconfig: pytest.Config) -> SoftHSMToken:
+def softhsm_token(softhsm_kit: SoftHSMKit | OpencryptokiKit, pytestconfig: pytest.Config) -> SoftHSMToken:
     """A token no test has used: ``.module``, ``.label``, ``.pin``, ``.so_pin``, ``.uri``, ``.env``."""
+    if not isinstance(softhsm_kit, SoftHSMKit):
+        pytest.skip("softhsm_token needs SoftHSM: a fresh token per test; opencryptoki's slot table is fixed")
     state = pytestconfig.stash[_STATE]
     if not state.pool:
         pytest.fail("no fresh SoftHSM token left: the plugin makes one per test that uses softhsm_token when "

@@ -25,7 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +33,8 @@ from urllib.parse import quote
 
 from .config import SOFTHSM_MODULE_PATHS
 
-__all__ = ["MODULE_CANDIDATES", "SoftHSMKit", "SoftHSMToken", "find_softhsm_module"]
+__all__ = ["MODULE_CANDIDATES", "OCK_MODULE_CANDIDATES", "OpencryptokiKit", "SoftHSMKit", "SoftHSMToken",
+           "find_softhsm_module", "selected_backend"]
 
 #: Where distributions put libsofthsm2.so (softhsm/setup-token.sh has the same list).
 MODULE_CANDIDATES: tuple[str, ...] = SOFTHSM_MODULE_PATHS
@@ -284,3 +285,159 @@ class SoftHSMKit:
                 f"softhsm2-util failed {what} (exit {proc.returncode}): {detail}"
             )
         return proc.stdout
+
+
+# --- opencryptoki -----------------------------------------------------------
+
+#: Where distributions put opencryptoki's PKCS#11 library.
+OCK_MODULE_CANDIDATES: tuple[str, ...] = (
+    "/usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so",
+    "/usr/lib/aarch64-linux-gnu/pkcs11/libopencryptoki.so",
+    "/usr/lib/s390x-linux-gnu/pkcs11/libopencryptoki.so",
+    "/usr/lib64/opencryptoki/libopencryptoki.so",
+    "/usr/lib/opencryptoki/libopencryptoki.so",
+)
+
+#: The test backends the suite can run on (``$TOKENCSP_TEST_BACKEND``).
+TEST_BACKENDS = ("softhsm", "opencryptoki")
+
+# Written by opencryptoki/run-in-namespace.sh into its private token store.
+_OCK_STORE = Path("/var/lib/opencryptoki")
+_OCK_SANDBOX_MARK = ".tokencsp-sandbox"
+_OCK_HINT = "run the tests with `make test-opencryptoki` (opencryptoki/run-in-namespace.sh, as root)"
+# swtok's limits (pkcsconf -t: "PIN Length: 4-8"); a fresh token's SO PIN.
+_OCK_PIN_LENGTHS = range(4, 9)
+OCK_DEFAULT_SO_PIN = "87654321"
+
+
+def selected_backend(environ: Mapping[str, str] | None = None) -> str:
+    """The token implementation the test suite runs on: ``$TOKENCSP_TEST_BACKEND``
+    (``softhsm`` when unset, ``opencryptoki`` under run-in-namespace.sh)."""
+    value = (os.environ if environ is None else environ).get("TOKENCSP_TEST_BACKEND") or "softhsm"
+    if value not in TEST_BACKENDS:
+        raise ValueError(f"TOKENCSP_TEST_BACKEND={value!r}: expected one of {', '.join(TEST_BACKENDS)}")
+    return value
+
+
+def _parse_pkcsconf_labels(output: str) -> list[str]:
+    """Labels of the initialised tokens in ``pkcsconf -t`` output (a blank
+    swtok reports the placeholder label and no TOKEN_INITIALIZED flag)."""
+    labels: list[str] = []
+    label = None
+    for line in output.splitlines():
+        key, sep, value = line.strip().partition(":")
+        if not sep:
+            continue
+        if key == "Label":
+            label = value.strip()
+        elif key == "Flags" and label is not None:
+            if "TOKEN_INITIALIZED" in value:
+                labels.append(label)
+            label = None
+    return labels
+
+
+class OpencryptokiKit:
+    """opencryptoki soft tokens for tests, with :class:`SoftHSMKit`'s surface.
+
+    Only works inside ``opencryptoki/run-in-namespace.sh``, which runs
+    pkcsslotd on a private, throwaway token store with two blank soft tokens;
+    entering the kit initialises one token per label (``tokencsp token init``
+    in a child process: C_InitToken with the fresh SO PIN 87654321, then
+    C_InitPIN, PINs in the environment) and refuses any other store, so a
+    test run can never re-initialise a real opencryptoki token.
+    ``directory`` (the caller's) only holds test state.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        labels: Sequence[str] = ("tokencsp-test",),
+        user_pin: str = "1234",
+        so_pin: str = OCK_DEFAULT_SO_PIN,
+    ) -> None:
+        if isinstance(labels, str):
+            raise TypeError("labels must be a sequence of str, not a str")
+        labels = tuple(labels)
+        if not labels or len(set(labels)) != len(labels):
+            raise ValueError("token labels must be one or more unique labels")
+        for label in labels:
+            if not 0 < len(label.encode("utf-8")) <= _MAX_LABEL_BYTES or label != label.strip():
+                raise ValueError(f"token label {label!r} must be 1 to {_MAX_LABEL_BYTES} bytes without edge spaces")
+        for name, pin in (("user_pin", user_pin), ("so_pin", so_pin)):
+            if len(pin) not in _OCK_PIN_LENGTHS:  # swtok refuses others (CKR_PIN_LEN_RANGE)
+                raise ValueError(f"{name} must be 4 to 8 characters (opencryptoki swtok)")
+        self.directory = Path(directory).resolve()
+        self.labels: tuple[str, ...] = labels
+        self.user_pin = user_pin
+        self.so_pin = so_pin
+        self.module: str | None = None
+
+    def __repr__(self) -> str:  # no PINs
+        return f"OpencryptokiKit(directory={str(self.directory)!r}, labels={self.labels!r})"
+
+    def __enter__(self) -> OpencryptokiKit:
+        sandbox = os.environ.get("TOKENCSP_OCK_SANDBOX")
+        mark = _OCK_STORE / _OCK_SANDBOX_MARK
+        try:
+            marked = mark.read_text().strip()
+        except OSError:
+            marked = None
+        if not sandbox or marked != sandbox:
+            raise RuntimeError(f"{_OCK_STORE} is not a private test store (no {mark} matching "
+                               f"$TOKENCSP_OCK_SANDBOX); {_OCK_HINT}")
+        module = os.environ.get("TOKENCSP_OCK_MODULE")
+        if not module:
+            module = next((c for c in OCK_MODULE_CANDIDATES if os.path.isfile(c)), None)
+        if not module or not os.path.isfile(module):
+            raise RuntimeError(f"libopencryptoki.so not found; {_OCK_HINT}")
+        self.module = module
+        self.directory.mkdir(parents=True, exist_ok=True)
+        existing = set(self.token_labels())
+        for label in self.labels:
+            if label not in existing:
+                self._init_token(label)
+        missing = set(self.labels) - set(self.token_labels())
+        if missing:
+            raise RuntimeError(f"tokens {sorted(missing)} were not created")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def token_labels(self) -> list[str]:
+        """Labels of the initialised tokens, as ``pkcsconf -t`` reports them."""
+        try:
+            proc = subprocess.run(["pkcsconf", "-t"], capture_output=True, text=True, timeout=_UTIL_TIMEOUT_S,
+                                  stdin=subprocess.DEVNULL, check=False)
+        except FileNotFoundError:
+            raise RuntimeError(f"pkcsconf not found on PATH; {_OCK_HINT}") from None
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"pkcsconf -t timed out after {_UTIL_TIMEOUT_S} s") from None
+        if proc.returncode != 0:
+            raise RuntimeError(f"pkcsconf -t failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
+        return _parse_pkcsconf_labels(proc.stdout)
+
+    def environ(self) -> dict[str, str]:
+        """The variables that point tokencsp at this kit's first token."""
+        if self.module is None:
+            raise RuntimeError("OpencryptokiKit.environ() needs the kit entered first")
+        return {"TOKENCSP_MODULE": self.module, "TOKENCSP_TOKEN": self.labels[0], "TOKENCSP_PIN": self.user_pin}
+
+    def apply(self) -> None:
+        """Put :meth:`environ` into ``os.environ`` for this process and its children."""
+        os.environ.update(self.environ())
+
+    def _init_token(self, label: str) -> None:
+        env = dict(os.environ, TOKENCSP_MODULE=str(self.module), TOKENCSP_SO_PIN=self.so_pin,
+                   TOKENCSP_PIN=self.user_pin)
+        proc = subprocess.run([sys.executable, "-m", "tokencsp", "token", "init", "--label", label], env=env,
+                              capture_output=True, text=True, timeout=_UTIL_TIMEOUT_S, stdin=subprocess.DEVNULL,
+                              check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"initialising opencryptoki token {label!r} failed: {proc.stderr.strip()}")
