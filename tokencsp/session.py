@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import os
 
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES  # cryptography >= 43 (pyproject)
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, algorithms, modes
-
-try:
-    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-except ImportError:  # cryptography < 43
-    from cryptography.hazmat.primitives.ciphers.algorithms import TripleDES  # type: ignore[no-redef]
 
 from .blobs import SESSION_KEY_LENGTHS, AlgId, PlaintextKeyBlob, PublicKeyBlob, SimpleBlob
 from .errors import DecryptionError, InvalidKeyError, UnsupportedAlgorithm
@@ -180,7 +176,7 @@ class SessionKey:
 
     def _algorithm(self) -> BlockCipherAlgorithm:
         if self._alg in _TRIPLE_DES:
-            return TripleDES(self._cipher_key)
+            return TripleDES(bytes(self._cipher_key))
         return algorithms.AES(self._cipher_key)
 
     # -- export ---------------------------------------------------------------
