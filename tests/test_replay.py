@@ -96,7 +96,9 @@ def test_parse_duration_errors(text: str) -> None:
 
 @pytest.fixture(params=["memory", "sqlite"])
 def cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReplayCache]:
-    c: ReplayCache = MemoryReplayCache() if request.param == "memory" else SQLiteReplayCache(tmp_path / "r.db")
+    # retention=0: ids are kept only for the windows the tests use, so pruning shows at test scale
+    c: ReplayCache = (MemoryReplayCache(retention=0) if request.param == "memory"
+                      else SQLiteReplayCache(tmp_path / "r.db", retention=0))
     yield c
     c.close()
 
@@ -223,7 +225,7 @@ def test_serial_out_of_range_is_a_programming_error(cache: ReplayCache, serial: 
 
 
 @pytest.mark.parametrize("message_id", [b"", "text-id", None])
-def test_bad_message_id_is_a_programming_error(cache: ReplayCache, message_id: object) -> None:
+def test_bad_message_key_is_a_programming_error(cache: ReplayCache, message_id: object) -> None:
     with pytest.raises(ValueError):
         cache.accept(message_id, NOW, NOW, POLICY)  # type: ignore[arg-type]
 
@@ -253,6 +255,119 @@ def test_threads_racing_on_one_cache(cache: ReplayCache) -> None:
     for t in threads:
         t.join()
     assert sorted(results) == ["ok"] + ["replayed"] * 7
+
+
+def test_non_strict_acceptance_keeps_the_highest_serial_not_the_latest(cache: ReplayCache) -> None:
+    """After serials 10 then 5 (non-strict), a strict run compares against 10: 7 is refused."""
+    lax = ReplayPolicy(max_age=100, max_skew=10, strict_serial=False)
+    cache.accept(b"a1", NOW, NOW, lax, ALICE, 10)
+    cache.accept(b"a2", NOW, NOW, lax, ALICE, 5)
+    with pytest.raises(SerialNotIncreasing):
+        cache.accept(b"a3", NOW, NOW, POLICY, ALICE, 7)
+    cache.accept(b"a4", NOW, NOW, POLICY, ALICE, 11)
+
+
+# -- pruning never forgets an id that a later run would accept (finding 9.3) ------------------
+
+
+CRON = ReplayPolicy(max_age=60, max_skew=0)  # e.g. a cron job with --max-age 1m
+DEFAULT = ReplayPolicy()  # an interactive run with the default 24 h
+
+
+def test_a_short_window_run_cannot_prune_what_a_default_run_still_accepts(cache: ReplayCache) -> None:
+    """The id comes from a strict cron run; a later default run must still refuse the replay."""
+    cache.accept(b"m", NOW, NOW, CRON)
+    later = NOW + 3600  # long after the cron window, well inside the default one
+    cache.prune(later)
+    with pytest.raises((ReplayedMessage, MessageTooOld)):
+        cache.accept(b"m", NOW, later, DEFAULT)
+
+
+def test_pruning_keeps_ids_for_the_longest_window_ever_used(cache: ReplayCache) -> None:
+    cache.accept(b"d", NOW, NOW, DEFAULT)  # a default run has used this cache
+    later = NOW + 3600
+    cache.accept(b"c", later, later, CRON)  # a cron run accepts and prunes
+    assert cache.prune(later) == 0
+    with pytest.raises(ReplayedMessage):  # still remembered, refused as the replay it is
+        cache.accept(b"d", NOW, later, DEFAULT)
+    # Once the longest window is over, the id goes and its timestamp is beyond the horizon.
+    gone = NOW + DEFAULT.retention() + 1
+    assert cache.prune(gone) == 1
+    with pytest.raises(MessageTooOld, match="older than the replay cache remembers"):
+        cache.accept(b"d", NOW, gone, ReplayPolicy(max_age=10 * 86400))
+
+
+def test_the_horizon_refuses_nothing_a_run_within_the_longest_window_accepts(cache: ReplayCache) -> None:
+    cache.accept(b"d", NOW, NOW, DEFAULT)
+    cache.accept(b"c", NOW, NOW, CRON)
+    later = NOW + 2 * DEFAULT.retention()
+    cache.prune(later)
+    oldest_fresh = later - DEFAULT.max_age  # exactly max_age old at `later`
+    cache.accept(b"fresh", oldest_fresh, later, DEFAULT)
+    cache.accept(b"fresh-cron", later - 60, later, CRON)
+
+
+def test_a_refusal_by_the_horizon_records_nothing(cache: ReplayCache) -> None:
+    cache.accept(b"a1", NOW, NOW, POLICY, ALICE, 10)
+    later = NOW + 1000
+    cache.prune(later)
+    wide = ReplayPolicy(max_age=5000, max_skew=10)
+    with pytest.raises(MessageTooOld):
+        cache.accept(b"old", NOW, later, wide, ALICE, 20)
+    cache.accept(b"new", later, later, POLICY, ALICE, 11)  # the refused serial 20 was not recorded
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_new_cache_keeps_ids_for_the_default_window_whoever_uses_it_first(tmp_path: Path, kind: str) -> None:
+    cache = MemoryReplayCache() if kind == "memory" else SQLiteReplayCache(tmp_path / "r.db")
+    with cache:
+        cache.accept(b"c", NOW, NOW, CRON)
+        later = NOW + 3600
+        assert cache.prune(later) == 0
+        with pytest.raises(ReplayedMessage):
+            cache.accept(b"c", NOW, later, DEFAULT)
+        cache.accept(b"hour-old", later - 3600, later, DEFAULT)  # no false refusal by the horizon
+
+
+@pytest.mark.parametrize("retention", [-1, math.nan, math.inf, "1h"])
+def test_retention_must_be_a_finite_number(tmp_path: Path, retention: object) -> None:
+    with pytest.raises(ValueError):
+        MemoryReplayCache(retention=retention)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        SQLiteReplayCache(tmp_path / "r.db", retention=retention)  # type: ignore[arg-type]
+
+
+def test_the_horizon_is_shared_by_every_cache_object_on_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    with SQLiteReplayCache(path, retention=0) as cron:
+        cron.accept(b"m", NOW, NOW, CRON)
+        cron.prune(NOW + 3600)
+    with SQLiteReplayCache(path) as interactive:
+        with pytest.raises(MessageTooOld):
+            interactive.accept(b"m", NOW, NOW + 3600, DEFAULT)
+
+
+def test_version_1_cache_is_upgraded_without_forgetting_a_replay(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE seen (message_id BLOB PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID")
+    db.execute("CREATE TABLE senders (sender_id BLOB PRIMARY KEY, last_serial INTEGER NOT NULL) WITHOUT ROWID")
+    db.execute("INSERT INTO seen VALUES (?, ?)", (b"old-id", time.time() + 86400))
+    db.execute("INSERT INTO senders VALUES (?, ?)", (ALICE, 50 - 2**63))
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with SQLiteReplayCache(path) as cache:
+        now = time.time()
+        with pytest.raises(MessageTooOld):  # stamped before the upgrade: its v1 record cannot be matched
+            cache.accept(b"old-id", now - 60, now, DEFAULT)
+        with pytest.raises(SerialNotIncreasing):  # sender serials survive the upgrade
+            cache.accept(b"new", now + 1, now + 1, DEFAULT, ALICE, 50)
+        cache.accept(b"new", now + 1, now + 1, DEFAULT, ALICE, 51)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
 
 
 # -- SQLite persistence ---------------------------------------------------------------------
@@ -305,11 +420,11 @@ def test_survives_reopening_in_a_new_process(tmp_path: Path) -> None:
 
 def test_expired_ids_are_pruned_when_a_new_cache_object_accepts(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
-    with SQLiteReplayCache(path) as cache:
+    with SQLiteReplayCache(path, retention=0) as cache:
         cache.accept(b"old", NOW, NOW, POLICY)
         cache.accept(b"recent", NOW + 100, NOW + 100, POLICY)
     later = NOW + 111
-    with SQLiteReplayCache(path) as cache:
+    with SQLiteReplayCache(path, retention=0) as cache:
         cache.accept(b"new", later, later, POLICY)
         assert cache.prune(later) == 0  # "old" already went in the accept above
         with pytest.raises(ReplayedMessage):
@@ -318,7 +433,7 @@ def test_expired_ids_are_pruned_when_a_new_cache_object_accepts(tmp_path: Path) 
 
 
 def test_sender_serials_do_not_expire(tmp_path: Path) -> None:
-    with SQLiteReplayCache(tmp_path / "r.db") as cache:
+    with SQLiteReplayCache(tmp_path / "r.db", retention=0) as cache:
         cache.accept(b"a1", NOW, NOW, POLICY, ALICE, 50)
         far = NOW + 10 * 365 * 86400
         assert cache.prune(far) == 1
@@ -331,10 +446,10 @@ def test_schema(tmp_path: Path) -> None:
     SQLiteReplayCache(path).close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert tables == {"seen", "senders"}
+        assert tables == {"seen", "senders", "state"}
     finally:
         db.close()
 
@@ -380,12 +495,54 @@ def test_unusable_path(tmp_path: Path, make: str) -> None:
     _one_line_error(info.value, path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+_AS_NOBODY = textwrap.dedent("""
+    import os, sys
+    from tokencsp.errors import ReplayCacheError
+    from tokencsp.replay import SQLiteReplayCache
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)  # everything needed is imported: from here on the kernel checks permissions
+    try:
+        SQLiteReplayCache(sys.argv[1])
+    except ReplayCacheError as exc:
+        print("refused:", exc)
+    else:
+        print("created")
+""")
+
+
 def test_unwritable_directory(tmp_path: Path) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir(mode=0o500)
-    with pytest.raises(ReplayCacheError):
-        SQLiteReplayCache(ro / "r.db")
+    """A directory the process cannot write to gives one ReplayCacheError line.
+
+    Root ignores permission bits, and CI runs as root: there the check runs in a
+    child process that drops to uid/gid 65534 first.
+    """
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(ReplayCacheError):
+            SQLiteReplayCache(ro / "r.db")
+        return
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="tokencsp-ro-"))  # /tmp/pytest-of-root is closed to other users
+    try:
+        base.chmod(0o755)
+        ro = base / "ro"
+        ro.mkdir()
+        os.chown(ro, 65534, 65534)
+        ro.chmod(0o500)  # owned by the child's uid, without write permission
+        out = subprocess.run([sys.executable, "-c", _AS_NOBODY, str(ro / "r.db")], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("refused: replay cache ") and "Permission denied" in out.stdout
+        assert out.stdout.count("\n") == 1
+        assert not (ro / "r.db").exists()
+    finally:
+        (base / "ro").chmod(0o700)
+        import shutil
+
+        shutil.rmtree(base)
 
 
 def test_corrupt_file(tmp_path: Path) -> None:
