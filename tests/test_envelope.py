@@ -12,6 +12,7 @@ import io
 import os
 import random
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from tokencsp import Provider
 from tokencsp import envelope as E
 from tokencsp.blobs import AlgId, SimpleBlob
-from tokencsp.envelope import Header, open_bytes, open_message, read_header, seal, seal_bytes
+from tokencsp.envelope import Header, Release, SenderStatus, open_bytes, open_message, read_header, seal, seal_bytes
 from tokencsp.envelope._format import nonce
 from tokencsp.envelope.opening import PSS
 from tokencsp.errors import (
@@ -35,6 +36,7 @@ from tokencsp.errors import (
     MessageRejected,
     MessageTooOld,
     NotForThisKey,
+    Pkcs1Refused,
     ReplayedMessage,
     SerialNotIncreasing,
     SessionKeyImportError,
@@ -165,13 +167,17 @@ def payload(size: int, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def attempt(message: bytes, receiver, **kw) -> tuple[BaseException | None, bytes]:
-    """Open into a fresh sink (fresh cache unless given); return (error or None, sink contents)."""
+def attempt(message: bytes, receiver, *, source=None, **kw) -> tuple[BaseException | None, bytes]:
+    """Open into a fresh sink (fresh cache unless given); return (error or None, sink contents).
+
+    ``source`` replaces the BytesIO over ``message`` (a RecordingReader, a stalling reader).
+    """
     kw.setdefault("cache", MemoryReplayCache())
-    kw.setdefault("now", NOW)
+    if "clock" not in kw:
+        kw.setdefault("now", NOW)
     sink = io.BytesIO()
     try:
-        open_message(io.BytesIO(message), sink, receiver, **kw)
+        open_message(io.BytesIO(message) if source is None else source, sink, receiver, **kw)
     except MessageRejected as exc:
         return exc, sink.getvalue()
     return None, sink.getvalue()
@@ -220,7 +226,7 @@ def test_round_trip_on_token(receiver, signer, trust, size, signed, oaep):
     assert len(message) == expected_length(prefix_len(message), size, CS)
     out = io.BytesIO()
     opened = open_message(io.BytesIO(message), out, receiver, cache=MemoryReplayCache(),
-                          trust=trust if signed else None, now=NOW)
+                          trust=trust if signed else None, now=NOW, allow_pkcs1=not oaep)
     assert out.getvalue() == data
     assert opened.header == header == read_header(io.BytesIO(message)).header
     assert opened.plaintext_length == size
@@ -603,7 +609,7 @@ def test_garbage_key_blob_fails_exactly_like_a_corrupted_payload(receiver):
                              session_key=os.urandom(32), key_blob=blob)
         counting = Counting(receiver)
         implicit = receiver.rejection.imports["implicit"]
-        err, sink = attempt(message, counting)
+        err, sink = attempt(message, counting, allow_pkcs1=True)
         assert type(err) is type(reference) and str(err) == str(reference) and err.reason == reference.reason
         assert sink == b"" and counting.imports == 1
         assert receiver.rejection.imports["implicit"] == implicit + 1  # the token's implicit rejection ran
@@ -612,8 +618,12 @@ def test_garbage_key_blob_fails_exactly_like_a_corrupted_payload(receiver):
 def test_pkcs1_and_oaep_flag_mismatch_is_an_authentication_failure(receiver):
     message = bytearray(seal_bytes(b"x" * 10, receiver.public_key(), now=NOW, chunk_size=CS, oaep=True))
     message[11] ^= E.FLAG_OAEP
-    err, sink = attempt(bytes(message), receiver)
+    err, sink = attempt(bytes(message), receiver, allow_pkcs1=True)
     assert type(err) is AuthenticationFailed and str(err) == str(AuthenticationFailed()) and sink == b""
+    pkcs1 = bytearray(seal_bytes(b"x" * 10, receiver.public_key(), now=NOW, chunk_size=CS, oaep=False))
+    pkcs1[11] ^= E.FLAG_OAEP
+    err, sink = attempt(bytes(pkcs1), receiver)
+    assert type(err) is AuthenticationFailed and sink == b""
 
 
 # -- parsing and bounds (host-only) ---------------------------------------------------------------
@@ -650,10 +660,10 @@ def test_parse_failures_name_the_field(host_receiver, host_message, offset, new,
     bad = _patched(host_message, offset, new)
     with pytest.raises(EnvelopeFormatError, match=f"^{field}:"):
         read_header(io.BytesIO(bad))
-    reader = RecordingReader(bad)
-    err, sink = attempt(bad, host_receiver)
+    reader = RecordingReader(bad + bytes(1 << 16))  # enough input to satisfy any absurd length
+    err, sink = attempt(bad, host_receiver, source=reader)
     assert type(err) is EnvelopeFormatError and str(err).startswith(f"{field}:") and sink == b""
-    assert reader.largest <= E.MAX_RSA_BYTES + 12  # nothing absurd was asked for
+    assert reader.largest <= E.MAX_RSA_BYTES + 12  # nothing absurd was asked for (O2)
 
 
 def test_absurd_chunk_size_is_refused_before_reading_a_chunk(host_message):
@@ -667,8 +677,13 @@ def test_signature_length_bounds(receiver, signer):
     message = seal_bytes(b"abc", receiver.public_key(), signer=signer, serial=1, now=NOW, chunk_size=CS)
     offset = 112 + 2 + 268
     for value in (0, 255, 1025, 0xFFFF):
+        bad = _patched(message, offset, value.to_bytes(2, "big"))
         with pytest.raises(EnvelopeFormatError, match="^signature_length:"):
-            read_header(io.BytesIO(_patched(message, offset, value.to_bytes(2, "big"))))
+            read_header(io.BytesIO(bad))
+        reader = RecordingReader(bad + bytes(1 << 16))
+        err, sink = attempt(bad, receiver, source=reader)
+        assert type(err) is EnvelopeFormatError and str(err).startswith("signature_length:") and sink == b""
+        assert reader.largest <= E.MAX_RSA_BYTES + 12  # the length was checked before the read (O2)
 
 
 @pytest.mark.parametrize("cut, field", [(0, "header"), (79, "header"), (80, "sender_id"), (111, "sender_id"),
@@ -801,3 +816,186 @@ def test_top_level_seal_and_open_over_bytes_and_streams(softhsm_kit):
             assert out.getvalue() == b"streamed" and opened.header.message_id == header.message_id
         finally:
             provider.delete_key("api-rx")
+
+
+# -- the clock is read when the prefix is in, and again at accept (finding 9.2) -----------------
+
+
+class FakeClock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.t
+
+
+class StallingReader(io.BytesIO):
+    """A pipe that goes quiet for ``stall`` seconds (on ``clock``) once ``at`` bytes were read."""
+
+    def __init__(self, data: bytes, clock: FakeClock, at: int, stall: float) -> None:
+        super().__init__(data)
+        self.clock, self.at, self.stall, self.stalled = clock, at, stall, False
+
+    def read(self, size: int | None = -1) -> bytes:
+        if not self.stalled and size is not None and size > 0 and self.tell() + size > self.at:
+            part = super().read(self.at - self.tell())
+            self.stalled = True
+            self.clock.t += self.stall
+            return part
+        return super().read(size)
+
+
+STALL = ReplayPolicy().max_age + 60
+
+
+@pytest.mark.parametrize("at", [40, 79], ids=["mid-header", "end-of-header"])
+def test_a_stall_inside_the_prefix_cannot_defeat_max_age(receiver, at):
+    message = seal_bytes(b"old news", receiver.public_key(), now=NOW, chunk_size=CS)
+    clock = FakeClock(NOW)
+    counting = Counting(receiver)
+    err, sink = attempt(message, counting, source=StallingReader(message, clock, at, STALL), clock=clock)
+    assert type(err) is MessageTooOld and sink == b"" and counting.imports == 0
+
+
+@pytest.mark.parametrize("release", list(Release))
+def test_a_stall_after_the_prefix_is_judged_at_accept(receiver, release):
+    message = seal_bytes(payload(3 * CS), receiver.public_key(), now=NOW, chunk_size=CS)
+    clock, cache = FakeClock(NOW), MemoryReplayCache()
+    stalling = StallingReader(message, clock, prefix_len(message) + 10, STALL)  # inside chunk 0
+    err, sink = attempt(message, receiver, source=stalling, clock=clock, cache=cache, release=release)
+    assert type(err) is MessageTooOld and sink == (b"" if release is Release.STREAMING else sink)
+    # Nothing was recorded: the message is refused for its age, not as a replay.
+    assert type(attempt(message, receiver, cache=cache, now=NOW + STALL)[0]) is MessageTooOld
+    assert open_bytes(message, receiver, cache=cache, now=NOW) == payload(3 * CS)
+
+
+def test_now_and_clock_are_exclusive(receiver):
+    with pytest.raises(TypeError):
+        open_message(io.BytesIO(b""), io.BytesIO(), receiver, cache=MemoryReplayCache(), now=NOW, clock=time.time)
+
+
+# -- nobody who saw a message id can burn another sender's message (finding 9.4) ---------------
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_an_observer_reusing_the_message_id_does_not_burn_the_message(receiver, signer, trust, tmp_path,
+                                                                      kind, signed):
+    extra = {"signer": signer, "serial": 100} if signed else {}
+    genuine = seal_bytes(b"genuine", receiver.public_key(), now=NOW, chunk_size=CS, **extra)
+    seen_id = read_header(io.BytesIO(genuine)).header.message_id
+    # The observer seals his own message to the same receiver under the genuine id, and it arrives first.
+    decoy = seal_bytes(b"decoy", receiver.public_key(), now=NOW, chunk_size=CS, message_id=seen_id)
+    cache = MemoryReplayCache() if kind == "memory" else SQLiteReplayCache(tmp_path / "r.db")
+    with cache:
+        assert open_bytes(decoy, receiver, cache=cache, now=NOW) == b"decoy"
+        opts = {"trust": trust} if signed else {}
+        assert open_bytes(genuine, receiver, cache=cache, now=NOW + 1, **opts) == b"genuine"
+        # Each is still accepted at most once.
+        assert type(attempt(decoy, receiver, cache=cache, now=NOW + 2)[0]) is ReplayedMessage
+        assert type(attempt(genuine, receiver, cache=cache, now=NOW + 2, **opts)[0]) is ReplayedMessage
+
+
+def test_the_replay_key_is_the_hash_of_the_authenticated_prefix(receiver):
+    message = seal_bytes(b"k", receiver.public_key(), now=NOW, chunk_size=CS)
+    keys = []
+
+    class Spy(MemoryReplayCache):
+        def accept(self, message_key, *args, **kw):  # type: ignore[override]
+            keys.append(message_key)
+            return super().accept(message_key, *args, **kw)
+
+    open_bytes(message, receiver, cache=Spy(), now=NOW)
+    assert keys == [hashlib.sha256(read_header(io.BytesIO(message)).raw).digest()]
+
+
+# -- a broken copy does not spend the genuine message where nothing is released early (9.11) ----
+
+
+def _broken_copies(message: bytes) -> dict[str, bytes]:
+    n = prefix_len(message)
+    return {
+        "last-chunk-flipped": message[:-1] + bytes([message[-1] ^ 1]),
+        "truncated": message[: n + 2 * (CS + TAG)],
+        "middle-chunk-flipped": message[: n + CS + TAG + 5] + bytes([message[n + CS + TAG + 5] ^ 1])
+        + message[n + CS + TAG + 6 :],
+    }
+
+
+@pytest.mark.parametrize("damage", ["last-chunk-flipped", "truncated", "middle-chunk-flipped"])
+def test_a_broken_copy_does_not_burn_the_genuine_message_at_end_release(receiver, tmp_path, damage):
+    message = seal_bytes(payload(3 * CS + 5), receiver.public_key(), now=NOW, chunk_size=CS)
+    with SQLiteReplayCache(tmp_path / "r.db") as cache:
+        err, _ = attempt(_broken_copies(message)[damage], receiver, cache=cache, release=Release.AT_END)
+        assert type(err) in (AuthenticationFailed, TruncatedMessage)
+        with pytest.raises((AuthenticationFailed, TruncatedMessage)):
+            open_bytes(_broken_copies(message)[damage], receiver, cache=cache, now=NOW)  # bytes API: at end
+        assert open_bytes(message, receiver, cache=cache, now=NOW) == payload(3 * CS + 5)
+        assert type(attempt(message, receiver, cache=cache, release=Release.AT_END)[0]) is ReplayedMessage
+
+
+def test_streaming_release_still_records_after_chunk_0(receiver):
+    """O6 for a pipe: the id is spent once chunk 0 authenticated (documented as "already seen")."""
+    message = seal_bytes(payload(3 * CS), receiver.public_key(), now=NOW, chunk_size=CS)
+    cache = MemoryReplayCache()
+    err, sink = attempt(_broken_copies(message)["last-chunk-flipped"], receiver, cache=cache,
+                        release=Release.STREAMING)
+    assert type(err) is AuthenticationFailed and sink == payload(3 * CS)[: 2 * CS]
+    err, sink = attempt(message, receiver, cache=cache, release=Release.STREAMING)
+    assert type(err) is ReplayedMessage and sink == b""
+    assert "already" in str(err) and "damaged" in str(err)
+
+
+def test_at_end_release_records_nothing_for_a_replay_refused_at_the_end(receiver):
+    message = seal_bytes(payload(2 * CS), receiver.public_key(), now=NOW, chunk_size=CS)
+    cache = MemoryReplayCache()
+    assert open_bytes(message, receiver, cache=cache, now=NOW) == payload(2 * CS)
+    sink = io.BytesIO()
+    with pytest.raises(ReplayedMessage):
+        open_message(io.BytesIO(message), sink, receiver, cache=cache, now=NOW, release=Release.AT_END)
+    # The caller discards the private sink; open_bytes never returns it.
+    with pytest.raises(ReplayedMessage):
+        open_bytes(message, receiver, cache=cache, now=NOW)
+
+
+# -- the sender is reported as unverified without a trust set (9.12, O8) ------------------------
+
+
+def test_opened_reports_the_sender_status(receiver, signer, trust):
+    signed = seal_bytes(b"s", receiver.public_key(), signer=signer, serial=3, now=NOW, chunk_size=CS)
+    unsigned = seal_bytes(b"u", receiver.public_key(), now=NOW, chunk_size=CS)
+    key_id = fingerprint(signer.public_key())
+
+    def opened(message: bytes, **kw) -> E.Opened:
+        return open_message(io.BytesIO(message), io.BytesIO(), receiver, cache=MemoryReplayCache(), now=NOW, **kw)
+
+    o = opened(signed)
+    assert o.sender_status is SenderStatus.UNVERIFIED and o.claimed_sender == key_id and o.verified_sender is None
+    assert o.sender_line().startswith("sender unverified") and key_id.hex() in o.sender_line()
+    assert "not checked" in o.sender_line()
+    o = opened(unsigned)
+    assert o.sender_status is SenderStatus.UNVERIFIED and o.claimed_sender is None
+    assert o.sender_line() == "sender unverified: the message is unsigned"
+    o = opened(signed, trust=trust)
+    assert o.sender_status is SenderStatus.VERIFIED and o.verified_sender == key_id
+    assert o.sender_line().startswith("sender verified") and "serial 3" in o.sender_line()
+
+
+# -- PKCS#1 v1.5 key transport is refused unless allowed (9.1) ----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_pkcs1_transport_is_refused_before_any_token_work(receiver, tmp_path, kind):
+    message = seal_bytes(b"legacy", receiver.public_key(), now=NOW, chunk_size=CS, oaep=False)
+    counting = Counting(receiver)
+    cache = MemoryReplayCache() if kind == "memory" else SQLiteReplayCache(tmp_path / "r.db")
+    with cache:
+        err, sink = attempt(message, counting, cache=cache)
+        assert type(err) is Pkcs1Refused and sink == b"" and counting.imports == 0
+        assert str(err) == str(Pkcs1Refused()) and err.reason == "pkcs1-refused"
+        with pytest.raises(Pkcs1Refused):
+            open_bytes(message, receiver, cache=cache, now=NOW)
+        # Refused before the cache: the same message opens once the receiver opts in.
+        assert open_bytes(message, receiver, cache=cache, now=NOW, allow_pkcs1=True) == b"legacy"

@@ -28,7 +28,7 @@ import fuzzsupport as fs  # noqa: E402
 from tokencsp import envelope as E  # noqa: E402
 from tokencsp.blobs import PublicKeyBlob  # noqa: E402
 from tokencsp.envelope import Header, read_header, seal_bytes  # noqa: E402
-from tokencsp.errors import (EnvelopeFormatError, FrameTooLarge, MessageRejected, ProtocolError,  # noqa: E402
+from tokencsp.errors import (EnvelopeFormatError, FrameTooLarge, MessageRejected, Pkcs1Refused, ProtocolError,  # noqa: E402
                              TokenCSPError)
 from tokencsp.pubkeys import load_public_key  # noqa: E402
 from tokencsp.threephase import (NEED_DATA, Close, ConnectionClosed, Data, HandshakeComplete, MsgType,  # noqa: E402
@@ -214,6 +214,22 @@ def test_seal_open_round_trip_and_mutations(plaintext, chunk_size, oaep, ops):
     data = mutate(sealed, ops)
     error = fs.check_open(data, world.receiver, [known])
     assert (error is None) == (data == sealed)
+
+
+@fast(40)
+@given(plaintext=st.binary(max_size=200), ops=mutations(min_ops=0, max_ops=2))
+def test_pkcs1_transport_is_refused_unless_allowed(plaintext, ops):
+    """Whatever else is wrong with it, a PKCS#1 v1.5 message the receiver did not opt in to
+    releases nothing; unmodified, it is refused exactly as Pkcs1Refused."""
+    world = fs.envelope_world()
+    sealed = seal_bytes(plaintext, world.receiver.public_key(), now=fs.NOW, oaep=False, chunk_size=64)
+    data = mutate(sealed, ops)
+    sink = fs.RecordingSink()
+    with pytest.raises(MessageRejected) as info:
+        E.open_message(io.BytesIO(data), sink, world.receiver, cache=fs.MemoryReplayCache(), now=fs.NOW)
+    assert sink.getvalue() == b""
+    if data == sealed:
+        assert type(info.value) is Pkcs1Refused
 
 
 # -- public-key files -----------------------------------------------------------------------------

@@ -104,15 +104,15 @@ def open(data: bytes | BinaryIO, receiver: ExchangeKey, *, cache: ReplayCache, s
     """Open a sealed message with ``receiver`` (an :class:`ExchangeKey` on the token).
 
     ``cache`` is the replay cache (e.g. ``SQLiteReplayCache()``); ``options`` are
-    ``policy``, ``trust`` and ``now``.  Returns the plaintext for bytes input;
+    those of :func:`tokencsp.envelope.open_message` (``policy``, ``trust``,
+    ``clock``, ``allow_pkcs1``, ``release``...).  Returns the plaintext for bytes
+    input (recorded in the cache only once the whole message authenticated);
     with a reader and ``sink``, streams into ``sink`` and returns :class:`Opened`.
     """
     from . import envelope
 
     if isinstance(data, (bytes, bytearray, memoryview)):
-        out = io.BytesIO()
-        envelope.open_message(io.BytesIO(bytes(data)), out, receiver, cache=cache, **options)
-        return out.getvalue()
+        return envelope.open_bytes(bytes(data), receiver, cache=cache, **options)  # released at the end
     if sink is None:
         raise TypeError("opening a stream needs sink=")
     return envelope.open_message(data, sink, receiver, cache=cache, **options)

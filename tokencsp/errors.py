@@ -216,8 +216,12 @@ class ReplayError(MessageRejected):
 
 
 class ReplayedMessage(ReplayError):
+    """Seen before.  Streamed opens record a message after its first chunk (FORMAT.md O6), so
+    there it can also mean that an earlier copy was damaged after that chunk."""
+
     reason = "replayed"
-    default_message = "message was already accepted once (replay)"
+    default_message = ("message was already accepted once (replay; when opened as a stream, an earlier copy "
+                       "may have been damaged after its first chunk)")
 
 
 class MessageTooOld(ReplayError):

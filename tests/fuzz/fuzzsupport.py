@@ -242,8 +242,12 @@ def _authentic_prefix(data: bytes, out: bytes, known: Known) -> bool:
     return data[:end] == known.sealed[:end]
 
 
-def check_open(data: bytes, receiver, known, *, trust=None, now: float = NOW) -> BaseException | None:
+def check_open(data: bytes, receiver, known, *, trust=None, now: float = NOW,
+               allow_pkcs1: bool = True) -> BaseException | None:
     """Open ``data`` with a fresh replay cache; returns the MessageRejected raised (None if it opened).
+
+    PKCS#1 v1.5 transport is allowed by default so that the fuzzers reach its
+    unwrap path; ``allow_pkcs1=False`` is the receiver's default.
 
     Success is allowed only for a byte-exact known message and must give its
     exact plaintext.  On refusal the sink may hold only a chunk-granular
@@ -252,7 +256,8 @@ def check_open(data: bytes, receiver, known, *, trust=None, now: float = NOW) ->
     """
     sink = RecordingSink()
     try:
-        opened = open_message(io.BytesIO(data), sink, receiver, cache=MemoryReplayCache(), trust=trust, now=now)
+        opened = open_message(io.BytesIO(data), sink, receiver, cache=MemoryReplayCache(), trust=trust, now=now,
+                              allow_pkcs1=allow_pkcs1)
     except MessageRejected as exc:
         error: BaseException | None = exc
     else:

@@ -31,11 +31,11 @@ from ._format import (
                       read_header,
                       signed_data,
 )
-from .opening import Opened, Receiver, open_bytes, open_message, trust_set
+from .opening import Opened, Receiver, Release, SenderStatus, open_bytes, open_message, trust_set
 from .sealing import Signer, seal, seal_bytes
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "FLAG_OAEP", "FLAG_SIGNED", "ID_SIZE", "KEY_SIZE", "MAGIC", "MAX_CHUNK_SIZE",
            "MAX_RSA_BYTES", "MESSAGE_ID_SIZE", "MIN_CHUNK_SIZE", "MIN_RSA_BYTES", "SIGNATURE_CONTEXT",
            "SIMPLEBLOB_HEADER", "SUITE", "TAG_SIZE", "U64_MAX", "VERSION", "Header", "Opened", "Preamble",
-           "Receiver", "Signer", "open_bytes", "open_message", "read_header", "seal", "seal_bytes",
-           "signed_data", "trust_set"]
+           "Receiver", "Release", "SenderStatus", "Signer", "open_bytes", "open_message", "read_header", "seal",
+           "seal_bytes", "signed_data", "trust_set"]

@@ -1,4 +1,4 @@
-"""Opening (docs/FORMAT.md section 7, steps 1-8 and opener rules O1-O11).
+"""Opening (docs/FORMAT.md section 7, steps 1-8 and opener rules O1-O13).
 
 The clock, the replay cache, the trust set and the receiver's token key come
 from the caller.
@@ -10,8 +10,9 @@ import hashlib
 import io
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -25,6 +26,7 @@ from ..errors import (
     BadSignature,
     EnvelopeFormatError,
     NotForThisKey,
+    Pkcs1Refused,
     SignatureRequired,
     TokenError,
     TruncatedMessage,
@@ -35,7 +37,7 @@ from ..replay import ReplayCache, ReplayPolicy
 from ..session import SessionKey
 from ._format import KEY_SIZE, TAG_SIZE, Header, Preamble, blocks, nonce, read_header, signed_data
 
-__all__ = ["Opened", "Receiver", "open_bytes", "open_message", "trust_set"]
+__all__ = ["Opened", "Receiver", "Release", "SenderStatus", "open_bytes", "open_message", "trust_set"]
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)  # section 6, G4
 
@@ -43,6 +45,25 @@ PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)  # section 
 class Receiver(Protocol):  # a tokencsp ExchangeKey
     def public_key(self) -> rsa.RSAPublicKey: ...
     def import_simpleblob(self, blob: bytes, oaep: bool = False) -> SessionKey: ...
+
+
+class Release(Enum):
+    """When the plaintext written to the sink becomes visible to anyone (section 7, step 7)."""
+
+    #: Each chunk is released as soon as it authenticates (a pipe, stdout): the
+    #: message is recorded after chunk 0, before anything is written (O6).
+    STREAMING = "streaming"
+    #: The sink holds everything until the caller commits it after ``open_message``
+    #: returns (a temporary file renamed on success, a buffer): the message is
+    #: recorded only after its last chunk authenticated (O6a).
+    AT_END = "at-end"
+
+
+class SenderStatus(str, Enum):
+    """What the opener can say about who sent a message (O8)."""
+
+    VERIFIED = "verified"  # a trust set vouched for sender_id and the signature verified
+    UNVERIFIED = "unverified"  # no trust set: nothing about the sender was checked
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,24 @@ class Opened:
     @property
     def sender_verified(self) -> bool:
         return self.verified_sender is not None
+
+    @property
+    def sender_status(self) -> SenderStatus:
+        return SenderStatus.VERIFIED if self.verified_sender is not None else SenderStatus.UNVERIFIED
+
+    @property
+    def claimed_sender(self) -> bytes | None:
+        """The header's ``sender_id``: only a claim unless :attr:`sender_verified`."""
+        return self.header.sender_id
+
+    def sender_line(self) -> str:
+        """One line for a human, e.g. on stderr (O8)."""
+        if self.verified_sender is not None:
+            return f"sender verified: key id {self.verified_sender.hex()}, serial {self.header.serial}"
+        if self.header.sender_id is None:
+            return "sender unverified: the message is unsigned"
+        return (f"sender unverified: the message claims key id {self.header.sender_id.hex()}, "
+                "but no trust set was given, so its signature was not checked")
 
 
 def _decrypt(aead: AESGCM, nonce_: bytes, data: bytes, ad: bytes) -> bytes | None:
@@ -127,37 +166,66 @@ def _import_key(receiver: Receiver, pre: Preamble) -> bytes:
 _RECEIVER_PROBLEMS = (TokenError,)
 
 
+def _clock(now: float | None, clock: Callable[[], float] | None) -> Callable[[], float]:
+    if now is not None and clock is not None:
+        raise TypeError("give now= or clock=, not both")
+    if now is not None:
+        fixed = float(now)
+        return lambda: fixed
+    return time.time if clock is None else clock
+
+
 def open_message(source: BinaryIO, sink: BinaryIO, receiver: Receiver, *, cache: ReplayCache,
                  policy: ReplayPolicy | None = None, trust: Mapping[bytes, rsa.RSAPublicKey] | None = None,
-                 now: float | None = None) -> Opened:
+                 now: float | None = None, clock: Callable[[], float] | None = None,
+                 release: Release = Release.STREAMING, allow_pkcs1: bool = False) -> Opened:
     """Open a sealed message from ``source`` into ``sink`` (docs/FORMAT.md section 7, steps 1-8).
 
-    Nothing is written to ``sink`` unless chunk 0 authenticated and the replay
-    cache accepted the message; a later failure raises after the chunks before
-    it were written (discard the output).
+    ``release`` says what writing to ``sink`` means.  :attr:`Release.STREAMING`
+    (the default): chunks are released as they authenticate; nothing is
+    written unless chunk 0 authenticated and the replay cache accepted the
+    message, and a later failure raises after the chunks before it were
+    written (discard the output; the message counts as seen).
+    :attr:`Release.AT_END`: the caller keeps the sink private until this
+    returns and discards it on any error; the message is recorded only once
+    it authenticated completely, so a broken copy does not spend it.
+
+    The time window is judged with ``clock()`` read once the prefix is in and
+    again when the message is recorded (``now`` fixes both readings); a
+    sender using PKCS#1 v1.5 key transport is refused unless ``allow_pkcs1``.
     """
     policy = ReplayPolicy() if policy is None else policy
-    now = time.time() if now is None else now
+    read_clock = _clock(now, clock)
     pre = read_header(source)  # 1
     header = pre.header
     if header.recipient_id != fingerprint(receiver.public_key()):  # 2
         raise NotForThisKey()
-    policy.check_time(header.timestamp, now)  # 3
+    if not header.oaep and not allow_pkcs1:  # 2a (O12): on the public flag, before any token work
+        raise Pkcs1Refused()
+    policy.check_time(header.timestamp, read_clock())  # 3, read after the prefix arrived (O13)
     sender = _verify_sender(pre, trust)  # 4
     aead = AESGCM(_import_key(receiver, pre))  # 5
     ad = hashlib.sha256(pre.raw).digest()
+
+    def record() -> None:  # 7: keyed on the authenticated prefix (O6b), clock read again (O13)
+        cache.accept(ad, header.timestamp, read_clock(), policy, sender,
+                     header.serial if sender is not None else None)
+
     written = 0
     for index, (data, last) in enumerate(blocks(source, header.chunk_size + TAG_SIZE)):
         plaintext = _open_chunk(aead, ad, index, data, last, header.chunk_size)  # 6, 8
-        if index == 0:  # 7
-            cache.accept(header.message_id, header.timestamp, now, policy,
-                         sender, header.serial if sender is not None else None)
+        if index == 0 and release is Release.STREAMING:
+            record()  # O6
         sink.write(plaintext)
         written += len(plaintext)
+    if release is Release.AT_END:
+        record()  # O6a
     return Opened(header, sender, written)
 
 
 def open_bytes(data: bytes, receiver: Receiver, **kw: Any) -> bytes:
+    """Open a whole message held in memory; nothing is released before it authenticated (Release.AT_END)."""
+    kw.setdefault("release", Release.AT_END)
     sink = io.BytesIO()
     open_message(io.BytesIO(data), sink, receiver, **kw)
     return sink.getvalue()
