@@ -12,7 +12,7 @@ from .._wire import U64_MAX
 from ..errors import MessageTooOld, SerialNotIncreasing
 from .policy import ReplayPolicy
 
-__all__ = ["BEYOND_HORIZON", "DEFAULT_RETENTION", "Acceptance", "ReplayCache", "next_serial", "prune_horizon",
+__all__ = ["BEYOND_HORIZON", "DEFAULT_RETENTION", "Acceptance", "ReplayCache", "checked_serial", "prune_horizon",
            "retention_floor"]
 
 SERIAL_MAX = U64_MAX  # serials are unsigned 64-bit (FORMAT.md section 2.1)
@@ -41,7 +41,7 @@ class Acceptance:
             raise MessageTooOld(BEYOND_HORIZON)
 
 
-def next_serial(last: int | None, serial: int | None, sender_id: bytes | None, strict: bool) -> int | None:
+def checked_serial(last: int | None, serial: int | None, sender_id: bytes | None, strict: bool) -> int | None:
     """The sender's new highest serial (None: nothing to record); raises when strict and not increasing."""
     if strict and (sender_id is None or serial is None):
         raise SerialNotIncreasing("message carries no sender serial number")
@@ -82,7 +82,7 @@ class ReplayCache(ABC):
        opaque bytes; the envelope passes SHA-256 of the message's
        authenticated prefix, so that nobody who merely saw a message id can
        burn another sender's message (docs/FORMAT.md step 7).
-    3. :func:`next_serial` on the sender's stored highest serial ->
+    3. :func:`checked_serial` on the sender's stored highest serial ->
        :class:`SerialNotIncreasing` when strict and not above it.
     4. Record: insert ``(key, timestamp)``; raise the store's *max window*
        (initially the backend's ``retention``, by default the default

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from ..errors import ReplayedMessage
-from .base import Acceptance, ReplayCache, next_serial, prune_horizon, retention_floor
+from .base import Acceptance, ReplayCache, checked_serial, prune_horizon, retention_floor
 from .policy import check_now
 
 __all__ = ["MemoryReplayCache"]
@@ -28,7 +28,7 @@ class MemoryReplayCache(ReplayCache):
             if a.key in self._seen:
                 raise ReplayedMessage()
             last = self._serials.get(a.sender_id) if a.sender_id is not None else None
-            new = next_serial(last, a.serial, a.sender_id, a.strict)
+            new = checked_serial(last, a.serial, a.sender_id, a.strict)
             self._seen[a.key] = a.timestamp
             self._max_window = max(self._max_window, a.window)
             if a.sender_id is not None and new is not None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ReplayCacheError, ReplayedMessage
-from .base import Acceptance, ReplayCache, next_serial, prune_horizon, retention_floor
+from .base import Acceptance, ReplayCache, checked_serial, prune_horizon, retention_floor
 from .paths import default_replay_db_path
 from .policy import check_now
 
@@ -126,7 +126,7 @@ class SQLiteReplayCache(ReplayCache):
                 raise ReplayedMessage()
             row = db.execute("SELECT last_serial FROM senders WHERE sender_id = ?", (a.sender_id,)).fetchone()
             last = None if row is None else row[0] + _SERIAL_OFFSET
-            new = next_serial(last, a.serial, a.sender_id, a.strict)
+            new = checked_serial(last, a.serial, a.sender_id, a.strict)
             db.execute("INSERT INTO seen (key, ts) VALUES (?, ?)", (a.key, a.timestamp))
             if a.window > max_window:
                 db.execute("UPDATE state SET max_window = ?", (a.window,))
