@@ -210,3 +210,22 @@ def test_progress_on_a_terminal_only(keys, tmp_path):
     assert quiet.returncode == 0 and quiet.stderr == b""
     piped = subprocess.run(command, capture_output=True, timeout=120)  # stderr not a terminal
     assert piped.returncode == 0 and piped.stderr == b""
+
+
+def test_open_to_a_file_does_not_let_a_damaged_copy_spend_the_message(keys, tmp_path):
+    """With -o the message is recorded only after it authenticated completely (FORMAT.md O6a);
+    to stdout it is recorded after chunk 0 (O6), so there the damaged copy does spend it."""
+    data = os.urandom(3 * 65536 + 10)
+    sealed = seal(keys, tmp_path, data).read_bytes()
+    damaged = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    db = str(tmp_path / "replay.db")
+    bad = tokencsp("open", "--key", "seal-rx", "--replay-db", db, "-o", str(tmp_path / "bad"), input=damaged,
+                   check=False)
+    assert bad.returncode != 0 and not (tmp_path / "bad").exists()
+    tokencsp("open", "--key", "seal-rx", "--replay-db", db, "-o", str(tmp_path / "good"), input=sealed)
+    assert (tmp_path / "good").read_bytes() == data
+    streamed = seal(keys, tmp_path, data).read_bytes()
+    bad = tokencsp("open", "--key", "seal-rx", "--replay-db", db, input=streamed[:-1] + bytes([streamed[-1] ^ 1]),
+                   check=False)
+    assert bad.returncode != 0
+    refused(tokencsp("open", "--key", "seal-rx", "--replay-db", db, input=streamed, check=False), 20, "replay")

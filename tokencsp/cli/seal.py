@@ -55,8 +55,10 @@ def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
         receiver = provider.exchange_key(args.key)
         with input_stream(args.input, console) as raw, output_stream(args.output, console) as sink:
             source = ProgressReader.wrap(raw, "opening", console, args.quiet)
+            # A file is renamed into place only after open_message returns: record the message at the end.
+            release = envelope.Release.STREAMING if args.output in (None, "-") else envelope.Release.AT_END
             opened = envelope.open_message(source, sink, receiver, cache=cache, policy=policy,  # type: ignore[arg-type]
-                                           trust=trust)
+                                           trust=trust, release=release)
     if opened.sender_verified and trusted is not None:
         name = next(n for n in trusted if trusted.fingerprint(n) == opened.verified_sender)
         console.say(f"from {name} (signature verified), serial {opened.header.serial}")
