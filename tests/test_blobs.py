@@ -1379,3 +1379,14 @@ def test_private_parts_are_one_shape_for_blobs_keys_and_the_token():
     assert "RsaPrivateParts(bits=1024)" == repr(parts) and str(nums.d) not in repr(parts)
     broken = RsaPrivateParts(parts.n, parts.e, parts.d, parts.p, parts.q, parts.dp, parts.dq, 1)
     assert broken.problem() == "coefficient is not prime2^-1 mod prime1"
+
+
+def test_truncation_inside_the_fixed_fields_names_them_as_blobs_md_says():
+    with pytest.raises(BlobFormatError, match="^truncated SIMPLEBLOB wrapping ALG_ID: 2 bytes, need 4$"):
+        parse(VALID["SIMPLEBLOB"][:10])
+    with pytest.raises(BlobFormatError, match="^truncated PLAINTEXTKEYBLOB dwKeySize: 3 bytes, need 4$"):
+        parse(VALID["PLAINTEXTKEYBLOB"][:11])
+    with pytest.raises(BlobFormatError, match="^truncated BLOBHEADER: 7 bytes, need 8$"):
+        parse(VALID["PUBLICKEYBLOB"][:7])
+    with pytest.raises(BlobFormatError, match="^truncated RSAPUBKEY: 11 bytes, need 12$"):
+        parse(VALID["PUBLICKEYBLOB"][:19])

@@ -285,12 +285,13 @@ def test_disk_full(rx, tmp_path, command):
     out = tmp_path / "out"
     assert_one_line_error(tokencsp(*args, "-o", str(out), fsize=1 << 20, check=False), 1, "File too large")
     assert not out.exists() and leftovers(tmp_path) == []
-    if command == "open":
-        # The id was recorded when chunk 0 authenticated: the message is lost, never accepted twice.
-        assert_one_line_error(tokencsp(*args, "-o", str(out), check=False), 20, "replay")
-        args = [a if not a.endswith("replay.db") else str(tmp_path / "fresh.db") for a in args]
+    # With -o the message is recorded only after it authenticated completely (FORMAT.md O6a): the
+    # failed write did not spend it, so it opens now, and only once.
     tokencsp(*args, "-o", str(out))
     assert out.read_bytes() == data and leftovers(tmp_path) == []
+    if command == "open":
+        assert_one_line_error(tokencsp(*args, "-o", str(tmp_path / "again"), check=False), 20, "replay")
+        assert not (tmp_path / "again").exists()
 
 
 # -- SIGKILL mid-file -----------------------------------------------------------------------------
@@ -336,10 +337,12 @@ def test_sigkill_mid_file(rx, provider, tmp_path):
                 stream.close()
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists() and leftovers(tmp_path) == []
-    # Plaintext was written, so chunk 0 had been accepted: refused now, and again, never opened twice.
+    # Killed before the end: with -o nothing was recorded (FORMAT.md O6a), so the message opens now,
+    # exactly once.
+    tokencsp(*command, input=sealed)
+    assert out.read_bytes() == data and leftovers(tmp_path) == []
     for _ in range(2):
-        assert_one_line_error(tokencsp(*command, input=sealed, check=False), 20, "replay")
-        assert not out.exists() and leftovers(tmp_path) == []
-    tokencsp("open", "--key", RX, "--replay-db", str(tmp_path / "fresh.db"), "-o", str(out), input=sealed)
-    assert out.read_bytes() == data
+        assert_one_line_error(tokencsp(*command[:-1], str(tmp_path / "again"), input=sealed, check=False), 20,
+                              "replay")
+        assert not (tmp_path / "again").exists() and leftovers(tmp_path) == []
     assert provider.object_count() == objects and provider.session_object_count() == 0
