@@ -1382,11 +1382,11 @@ def test_private_parts_are_one_shape_for_blobs_keys_and_the_token():
 
 
 def test_truncation_inside_the_fixed_fields_names_them_as_blobs_md_says():
-    with pytest.raises(BlobFormatError, match="^truncated SIMPLEBLOB wrapping ALG_ID: 2 bytes, need 4$"):
+    with pytest.raises(BlobFormatError, match=r"^truncated SIMPLEBLOB wrapping ALG_ID: 2 bytes, need 4$"):
         parse(VALID["SIMPLEBLOB"][:10])
-    with pytest.raises(BlobFormatError, match="^truncated PLAINTEXTKEYBLOB dwKeySize: 3 bytes, need 4$"):
+    with pytest.raises(BlobFormatError, match=r"^truncated PLAINTEXTKEYBLOB dwKeySize: 3 bytes, need 4$"):
         parse(VALID["PLAINTEXTKEYBLOB"][:11])
-    with pytest.raises(BlobFormatError, match="^truncated BLOBHEADER: 7 bytes, need 8$"):
+    with pytest.raises(BlobFormatError, match=r"^truncated BLOBHEADER: 7 bytes, need 8$"):
         parse(VALID["PUBLICKEYBLOB"][:7])
-    with pytest.raises(BlobFormatError, match="^truncated RSAPUBKEY: 11 bytes, need 12$"):
+    with pytest.raises(BlobFormatError, match=r"^truncated RSAPUBKEY: 11 bytes, need 12$"):
         parse(VALID["PUBLICKEYBLOB"][:19])

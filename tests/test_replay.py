@@ -342,9 +342,8 @@ def test_the_horizon_is_shared_by_every_cache_object_on_one_file(tmp_path: Path)
     with SQLiteReplayCache(path, retention=0) as cron:
         cron.accept(b"m", NOW, NOW, CRON)
         cron.prune(NOW + 3600)
-    with SQLiteReplayCache(path) as interactive:
-        with pytest.raises(MessageTooOld):
-            interactive.accept(b"m", NOW, NOW + 3600, DEFAULT)
+    with SQLiteReplayCache(path) as interactive, pytest.raises(MessageTooOld):
+        interactive.accept(b"m", NOW, NOW + 3600, DEFAULT)
 
 
 def test_version_1_cache_is_upgraded_without_forgetting_a_replay(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -59,7 +59,7 @@ class Release(Enum):
     AT_END = "at-end"
 
 
-class SenderStatus(str, Enum):
+class SenderStatus(StrEnum):
     """What the opener can say about who sent a message (O8)."""
 
     VERIFIED = "verified"  # a trust set vouched for sender_id and the signature verified
