@@ -43,7 +43,7 @@ def in_fork(work: Callable[[], str]) -> tuple[int, str]:
             os.close(read_end)
             report = work()
             code = 0
-        except BaseException as exc:  # everything must reach the parent
+        except BaseException as exc:  # noqa: BLE001 -- everything must reach the parent
             report = f"{type(exc).__name__}: {exc}"
         try:
             os.write(write_end, report.encode())

@@ -99,7 +99,7 @@ def open_input(path: str | None) -> Iterator[BinaryIO]:
         yield sys.stdin.buffer
         return
     try:
-        handle = open(path, "rb")
+        handle = open(path, "rb")  # noqa: SIM115 -- outside the with: only open()'s failure is an InputError
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
     with handle:

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 __all__ = ["KeyInfo", "KeyUsage", "RsaPrivateParts"]
 
 
-class KeyUsage(str, Enum):
+class KeyUsage(str, Enum):  # noqa: UP042 -- a StrEnum would change what str() and format() print
     EXCHANGE = "exchange"
     SIGNATURE = "signature"
 

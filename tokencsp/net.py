@@ -308,7 +308,7 @@ class Receiver:
                               phase_timeout=self.config.phase_timeout, max_frame=self.config.max_frame)
             await _run_session(conn, reader, writer, self.config,
                                lambda ch: _receive_files(ch, self.out_dir, result, authenticated))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- one session's failure is its result; the listener serves on
             result.error = exc
         except asyncio.CancelledError:  # close(): end quietly, the result says why
             result.error = PeerDisconnected("the session was cut off: the listener shut down")

@@ -65,7 +65,7 @@ def _odd_parity(key: bytes) -> bytearray:
 class SessionKey:
     """An AES or 3DES session key that encrypts exactly like an rsaenh key handle."""
 
-    __slots__ = ("_alg", "_key", "_cipher_key", "_iv", "_chain", "_wiped")
+    __slots__ = ("_alg", "_chain", "_cipher_key", "_iv", "_key", "_wiped")
 
     def __init__(self, alg: AlgId, key: bytes | bytearray) -> None:
         self._alg = alg

@@ -25,9 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from pg_server import start_server  # noqa: E402
-
-from tokencsp.replay import PostgresReplayCache, ReplayPolicy, SQLiteReplayCache  # noqa: E402
+from pg_server import start_server
+from tokencsp.replay import PostgresReplayCache, ReplayPolicy, SQLiteReplayCache
 
 POLICY = ReplayPolicy()
 

@@ -42,6 +42,7 @@ Decisions (tests/test_replay_postgres.py pins each one down against a real serve
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import secrets
@@ -202,10 +203,9 @@ class _Connection:
     def discard(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and self._pid == os.getpid():
-            try:
+            # A broken connection may fail to close; it is gone either way.
+            with contextlib.suppress(Exception):
                 conn.close()
-            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is gone either way
-                pass
 
     def run(self, work: Callable[[Any, int], _T]) -> _T:
         """``work(conn, attempt)`` inside one transaction, retried on a dropped connection or a
