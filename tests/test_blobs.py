@@ -174,10 +174,7 @@ def numbers(bits: int) -> rsa.RSAPrivateNumbers:
     for it (e^-1 mod phi(n)); the others use e^-1 mod lcm(p-1, q-1): both
     conventions occur in real PRIVATEKEYBLOBs."""
     p, q = _PRIMES[bits]
-    if bits == 1024:
-        d = pow(E, -1, (p - 1) * (q - 1))
-    else:
-        d = pow(E, -1, math.lcm(p - 1, q - 1))
+    d = pow(E, -1, (p - 1) * (q - 1)) if bits == 1024 else pow(E, -1, math.lcm(p - 1, q - 1))
     return rsa.RSAPrivateNumbers(
         p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p), rsa.RSAPublicNumbers(E, p * q)
     )
@@ -1376,7 +1373,7 @@ def test_private_parts_are_one_shape_for_blobs_keys_and_the_token():
     assert RsaPrivateParts.from_private_key(key) == parts
     assert parts.to_private_key().private_numbers() == nums
     assert parts.problem() is None
-    assert "RsaPrivateParts(bits=1024)" == repr(parts) and str(nums.d) not in repr(parts)
+    assert repr(parts) == "RsaPrivateParts(bits=1024)" and str(nums.d) not in repr(parts)
     broken = RsaPrivateParts(parts.n, parts.e, parts.d, parts.p, parts.q, parts.dp, parts.dq, 1)
     assert broken.problem() == "coefficient is not prime2^-1 mod prime1"
 

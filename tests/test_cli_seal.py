@@ -102,7 +102,8 @@ def test_each_refusal_has_its_reason_and_exit_code(keys, tmp_path, case):
         refused(tokencsp(*opener, str(sealed), check=False), 10, "could not be authenticated")
     elif case == "truncated":
         sealed = seal(keys, tmp_path, os.urandom(200_000))
-        pre = envelope.read_header(open(sealed, "rb"))
+        with sealed.open("rb") as f:
+            pre = envelope.read_header(f)
         cut = len(pre.raw) + 2 * (pre.header.chunk_size + 16)  # exactly after the second chunk
         sealed.write_bytes(sealed.read_bytes()[:cut])
         refused(tokencsp(*opener, str(sealed), check=False), 11, "truncated")
@@ -120,7 +121,8 @@ def test_each_refusal_has_its_reason_and_exit_code(keys, tmp_path, case):
         refused(tokencsp(*opener, str(sealed), check=False), 22, "future")
     elif case == "bad-signature":
         sealed = seal(keys, tmp_path, b"x", "--sign-with", "seal-signer")
-        pre = envelope.read_header(open(sealed, "rb"))
+        with sealed.open("rb") as f:
+            pre = envelope.read_header(f)
         data = bytearray(sealed.read_bytes())
         data[len(pre.raw) - 10] ^= 1  # inside the signature
         sealed.write_bytes(bytes(data))
@@ -206,7 +208,7 @@ def test_progress_on_a_terminal_only(keys, tmp_path):
     finally:
         os.close(primary)
     assert b"sealing: 20 MiB (100%)" in shown, shown
-    quiet = subprocess.run(command[:-1] + ["--quiet", str(big)], capture_output=True, timeout=120)
+    quiet = subprocess.run([*command[:-1], "--quiet", str(big)], capture_output=True, timeout=120)
     assert quiet.returncode == 0 and quiet.stderr == b""
     piped = subprocess.run(command, capture_output=True, timeout=120)  # stderr not a terminal
     assert piped.returncode == 0 and piped.stderr == b""

@@ -532,7 +532,7 @@ def test_chunk_from_another_message_to_the_same_key(receiver):
     for other in (b, c):
         _, chunks_o = split(other)
         for i in range(3):
-            spliced = chunks_a[:i] + [chunks_o[i]] + chunks_a[i + 1 :]
+            spliced = [*chunks_a[:i], chunks_o[i], *chunks_a[i + 1:]]
             err, sink = attempt(pre_a + b"".join(spliced), receiver)
             assert type(err) is AuthenticationFailed and sink == data_a[: i * CS]
     # Same key and message id, only the timestamp differs: still a different AD.
@@ -568,7 +568,7 @@ def test_empty_last_chunk_after_data_is_not_canonical(host_receiver):
     ad = hashlib.sha256(pre.raw).digest()
     aead = AESGCM(key)
     forged = pre.raw + aead.encrypt(nonce(0, False), data, ad) + aead.encrypt(nonce(1, True), b"", ad)
-    err, sink = attempt(forged, host_receiver)
+    err, _sink = attempt(forged, host_receiver)
     assert type(err) is EnvelopeFormatError and "chunk" in str(err)
 
 
@@ -678,7 +678,7 @@ def test_signature_length_bounds(receiver, signer):
     offset = 112 + 2 + 268
     for value in (0, 255, 1025, 0xFFFF):
         bad = _patched(message, offset, value.to_bytes(2, "big"))
-        with pytest.raises(EnvelopeFormatError, match="^signature_length:"):
+        with pytest.raises(EnvelopeFormatError, match=r"^signature_length:"):
             read_header(io.BytesIO(bad))
         reader = RecordingReader(bad + bytes(1 << 16))
         err, sink = attempt(bad, receiver, source=reader)

@@ -28,11 +28,27 @@ import fuzzsupport as fs  # noqa: E402
 from tokencsp import envelope as E  # noqa: E402
 from tokencsp.blobs import PublicKeyBlob  # noqa: E402
 from tokencsp.envelope import Header, read_header, seal_bytes  # noqa: E402
-from tokencsp.errors import (EnvelopeFormatError, FrameTooLarge, MessageRejected, Pkcs1Refused, ProtocolError,  # noqa: E402
-                             TokenCSPError)
+from tokencsp.errors import (  # noqa: E402
+    EnvelopeFormatError,
+    FrameTooLarge,
+    MessageRejected,
+    Pkcs1Refused,
+    ProtocolError,
+    TokenCSPError,
+)
 from tokencsp.pubkeys import load_public_key  # noqa: E402
-from tokencsp.threephase import (NEED_DATA, Close, ConnectionClosed, Data, HandshakeComplete, MsgType,  # noqa: E402
-                                 State, check_frame_length, frame)
+from tokencsp.threephase import (  # noqa: E402
+    NEED_DATA,
+    Close,
+    ConnectionClosed,
+    Data,
+    HandshakeComplete,
+    MsgType,
+    State,
+    check_frame_length,
+    frame,
+)
+
 
 def fast(examples: int) -> settings:
     return settings(max_examples=examples, deadline=None,
@@ -288,7 +304,7 @@ def test_real_transcript_in_any_fragmentation_gives_the_same_events(scenario, cu
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     conn = fs.threephase_world().machine(scenario)
     events = []
-    for start, end in zip(points, points[1:] + [None]):
+    for start, end in zip(points, [*points[1:], None]):
         conn.receive_data(stream[start:end] if end is not None else b"")
         while (event := conn.next_event(0.0)) is not NEED_DATA:
             events.append(event)

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tokencsp import Provider, SessionKey
 from tokencsp.blobs import AlgId, PrivateKeyBlob, PublicKeyBlob, SimpleBlob
 from tokencsp.errors import (
+    SESSION_KEY_IMPORT_FAILED,
     BlobFormatError,
     ConfigError,
     DecryptionError,
@@ -29,7 +30,6 @@ from tokencsp.errors import (
     TokenNotFoundError,
     UnsupportedAlgorithm,
 )
-from tokencsp.errors import SESSION_KEY_IMPORT_FAILED
 from tokencsp.testing import selected_backend
 
 ALGS = ["aes128", "aes192", "aes256", "3des", "3des112"]

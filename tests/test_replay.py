@@ -6,6 +6,7 @@ processes that share one SQLite file / counter file.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sqlite3
@@ -20,10 +21,24 @@ from pathlib import Path
 
 import pytest
 
-from tokencsp.errors import (ConfigError, MessageFromFuture, MessageTooOld, ReplayCacheError,
-                             ReplayedMessage, ReplayError, SerialNotIncreasing)
-from tokencsp.replay import (MemoryReplayCache, ReplayCache, ReplayPolicy, SerialCounter,
-                             SQLiteReplayCache, default_replay_db_path, parse_duration)
+from tokencsp.errors import (
+    ConfigError,
+    MessageFromFuture,
+    MessageTooOld,
+    ReplayCacheError,
+    ReplayedMessage,
+    ReplayError,
+    SerialNotIncreasing,
+)
+from tokencsp.replay import (
+    MemoryReplayCache,
+    ReplayCache,
+    ReplayPolicy,
+    SerialCounter,
+    SQLiteReplayCache,
+    default_replay_db_path,
+    parse_duration,
+)
 
 NOW = 1_700_000_000.0
 POLICY = ReplayPolicy(max_age=100, max_skew=10)
@@ -84,7 +99,7 @@ def test_parse_duration(text: str, seconds: float) -> None:
 
 
 @pytest.mark.parametrize("text", ["", " ", "h", "-5m", "5x", "1h1h", "30m1h", "1 h", "1.h", ".5s",
-                                  "inf", "nan", "1e3", "5m-", "１０s"])
+                                  "inf", "nan", "1e3", "5m-", "１０s"])  # noqa: RUF001 -- fullwidth digits on purpose
 def test_parse_duration_errors(text: str) -> None:
     with pytest.raises(ConfigError, match="invalid duration") as info:
         parse_duration(text)
@@ -726,7 +741,7 @@ def test_serial_counter_increases_across_instances(tmp_path: Path) -> None:
     values = [SerialCounter(path).next() for _ in range(5)]
     counter = SerialCounter(path)
     values += [counter.next() for _ in range(200)]
-    assert all(a < b for a, b in zip(values, values[1:]))
+    assert all(a < b for a, b in itertools.pairwise(values))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -787,7 +802,7 @@ def test_serial_counter_across_racing_processes(tmp_path: Path, racers: Callable
     workers.close()
     per_worker = [[int(v) for v in line.split()] for line in lines]
     for values in per_worker:
-        assert len(values) == 200 and all(a < b for a, b in zip(values, values[1:]))
+        assert len(values) == 200 and all(a < b for a, b in itertools.pairwise(values))
     everything = [v for values in per_worker for v in values]
     assert len(set(everything)) == 800
     assert int(path.read_text()) == max(everything)

@@ -8,15 +8,21 @@ whose acknowledgement is lost.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from tokencsp.errors import (ConfigError, MessageFromFuture, MessageTooOld, ReplayCacheError, ReplayedMessage,
-                             SerialNotIncreasing)
+from tokencsp.errors import (
+    ConfigError,
+    MessageFromFuture,
+    MessageTooOld,
+    ReplayCacheError,
+    ReplayedMessage,
+    SerialNotIncreasing,
+)
 from tokencsp.replay import MemoryReplayCache, PostgresReplayCache, PostgresSerialCounter, ReplayPolicy, open_cache
 from tokencsp.replay.factory import open_serial_counter, refuse_password_on_command_line
 from tokencsp.replay.postgres import SCHEMA_VERSION, is_postgres_dsn, redact_dsn

@@ -37,13 +37,29 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from tokencsp import blobs
 from tokencsp.blobs import AlgId, SimpleBlob
 from tokencsp.envelope import TAG_SIZE, open_message, read_header
-from tokencsp.errors import (BlobFormatError, InvalidKeyError, MessageRejected, ProtocolError,
-                             SessionKeyImportError, TokenCSPError, UnsupportedAlgorithm)
+from tokencsp.errors import (
+    BlobFormatError,
+    InvalidKeyError,
+    MessageRejected,
+    ProtocolError,
+    SessionKeyImportError,
+    TokenCSPError,
+    UnsupportedAlgorithm,
+)
 from tokencsp.pubkeys import fingerprint, load_public_key
 from tokencsp.replay import MemoryReplayCache
 from tokencsp.session import SessionKey
-from tokencsp.threephase import (NEED_DATA, Close, ConnectionClosed, Data, HandshakeComplete, Role, State,
-                                 ThreePhase, TrustSet)
+from tokencsp.threephase import (
+    NEED_DATA,
+    Close,
+    ConnectionClosed,
+    Data,
+    HandshakeComplete,
+    Role,
+    State,
+    ThreePhase,
+    TrustSet,
+)
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures.json"
@@ -361,8 +377,8 @@ def threephase_world() -> ThreePhaseWorld:
     world.m3 = init.data_to_send()
     resp.receive_data(world.m3)
     assert isinstance(resp.next_event(0.0), HandshakeComplete)
-    world.init_records = tuple(init.send(Data(r)) for r in INITIATOR_RECORDS) + (init.send(Close()),)
-    world.resp_records = tuple(resp.send(Data(r)) for r in RESPONDER_RECORDS) + (resp.send(Close()),)
+    world.init_records = (*tuple(init.send(Data(r)) for r in INITIATOR_RECORDS), init.send(Close()))
+    world.resp_records = (*tuple(resp.send(Data(r)) for r in RESPONDER_RECORDS), resp.send(Close()))
     return world
 
 
