@@ -15,9 +15,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, cast
+
+if TYPE_CHECKING:
+    from tokencsp.provider import ExchangeKey, Provider
+    from tokencsp.testing import SoftHSMKit
 
 
-def _kit(directory: Path):
+def _kit(directory: Path) -> SoftHSMKit:
     from tokencsp.testing import SoftHSMKit
 
     kit = SoftHSMKit(directory, labels=("tokencsp-bench",))
@@ -26,7 +31,7 @@ def _kit(directory: Path):
     return kit
 
 
-def bench_imports(provider, bits: int, count: int, threads: int, oaep: bool) -> float:
+def bench_imports(provider: Provider, bits: int, count: int, threads: int, oaep: bool) -> float:
     from tokencsp.session import SessionKey
 
     pair = provider.generate_exchange_key(f"bench-{bits}-{threads}-{int(oaep)}", bits=bits)
@@ -36,7 +41,7 @@ def bench_imports(provider, bits: int, count: int, threads: int, oaep: bool) -> 
         per_thread = [blobs[i::threads] for i in range(threads)]
         pair.import_simpleblob(blobs[0], oaep=oaep)  # warm the per-thread handle cache
 
-        def work(batch):
+        def work(batch: list[bytes]) -> None:
             for blob in batch:
                 pair.import_simpleblob(blob, oaep=oaep)
 
@@ -81,7 +86,7 @@ class _Discard:
         return len(data)
 
 
-def bench_sealed(pair, size: int) -> tuple[float, float]:
+def bench_sealed(pair: ExchangeKey, size: int) -> tuple[float, float]:
     """Seal and open ``size`` bytes (64 KiB chunks): host AES-256-GCM plus one token import."""
     import io
 
@@ -92,10 +97,10 @@ def bench_sealed(pair, size: int) -> tuple[float, float]:
     # Timed into a discarding sink: filling fresh memory with the output would
     # measure page faults, not the format.
     start = time.perf_counter()
-    envelope.seal(io.BytesIO(data), _Discard(), pair.public_key())
+    envelope.seal(io.BytesIO(data), cast(BinaryIO, _Discard()), pair.public_key())
     seal_rate = size / (time.perf_counter() - start)
     collected = _Collect()
-    envelope.seal(io.BytesIO(data), collected, pair.public_key())
+    envelope.seal(io.BytesIO(data), cast(BinaryIO, collected), pair.public_key())
     sealed = io.BytesIO(b"".join(collected.parts))
     pair.public_key()  # fetched once, outside the timing, as any long-lived receiver has it
     start = time.perf_counter()

@@ -22,20 +22,26 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import multiprocessing.queues
+    import multiprocessing.synchronize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from pg_server import start_server
-from tokencsp.replay import PostgresReplayCache, ReplayPolicy, SQLiteReplayCache
+from tokencsp.replay import PostgresReplayCache, ReplayCache, ReplayPolicy, SQLiteReplayCache
 
 POLICY = ReplayPolicy()
 
 
-def _open(kind: str, target: str):
+def _open(kind: str, target: str) -> ReplayCache:
     return PostgresReplayCache(target) if kind == "postgresql" else SQLiteReplayCache(target)
 
 
-def _receiver(kind: str, target: str, seconds: float, tag: int, start, results) -> None:
+def _receiver(kind: str, target: str, seconds: float, tag: int, start: multiprocessing.synchronize.Barrier,
+              results: multiprocessing.queues.Queue[int]) -> None:
     with _open(kind, target) as cache:
         start.wait()
         deadline = time.monotonic() + seconds

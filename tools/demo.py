@@ -143,6 +143,7 @@ def three_phase(work: Path) -> None:
     print(f"\n$ tokencsp {shlex.join(listen)} &")
     listener = subprocess.Popen([sys.executable, "-m", "tokencsp", *listen], stderr=subprocess.PIPE)
     try:
+        assert listener.stderr is not None  # stderr=PIPE
         ready = listener.stderr.readline()  # "tokencsp: listening on ..." once the socket is bound
         sys.stdout.write(ready.decode(errors="replace"))
         if b"listening on" not in ready:

@@ -14,6 +14,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import multiprocessing.queues
+
+    from tokencsp.provider import ExchangeKey
 
 ALGS = ("aes128", "aes192", "aes256", "3des", "3des112")
 
@@ -29,10 +35,11 @@ def _batch(public: bytes, count: int, seed: int) -> list[tuple[bytes, bytes, boo
     return batch
 
 
-def _run_threads(pair, batches) -> tuple[int, int]:
-    errors, wrong = [], []
+def _run_threads(pair: ExchangeKey, batches: list[list[tuple[bytes, bytes, bool]]]) -> tuple[int, int]:
+    errors: list[Exception] = []
+    wrong: list[bytes] = []
 
-    def work(batch):
+    def work(batch: list[tuple[bytes, bytes, bool]]) -> None:
         for expected, blob, oaep in batch:
             try:
                 if pair.import_simpleblob(blob, oaep=oaep).key != expected:
@@ -48,7 +55,8 @@ def _run_threads(pair, batches) -> tuple[int, int]:
     return len(errors), len(wrong)
 
 
-def _process_main(env: dict, key_name: str, count: int, seed: int, results) -> None:
+def _process_main(env: dict[str, str], key_name: str, count: int, seed: int,
+                  results: multiprocessing.queues.Queue[tuple[int, int]]) -> None:
     import os
 
     os.environ.update(env)

@@ -28,6 +28,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokencsp.provider import ExchangeKey
 
 TVLA_THRESHOLD = 4.5
 
@@ -43,7 +47,7 @@ def trimmed(samples: list[float], fraction: float = 0.01) -> list[float]:
     return keep
 
 
-def measure(pair, valid: list[bytes], invalid: list[bytes], oaep: bool,
+def measure(pair: ExchangeKey, valid: list[bytes], invalid: list[bytes], oaep: bool,
             padded: bool = True) -> tuple[list[float], list[float]]:
     order = [(True, blob) for blob in valid] + [(False, blob) for blob in invalid]
     random.shuffle(order)
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if leftover == 0 and (flood is None or flood[0] == flood[1]) else 1
 
 
-def flood_check(pair, oaep: bool) -> tuple[float, float]:
+def flood_check(pair: ExchangeKey, oaep: bool) -> tuple[float, float]:
     """Issue 9 finding 1: cheap rejects (ciphertext >= n) must not move the deadline."""
     from tokencsp.blobs import AlgId, SimpleBlob
 
