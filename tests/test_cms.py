@@ -186,3 +186,61 @@ def test_a_streamed_message_opens_in_constant_memory(recipient, tmp_path, cipher
     assert _openssl("dgst", "-sha256", str(big)).stdout.split()[-1] == \
         _openssl("dgst", "-sha256", str(tmp_path / "big.out")).stdout.split()[-1]
     assert large - small < 16 * 1024, f"peak RSS {large} KiB for 48 MiB vs {small} KiB for 5 bytes"
+
+
+# -- tokencsp cms encrypt -> openssl cms -decrypt ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def host_recipient(tmp_path_factory):
+    """An RSA key and self-signed certificate made by openssl itself (its private key on the host)."""
+    where = tmp_path_factory.mktemp("cms-host")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(where / "key.pem"),
+             "-out", str(where / "cert.pem"), "-subj", "/CN=openssl recipient", "-days", "2")
+    _openssl("pkey", "-in", str(where / "key.pem"), "-pubout", "-out", str(where / "pub.pem"))
+    return where
+
+
+@pytest.mark.parametrize("options", [(), ("--gcm",), ("--oaep",), ("--gcm", "--oaep")], ids=str)
+@pytest.mark.parametrize("to", ["cert.pem", "pub.pem"])
+def test_openssl_opens_what_tokencsp_encrypts(host_recipient, tmp_path, options, to):
+    plain = os.urandom(300_000) + b"tail"
+    (tmp_path / "plain").write_bytes(plain)
+    tokencsp("cms", "encrypt", "--to", str(host_recipient / to), *options, "-o", str(tmp_path / "msg"),
+             str(tmp_path / "plain"))
+    args = ["cms", "-decrypt", "-binary", "-inform", "DER", "-in", str(tmp_path / "msg"),
+            "-inkey", str(host_recipient / "key.pem")]
+    if to == "cert.pem":
+        args += ["-recip", str(host_recipient / "cert.pem")]
+    assert _openssl(*args).stdout == plain
+    kind = _openssl("cms", "-cmsout", "-print", "-inform", "DER", "-in", str(tmp_path / "msg")).stdout
+    assert (b"authEnvelopedData" in kind) == ("--gcm" in options)
+    assert (b"rsaesOaep" in kind) == ("--oaep" in options)
+
+
+def test_several_recipients_each_open_it(host_recipient, recipient, tmp_path):
+    where, kx, _ = recipient
+    (tmp_path / "plain").write_bytes(b"for both")
+    tokencsp("cms", "encrypt", "--gcm", "--to", str(host_recipient / "cert.pem"), "--to", str(where / "kx.pem"),
+             "-o", str(tmp_path / "msg"), str(tmp_path / "plain"))
+    assert _openssl("cms", "-decrypt", "-inform", "DER", "-in", str(tmp_path / "msg"),
+                    "-inkey", str(host_recipient / "key.pem"), "-recip", str(host_recipient / "cert.pem")
+                    ).stdout == b"for both"
+    out = tokencsp("cms", "decrypt", "--key", kx, "--cert", str(where / "kx.pem"), str(tmp_path / "msg")).stdout
+    assert out == b"for both"
+
+
+def test_encrypt_to_a_token_public_key_opens_on_the_token_by_key_identifier(recipient, tmp_path):
+    _, kx, _ = recipient
+    (tmp_path / "pub.pem").write_bytes(tokencsp("key", "export", kx, "--format", "pem").stdout)
+    sealed = tokencsp("cms", "encrypt", "--to", str(tmp_path / "pub.pem"), "--to", str(tmp_path / "pub.pem"),
+                      input=b"by ski").stdout
+    assert tokencsp("cms", "decrypt", "--key", kx, input=sealed).stdout == b"by ski"
+
+
+def test_encrypt_to_something_that_is_no_key_is_one_line(tmp_path):
+    (tmp_path / "junk").write_bytes(b"junk")
+    result = tokencsp("cms", "encrypt", "--to", str(tmp_path / "junk"), "-o", str(tmp_path / "msg"), input=b"x",
+                      check=False)
+    assert_one_line_error(result, 1, "not a public key")
+    assert not (tmp_path / "msg").exists()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file
 from ._status import ExitStatus
+
+if TYPE_CHECKING:
+    from ..cms.sealing import Recipient
 
 __all__ = ["configure"]
 
@@ -44,8 +48,52 @@ def cmd_cms_decrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
     return ExitStatus.OK
 
 
+ENCRYPT_HELP = """\
+Encrypts to one or more recipients for 'openssl cms -decrypt' (or any CMS/S-MIME reader): a new
+AES-256 key, wrapped to each --to with RSA PKCS#1 v1.5 (--oaep: RSAES-OAEP SHA-1). Default
+EnvelopedData AES-256-CBC, which has NO INTEGRITY (see 'cms decrypt --help'); --gcm makes
+AuthEnvelopedData AES-256-GCM, which readers authenticate. The output is BER (DER-compatible
+readers: openssl cms -decrypt -inform DER), streamed in constant memory. No token is needed.
+"""
+
+
+def _recipient(path: str, console: Console) -> Recipient:
+    from cryptography import x509
+
+    from ..cms.sealing import Recipient
+    from ..pubkeys import load_public_key
+
+    data = read_file(path, console)
+    for load in (x509.load_pem_x509_certificate, x509.load_der_x509_certificate):
+        try:
+            return Recipient.from_certificate(load(data))
+        except ValueError:
+            continue
+    return Recipient(load_public_key(data))
+
+
+def cmd_cms_encrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ..cms.sealing import seal_stream
+
+    recipients = [_recipient(path, console) for path in args.to]
+    with input_stream(args.input, console) as source, output_stream(args.output, console, mode=0o644) as sink:
+        seal_stream(source.read, sink.write, recipients, gcm=args.gcm, oaep=args.oaep)
+    return ExitStatus.OK
+
+
 def configure(command: str, parser: argparse.ArgumentParser) -> None:
     cms = parser.add_subparsers(dest="cms_command", metavar="ACTION", required=True)
+    enc = cms.add_parser("encrypt", help="encrypt to certificates or public keys as CMS (openssl cms -decrypt opens)",
+                         description=ENCRYPT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    enc.add_argument("--to", required=True, action="append", metavar="CERT_OR_PUBKEY",
+                     help="recipient certificate (PEM/DER: named by issuer and serial) or RSA public key "
+                          "(PEM, DER or PUBLICKEYBLOB: named by subjectKeyIdentifier); repeat for more")
+    enc.add_argument("--gcm", action="store_true", help="AuthEnvelopedData AES-256-GCM (authenticated)")
+    enc.add_argument("--oaep", action="store_true", help="wrap the key with RSAES-OAEP SHA-1 instead of PKCS#1 v1.5")
+    enc.add_argument("-o", "--output", help="output file (default: stdout)")
+    enc.add_argument("input", nargs="?", help="plaintext file (default: stdin)")
+    enc.set_defaults(func=cmd_cms_encrypt)
+
     dec = cms.add_parser("decrypt", help="open a CMS/S-MIME message with an exchange key on the token",
                          description=DECRYPT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     dec.add_argument("--key", metavar="NAME", help="exchange key on the token (default: object= of --uri)")

@@ -8,5 +8,6 @@ an exchange key's implicit-rejection import; ``seal_stream`` makes messages ``op
 from __future__ import annotations
 
 from .opening import CMS_DECRYPT_FAILED, CmsInfo, open_stream
+from .sealing import Recipient, seal_stream
 
-__all__ = ["CMS_DECRYPT_FAILED", "CmsInfo", "open_stream"]
+__all__ = ["CMS_DECRYPT_FAILED", "CmsInfo", "Recipient", "open_stream", "seal_stream"]
