@@ -84,6 +84,7 @@ def main() -> int:
         print(f"  exit status {bad.returncode}; no output file")
 
         sealed_messages(work)
+        cms_interop(work)
         three_phase(work)
     print("\ndemo complete")
     return 0
@@ -115,6 +116,22 @@ def sealed_messages(work: Path) -> None:
     if replay.returncode != 20:
         sys.exit("demo failed: a replayed message was not refused")
     print(f"  exit status {replay.returncode} (replayed)")
+
+
+def cms_interop(work: Path) -> None:
+    print("\n== CMS (docs/CMS.md): a certificate for the token key, signed on the token; openssl encrypts to it")
+    run("key", "cert", SIGNER, "--signer", SIGNER, "-o", str(work / "ca.pem"))
+    run("key", "cert", KEY, "--signer", SIGNER, "--subject", "CN=demo receiver", "-o", str(work / "receiver.pem"))
+    (work / "letter.txt").write_bytes(MESSAGE)
+    command = ["openssl", "cms", "-encrypt", "-aes-256-gcm", "-binary", "-in", str(work / "letter.txt"),
+               "-out", str(work / "letter.p7m"), str(work / "receiver.pem")]
+    print(f"\n$ {shlex.join(command)}")
+    if subprocess.run(command).returncode != 0:
+        sys.exit("demo failed: openssl cms -encrypt")
+    opened = run("cms", "decrypt", "--key", KEY, str(work / "letter.p7m"))
+    if opened.stdout != MESSAGE:
+        sys.exit("demo failed: the CMS message did not open to the letter")
+    print("  openssl cms -encrypt output opened on the token")
 
 
 def free_port() -> int:
