@@ -185,6 +185,22 @@ class ExchangeKey(KeyPair):
         good = len(value) == length and not hmac.compare_digest(value, substitute)
         return DeferredSessionKey(simple.alg_id, value if good else substitute, rejected=not good)
 
+    def unwrap_legacy_deferred(self, encrypted_key: bytes, oaep: bool, lengths: frozenset[int]) -> tuple[bytes, bool]:
+        """The key of a legacy (RC4/RC2/DES, tokencsp.legacy) SIMPLEBLOB as a generic secret: (value, rejected).
+
+        Same token calls and deadline as :meth:`import_simpleblob_deferred`: a refused blob, or a
+        value of none of ``lengths``, gives this blob's 16-byte substitute and ``rejected``; the
+        caller fails at the final decrypt (``legacy.DeferredLegacyKey``).
+        """
+        stand_in = SimpleBlob(AlgId.CALG_AES_128, encrypted_key)  # names the blob for the substitute only
+
+        def unwrap() -> tuple[bytes, bool]:
+            substitute = self.rejection.substitute(stand_in)
+            value = self._token.unwrap_secret(self.key_id, encrypted_key, oaep, None, fallback=substitute)
+            good = len(value) in lengths and not hmac.compare_digest(value, substitute)
+            return (value if good else substitute), not good
+        return self.rejection.run(unwrap, self._import_or_substitute, "legacy")
+
     def _import_or_substitute(self, simple: SimpleBlob, oaep: bool) -> SessionKey:
         """The implicit import without its deadline (``tools/timing_audit.py --no-deadline`` times it)."""
         rejection = self.rejection

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import BinaryIO
 
+from ..legacy import LegacyAlg
 from ..session import ALG_NAMES, SessionKey, alg_from_name
 from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file
 from ._status import ExitStatus
@@ -41,10 +42,38 @@ def cmd_capi_encrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
     return ExitStatus.OK
 
 
+def _decrypt_legacy(args: argparse.Namespace, console: Console, alg: LegacyAlg, encrypted: bytes) -> ExitStatus:
+    from ..errors import InputError, UnsupportedAlgorithm
+    from ..implicit import CAPI_DECRYPT_FAILED
+    from ..legacy import KEY_LENGTHS, DeferredLegacyKey, LegacyKey
+
+    if not args.allow_legacy:
+        raise UnsupportedAlgorithm(f"{alg.name} is a legacy cipher: tokencsp only decrypts it, with --allow-legacy")
+    try:
+        salt = None if args.salt is None else bytes.fromhex(args.salt)
+    except ValueError:
+        raise InputError("--salt takes hex digits") from None
+    with open_provider(args) as provider:
+        value, rejected = provider.exchange_key(args.key).unwrap_legacy_deferred(encrypted, args.oaep, KEY_LENGTHS[alg])
+    if rejected:  # the substitute: sized for the cipher, so the same work runs to the same failure
+        value = value[:8] if alg is LegacyAlg.CALG_DES else value
+        salt = None if alg is LegacyAlg.CALG_DES else salt
+    key = DeferredLegacyKey(LegacyKey(alg, value, salt=salt, effective_bits=args.effective_bits), rejected,
+                            CAPI_DECRYPT_FAILED)
+    with input_stream(args.input, console) as source, output_stream(args.output, console) as sink:
+        _stream(key, source, sink, encrypt=False)  # type: ignore[arg-type]
+    return ExitStatus.OK
+
+
 def cmd_capi_decrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
     from .. import blobs
+    from ..legacy import legacy_simpleblob
 
-    blob = blobs.SimpleBlob.from_bytes(read_file(args.blob, console))  # a broken file fails before any PIN prompt
+    data = read_file(args.blob, console)
+    legacy = legacy_simpleblob(data)
+    if legacy is not None:
+        return _decrypt_legacy(args, console, *legacy)
+    blob = blobs.SimpleBlob.from_bytes(data)  # a broken file fails before any PIN prompt
     with open_provider(args) as provider:
         # Deferred: a bad blob fails at the final CryptDecrypt, as a bad ciphertext does (one message).
         key = provider.exchange_key(args.key).import_simpleblob_deferred(blob, oaep=args.oaep)
@@ -71,6 +100,12 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     dec.add_argument("--key", metavar="NAME", help="exchange key on the token (default: object= of --uri)")
     dec.add_argument("--blob", required=True, metavar="FILE", help="the SIMPLEBLOB")
     dec.add_argument("--oaep", action="store_true", help="the blob was wrapped with CRYPT_OAEP")
+    dec.add_argument("--allow-legacy", action="store_true",
+                     help="open RC4/RC2/DES SIMPLEBLOBs (CALG_RC4/RC2/DES) as rsaenh does; decrypt only, never made")
+    dec.add_argument("--salt", metavar="HEX", help="legacy RC2/RC4 salt (KP_SALT; default: 11 zero bytes for a "
+                                                   "40-bit key, none otherwise; '' for none)")
+    dec.add_argument("--effective-bits", type=int, metavar="N",
+                     help="legacy RC2 effective key length (KP_EFFECTIVE_KEYLEN; default: the key's length)")
     dec.add_argument("-o", "--output", help="plaintext file, written only if decryption succeeds "
                                             "(default: stdout, streamed; a failure at the end still exits non-zero)")
     dec.add_argument("input", nargs="?", help="ciphertext file (default: stdin)")

@@ -1,0 +1,170 @@
+"""Legacy CryptoAPI ciphers (tokencsp.legacy): RFC 2268 RC2 vectors, and rsaenh vectors from Wine's
+rsaenh tests (which pass on Windows) for RC2/RC4 salt and effective-key-length rules."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+
+import pytest
+from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from helpers import assert_one_line_error, tokencsp
+from tokencsp.errors import DecryptionError, InvalidKeyError
+from tokencsp.legacy import LegacyAlg, LegacyKey, default_salt, rc2_decrypt_block, rc2_key_schedule
+
+# RFC 2268 section 5: (key, effective bits, plaintext, ciphertext)
+RFC2268 = [
+    ("0000000000000000", 63, "0000000000000000", "ebb773f993278eff"),
+    ("ffffffffffffffff", 64, "ffffffffffffffff", "278b27e42e2f0d49"),
+    ("3000000000000000", 64, "1000000000000001", "30649edf9be7d2c2"),
+    ("88", 64, "0000000000000000", "61a8a244adacccf0"),
+    ("88bca90e90875a", 64, "0000000000000000", "6ccf4308974c267f"),
+    ("88bca90e90875a7f0f79c384627bafb2", 64, "0000000000000000", "1a807d272bbe5db1"),
+    ("88bca90e90875a7f0f79c384627bafb2", 128, "0000000000000000", "2269552ab0f85ca6"),
+    ("88bca90e90875a7f0f79c384627bafb216f80a6f85920584c42fceb0be255daf1e", 129, "0000000000000000",
+     "5b78d3a43dfff1f1"),
+]
+
+
+@pytest.mark.parametrize(("key", "bits", "plain", "cipher"), RFC2268)
+def test_rc2_block_matches_rfc_2268(key, bits, plain, cipher):
+    assert rc2_decrypt_block(rc2_key_schedule(bytes.fromhex(key), bits), bytes.fromhex(cipher)) == bytes.fromhex(plain)
+
+
+# Wine dlls/rsaenh/tests/rsaenh.c, test_rc2/test_rc4: a 40-bit key derived (CRYPT_CREATE_SALT) from
+# the MD5 of the test buffer; CryptDeriveKey fills key || salt from the hash.  The Enhanced
+# provider gives such a key no salt, the Base provider 11 bytes.  The plaintext is 16 x 0xAF.
+RC4_40_SALT_ENH = bytes.fromhex("41E633C950A1BF88124DD3E347886DA5")
+RC4_40_SALT_BASE = bytes.fromhex("2FACEAEAFF687E77F4B9487C4E79A6B5")
+RC2_40_SALT_ENH = bytes.fromhex("A3D741877AD018DBD46A4FEEF3CACD34B3159A2A885F43A5")
+RC2_40_SALT_BASE = bytes.fromhex("8C4EA6009B15EF9E8881D065D65357080A7780FA7E891455")
+# The RC2 test's buffer starts with the 16 bytes the provider's previous step encrypted into it.
+RC2_128_ENCRYPTED = bytes.fromhex("8281f7ffddd7888c2a2ac0ce4c89b666")  # Enhanced
+RC2_40DEF_ENCRYPTED = bytes.fromhex("23c87013422ea8985cdf7a9beadb961b")  # Base
+BUFFER = bytes(i & 0xFF for i in range(2000))
+
+
+def test_rc4_40_bit_salt_rules_match_windows():
+    digest = hashlib.md5(BUFFER).digest()
+    assert LegacyKey(LegacyAlg.CALG_RC4, digest[:5], salt=b"").decrypt(RC4_40_SALT_ENH) == b"\xaf" * 16
+    assert LegacyKey(LegacyAlg.CALG_RC4, digest[:5], salt=digest[5:16]).decrypt(RC4_40_SALT_BASE) == b"\xaf" * 16
+
+
+@pytest.mark.parametrize(("prefix", "salted", "vector"), [(RC2_128_ENCRYPTED, False, RC2_40_SALT_ENH),
+                                                          (RC2_40DEF_ENCRYPTED, True, RC2_40_SALT_BASE)])
+def test_rc2_40_bit_salt_and_effective_length_match_windows(prefix, salted, vector):
+    digest = hashlib.md5(prefix + BUFFER[16:]).digest()
+    key = LegacyKey(LegacyAlg.CALG_RC2, digest[:5], salt=digest[5:16] if salted else b"")
+    assert key.decrypt(vector) == b"\xaf" * 16
+
+
+def test_imported_40_bit_keys_get_eleven_zero_salt_bytes():
+    assert default_salt(LegacyAlg.CALG_RC4, 5) == bytes(11)
+    assert default_salt(LegacyAlg.CALG_RC2, 5) == bytes(11)
+    assert default_salt(LegacyAlg.CALG_RC4, 16) == b""
+    assert default_salt(LegacyAlg.CALG_DES, 8) == b""
+    key = bytes.fromhex("0102030405")
+    salted = LegacyKey(LegacyAlg.CALG_RC4, key)
+    assert salted.decrypt(bytes(16)) == LegacyKey(LegacyAlg.CALG_RC4, key, salt=bytes(11)).decrypt(bytes(16))
+    assert salted.decrypt(bytes(16)) != LegacyKey(LegacyAlg.CALG_RC4, key, salt=b"").decrypt(bytes(16))
+
+
+def _openssl_enc(cipher: str, key: bytes, plain: bytes) -> bytes:
+    result = subprocess.run(["openssl", "enc", "-e", f"-{cipher}", "-provider", "legacy", "-provider", "default",
+                             "-K", key.hex(), "-iv", "00" * 8], input=plain, capture_output=True, timeout=60)
+    if result.returncode != 0:
+        pytest.skip(f"openssl has no {cipher} (legacy provider): {result.stderr.decode()[:200]}")
+    return result.stdout
+
+
+@pytest.mark.parametrize(("alg", "cipher", "key"), ids=["des", "rc2"], argvalues=[
+    (LegacyAlg.CALG_DES, "des-cbc", bytes.fromhex("133457799bbcdff1")),
+    (LegacyAlg.CALG_RC2, "rc2-cbc", bytes(range(16))),
+])
+def test_cbc_and_padding_match_openssl(alg, cipher, key):
+    plain = bytes(range(100))
+    encrypted = _openssl_enc(cipher, key, plain)
+    legacy = LegacyKey(alg, key)
+    assert legacy.decrypt(encrypted[:48], final=False) + legacy.decrypt(encrypted[48:]) == plain
+
+
+def test_bad_padding_and_partial_blocks_are_decryption_errors():
+    key = LegacyKey(LegacyAlg.CALG_DES, bytes(8))
+    with pytest.raises(DecryptionError):
+        key.decrypt(bytes(7))
+    with pytest.raises(DecryptionError):
+        key.decrypt(bytes(8))  # decrypts to a block whose last byte is no valid pad (with all-zero key and data)
+
+
+@pytest.mark.parametrize(("alg", "key"), [(LegacyAlg.CALG_DES, bytes(7)), (LegacyAlg.CALG_RC4, bytes(4)),
+                                          (LegacyAlg.CALG_RC2, bytes(17))])
+def test_key_sizes_are_checked(alg, key):
+    with pytest.raises(InvalidKeyError):
+        LegacyKey(alg, key)
+
+
+# -- capi decrypt --allow-legacy, the key on the token --------------------------------------------
+
+KEY = "legacy-kx"
+
+
+@pytest.fixture(scope="module")
+def token_key(softhsm_kit):
+    tokencsp("key", "generate", KEY)
+    yield load_pem_public_key(tokencsp("key", "export", KEY, "--format", "pem").stdout)
+    tokencsp("key", "delete", KEY, check=False)
+
+
+def _legacy_blob(public_key, alg: int, key: bytes) -> bytes:
+    wrapped = public_key.encrypt(key, padding.PKCS1v15())
+    return bytes([1, 2, 0, 0]) + alg.to_bytes(4, "little") + (0xA400).to_bytes(4, "little") + wrapped[::-1]
+
+
+def _rc4(key: bytes, data: bytes) -> bytes:
+    return Cipher(ARC4(key), mode=None).encryptor().update(data)
+
+
+def test_a_windows_style_40_bit_rc4_archive_opens_with_allow_legacy(token_key, tmp_path):
+    session = bytes.fromhex("a1b2c3d4e5")
+    plain = b"an old archive\n" * 1000
+    (tmp_path / "blob").write_bytes(_legacy_blob(token_key, LegacyAlg.CALG_RC4, session))
+    (tmp_path / "data").write_bytes(_rc4(session + bytes(11), plain))  # rsaenh: 11 zero salt bytes
+    args = ["capi", "decrypt", "--key", KEY, "--blob", str(tmp_path / "blob"), str(tmp_path / "data")]
+    refused = tokencsp(*args, check=False)
+    assert_one_line_error(refused, 1, "--allow-legacy")
+    assert tokencsp(*args, "--allow-legacy").stdout == plain
+    assert tokencsp(*args, "--allow-legacy", "--salt", "").stdout != plain  # CRYPT_NO_SALT is another key
+
+
+def test_a_bad_legacy_blob_fails_like_a_bad_padding(token_key, tmp_path):
+    session = bytes(range(16))
+    good = _legacy_blob(token_key, LegacyAlg.CALG_RC2, session)
+    bad = bytearray(good)
+    bad[20] ^= 0x10
+    encrypted = _openssl_enc("rc2-cbc", session, b"payload" * 10)
+    corrupt = bytearray(encrypted)
+    corrupt[-9] ^= 0x01  # the last plaintext byte: the padding
+    lines = []
+    for name, blob, data in (("blob", bytes(bad), encrypted), ("padding", good, bytes(corrupt))):
+        (tmp_path / f"{name}.blob").write_bytes(blob)
+        (tmp_path / f"{name}.data").write_bytes(data)
+        result = tokencsp("capi", "decrypt", "--allow-legacy", "--key", KEY, "--blob", str(tmp_path / f"{name}.blob"),
+                          "-o", str(tmp_path / f"{name}.out"), str(tmp_path / f"{name}.data"), check=False)
+        lines.append(assert_one_line_error(result, 4, "could not be decrypted"))
+        assert not (tmp_path / f"{name}.out").exists()
+    assert lines[0] == lines[1]
+    (tmp_path / "good.blob").write_bytes(good)
+    assert tokencsp("capi", "decrypt", "--allow-legacy", "--key", KEY, "--blob", str(tmp_path / "good.blob"),
+                    str(tmp_path / "blob.data")).stdout == b"payload" * 10
+
+
+def test_a_des_archive_opens(token_key, tmp_path):
+    session = bytes.fromhex("133457799bbcdff1")
+    (tmp_path / "blob").write_bytes(_legacy_blob(token_key, LegacyAlg.CALG_DES, session))
+    (tmp_path / "data").write_bytes(_openssl_enc("des-cbc", session, b"DES era"))
+    assert tokencsp("capi", "decrypt", "--allow-legacy", "--key", KEY, "--blob", str(tmp_path / "blob"),
+                    str(tmp_path / "data")).stdout == b"DES era"
