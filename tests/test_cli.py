@@ -11,25 +11,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from helpers import assert_one_line_error, tokencsp
 from tokencsp import SessionKey, blobs
 from tokencsp.blobs import PrivateKeyBlob
-
-
-def tokencsp(*args: str, input: bytes | None = None, env: dict | None = None, check: bool = True):
-    result = subprocess.run([sys.executable, "-m", "tokencsp", *args], input=input, capture_output=True,
-                            env={**os.environ, **(env or {})}, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"tokencsp {args} exited {result.returncode}: {result.stderr.decode()}")
-    return result
-
-
-def assert_one_line_error(result, code: int, needle: str) -> None:
-    assert result.returncode == code, result.stderr
-    err = result.stderr.decode()
-    assert err.startswith("tokencsp: error: "), err
-    assert err.count("\n") == 1, err
-    assert "Traceback" not in err
-    assert needle in err, err
 
 
 @pytest.fixture(scope="module")

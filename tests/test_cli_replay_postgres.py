@@ -17,24 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import assert_one_line_error, tokencsp
+
 pytest_plugins = ("pg_server",)  # the pg_server and pg_dsn fixtures (tests/pg_server.py)
 
 KEY_PREFIX = "pgcli"
-
-
-def tokencsp(*args: str, input: bytes | None = None, check: bool = True, env: dict | None = None):
-    result = subprocess.run([sys.executable, "-m", "tokencsp", *args], input=input, capture_output=True,
-                            env={**os.environ, **(env or {})}, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"tokencsp {args} exited {result.returncode}: {result.stderr.decode()}")
-    return result
-
-
-def one_line_error(result, code: int, needle: str) -> str:
-    err = result.stderr.decode()
-    assert result.returncode == code, err
-    assert err.startswith("tokencsp: error: ") and err.count("\n") == 1 and needle in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +61,11 @@ def test_open_through_postgres_refuses_the_replay_also_after_a_server_crash(keys
     assert out.read_bytes() == data
     pg_server.restart("immediate")
     again = tokencsp(*opener(pg_dsn, "-o", str(tmp_path / "again")), str(sealed), check=False)
-    one_line_error(again, 20, "replay")
+    assert_one_line_error(again, 20, "replay")
     assert not (tmp_path / "again").exists()
     # TOKENCSP_REPLAY_DB selects the same cache without --replay-db.
     env = {"TOKENCSP_REPLAY_DB": pg_dsn}
-    one_line_error(tokencsp("open", "--key", f"{KEY_PREFIX}-rx", str(sealed), check=False, env=env), 20, "replay")
+    assert_one_line_error(tokencsp("open", "--key", f"{KEY_PREFIX}-rx", str(sealed), check=False, env=env), 20, "replay")
     other = seal(keys, tmp_path, b"fresh")
     assert tokencsp("open", "--key", f"{KEY_PREFIX}-rx", str(other), env=env).stdout == b"fresh"
     assert query(pg_server, pg_dsn, "SELECT count(*) FROM tokencsp_seen") == [(2,)]
@@ -128,7 +115,7 @@ def test_server_down_is_one_line_exit_1_and_nothing_written(keys, tmp_path, pg_s
     try:
         out = tmp_path / "out"
         result = tokencsp(*opener(pg_dsn, "-o", str(out)), str(sealed), check=False)
-        err = one_line_error(result, 1, "replay cache postgresql://tokencsp@")
+        err = assert_one_line_error(result, 1, "replay cache postgresql://tokencsp@")
         assert pg_server.password not in err
         assert result.stdout == b"" and not out.exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tokencsp-")]
@@ -197,7 +184,7 @@ def test_senders_sharing_a_key_draw_distinct_increasing_serials(keys, tmp_path, 
     trust = ["--trust", str(keys / "signer.pub")]
     for i in by_serial[1:]:
         tokencsp(*opener(pg_dsn, *trust), str(tmp_path / f"s{i}.seal"))
-    one_line_error(tokencsp(*opener(pg_dsn, *trust), str(tmp_path / f"s{by_serial[0]}.seal"), check=False),
+    assert_one_line_error(tokencsp(*opener(pg_dsn, *trust), str(tmp_path / f"s{by_serial[0]}.seal"), check=False),
                    23, "serial")
 
 
@@ -215,7 +202,7 @@ def test_replay_init_status_prune(pg_server, pg_dsn, tmp_path):
     assert tokencsp("replay", "prune", "--batch", "500", pg_dsn).stdout == b"pruned 1234 expired ids\n"
     assert tokencsp("replay", "prune", env={"TOKENCSP_REPLAY_DB": pg_dsn}).stdout == b"pruned 0 expired ids\n"
     assert tokencsp("replay", "prune", str(tmp_path / "local.sqlite3")).stdout == b"pruned 0 expired ids\n"
-    one_line_error(tokencsp("replay", "status", str(tmp_path / "local.sqlite3"), check=False), 1,
+    assert_one_line_error(tokencsp("replay", "status", str(tmp_path / "local.sqlite3"), check=False), 1,
                    "needs a PostgreSQL connection string")
 
 

@@ -9,22 +9,8 @@ import sys
 
 import pytest
 
-from helpers import start_together
+from helpers import assert_one_line_error, start_together, tokencsp
 from tokencsp import envelope
-
-
-def tokencsp(*args: str, input: bytes | None = None, check: bool = True, env: dict | None = None):
-    result = subprocess.run([sys.executable, "-m", "tokencsp", *args], input=input, capture_output=True,
-                            env={**os.environ, **(env or {})}, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"tokencsp {args} exited {result.returncode}: {result.stderr.decode()}")
-    return result
-
-
-def refused(result, code: int, needle: str) -> None:
-    err = result.stderr.decode()
-    assert result.returncode == code, err
-    assert err.startswith("tokencsp: error: ") and err.count("\n") == 1 and needle in err, err
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +41,7 @@ def test_seal_open_file_and_stdout_then_replay_refused(keys, tmp_path):
     assert (tmp_path / "out").read_bytes() == data
     again = tokencsp("open", "--key", "seal-rx", "--replay-db", str(db), "-o", str(tmp_path / "out2"),
                      str(sealed), check=False)
-    refused(again, 20, "replay")
+    assert_one_line_error(again, 20, "replay")
     assert not (tmp_path / "out2").exists()
     other = seal(keys, tmp_path, data)
     assert tokencsp("open", "--key", "seal-rx", "--replay-db", str(db), input=other.read_bytes()).stdout == data
@@ -80,33 +66,33 @@ def test_each_refusal_has_its_reason_and_exit_code(keys, tmp_path, case):
     if case == "untrusted":
         sealed = seal(keys, tmp_path, b"x", "--sign-with", "seal-stranger")
         result = tokencsp(*opener, "--trust", str(keys / "seal-signer.pub"), str(sealed), check=False)
-        refused(result, 30, "not trusted")
+        assert_one_line_error(result, 30, "not trusted")
     elif case == "unsigned":
         sealed = seal(keys, tmp_path, b"x")
-        refused(tokencsp(*opener, "--trust", str(keys), str(sealed), check=False), 32, "unsigned")
+        assert_one_line_error(tokencsp(*opener, "--trust", str(keys), str(sealed), check=False), 32, "unsigned")
     elif case == "too-old":
         sealed = seal(keys, tmp_path, b"x")
-        refused(tokencsp(*opener, "--max-age", "0s", str(sealed), check=False), 21, "too old")
+        assert_one_line_error(tokencsp(*opener, "--max-age", "0s", str(sealed), check=False), 21, "too old")
     elif case == "wrong-key":
         sealed = seal(keys, tmp_path, b"x")
         result = tokencsp("open", "--key", "seal-other", "--replay-db", db, "-o", str(out), str(sealed), check=False)
-        refused(result, 12, "not addressed")
+        assert_one_line_error(result, 12, "not addressed")
     elif case == "garbage":
         (tmp_path / "g").write_bytes(os.urandom(500))
-        refused(tokencsp(*opener, str(tmp_path / "g"), check=False), 13, "not a tokencsp sealed message")
+        assert_one_line_error(tokencsp(*opener, str(tmp_path / "g"), check=False), 13, "not a tokencsp sealed message")
     elif case == "tampered":
         sealed = seal(keys, tmp_path, os.urandom(200_000))
         data = bytearray(sealed.read_bytes())
         data[-5000] ^= 1
         sealed.write_bytes(bytes(data))
-        refused(tokencsp(*opener, str(sealed), check=False), 10, "could not be authenticated")
+        assert_one_line_error(tokencsp(*opener, str(sealed), check=False), 10, "could not be authenticated")
     elif case == "truncated":
         sealed = seal(keys, tmp_path, os.urandom(200_000))
         with sealed.open("rb") as f:
             pre = envelope.read_header(f)
         cut = len(pre.raw) + 2 * (pre.header.chunk_size + 16)  # exactly after the second chunk
         sealed.write_bytes(sealed.read_bytes()[:cut])
-        refused(tokencsp(*opener, str(sealed), check=False), 11, "truncated")
+        assert_one_line_error(tokencsp(*opener, str(sealed), check=False), 11, "truncated")
     elif case == "from-future":
         import io
         import time
@@ -118,7 +104,7 @@ def test_each_refusal_has_its_reason_and_exit_code(keys, tmp_path, case):
         sink = io.BytesIO()
         envelope.seal(io.BytesIO(b"x"), sink, recipient, now=time.time() + 3600)
         sealed.write_bytes(sink.getvalue())
-        refused(tokencsp(*opener, str(sealed), check=False), 22, "future")
+        assert_one_line_error(tokencsp(*opener, str(sealed), check=False), 22, "future")
     elif case == "bad-signature":
         sealed = seal(keys, tmp_path, b"x", "--sign-with", "seal-signer")
         with sealed.open("rb") as f:
@@ -126,14 +112,14 @@ def test_each_refusal_has_its_reason_and_exit_code(keys, tmp_path, case):
         data = bytearray(sealed.read_bytes())
         data[len(pre.raw) - 10] ^= 1  # inside the signature
         sealed.write_bytes(bytes(data))
-        refused(tokencsp(*opener, "--trust", str(keys / "seal-signer.pub"), str(sealed), check=False), 31,
+        assert_one_line_error(tokencsp(*opener, "--trust", str(keys / "seal-signer.pub"), str(sealed), check=False), 31,
                 "does not verify")
     elif case == "serial-backwards":
         first = seal(keys, tmp_path, b"1", "--sign-with", "seal-signer")
         second = seal(keys, tmp_path, b"2", "--sign-with", "seal-signer")
         trust = ["--trust", str(keys / "seal-signer.pub")]
         tokencsp("open", "--key", "seal-rx", "--replay-db", db, *trust, str(second))
-        refused(tokencsp(*opener, *trust, str(first), check=False), 23, "serial")
+        assert_one_line_error(tokencsp(*opener, *trust, str(first), check=False), 23, "serial")
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tokencsp-")]
 
@@ -230,4 +216,4 @@ def test_open_to_a_file_does_not_let_a_damaged_copy_spend_the_message(keys, tmp_
     bad = tokencsp("open", "--key", "seal-rx", "--replay-db", db, input=streamed[:-1] + bytes([streamed[-1] ^ 1]),
                    check=False)
     assert bad.returncode != 0
-    refused(tokencsp("open", "--key", "seal-rx", "--replay-db", db, input=streamed, check=False), 20, "replay")
+    assert_one_line_error(tokencsp("open", "--key", "seal-rx", "--replay-db", db, input=streamed, check=False), 20, "replay")
