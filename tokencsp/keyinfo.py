@@ -9,12 +9,39 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-__all__ = ["KeyInfo", "KeyUsage", "RsaPrivateParts"]
+__all__ = ["DecryptMechanism", "ImportPath", "KeyInfo", "KeyUsage", "PinStatus", "RsaPrivateParts"]
 
 
 class KeyUsage(str, Enum):  # noqa: UP042 -- a StrEnum would change what str() and format() print
     EXCHANGE = "exchange"
     SIGNATURE = "signature"
+
+
+class ImportPath(str, Enum):
+    """How a session key reaches the host through this key (``key list``)."""
+
+    UNWRAP = "unwrap"  # C_UnwrapKey into a transient object, then read (SoftHSM, opencryptoki, HSMs)
+    DECRYPT = "decrypt"  # C_Decrypt of the RSA block (cards: CKA_DECRYPT without CKA_UNWRAP)
+
+
+class DecryptMechanism(str, Enum):
+    """The C_Decrypt mechanisms of the decrypt path, in order of preference."""
+
+    RSA_X_509 = "rsa-x-509"  # raw RSA: the host decodes the padding, the token never judges it
+    RSA_PKCS_OAEP = "rsa-pkcs-oaep"
+    RSA_PKCS = "rsa-pkcs"
+
+
+@dataclass(frozen=True)
+class PinStatus:
+    """What the token's flags say about its user PIN, read without logging in (for the prompt)."""
+
+    label: str
+    protected_path: bool  # CKF_PROTECTED_AUTHENTICATION_PATH: a PIN pad; log in with no PIN
+    count_low: bool  # CKF_USER_PIN_COUNT_LOW: a wrong PIN was entered since the last success
+    final_try: bool  # CKF_USER_PIN_FINAL_TRY: one more wrong PIN locks it
+    locked: bool  # CKF_USER_PIN_LOCKED
+    login_required: bool  # CKF_LOGIN_REQUIRED
 
 
 @dataclass(frozen=True)
@@ -35,6 +62,11 @@ class KeyInfo:
     can_sign: bool
     has_public: bool
     oaep_only: bool = False
+    import_path: ImportPath | None = None
+    #: What the decrypt path may use with this key on this token, best first.
+    decrypt_mechanisms: tuple[DecryptMechanism, ...] = ()
+    #: CKA_ALWAYS_AUTHENTICATE: each private operation needs a context-specific login.
+    always_authenticate: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +84,9 @@ class KeyInfo:
             "sign": self.can_sign,
             "has_public": self.has_public,
             "oaep_only": self.oaep_only,
+            "import_path": self.import_path.value if self.import_path else None,
+            "decrypt_mechanisms": [m.value for m in self.decrypt_mechanisms],
+            "always_authenticate": self.always_authenticate,
         }
 
 

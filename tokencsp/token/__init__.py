@@ -5,6 +5,10 @@
 * :mod:`.errors` -- the one CK_RV → exception map, and the classifier that
   makes every blob-caused failure :class:`~tokencsp.errors.UnwrapRefused`;
 * :mod:`.templates` -- key templates and mechanisms as named policy;
+* :mod:`.quirks` -- what tokens differ in (mechanism flags, unwrap
+  templates), probed per token, each entry naming the token and CKR that
+  taught it;
+* :mod:`.pool` -- the bounded session pool (``TOKENCSP_MAX_SESSIONS``);
 * :mod:`.lock` -- the cross-process lock, in a private directory;
 * :mod:`.module` -- one initialised module per path for the process;
 * :mod:`.token` -- :class:`Token`, an open, logged-in token;
@@ -13,22 +17,14 @@
 
 from __future__ import annotations
 
-from ..keyinfo import KeyInfo, KeyUsage, RsaPrivateParts
+from ..keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus, RsaPrivateParts
 from ._ctypes import function_list as _function_list
-from .admin import init_token, iter_tokens, open_token
+from .admin import init_token, iter_tokens, open_token, token_status
 from .errors import map_error
 from .module import load_module
 from .token import Token
 
 __all__ = [
-    "KeyInfo",
-    "KeyUsage",
-    "RsaPrivateParts",
-    "Token",
-    "_function_list",
-    "init_token",
-    "iter_tokens",
-    "load_module",
-    "map_error",
-    "open_token",
+    "DecryptMechanism", "ImportPath", "KeyInfo", "KeyUsage", "PinStatus", "RsaPrivateParts", "Token",
+    "_function_list", "init_token", "iter_tokens", "load_module", "map_error", "open_token", "token_status",
 ]

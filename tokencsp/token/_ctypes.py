@@ -176,6 +176,23 @@ class LockingLib(_pkcs11.lib):
             self.generation += 1
             return True
 
+    def after_fork(self) -> None:
+        """In a forked child: C_Initialize again, as PKCS#11 requires, before any other call.
+
+        The parent's sessions and logins are not the child's: each
+        :class:`~tokencsp.token.Token` opens and logs in again on its own.
+        SoftHSM does not notice the fork (CKR_CRYPTOKI_ALREADY_INITIALIZED);
+        opencryptoki and hardware modules refuse a child that skips this.
+        """
+        if self.pid == os.getpid():
+            return
+        self._init_lock = threading.Lock()  # the parent's may have been held by a thread at fork time
+        with self._init_lock:
+            rv = self._c_initialize()
+            if rv not in (CKR_OK, CKR_CRYPTOKI_ALREADY_INITIALIZED):
+                raise ModuleLoadError(f"C_Initialize failed for {self.so} in a forked child (CKR 0x{rv:x})")
+            self.pid = os.getpid()
+
     def login(self, session_handle: int, pin: str | None, user_type: int = CKU_USER) -> None:
         """C_Login; ``pin=None`` logs in through the token's protected authentication path (PIN pad)."""
         if pin is None:

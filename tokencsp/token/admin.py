@@ -9,11 +9,12 @@ import pkcs11
 from pkcs11 import exceptions as p11
 
 from ..errors import KeyExistsError, TokenError, TokenNotFoundError, TokenOperationError
+from ..keyinfo import PinStatus
 from ._ctypes import CKU_SO, LockingLib, session_handle
 from .errors import map_error
 from .lock import cross_process_lock
 from .module import load_module
-from .token import Token, _serial
+from .token import Token, _serial, pin_status
 
 __all__ = ["init_token", "iter_tokens", "open_token"]
 
@@ -71,8 +72,22 @@ def _init_token(module: str, label: str, raw_label: bytes, so_pin: str, user_pin
     return _serial(free.get_token())
 
 
-def open_token(module: str, pin: str, label: str | None = None, serial: str | None = None) -> Token:
+def token_status(module: str, label: str | None = None, serial: str | None = None) -> PinStatus:
+    """The PIN flags of one token, without logging in: for a prompt that says which token and how many tries."""
+    lib = load_module(module)
+    with cross_process_lock(os.path.realpath(module)):
+        token = _find_token(lib, module, label, serial)
+        try:
+            return pin_status(token)
+        except p11.PKCS11Error as exc:
+            raise map_error(exc, "reading the token flags") from None
+
+
+def open_token(module: str, pin: str | None, label: str | None = None, serial: str | None = None) -> Token:
     """Load the module, find the token by label and/or serial, log in.
+
+    ``pin`` None: the token's protected authentication path (PIN pad), or no
+    login where the token needs none; else :class:`PinError`.
 
     If something else in the process finalised the module (C_Finalize behind
     the back of this one ``lib``), it is initialised again and the open is
@@ -89,7 +104,11 @@ def open_token(module: str, pin: str, label: str | None = None, serial: str | No
         return _open_token(lib, module, pin, label, serial)
 
 
-def _open_token(lib: LockingLib, module: str, pin: str, label: str | None, serial: str | None) -> Token:
+def _open_token(lib: LockingLib, module: str, pin: str | None, label: str | None, serial: str | None) -> Token:
+    return Token(lib, _find_token(lib, module, label, serial), pin)
+
+
+def _find_token(lib: LockingLib, module: str, label: str | None, serial: str | None) -> pkcs11.Token:
     if label is None and serial is None:
         raise TokenNotFoundError("no token named: give a label (--token) or a serial")
     matches = [(lbl, ser) for lbl, ser in iter_tokens(module)
@@ -103,4 +122,4 @@ def _open_token(lib: LockingLib, module: str, pin: str, label: str | None, seria
         token: pkcs11.Token = lib.get_token(token_label=matches[0][0], token_serial=matches[0][1].encode())
     except p11.PKCS11Error as exc:
         raise map_error(exc, "opening the token") from None
-    return Token(lib, token, pin)
+    return token

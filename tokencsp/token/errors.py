@@ -86,6 +86,12 @@ _ROWS: tuple[_Row, ...] = (
     _Row(CKR_SESSION_CLOSED, p11.SessionClosed, TokenOperationError, "the session was closed"),
     _Row(CKR_SESSION_HANDLE_INVALID, p11.SessionHandleInvalid, TokenOperationError, "the session handle is invalid"),
     _Row(CKR_SESSION_COUNT, p11.SessionCount, TokenOperationError, "the token has no free session"),
+    # Template refusals: the quirks probe (tokencsp.token.quirks) moves on from these.
+    _Row(CKR_ATTRIBUTE_READ_ONLY, p11.AttributeReadOnly, TokenOperationError, "attribute read-only"),
+    _Row(CKR_ATTRIBUTE_TYPE_INVALID, p11.AttributeTypeInvalid, TokenOperationError, "attribute type invalid"),
+    _Row(CKR_ATTRIBUTE_VALUE_INVALID, p11.AttributeValueInvalid, TokenOperationError, "attribute value invalid"),
+    _Row(CKR_TEMPLATE_INCOMPLETE, p11.TemplateIncomplete, TokenOperationError, "template incomplete"),
+    _Row(CKR_TEMPLATE_INCONSISTENT, p11.TemplateInconsistent, TokenOperationError, "template inconsistent"),
     # python-pkcs11 raises a bare PKCS11Error for this code, so only the ctypes paths see the row.
     _Row(CKR_CRYPTOKI_NOT_INITIALIZED, None, TokenOperationError, "the PKCS#11 module is not initialised"),
 )

@@ -29,6 +29,7 @@ def load_module(path: str) -> LockingLib:
     with _modules_lock:
         lib = _modules.get(real)
     if lib is not None:
+        lib.after_fork()  # a no-op unless this is a forked child
         return lib
     # Lock order everywhere: the cross-process lock, then _modules_lock.
     with cross_process_lock(real), _modules_lock:

@@ -3,28 +3,36 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pkcs11
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.types import Object, PrivateKey, SecretKey, Session, SignMixin, UnwrapMixin
 
-from ..blobs import AlgId
+from ..blobs import SESSION_KEY_LENGTHS, AlgId
 from ..errors import (
     AmbiguousKeyError,
     InvalidKeyError,
     KeyExistsError,
     KeyNotFoundError,
+    PinError,
     TokenError,
+    TokenOperationError,
     UnwrapRefused,
 )
-from ..keyinfo import KeyInfo, KeyUsage, RsaPrivateParts
-from ._ctypes import LockingLib, session_handle
-from .errors import classify_blob_failure, map_error
+from ..keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus, RsaPrivateParts
+from ._ctypes import CKZ_DATA_SPECIFIED, LockingLib, OaepParams, session_handle
+from .errors import CKR_KEY_HANDLE_INVALID, CKR_OBJECT_HANDLE_INVALID, CKR_OK, ckr_of, classify_blob_failure, map_error
+from .pool import Lease, SessionPool, max_sessions
+from .quirks import TEMPLATE_CKRS, UNWRAP_TEMPLATES, Mechanisms, UnwrapTemplate, probe_mechanisms, template_for
 from .templates import (
     PRIVATE_PROTECTION,
     PSS_SHA256,
@@ -36,11 +44,31 @@ from .templates import (
     secret_key_type,
 )
 
-__all__ = ["Token"]
+__all__ = ["Token", "pin_status"]
+
+CKF_LOGIN_REQUIRED = 0x00000004
+CKF_PROTECTED_AUTHENTICATION_PATH = 0x00000100
+CKF_USER_PIN_COUNT_LOW = 0x00010000
+CKF_USER_PIN_FINAL_TRY = 0x00020000
+CKF_USER_PIN_LOCKED = 0x00040000
 
 # Handle-level failures that mean "look the key up again": it was deleted or
-# re-created since this thread cached its handle.
+# re-created since this session cached its handle.
 _STALE_HANDLE = (p11.ObjectHandleInvalid, p11.KeyHandleInvalid, p11.UnwrappingKeyHandleInvalid)
+
+_DECRYPT_MECHANISMS: dict[DecryptMechanism, Mechanism] = {
+    DecryptMechanism.RSA_X_509: Mechanism.RSA_X_509,
+    DecryptMechanism.RSA_PKCS_OAEP: Mechanism.RSA_PKCS_OAEP,
+    DecryptMechanism.RSA_PKCS: Mechanism.RSA_PKCS,
+}
+_HOST_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+# Learned unwrap templates, per (module, token serial, mechanism, OAEP hash, key type, length known).
+_learned: dict[tuple[str, str, int, str, int, bool], UnwrapTemplate] = {}
+_learned_lock = threading.Lock()
 
 
 def _serial(token: pkcs11.Token) -> str:
@@ -48,28 +76,61 @@ def _serial(token: pkcs11.Token) -> str:
     return serial.decode() if isinstance(serial, bytes) else str(serial)
 
 
-class Token:
-    """An open, logged-in token: one login session plus one session per thread."""
+def pin_status(token: pkcs11.Token) -> PinStatus:
+    """The PIN-related token flags, read fresh (python-pkcs11 caches a Token's flags)."""
+    fresh = token.slot.get_token()
+    flags = int(fresh.flags)
+    return PinStatus(
+        label=fresh.label,
+        protected_path=bool(flags & CKF_PROTECTED_AUTHENTICATION_PATH),
+        count_low=bool(flags & CKF_USER_PIN_COUNT_LOW),
+        final_try=bool(flags & CKF_USER_PIN_FINAL_TRY),
+        locked=bool(flags & CKF_USER_PIN_LOCKED),
+        login_required=bool(flags & CKF_LOGIN_REQUIRED),
+    )
 
-    def __init__(self, lib: LockingLib, token: pkcs11.Token, pin: str) -> None:
+
+class Token:
+    """An open, logged-in token with a bounded pool of sessions (``TOKENCSP_MAX_SESSIONS``, default 8).
+
+    ``pin`` None logs in through the token's protected authentication path
+    (a PIN pad).  The PIN is kept for the Token's life: keys with
+    CKA_ALWAYS_AUTHENTICATE need it before each private operation, and a
+    forked child logs in again with it.
+    """
+
+    def __init__(self, lib: LockingLib, token: pkcs11.Token, pin: str | None) -> None:
         self._lib = lib
-        self._generation = lib.generation
         self._token = token
-        self._local = threading.local()
-        self._sessions: list[Session] = []
-        self._sessions_lock = threading.Lock()
+        self._generation = lib.generation
+        self._pid = os.getpid()
+        self._fork_lock = threading.Lock()
         self._closed = False
-        # The first session carries the login; PKCS#11 logs the token out when
-        # the application's last session closes, so it stays open until close().
-        self._anchor = self._open_session()
+        self._facts: dict[bytes, tuple[int, bool]] = {}  # key id -> (modulus bytes, always authenticate)
+        status = pin_status(token)
+        if pin is None and status.login_required and not status.protected_path:
+            raise PinError(f"token {token.label!r} needs a PIN")
+        self._pin = pin
+        self._login_required = status.login_required or pin is not None
         try:
-            self._lib.login(session_handle(self._anchor), pin)
+            self.mechanisms: Mechanisms = probe_mechanisms(token.slot)
+        except p11.PKCS11Error as exc:
+            raise map_error(exc, "reading the token's mechanisms") from None
+        self._pool = SessionPool(self._open_session, max_sessions())
+        self._start()
+
+    def _start(self) -> None:
+        # The first session carries the login; PKCS#11 logs the token out when
+        # the application's last session closes, and the pool never closes it.
+        first = self._pool.first()
+        try:
+            if self._login_required:
+                self._lib.login(session_handle(first.session), self._pin)
         except BaseException:
             # A session left open keeps the process's next successful login
             # alive after its provider closes: a wrong PIN would then pass.
             self.close()
             raise
-        self._local.session = self._anchor
 
     @property
     def label(self) -> str:
@@ -79,57 +140,82 @@ class Token:
     def serial(self) -> str:
         return _serial(self._token)
 
+    @property
+    def pin_status(self) -> PinStatus:
+        """CKF_USER_PIN_COUNT_LOW / FINAL_TRY / LOCKED and the PIN pad flag, as the token says now."""
+        try:
+            return pin_status(self._token)
+        except p11.PKCS11Error as exc:
+            raise map_error(exc, "reading the token flags") from None
+
+    @property
+    def max_sessions(self) -> int:
+        return self._pool.limit
+
+    @property
+    def peak_sessions(self) -> int:
+        """The most sessions leased at once so far (what the pool bounds)."""
+        return self._pool.peak
+
     def _open_session(self) -> Session:
         try:
-            session = self._token.open(rw=True, attribute_mapper=AttributeMapper())
+            return self._token.open(rw=True, attribute_mapper=AttributeMapper())
         except p11.PKCS11Error as exc:
             raise map_error(exc, "opening a session") from None
-        with self._sessions_lock:
-            self._sessions.append(session)
-        return session
 
     def _check_open(self) -> None:
         if self._closed:
             raise TokenError("the token has been closed")
+        if self._pid != os.getpid():
+            self._after_fork()
         if self._lib.generation != self._generation:
             raise TokenError("the PKCS#11 module was finalised and initialised again: open the token again")
 
-    def session(self) -> Session:
-        """This thread's session, opened on first use."""
+    def _after_fork(self) -> None:
+        """A forked child: initialise the module, forget (never use, never close) the parent's sessions, log in."""
+        with self._fork_lock:
+            if self._pid == os.getpid():
+                return
+            self._lib.after_fork()
+            self._pool.drain()
+            self._pool = SessionPool(self._open_session, self._pool.limit)
+            self._pid = os.getpid()
+            self._start()
+
+    @contextlib.contextmanager
+    def _lease(self) -> Iterator[Lease]:
         self._check_open()
-        session: Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = self._open_session()
-            self._local.session = session
-        return session
+        with self._pool.lease() as lease:
+            yield lease
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        with self._sessions_lock:
-            sessions, self._sessions = self._sessions, []
-        if self._lib.generation != self._generation:
-            return  # the handles died with the module and may now name other sessions
-        for session in reversed(sessions):
+        sessions = self._pool.drain()
+        if self._lib.generation != self._generation or self._pid != os.getpid():
+            return  # the handles died with the module (or are the parent's) and may name other sessions
+        for session in sessions:
             with contextlib.suppress(p11.PKCS11Error):
                 session.close()
 
     # -- lookups ---------------------------------------------------------
 
-    def _find(self, object_class: ObjectClass, name: str | None = None, key_id: bytes | None = None) -> list[Object]:
+    @staticmethod
+    def _find(lease: Lease, object_class: ObjectClass, name: str | None = None,
+              key_id: bytes | None = None) -> list[Object]:
         attrs: dict[Attribute, Any] = {Attribute.CLASS: object_class}
         if name is not None:
             attrs[Attribute.LABEL] = name
         if key_id is not None:
             attrs[Attribute.ID] = key_id
         try:
-            return list(self.session().get_objects(attrs))
+            return list(lease.session.get_objects(attrs))
         except p11.PKCS11Error as exc:
             raise map_error(exc, "searching the token") from None
 
-    def _private(self, name: str | None = None, key_id: bytes | None = None) -> PrivateKey:
-        found = self._find(ObjectClass.PRIVATE_KEY, name, key_id)
+    def _private(self, lease: Lease, name: str | None = None, key_id: bytes | None = None) -> PrivateKey:
+        found = self._find(lease, ObjectClass.PRIVATE_KEY, name, key_id)
         what = f"key {name!r}" if name is not None else f"key id {key_id.hex() if key_id else ''}"
         if not found:
             raise KeyNotFoundError(f"no private {what} on token {self.label!r}")
@@ -142,24 +228,33 @@ class Token:
 
     def key_id(self, name: str) -> bytes:
         """The CKA_ID of the private key labelled ``name``."""
-        return bytes(self._private(name)[Attribute.ID])
+        with self._lease() as lease:
+            return bytes(self._private(lease, name)[Attribute.ID])
 
     def key_info(self, name: str | None = None, key_id: bytes | None = None) -> KeyInfo:
-        return self._info(self._private(name, key_id))
+        """A private key by label or CKA_ID: keys made by other tools (any label, any id) are found too."""
+        with self._lease() as lease:
+            return self._info(lease, self._private(lease, name, key_id))
 
     def list_keys(self) -> list[KeyInfo]:
-        keys = self._find(ObjectClass.PRIVATE_KEY)
-        return sorted((self._info(key) for key in keys), key=lambda k: k.name)
+        with self._lease() as lease:
+            keys = self._find(lease, ObjectClass.PRIVATE_KEY)
+            return sorted((self._info(lease, key) for key in keys), key=lambda k: k.name)
 
-    def _info(self, key: Object) -> KeyInfo:
+    def _info(self, lease: Lease, key: Object) -> KeyInfo:
         try:
             key_id = bytes(key[Attribute.ID])
-            publics = self._find(ObjectClass.PUBLIC_KEY, key_id=key_id) if key_id else []
-            unwrap, sign = bool(key[Attribute.UNWRAP]), bool(key[Attribute.SIGN])
+            publics = self._find(lease, ObjectClass.PUBLIC_KEY, key_id=key_id) if key_id else []
+            unwrap, decrypt, sign = bool(key[Attribute.UNWRAP]), bool(key[Attribute.DECRYPT]), bool(key[Attribute.SIGN])
+            allowed = _allowed(key)
+            always = _flag(key, Attribute.ALWAYS_AUTHENTICATE)
+            path, mechanisms = self._import_path(unwrap, decrypt, always, allowed)
+            exchange = unwrap or decrypt
             return KeyInfo(
                 name=key[Attribute.LABEL],
                 id=key_id,
-                usage=KeyUsage.EXCHANGE if unwrap and not sign else KeyUsage.SIGNATURE if sign and not unwrap else None,
+                usage=KeyUsage.EXCHANGE if exchange and not sign else KeyUsage.SIGNATURE if sign and not exchange
+                else None,
                 bits=int.from_bytes(key[Attribute.MODULUS], "big").bit_length(),
                 sensitive=bool(key[Attribute.SENSITIVE]),
                 extractable=bool(key[Attribute.EXTRACTABLE]),
@@ -167,26 +262,58 @@ class Token:
                 never_extractable=bool(key[Attribute.NEVER_EXTRACTABLE]),
                 local=bool(key[Attribute.LOCAL]),
                 can_unwrap=unwrap,
-                can_decrypt=bool(key[Attribute.DECRYPT]),
+                can_decrypt=decrypt,
                 can_sign=sign,
                 has_public=bool(publics),
-                oaep_only=_allowed(key) == [Mechanism.RSA_PKCS_OAEP],
+                oaep_only=allowed == [Mechanism.RSA_PKCS_OAEP],
+                import_path=path,
+                decrypt_mechanisms=mechanisms,
+                always_authenticate=always,
             )
         except p11.PKCS11Error as exc:
             raise map_error(exc, "reading key attributes") from None
 
+    def _import_path(self, unwrap: bool, decrypt: bool, always: bool,
+                     allowed: list[int] | None) -> tuple[ImportPath | None, tuple[DecryptMechanism, ...]]:
+        """Unwrap where the key and the token's mechanisms allow it, else decrypt (raw RSA preferred)."""
+        def permitted(mechanism: Mechanism) -> bool:
+            return allowed is None or mechanism in allowed
+
+        can_unwrap = unwrap and any(m in self.mechanisms.unwrap and permitted(m)
+                                    for m in (Mechanism.RSA_PKCS, Mechanism.RSA_PKCS_OAEP))
+        decrypts = tuple(dm for dm, m in _DECRYPT_MECHANISMS.items()
+                         if decrypt and m in self.mechanisms.decrypt and permitted(m))
+        # CKA_ALWAYS_AUTHENTICATE needs a context-specific login between
+        # C_DecryptInit and C_Decrypt; C_UnwrapKey has no place for one
+        # (SoftHSM 2.6.1 refuses such an unwrap with CKR_GENERAL_ERROR).
+        if can_unwrap and not (always and decrypts):
+            return ImportPath.UNWRAP, decrypts
+        return (ImportPath.DECRYPT if decrypts else None), decrypts
+
     def public_numbers(self, key_id: bytes) -> tuple[int, int]:
         """(modulus, public exponent) of the key pair with this CKA_ID."""
-        key = self._private(key_id=key_id)
+        with self._lease() as lease:
+            return self._public_numbers(lease, key_id, self._private(lease, key_id=key_id))
+
+    def _public_numbers(self, lease: Lease, key_id: bytes, private: PrivateKey) -> tuple[int, int]:
         try:
-            return int.from_bytes(key[Attribute.MODULUS], "big"), int.from_bytes(key[Attribute.PUBLIC_EXPONENT], "big")
+            modulus = int.from_bytes(private[Attribute.MODULUS], "big")
+            try:
+                exponent = int.from_bytes(private[Attribute.PUBLIC_EXPONENT], "big")
+            except (p11.AttributeTypeInvalid, p11.AttributeSensitive):
+                # Some card profiles keep the exponent on the public object only.
+                publics = self._find(lease, ObjectClass.PUBLIC_KEY, key_id=key_id)
+                if not publics:
+                    raise KeyNotFoundError("the key's public exponent is not on the token") from None
+                exponent = int.from_bytes(publics[0][Attribute.PUBLIC_EXPONENT], "big")
+            return modulus, exponent
         except p11.PKCS11Error as exc:
             raise map_error(exc, "reading the public key") from None
 
     # -- key containers --------------------------------------------------
 
-    def _refuse_existing(self, name: str) -> None:
-        if self._find(ObjectClass.PRIVATE_KEY, name) or self._find(ObjectClass.PUBLIC_KEY, name):
+    def _refuse_existing(self, lease: Lease, name: str) -> None:
+        if self._find(lease, ObjectClass.PRIVATE_KEY, name) or self._find(lease, ObjectClass.PUBLIC_KEY, name):
             raise KeyExistsError(f"a key named {name!r} already exists on token {self.label!r}")
 
     def generate_rsa(self, name: str, bits: int, usage: KeyUsage, oaep_only: bool = False) -> bytes:
@@ -196,162 +323,220 @@ class Token:
         CKA_ALLOWED_MECHANISMS: no PKCS#1 v1.5 oracle at all, at the price of
         refusing CryptoAPI peers that do not set CRYPT_OAEP.
         """
-        self._refuse_existing(name)
         key_id = os.urandom(16)
         public_usage, private_usage = USAGE_TEMPLATES[usage]
         if oaep_only:
             private_usage = {**private_usage, Attribute.ALLOWED_MECHANISMS: [Mechanism.RSA_PKCS_OAEP]}
-        try:
-            self.session().generate_keypair(
-                KeyType.RSA,
-                bits,
-                id=key_id,
-                label=name,
-                store=True,
-                mechanism=Mechanism.RSA_PKCS_KEY_PAIR_GEN,
-                public_template={Attribute.TOKEN: True, Attribute.PRIVATE: False,
-                                 Attribute.PUBLIC_EXPONENT: int_bytes(65537), **public_usage},
-                private_template={**PRIVATE_PROTECTION, **private_usage},
-            )
-        except p11.PKCS11Error as exc:
-            raise map_error(exc, f"generating {bits}-bit RSA key {name!r}") from None
+        with self._lease() as lease:
+            self._refuse_existing(lease, name)
+            try:
+                lease.session.generate_keypair(
+                    KeyType.RSA,
+                    bits,
+                    id=key_id,
+                    label=name,
+                    store=True,
+                    mechanism=Mechanism.RSA_PKCS_KEY_PAIR_GEN,
+                    public_template={Attribute.TOKEN: True, Attribute.PRIVATE: False,
+                                     Attribute.PUBLIC_EXPONENT: int_bytes(65537), **public_usage},
+                    private_template={**PRIVATE_PROTECTION, **private_usage},
+                )
+            except p11.PKCS11Error as exc:
+                raise map_error(exc, f"generating {bits}-bit RSA key {name!r}") from None
         return key_id
 
     def import_rsa(self, name: str, parts: RsaPrivateParts, usage: KeyUsage, oaep_only: bool = False) -> bytes:
         """Put an existing RSA key on the token as a sensitive, non-extractable pair; returns its CKA_ID."""
-        self._refuse_existing(name)
         key_id = hashlib.sha1(int_bytes(parts.n)).digest()
-        if self._find(ObjectClass.PRIVATE_KEY, key_id=key_id):
-            raise KeyExistsError(f"this RSA key is already on token {self.label!r}")
         public_usage, private_usage = USAGE_TEMPLATES[usage]
         if oaep_only:
             private_usage = {**private_usage, Attribute.ALLOWED_MECHANISMS: [Mechanism.RSA_PKCS_OAEP]}
         common = {Attribute.KEY_TYPE: KeyType.RSA, Attribute.ID: key_id, Attribute.LABEL: name,
                   Attribute.MODULUS: int_bytes(parts.n), Attribute.PUBLIC_EXPONENT: int_bytes(parts.e)}
-        session = self.session()
-        created: list[Object] = []
-        try:
-            created.append(session.create_object({
-                **common, **PRIVATE_PROTECTION, **private_usage,
-                Attribute.CLASS: ObjectClass.PRIVATE_KEY,
-                Attribute.PRIVATE_EXPONENT: int_bytes(parts.d),
-                Attribute.PRIME_1: int_bytes(parts.p),
-                Attribute.PRIME_2: int_bytes(parts.q),
-                Attribute.EXPONENT_1: int_bytes(parts.dp),
-                Attribute.EXPONENT_2: int_bytes(parts.dq),
-                Attribute.COEFFICIENT: int_bytes(parts.qinv),
-            }))
-            created.append(session.create_object({
-                **common, **public_usage,
-                Attribute.CLASS: ObjectClass.PUBLIC_KEY,
-                Attribute.TOKEN: True,
-                Attribute.PRIVATE: False,
-            }))
-        except p11.PKCS11Error as exc:
-            for obj in created:
-                _destroy_quietly(obj)
-            raise map_error(exc, f"importing RSA key {name!r}") from None
+        with self._lease() as lease:
+            self._refuse_existing(lease, name)
+            if self._find(lease, ObjectClass.PRIVATE_KEY, key_id=key_id):
+                raise KeyExistsError(f"this RSA key is already on token {self.label!r}")
+            created: list[Object] = []
+            try:
+                created.append(lease.session.create_object({
+                    **common, **PRIVATE_PROTECTION, **private_usage,
+                    Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                    Attribute.PRIVATE_EXPONENT: int_bytes(parts.d),
+                    Attribute.PRIME_1: int_bytes(parts.p),
+                    Attribute.PRIME_2: int_bytes(parts.q),
+                    Attribute.EXPONENT_1: int_bytes(parts.dp),
+                    Attribute.EXPONENT_2: int_bytes(parts.dq),
+                    Attribute.COEFFICIENT: int_bytes(parts.qinv),
+                }))
+                created.append(lease.session.create_object({
+                    **common, **public_usage,
+                    Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: False,
+                }))
+            except p11.PKCS11Error as exc:
+                for obj in created:
+                    _destroy_quietly(obj)
+                raise map_error(exc, f"importing RSA key {name!r}") from None
         return key_id
 
     def delete(self, name: str) -> int:
         """Delete the private key labelled ``name`` and every public key with its CKA_ID."""
-        private = self._private(name)
-        key_id = bytes(private[Attribute.ID])
-        publics = (self._find(ObjectClass.PUBLIC_KEY, key_id=key_id) if key_id else []) + self._find(
-            ObjectClass.PUBLIC_KEY, name)
-        victims: list[Object] = [private, *{obj.handle: obj for obj in publics}.values()]
-        for obj in victims:
-            try:
-                obj.destroy()
-            except p11.PKCS11Error as exc:
-                raise map_error(exc, f"deleting key {name!r}") from None
+        with self._lease() as lease:
+            private = self._private(lease, name)
+            key_id = bytes(private[Attribute.ID])
+            publics = (self._find(lease, ObjectClass.PUBLIC_KEY, key_id=key_id) if key_id else []) + self._find(
+                lease, ObjectClass.PUBLIC_KEY, name)
+            victims: list[Object] = [private, *{obj.handle: obj for obj in publics}.values()]
+            for obj in victims:
+                try:
+                    obj.destroy()
+                except p11.PKCS11Error as exc:
+                    raise map_error(exc, f"deleting key {name!r}") from None
+            self._facts.pop(key_id, None)
         return len(victims)
 
     # -- the unwrap ------------------------------------------------------
 
-    def _private_by_id(self, key_id: bytes) -> PrivateKey:
-        self._check_open()  # cached handles bypass session()
-        cache: dict[bytes, PrivateKey] | None = getattr(self._local, "keys", None)
-        if cache is None:
-            cache = self._local.keys = {}
-        key = cache.get(key_id)
+    def _private_by_id(self, lease: Lease, key_id: bytes) -> PrivateKey:
+        key = lease.keys.get(key_id)
         if key is None:
-            key = cache[key_id] = self._private(key_id=key_id)
+            key = lease.keys[key_id] = self._private(lease, key_id=key_id)
         return key
-
-    def _forget(self, key_id: bytes) -> None:
-        cache: dict[bytes, PrivateKey] | None = getattr(self._local, "keys", None)
-        if cache is not None:
-            cache.pop(key_id, None)
 
     def unwrap_secret(self, key_id: bytes, wrapped: bytes, oaep: bool, alg_id: AlgId | None = None,
                       oaep_hash: str = "sha1", oaep_label: bytes | None = None,
                       fallback: bytes | None = None) -> bytes:
-        """C_UnwrapKey into a transient session object, read its value, destroy it.
+        """C_UnwrapKey into a transient session object, check and read it, destroy it.
 
-        ``alg_id`` is the CryptoAPI session key algorithm (its CKK_* comes
-        from :mod:`.templates`); None unwraps a generic secret.
+        ``alg_id`` is the CryptoAPI session key algorithm (its CKK_* and
+        length come from :mod:`.templates`); None unwraps a generic secret.
+        The template is the one this token was found to accept
+        (:mod:`.quirks`, learned once with a blob of our own).
 
         Every failure of C_UnwrapKey that the blob can cause is
         :class:`~tokencsp.errors.UnwrapRefused` (one message, no CKR): the
         decision is :func:`.errors.classify_blob_failure`, which lists the
         token-*state* failures (session closed, logged out, removed, key
-        gone) that keep their own types.  A missing key is
+        gone) that keep their own types; so is a value of the wrong length
+        for ``alg_id`` (without ``fallback``).  A missing key is
         :class:`KeyNotFoundError`.
 
         With ``fallback`` (implicit rejection) a refused blob does not raise:
-        a transient object holding ``fallback`` is created, read and destroyed
-        instead, so both paths make the same PKCS#11 calls and take about the
-        same time (the object work is most of what a failure would skip).
+        a transient object holding ``fallback`` is created, checked, read and
+        destroyed instead, so both paths make the same PKCS#11 calls and take
+        about the same time (the object work is most of what a failure would
+        skip).
         """
         if oaep:
             mechanism, param = Mechanism.RSA_PKCS_OAEP, oaep_params(oaep_hash, oaep_label)
         else:
             mechanism, param = Mechanism.RSA_PKCS, None
         key_type = secret_key_type(alg_id)
+        length = SESSION_KEY_LENGTHS[alg_id] if alg_id is not None else None
         secret: Object
-        for attempt in (1, 2):
-            private = self._private_by_id(key_id)
-            if not isinstance(private, UnwrapMixin):  # python-pkcs11 gives keys without CKA_UNWRAP no unwrap_key()
-                raise InvalidKeyError("this key cannot unwrap: it is not an exchange key")
-            try:
-                secret = private.unwrap_key(
-                    ObjectClass.SECRET_KEY,
-                    key_type,
-                    wrapped,
-                    mechanism=mechanism,
-                    mechanism_param=param,  # type: ignore[arg-type]  # python-pkcs11 takes the OAEP tuple too
-                    capabilities=MechanismFlag(0),
-                    template=dict(TRANSIENT_SECRET),
-                )
-                break
-            except _STALE_HANDLE as exc:
-                # The cached handle went stale (key deleted or re-created):
-                # look it up once more, which raises KeyNotFoundError if gone.
-                self._forget(key_id)
-                if attempt == 2:
-                    raise map_error(exc, "unwrapping") from None
-            except p11.PKCS11Error as exc:
-                refusal = classify_blob_failure(exc, "unwrapping")
-                if fallback is None or not isinstance(refusal, UnwrapRefused):
-                    raise refusal from None
-                secret = self._create_transient(fallback, key_type)
-                break
-        try:
+        with self._lease() as lease:
+            for attempt in (1, 2):
+                private = self._private_by_id(lease, key_id)
+                if not isinstance(private, UnwrapMixin):  # python-pkcs11 gives keys without CKA_UNWRAP no unwrap_key()
+                    raise InvalidKeyError("this key cannot unwrap: use the decrypt path (Token.decrypt_raw)")
+                variant = self._unwrap_template(key_id, mechanism, param, oaep_hash, oaep_label, key_type, length)
+                template = template_for(variant, length)
+                assert template is not None
+                try:
+                    secret = private.unwrap_key(
+                        ObjectClass.SECRET_KEY, key_type, wrapped,
+                        mechanism=mechanism,
+                        mechanism_param=param,  # type: ignore[arg-type]  # python-pkcs11 takes the OAEP tuple too
+                        capabilities=MechanismFlag(0),
+                        template=template,
+                    )
+                    break
+                except _STALE_HANDLE as exc:
+                    # The cached handle went stale (key deleted or re-created):
+                    # look it up once more, which raises KeyNotFoundError if gone.
+                    lease.keys.pop(key_id, None)
+                    if attempt == 2:
+                        raise map_error(exc, "unwrapping") from None
+                except p11.PKCS11Error as exc:
+                    refusal = classify_blob_failure(exc, "unwrapping")
+                    if fallback is None or not isinstance(refusal, UnwrapRefused):
+                        raise refusal from None
+                    secret = self._create_transient(lease, fallback, key_type)
+                    break
             # On the fallback path the object holds ``fallback`` itself: the
-            # same read, the same value the caller would substitute.
-            return bytes(secret[Attribute.VALUE])
-        except p11.PKCS11Error as exc:
-            raise map_error(exc, "reading the unwrapped key") from None
-        finally:
-            try:
-                secret.destroy()
-            except p11.PKCS11Error as exc:
-                raise map_error(exc, "destroying the unwrapped key") from None
+            # same checks, the same read, the value the caller would substitute.
+            value = _checked_value(secret, key_type)
+        if fallback is None and length is not None and len(value) != length:
+            raise UnwrapRefused()
+        return value
 
-    def _create_transient(self, value: bytes, key_type: KeyType) -> SecretKey:
+    def _unwrap_template(self, key_id: bytes, mechanism: Mechanism, param: object, oaep_hash: str,
+                         oaep_label: bytes | None, key_type: KeyType, length: int | None) -> UnwrapTemplate:
+        key = (self._lib.so, self.serial, int(mechanism), oaep_hash if param is not None else "",
+               int(key_type), length is not None)
+        with _learned_lock:
+            known = _learned.get(key)
+            if known is not None:
+                return known
+            # In a session of its own, closed afterwards: a token that refuses a
+            # template may still leave the object behind (SoftHSM 2.6.1 does, for
+            # CKA_VALUE_LEN), and closing the session destroys its objects.
+            probe = Lease(self._open_session())
+            try:
+                own = self._private(probe, key_id=key_id)
+                if not isinstance(own, UnwrapMixin):
+                    raise InvalidKeyError("this key cannot unwrap: use the decrypt path (Token.decrypt_raw)")
+                learned = self._learn_template(probe, key_id, own, mechanism, param, oaep_hash, oaep_label,
+                                               key_type, length)
+            finally:
+                with contextlib.suppress(p11.PKCS11Error):
+                    probe.session.close()
+            if learned is None:
+                return UNWRAP_TEMPLATES[0]  # nothing learned (the probe failed for another reason): again next time
+            _learned[key] = learned
+            return learned
+
+    def _learn_template(self, lease: Lease, key_id: bytes, private: UnwrapMixin, mechanism: Mechanism,
+                        param: object, oaep_hash: str, oaep_label: bytes | None, key_type: KeyType,
+                        length: int | None) -> UnwrapTemplate | None:
+        """The first template of :data:`UNWRAP_TEMPLATES` the token accepts for a blob we made ourselves.
+
+        Only template CKRs move on to the next entry; any other failure
+        ends the probe with nothing learned.  Never run on a caller's blob.
+        """
+        modulus, exponent = self._public_numbers(lease, key_id, private)  # type: ignore[arg-type]
+        public = rsa.RSAPublicNumbers(exponent, modulus).public_key()
+        for variant in UNWRAP_TEMPLATES:
+            template = template_for(variant, length)
+            if template is None:
+                continue
+            probe = os.urandom(length or 32)
+            if param is None:
+                blob = public.encrypt(probe, padding.PKCS1v15())
+            else:
+                algorithm = _HOST_HASHES[oaep_hash]()
+                blob = public.encrypt(probe, padding.OAEP(padding.MGF1(algorithm), algorithm, oaep_label or None))
+            try:
+                secret = private.unwrap_key(ObjectClass.SECRET_KEY, key_type, blob, mechanism=mechanism,
+                                            mechanism_param=param,  # type: ignore[arg-type]
+                                            capabilities=MechanismFlag(0), template=template)
+            except p11.PKCS11Error as exc:
+                if ckr_of(exc) in TEMPLATE_CKRS:
+                    continue
+                return None
+            try:
+                value = _checked_value(secret, key_type)
+            except (TokenOperationError, KeyNotFoundError, p11.PKCS11Error):
+                continue  # e.g. unreadable (SENSITIVE by the token's default)
+            if value == probe:
+                return variant
+        return None
+
+    def _create_transient(self, lease: Lease, value: bytes, key_type: KeyType) -> SecretKey:
         try:
-            secret = self.session().create_object({
+            secret = lease.session.create_object({
                 Attribute.CLASS: ObjectClass.SECRET_KEY,
                 Attribute.KEY_TYPE: key_type,
                 Attribute.VALUE: value,
@@ -362,39 +547,139 @@ class Token:
         assert isinstance(secret, SecretKey)
         return secret
 
+    # -- the decrypt path --------------------------------------------------
+
+    def decrypt_raw(self, key_id: bytes, ciphertext: bytes, mechanism: DecryptMechanism, *,
+                    oaep_hash: str = "sha1", oaep_label: bytes | None = None) -> bytes:
+        """C_Decrypt of one RSA block by the private key with this CKA_ID: the import path of card keys.
+
+        For keys with CKA_DECRYPT and not CKA_UNWRAP (YubiKey PIV, OpenSC
+        cards, OpenPGP cards, many HSM profiles; ``KeyInfo.import_path`` is
+        ``decrypt``, ``KeyInfo.decrypt_mechanisms`` lists what the key and
+        token allow, best first):
+
+        * ``RSA_X_509`` (preferred): raw RSA; returns the whole
+          modulus-length block (leading zeros kept).  The token never judges
+          the padding: the caller decodes PKCS#1 v1.5 or OAEP on the host,
+          under implicit rejection.
+        * ``RSA_PKCS`` / ``RSA_PKCS_OAEP`` (``oaep_hash``, MGF1 alike,
+          ``oaep_label``): the token removes the padding; returns the message.
+
+        Every failure the ciphertext can cause (bad padding, c >= n, wrong
+        length, a general error) is :class:`~tokencsp.errors.UnwrapRefused`
+        with one message; the token's state (session closed, logged out,
+        removed, key gone) keeps its own type, as for
+        :meth:`unwrap_secret`.  Keys with CKA_ALWAYS_AUTHENTICATE get a
+        context-specific login (the Token's PIN, or the PIN pad) between
+        C_DecryptInit and C_Decrypt.
+        """
+        ck_mechanism = _DECRYPT_MECHANISMS[DecryptMechanism(mechanism)]
+        label_buffer: bytes | None = None
+        oaep: OaepParams | None = None
+        if ck_mechanism is Mechanism.RSA_PKCS_OAEP:
+            hash_mechanism, mgf, label_buffer = oaep_params(oaep_hash, oaep_label)
+            oaep = OaepParams(int(hash_mechanism), int(mgf), CKZ_DATA_SPECIFIED, None, 0)
+            if label_buffer:
+                oaep.pSourceData = _c_buffer_address(label_buffer)
+                oaep.ulSourceDataLen = len(label_buffer)
+        with self._lease() as lease:
+            for attempt in (1, 2):
+                private = self._private_by_id(lease, key_id)
+                modulus_bytes, always = self._key_facts(lease, key_id, private)
+                handle = private.handle
+                assert handle is not None
+                try:
+                    rv, out = self._lib.decrypt(session_handle(lease.session), handle, int(ck_mechanism), oaep,
+                                                ciphertext, modulus_bytes, context_login=always, pin=self._pin)
+                except BaseException:
+                    lease.broken = True  # the context-specific login failed with the operation still active
+                    raise
+                if rv in (CKR_KEY_HANDLE_INVALID, CKR_OBJECT_HANDLE_INVALID) and attempt == 1:
+                    lease.keys.pop(key_id, None)
+                    self._facts.pop(key_id, None)
+                    continue
+                if rv != CKR_OK:
+                    raise classify_blob_failure(rv, "decrypting") from None
+                break
+        if ck_mechanism is Mechanism.RSA_X_509:
+            return out.rjust(modulus_bytes, b"\0")
+        return out
+
+    def _key_facts(self, lease: Lease, key_id: bytes, private: PrivateKey) -> tuple[int, bool]:
+        facts = self._facts.get(key_id)
+        if facts is None:
+            try:
+                modulus_bytes = (int.from_bytes(private[Attribute.MODULUS], "big").bit_length() + 7) // 8
+            except p11.PKCS11Error as exc:
+                raise map_error(exc, "reading the key's modulus") from None
+            facts = self._facts[key_id] = (modulus_bytes, _flag(private, Attribute.ALWAYS_AUTHENTICATE))
+        return facts
+
     def sign_pss_sha256(self, key_id: bytes, data: bytes) -> bytes:
         """RSA-PSS (SHA-256, MGF1-SHA-256, 32-byte salt) signature by the private key with this CKA_ID."""
-        private = self._private_by_id(key_id)
-        if not isinstance(private, SignMixin):  # python-pkcs11 gives keys without CKA_SIGN no sign()
-            raise InvalidKeyError("this key cannot sign: it is not a signature key")
-        try:
-            return bytes(private.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS_PSS, mechanism_param=PSS_SHA256))
-        except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid):
-            self._forget(key_id)
-            raise KeyNotFoundError("the signature key is no longer on the token") from None
-        except p11.PKCS11Error as exc:
-            raise map_error(exc, "signing") from None
+        with self._lease() as lease:
+            private = self._private_by_id(lease, key_id)
+            if not isinstance(private, SignMixin):  # python-pkcs11 gives keys without CKA_SIGN no sign()
+                raise InvalidKeyError("this key cannot sign: it is not a signature key")
+            try:
+                return bytes(private.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS_PSS, mechanism_param=PSS_SHA256))
+            except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid):
+                lease.keys.pop(key_id, None)
+                raise KeyNotFoundError("the signature key is no longer on the token") from None
+            except p11.PKCS11Error as exc:
+                raise map_error(exc, "signing") from None
 
     def count_objects(self) -> int:
         """Every object this application can see on the token (token and session objects)."""
-        try:
-            return sum(1 for _ in self.session().get_objects({}))
-        except p11.PKCS11Error as exc:
-            raise map_error(exc, "listing objects") from None
+        with self._lease() as lease:
+            try:
+                return sum(1 for _ in lease.session.get_objects({}))
+            except p11.PKCS11Error as exc:
+                raise map_error(exc, "listing objects") from None
 
     def count_session_objects(self) -> int:
         """Objects visible to this application that are not token objects (for leak checks)."""
+        with self._lease() as lease:
+            try:
+                return sum(1 for _ in lease.session.get_objects({Attribute.TOKEN: False}))
+            except p11.PKCS11Error as exc:
+                raise map_error(exc, "listing session objects") from None
+
+
+def _checked_value(secret: Object, key_type: KeyType) -> bytes:
+    """Read the transient object's value, then destroy it; it must be the secret key we asked for."""
+    try:
+        found = secret.get_attributes([Attribute.CLASS, Attribute.KEY_TYPE, Attribute.VALUE])
+        if found[Attribute.CLASS] != ObjectClass.SECRET_KEY or found[Attribute.KEY_TYPE] != key_type:
+            raise TokenOperationError("the token returned an object of another class or key type than asked for")
+        return bytes(found[Attribute.VALUE])
+    except p11.PKCS11Error as exc:
+        raise map_error(exc, "reading the unwrapped key") from None
+    finally:
         try:
-            return sum(1 for _ in self.session().get_objects({Attribute.TOKEN: False}))
+            secret.destroy()
         except p11.PKCS11Error as exc:
-            raise map_error(exc, "listing session objects") from None
+            raise map_error(exc, "destroying the unwrapped key") from None
+
+
+def _c_buffer_address(data: bytes) -> int:
+    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+
+
+def _flag(key: Object, attribute: Attribute) -> bool:
+    try:
+        return bool(key[attribute])
+    except (p11.AttributeTypeInvalid, p11.AttributeSensitive):  # tokens without the attribute: its default
+        return False
 
 
 def _allowed(key: Object) -> list[int] | None:
+    """CKA_ALLOWED_MECHANISMS, or None for "no restriction" (absent, or empty as SoftHSM reports it)."""
     try:
-        return list(key[Attribute.ALLOWED_MECHANISMS])
+        allowed = list(key[Attribute.ALLOWED_MECHANISMS])
     except p11.PKCS11Error:  # tokens without CKA_ALLOWED_MECHANISMS allow everything
         return None
+    return allowed or None
 
 
 def _destroy_quietly(obj: Object) -> None:
