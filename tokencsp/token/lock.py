@@ -41,6 +41,18 @@ _guard = threading.RLock()
 _held: set[str] = set()
 
 
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held the guard (or the flock) at fork
+    # time; the child has neither that thread nor, once it closes the
+    # inherited descriptor, the lock.
+    global _guard
+    _guard = threading.RLock()
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _private(directory: Path, create: bool) -> Path | None:
     """``directory`` if it is (or can be made) a 0700 directory owned by us; None if it does not exist."""
     if create:
