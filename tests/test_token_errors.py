@@ -41,8 +41,9 @@ STATE_CLASSES = {
     p11.KeyHandleInvalid: KeyNotFoundError,
     p11.ObjectHandleInvalid: KeyNotFoundError,
     p11.UnwrappingKeyHandleInvalid: KeyNotFoundError,
+    p11.WrappingKeyHandleInvalid: KeyNotFoundError,  # opencryptoki 3.8.1's answer for a deleted unwrapping key
 }
-STATE_CKRS = {0x0B0, 0x0B3, 0x101, 0x032, 0x0E0, 0x060, 0x082, 0x0F0, 0x190}
+STATE_CKRS = {0x0B0, 0x0B3, 0x101, 0x032, 0x0E0, 0x060, 0x082, 0x0F0, 0x113, 0x190}
 
 
 def _all_pkcs11_exceptions() -> list[type[p11.PKCS11Error]]:

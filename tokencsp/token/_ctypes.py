@@ -193,8 +193,13 @@ class LockingLib(_pkcs11.lib):
                 raise ModuleLoadError(f"C_Initialize failed for {self.so} in a forked child (CKR 0x{rv:x})")
             self.pid = os.getpid()
 
-    def login(self, session_handle: int, pin: str | None, user_type: int = CKU_USER) -> None:
-        """C_Login; ``pin=None`` logs in through the token's protected authentication path (PIN pad)."""
+    def login(self, session_handle: int, pin: str | None, user_type: int = CKU_USER,
+              tolerated: frozenset[int] = frozenset()) -> None:
+        """C_Login; ``pin=None`` logs in through the token's protected authentication path (PIN pad).
+
+        ``tolerated``: further CK_RVs that count as done (a token quirk,
+        see :data:`tokencsp.token.quirks.CONTEXT_LOGIN_UNSUPPORTED`).
+        """
         if pin is None:
             rv = int(self._functions.C_Login(session_handle, user_type, None, 0))
         else:
@@ -203,7 +208,7 @@ class LockingLib(_pkcs11.lib):
                 rv = int(self._functions.C_Login(session_handle, user_type, secret, len(secret.value)))
             finally:
                 ctypes.memset(secret, 0, len(secret))
-        if rv in (CKR_OK, CKR_USER_ALREADY_LOGGED_IN):
+        if rv in (CKR_OK, CKR_USER_ALREADY_LOGGED_IN) or rv in tolerated:
             return
         raise map_rv(rv, "login refused")
 
@@ -226,7 +231,8 @@ class LockingLib(_pkcs11.lib):
             raise map_rv(rv, "C_InitPIN refused the user PIN")
 
     def decrypt(self, session_handle: int, key_handle: int, mechanism: int, oaep: OaepParams | None,
-                data: bytes, out_len: int, *, context_login: bool = False, pin: str | None = None) -> tuple[int, bytes]:
+                data: bytes, out_len: int, *, context_login: bool = False, pin: str | None = None,
+                tolerated: frozenset[int] = frozenset()) -> tuple[int, bytes]:
         """C_DecryptInit (+ context-specific login) + C_Decrypt; (CK_RV, plaintext).
 
         The CK_RV is returned, not raised: the caller decides which failures
@@ -245,7 +251,7 @@ class LockingLib(_pkcs11.lib):
         if context_login:
             # A refused login leaves the decrypt operation active: the caller
             # must not reuse this session (the pool closes it).
-            self.login(session_handle, pin, CKU_CONTEXT_SPECIFIC)
+            self.login(session_handle, pin, CKU_CONTEXT_SPECIFIC, tolerated)
         out = ctypes.create_string_buffer(out_len)
         length = _CK_ULONG(out_len)
         rv = int(self._functions.C_Decrypt(session_handle, data, len(data), out, ctypes.byref(length)))

@@ -50,6 +50,7 @@ CKR_TEMPLATE_INCONSISTENT = 0x0D1
 CKR_TOKEN_NOT_PRESENT = 0x0E0
 CKR_TOKEN_NOT_RECOGNIZED = 0x0E1
 CKR_UNWRAPPING_KEY_HANDLE_INVALID = 0x0F0
+CKR_WRAPPING_KEY_HANDLE_INVALID = 0x113
 CKR_USER_ALREADY_LOGGED_IN = 0x100
 CKR_USER_NOT_LOGGED_IN = 0x101
 CKR_USER_PIN_NOT_INITIALIZED = 0x102
@@ -83,6 +84,9 @@ _ROWS: tuple[_Row, ...] = (
          "the key is no longer on the token (key handle invalid)"),
     _Row(CKR_UNWRAPPING_KEY_HANDLE_INVALID, p11.UnwrappingKeyHandleInvalid, KeyNotFoundError,
          "the key is no longer on the token (unwrapping key handle invalid)"),
+    # opencryptoki 3.8.1 answers C_UnwrapKey with a deleted unwrapping key so (measured).
+    _Row(CKR_WRAPPING_KEY_HANDLE_INVALID, p11.WrappingKeyHandleInvalid, KeyNotFoundError,
+         "the key is no longer on the token (wrapping key handle invalid)"),
     _Row(CKR_SESSION_CLOSED, p11.SessionClosed, TokenOperationError, "the session was closed"),
     _Row(CKR_SESSION_HANDLE_INVALID, p11.SessionHandleInvalid, TokenOperationError, "the session handle is invalid"),
     _Row(CKR_SESSION_COUNT, p11.SessionCount, TokenOperationError, "the token has no free session"),
@@ -137,6 +141,7 @@ BLOB_STATE_CKRS: frozenset[int] = frozenset({
     CKR_KEY_HANDLE_INVALID,
     CKR_OBJECT_HANDLE_INVALID,
     CKR_UNWRAPPING_KEY_HANDLE_INVALID,
+    CKR_WRAPPING_KEY_HANDLE_INVALID,  # opencryptoki 3.8.1's answer for a deleted unwrapping key
     CKR_CRYPTOKI_NOT_INITIALIZED,
 })
 

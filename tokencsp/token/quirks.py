@@ -1,4 +1,4 @@
-"""What tokens differ in, probed per token and remembered: one table.
+"""What tokens differ in, probed per token and remembered: one place.
 
 Each :data:`UNWRAP_TEMPLATES` entry names the token and the CKR that taught
 it.  The template a token accepts is learned once per token (and mechanism
@@ -11,9 +11,10 @@ value readable) whatever the template.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pkcs11 import Attribute, Mechanism
+from pkcs11 import Attribute, KeyType, Mechanism
 from pkcs11 import exceptions as p11
 from pkcs11.types import Slot
 
@@ -26,7 +27,10 @@ from .errors import (
 )
 from .templates import TRANSIENT_SECRET, Template
 
-__all__ = ["TEMPLATE_CKRS", "UNWRAP_TEMPLATES", "Mechanisms", "UnwrapTemplate", "probe_mechanisms"]
+__all__ = [
+    "CONTEXT_LOGIN_UNSUPPORTED", "KEY_TYPE_FALLBACKS", "TEMPLATE_CKRS", "UNWRAP_TEMPLATES",
+    "Mechanisms", "UnwrapTemplate", "probe_mechanisms",
+]
 
 CKF_DECRYPT = 0x00000200
 CKF_UNWRAP = 0x00040000
@@ -50,23 +54,37 @@ class UnwrapTemplate:
 UNWRAP_TEMPLATES: tuple[UnwrapTemplate, ...] = (
     UnwrapTemplate(
         "readable", TRANSIENT_SECRET, value_len=False,
-        taught_by="SoftHSM 2.6.1: CKA_VALUE_LEN in an unwrap template is CKR_ATTRIBUTE_READ_ONLY "
-                  "(measured; it reports VALUE_LEN 0 afterwards)"),
+        taught_by="SoftHSM 2.6.1: CKA_VALUE_LEN in an unwrap template is CKR_ATTRIBUTE_READ_ONLY, and the "
+                  "refused unwrap still leaves the object behind (measured)"),
     UnwrapTemplate(
-        "token-defaults+len", {Attribute.TOKEN: False}, value_len=True,
+        "token-defaults", {Attribute.TOKEN: False}, value_len=False,
         taught_by="opencryptoki 3.8.1 swtok: CKA_EXTRACTABLE/CKA_SENSITIVE in an unwrap template are "
-                  "CKR_ATTRIBUTE_READ_ONLY (the key comes out EXTRACTABLE=T, SENSITIVE=F anyway); "
-                  "CKA_VALUE_LEN is accepted"),
+                  "CKR_ATTRIBUTE_READ_ONLY; its defaults give EXTRACTABLE=T, SENSITIVE=F (measured).  It accepts "
+                  "CKA_VALUE_LEN but then cuts or pads the value to it (32 bytes unwrapped with VALUE_LEN 16 gave "
+                  "the first 16, measured), which hides a wrong-length blob: so no VALUE_LEN here"),
     UnwrapTemplate(
         "readable+len", TRANSIENT_SECRET, value_len=True,
         taught_by="Thales Luna, MyEID: CKA_VALUE_LEN required on unwrap (CKR_TEMPLATE_INCOMPLETE; "
-                  "reported in issue 10, not tested here)"),
+                  "reported in issue 10, not tested here).  Only after every template without it"),
     UnwrapTemplate(
-        "token-defaults", {Attribute.TOKEN: False}, value_len=False,
-        taught_by="last resort for tokens that refuse every attribute above; the value must still "
-                  "read back (SoftHSM 2.6.1 makes such a key SENSITIVE: refused by the check)"),
+        "token-defaults+len", {Attribute.TOKEN: False}, value_len=True,
+        taught_by="last resort: a token that refuses EXTRACTABLE/SENSITIVE and requires CKA_VALUE_LEN"),
 )
 
+# Key types a token cannot unwrap into, and the types that hold the same bytes
+# (tokencsp reads the value to the host, so only the length matters there).
+KEY_TYPE_FALLBACKS: Mapping[KeyType, tuple[KeyType, ...]] = {
+    # opencryptoki 3.8.1 swtok: C_UnwrapKey into CKK_DES2 is CKR_WRAPPED_KEY_INVALID even for a
+    # valid blob of our own (measured); CKK_DES3 and CKK_AES unwrap fine.
+    KeyType.DES2: (KeyType.GENERIC_SECRET,),
+}
+
+# C_Login(CKU_CONTEXT_SPECIFIC) answers a token may give when it has no
+# context-specific login (and so does not enforce CKA_ALWAYS_AUTHENTICATE):
+# the operation goes on, and the token still refuses it if it disagrees.
+CONTEXT_LOGIN_UNSUPPORTED: frozenset[int] = frozenset({
+    0x103,  # CKR_USER_TYPE_INVALID: opencryptoki 3.8.1 swtok (measured)
+})
 
 def template_for(variant: UnwrapTemplate, value_len: int | None) -> dict[Attribute, object] | None:
     """The attributes to pass, or None when the variant needs a length the caller does not know."""

@@ -32,7 +32,16 @@ from ..keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus
 from ._ctypes import CKZ_DATA_SPECIFIED, LockingLib, OaepParams, session_handle
 from .errors import CKR_KEY_HANDLE_INVALID, CKR_OBJECT_HANDLE_INVALID, CKR_OK, ckr_of, classify_blob_failure, map_error
 from .pool import Lease, SessionPool, max_sessions
-from .quirks import TEMPLATE_CKRS, UNWRAP_TEMPLATES, Mechanisms, UnwrapTemplate, probe_mechanisms, template_for
+from .quirks import (
+    CONTEXT_LOGIN_UNSUPPORTED,
+    KEY_TYPE_FALLBACKS,
+    TEMPLATE_CKRS,
+    UNWRAP_TEMPLATES,
+    Mechanisms,
+    UnwrapTemplate,
+    probe_mechanisms,
+    template_for,
+)
 from .templates import (
     PRIVATE_PROTECTION,
     PSS_SHA256,
@@ -54,7 +63,8 @@ CKF_USER_PIN_LOCKED = 0x00040000
 
 # Handle-level failures that mean "look the key up again": it was deleted or
 # re-created since this session cached its handle.
-_STALE_HANDLE = (p11.ObjectHandleInvalid, p11.KeyHandleInvalid, p11.UnwrappingKeyHandleInvalid)
+_STALE_HANDLE = (p11.ObjectHandleInvalid, p11.KeyHandleInvalid, p11.UnwrappingKeyHandleInvalid,
+                 p11.WrappingKeyHandleInvalid)  # opencryptoki 3.8.1's answer for a deleted unwrapping key
 
 _DECRYPT_MECHANISMS: dict[DecryptMechanism, Mechanism] = {
     DecryptMechanism.RSA_X_509: Mechanism.RSA_X_509,
@@ -66,8 +76,9 @@ _HOST_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha512": hashes.SHA512,
 }
 
-# Learned unwrap templates, per (module, token serial, mechanism, OAEP hash, key type, length known).
-_learned: dict[tuple[str, str, int, str, int, bool], UnwrapTemplate] = {}
+# Learned (unwrap template, key type to unwrap into), per (module, token serial, mechanism, OAEP hash,
+# key type asked for, length known).
+_learned: dict[tuple[str, str, int, str, int, bool], tuple[UnwrapTemplate, KeyType]] = {}
 _learned_lock = threading.Lock()
 
 
@@ -341,6 +352,10 @@ class Token:
                                      Attribute.PUBLIC_EXPONENT: int_bytes(65537), **public_usage},
                     private_template={**PRIVATE_PROTECTION, **private_usage},
                 )
+            except p11.AttributeTypeInvalid:
+                if oaep_only:
+                    raise _no_allowed_mechanisms(self.label) from None
+                raise map_error(p11.AttributeTypeInvalid(), f"generating {bits}-bit RSA key {name!r}") from None
             except p11.PKCS11Error as exc:
                 raise map_error(exc, f"generating {bits}-bit RSA key {name!r}") from None
         return key_id
@@ -378,6 +393,8 @@ class Token:
             except p11.PKCS11Error as exc:
                 for obj in created:
                     _destroy_quietly(obj)
+                if oaep_only and isinstance(exc, p11.AttributeTypeInvalid):
+                    raise _no_allowed_mechanisms(self.label) from None
                 raise map_error(exc, f"importing RSA key {name!r}") from None
         return key_id
 
@@ -441,12 +458,13 @@ class Token:
                 private = self._private_by_id(lease, key_id)
                 if not isinstance(private, UnwrapMixin):  # python-pkcs11 gives keys without CKA_UNWRAP no unwrap_key()
                     raise InvalidKeyError("this key cannot unwrap: use the decrypt path (Token.decrypt_raw)")
-                variant = self._unwrap_template(key_id, mechanism, param, oaep_hash, oaep_label, key_type, length)
+                variant, unwrap_type = self._unwrap_template(key_id, mechanism, param, oaep_hash, oaep_label,
+                                                             key_type, length)
                 template = template_for(variant, length)
                 assert template is not None
                 try:
                     secret = private.unwrap_key(
-                        ObjectClass.SECRET_KEY, key_type, wrapped,
+                        ObjectClass.SECRET_KEY, unwrap_type, wrapped,
                         mechanism=mechanism,
                         mechanism_param=param,  # type: ignore[arg-type]  # python-pkcs11 takes the OAEP tuple too
                         capabilities=MechanismFlag(0),
@@ -463,17 +481,18 @@ class Token:
                     refusal = classify_blob_failure(exc, "unwrapping")
                     if fallback is None or not isinstance(refusal, UnwrapRefused):
                         raise refusal from None
-                    secret = self._create_transient(lease, fallback, key_type)
+                    secret = self._create_transient(lease, fallback, unwrap_type)
                     break
             # On the fallback path the object holds ``fallback`` itself: the
             # same checks, the same read, the value the caller would substitute.
-            value = _checked_value(secret, key_type)
+            value = _checked_value(secret, unwrap_type)
         if fallback is None and length is not None and len(value) != length:
             raise UnwrapRefused()
         return value
 
     def _unwrap_template(self, key_id: bytes, mechanism: Mechanism, param: object, oaep_hash: str,
-                         oaep_label: bytes | None, key_type: KeyType, length: int | None) -> UnwrapTemplate:
+                         oaep_label: bytes | None, key_type: KeyType,
+                         length: int | None) -> tuple[UnwrapTemplate, KeyType]:
         key = (self._lib.so, self.serial, int(mechanism), oaep_hash if param is not None else "",
                int(key_type), length is not None)
         with _learned_lock:
@@ -493,45 +512,48 @@ class Token:
             finally:
                 with contextlib.suppress(p11.PKCS11Error):
                     probe.session.close()
-            if learned is None:
-                return UNWRAP_TEMPLATES[0]  # nothing learned (the probe failed for another reason): again next time
+            if learned is None:  # nothing learned (the probe failed for another reason): again next time
+                return UNWRAP_TEMPLATES[0], key_type
             _learned[key] = learned
             return learned
 
     def _learn_template(self, lease: Lease, key_id: bytes, private: UnwrapMixin, mechanism: Mechanism,
                         param: object, oaep_hash: str, oaep_label: bytes | None, key_type: KeyType,
-                        length: int | None) -> UnwrapTemplate | None:
-        """The first template of :data:`UNWRAP_TEMPLATES` the token accepts for a blob we made ourselves.
+                        length: int | None) -> tuple[UnwrapTemplate, KeyType] | None:
+        """The first template of :data:`UNWRAP_TEMPLATES` (and key type, with
+        :data:`KEY_TYPE_FALLBACKS`) the token accepts for a blob we made ourselves.
 
-        Only template CKRs move on to the next entry; any other failure
-        ends the probe with nothing learned.  Never run on a caller's blob.
+        Only template CKRs move on to the next template; another failure moves
+        on to the next key type, and ends the probe with nothing learned when
+        none is left.  Never run on a caller's blob.
         """
         modulus, exponent = self._public_numbers(lease, key_id, private)  # type: ignore[arg-type]
         public = rsa.RSAPublicNumbers(exponent, modulus).public_key()
-        for variant in UNWRAP_TEMPLATES:
-            template = template_for(variant, length)
-            if template is None:
-                continue
-            probe = os.urandom(length or 32)
-            if param is None:
-                blob = public.encrypt(probe, padding.PKCS1v15())
-            else:
-                algorithm = _HOST_HASHES[oaep_hash]()
-                blob = public.encrypt(probe, padding.OAEP(padding.MGF1(algorithm), algorithm, oaep_label or None))
-            try:
-                secret = private.unwrap_key(ObjectClass.SECRET_KEY, key_type, blob, mechanism=mechanism,
-                                            mechanism_param=param,  # type: ignore[arg-type]
-                                            capabilities=MechanismFlag(0), template=template)
-            except p11.PKCS11Error as exc:
-                if ckr_of(exc) in TEMPLATE_CKRS:
+        for unwrap_type in (key_type, *KEY_TYPE_FALLBACKS.get(key_type, ())):
+            for variant in UNWRAP_TEMPLATES:
+                template = template_for(variant, length)
+                if template is None:
                     continue
-                return None
-            try:
-                value = _checked_value(secret, key_type)
-            except (TokenOperationError, KeyNotFoundError, p11.PKCS11Error):
-                continue  # e.g. unreadable (SENSITIVE by the token's default)
-            if value == probe:
-                return variant
+                probe = os.urandom(length or 32)
+                if param is None:
+                    blob = public.encrypt(probe, padding.PKCS1v15())
+                else:
+                    algorithm = _HOST_HASHES[oaep_hash]()
+                    blob = public.encrypt(probe, padding.OAEP(padding.MGF1(algorithm), algorithm, oaep_label or None))
+                try:
+                    secret = private.unwrap_key(ObjectClass.SECRET_KEY, unwrap_type, blob, mechanism=mechanism,
+                                                mechanism_param=param,  # type: ignore[arg-type]
+                                                capabilities=MechanismFlag(0), template=template)
+                except p11.PKCS11Error as exc:
+                    if ckr_of(exc) in TEMPLATE_CKRS:
+                        continue
+                    break  # not the template: this key type, then
+                try:
+                    value = _checked_value(secret, unwrap_type)
+                except (TokenOperationError, KeyNotFoundError, p11.PKCS11Error):
+                    continue  # e.g. unreadable (SENSITIVE by the token's default)
+                if value == probe:
+                    return variant, unwrap_type
         return None
 
     def _create_transient(self, lease: Lease, value: bytes, key_type: KeyType) -> SecretKey:
@@ -590,7 +612,8 @@ class Token:
                 assert handle is not None
                 try:
                     rv, out = self._lib.decrypt(session_handle(lease.session), handle, int(ck_mechanism), oaep,
-                                                ciphertext, modulus_bytes, context_login=always, pin=self._pin)
+                                                ciphertext, modulus_bytes, context_login=always, pin=self._pin,
+                                                tolerated=CONTEXT_LOGIN_UNSUPPORTED)
                 except BaseException:
                     lease.broken = True  # the context-specific login failed with the operation still active
                     raise
@@ -644,6 +667,13 @@ class Token:
                 return sum(1 for _ in lease.session.get_objects({Attribute.TOKEN: False}))
             except p11.PKCS11Error as exc:
                 raise map_error(exc, "listing session objects") from None
+
+
+def _no_allowed_mechanisms(label: str) -> TokenOperationError:
+    # opencryptoki 3.8.1: CKA_ALLOWED_MECHANISMS is CKR_ATTRIBUTE_TYPE_INVALID (measured).  Without it
+    # nothing on the token keeps the key from PKCS#1 v1.5, so no key is made rather than a weaker one.
+    return TokenOperationError(f"token {label!r} cannot restrict a key to OAEP (it has no CKA_ALLOWED_MECHANISMS): "
+                               "--oaep-only is not available on it")
 
 
 def _checked_value(secret: Object, key_type: KeyType) -> bytes:
