@@ -529,12 +529,17 @@ class Token:
         """
         modulus, exponent = self._public_numbers(lease, key_id, private)  # type: ignore[arg-type]
         public = rsa.RSAPublicNumbers(exponent, modulus).public_key()
+        modulus_bytes = (public.key_size + 7) // 8
+        room = modulus_bytes - 11 if param is None else modulus_bytes - 2 * _HOST_HASHES[oaep_hash]().digest_size - 2
+        size = length if length is not None else min(32, room)
+        if size < 1 or size > room:
+            return None  # no blob of ours fits this key and padding: nothing to learn from
         for unwrap_type in (key_type, *KEY_TYPE_FALLBACKS.get(key_type, ())):
             for variant in UNWRAP_TEMPLATES:
                 template = template_for(variant, length)
                 if template is None:
                     continue
-                probe = os.urandom(length or 32)
+                probe = os.urandom(size)
                 if param is None:
                     blob = public.encrypt(probe, padding.PKCS1v15())
                 else:
