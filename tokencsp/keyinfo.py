@@ -17,14 +17,14 @@ class KeyUsage(str, Enum):  # noqa: UP042 -- a StrEnum would change what str() a
     SIGNATURE = "signature"
 
 
-class ImportPath(str, Enum):
+class ImportPath(str, Enum):  # noqa: UP042 -- like KeyUsage
     """How a session key reaches the host through this key (``key list``)."""
 
     UNWRAP = "unwrap"  # C_UnwrapKey into a transient object, then read (SoftHSM, opencryptoki, HSMs)
     DECRYPT = "decrypt"  # C_Decrypt of the RSA block (cards: CKA_DECRYPT without CKA_UNWRAP)
 
 
-class DecryptMechanism(str, Enum):
+class DecryptMechanism(str, Enum):  # noqa: UP042 -- like KeyUsage
     """The C_Decrypt mechanisms of the decrypt path, in order of preference."""
 
     RSA_X_509 = "rsa-x-509"  # raw RSA: the host decodes the padding, the token never judges it

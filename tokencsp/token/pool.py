@@ -96,7 +96,7 @@ class SessionPool:
             # Replace before closing, so the token never loses its last session (and the login).
             try:
                 replacement: Lease | None = Lease(self._open())
-            except Exception:
+            except Exception:  # noqa: BLE001 -- no replacement: keep the broken one rather than lose the login
                 replacement = None
             with self._cond:
                 self._all.remove(lease)
