@@ -187,6 +187,7 @@ def test_token_errors(tmp_path, softhsm_kit, cli_key):
 def test_pin_sources(tmp_path, softhsm_kit, cli_key):
     pin_file = tmp_path / "pin"
     pin_file.write_text(softhsm_kit.user_pin + "\n")
+    pin_file.chmod(0o600)
     env = {"TOKENCSP_PIN": ""}
     assert b"cli-kx" in tokencsp("--pin-file", str(pin_file), "key", "list", env=env).stdout
     uri = f"pkcs11:token=tokencsp-test-a?pin-source=file:{pin_file}"
@@ -310,3 +311,37 @@ def test_token_init_and_list_without_pins_on_argv(softhsm_kit, tmp_path):
     assert_one_line_error(tokencsp("token", "init", "--label", label, env=env, check=False), 3, "already exists")
     no_so = tokencsp("token", "init", "--label", label + "x", env={**store, "TOKENCSP_SO_PIN": ""}, check=False)
     assert_one_line_error(no_so, 3, "no SO PIN")
+
+
+def test_pin_value_on_the_command_line_is_refused(softhsm_kit, cli_key):
+    """Finding 9.5: argv is world-readable in /proc/PID/cmdline; pin-value stays allowed in TOKENCSP_URI."""
+    uri = f"pkcs11:token=tokencsp-test-a?pin-value={softhsm_kit.user_pin}"
+    env = {"TOKENCSP_PIN": ""}
+    for argv in (["key", "list", "--uri", uri], ["--uri", uri, "key", "list"]):
+        result = tokencsp(*argv, env=env, check=False)
+        assert_one_line_error(result, 2, "pin-value")
+        err = result.stderr.decode()
+        assert "pin-source" in err and "TOKENCSP_URI" in err and "TOKENCSP_PIN" in err, err
+        assert result.stdout == b""
+    assert b"cli-kx" in tokencsp("key", "list", env={**env, "TOKENCSP_URI": uri}).stdout
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_pin_file_others_can_read_is_refused(softhsm_kit, cli_key, tmp_path, mode):
+    """As ssh refuses a private key others can read; a mode check is a stat(), so it holds as root too."""
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(softhsm_kit.user_pin + "\n")
+    pin_file.chmod(mode)
+    env = {"TOKENCSP_PIN": ""}
+    for argv in (["--pin-file", str(pin_file), "key", "list"],
+                 ["key", "list", "--uri", f"pkcs11:token=tokencsp-test-a?pin-source=file:{pin_file}"]):
+        result = tokencsp(*argv, env=env, check=False)
+        assert_one_line_error(result, 1, f"chmod 600 {pin_file}")
+        assert f"{mode:04o}" in result.stderr.decode() and softhsm_kit.user_pin not in result.stderr.decode()
+    pin_file.chmod(0o600)
+    assert b"cli-kx" in tokencsp("--pin-file", str(pin_file), "key", "list", env=env).stdout
+
+
+def test_bad_uri_on_the_command_line_is_a_usage_error():
+    result = tokencsp("key", "list", "--uri", "pkcs11:tokn=x", check=False)
+    assert_one_line_error(result, 2, "unsupported PKCS#11 URI attribute")

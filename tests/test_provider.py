@@ -269,6 +269,7 @@ def test_open_errors_are_typed(softhsm_kit, tmp_path):
 def test_open_by_uri_with_pin_source_and_serial(softhsm_kit, tmp_path, exchange_key):
     pin_file = tmp_path / "pin"
     pin_file.write_text(softhsm_kit.user_pin + "\n")
+    pin_file.chmod(0o600)  # a PIN file others can read is refused
     uri = f"pkcs11:token=tokencsp-test-a;object=test-kx?pin-source=file:{pin_file}"
     with Provider.open(uri=uri) as provider:
         serial = provider.token_serial

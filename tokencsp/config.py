@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -123,9 +124,15 @@ def resolve_selector(
 
 
 def read_pin_file(path: str | os.PathLike[str]) -> str:
-    """The PIN is the file's first line, without its line ending."""
+    """The PIN is the file's first line, without its line ending.
+
+    A regular file that group or others may access is refused, as ssh refuses
+    such a private key: the PIN would be readable by other local users.
+    Pipes and devices (``/dev/stdin``, a ``<(...)`` substitution) are not checked.
+    """
     try:
         with open(path, encoding="utf-8") as handle:
+            _check_private(handle.fileno(), os.fspath(path))
             line = handle.readline()
     except OSError as exc:
         raise ConfigError(f"cannot read PIN file {os.fspath(path)}: {exc.strerror}") from None
@@ -133,6 +140,13 @@ def read_pin_file(path: str | os.PathLike[str]) -> str:
     if not pin:
         raise ConfigError(f"PIN file {os.fspath(path)} is empty")
     return pin
+
+
+def _check_private(fd: int, path: str) -> None:
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode) and mode & 0o077:
+        raise ConfigError(f"PIN file {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}): "
+                          f"run chmod 600 {path}")
 
 
 def resolve_pin(

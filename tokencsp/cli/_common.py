@@ -109,6 +109,22 @@ def read_file(path: str | None, console: Console) -> bytes:
             raise InputError(f"cannot read {path}: {exc.strerror}") from None
 
 
+def uri_option(text: str) -> str:
+    """``--uri``: a well-formed RFC 7512 URI without ``pin-value`` (argv is readable by every local user)."""
+    from ..config import parse_pkcs11_uri
+    from ..errors import ConfigError
+
+    try:
+        attributes = parse_pkcs11_uri(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if "pin-value" in attributes:
+        raise argparse.ArgumentTypeError(
+            "pin-value is refused on the command line (every local user can read it in /proc/PID/cmdline): "
+            "use pin-source=file:PATH, set TOKENCSP_PIN, or put the URI in TOKENCSP_URI")
+    return text
+
+
 def add_token_options(parser: argparse.ArgumentParser, *, suppress: bool = True) -> None:
     """The token-selection options; on subcommands with SUPPRESSed defaults so that an
     option given before the subcommand is not overwritten by the subcommand's unset one."""
@@ -118,7 +134,8 @@ def add_token_options(parser: argparse.ArgumentParser, *, suppress: bool = True)
                        help="PKCS#11 module path (env TOKENCSP_MODULE; default: SoftHSM2)")
     token.add_argument("--token", default=default, help="token label (env TOKENCSP_TOKEN)")
     token.add_argument("--serial", default=default, help="token serial number")
-    token.add_argument("--uri", default=default, help="RFC 7512 PKCS#11 URI (env TOKENCSP_URI)")
+    token.add_argument("--uri", default=default, type=uri_option,
+                       help="RFC 7512 PKCS#11 URI (env TOKENCSP_URI); pin-value only in TOKENCSP_URI")
     token.add_argument("--pin-file", default=default,
                        help="file whose first line is the user PIN (else TOKENCSP_PIN or a prompt)")
 

@@ -25,8 +25,8 @@ __all__ = ["COMMANDS", "Parser", "build_parser", "main"]
 TOKEN_HELP = """
 token selection: --module/TOKENCSP_MODULE (default: SoftHSM2), --token/TOKENCSP_TOKEN
 (label), --serial, or --uri/TOKENCSP_URI (RFC 7512, e.g. "pkcs11:token=dev?pin-source=file:/run/pin").
-PIN: TOKENCSP_PIN, --pin-file, the URI's pin-source/pin-value, or a prompt on a terminal.
-PINs are never accepted as command-line options.
+PIN: TOKENCSP_PIN, --pin-file (mode 0600), the URI's pin-source, pin-value in TOKENCSP_URI only,
+or a prompt on a terminal. PINs are never accepted on the command line.
 """
 
 # command: (module in tokencsp.cli that defines it, one-line help)
@@ -78,8 +78,8 @@ class Parser(argparse.ArgumentParser):
         raise _ParserDone(status)
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(self.console.stderr)
-        self.console.error(message)
+        """A usage error: one line naming where the usage is, exit 2."""
+        self.console.error(f"{message} (see '{self.prog} --help')")
         raise _ParserDone(ExitStatus.USAGE)
 
 
