@@ -57,6 +57,17 @@ def test_signed_message_with_trust(keys, tmp_path):
     assert b"from seal-signer (signature verified)" in result.stderr
 
 
+def test_open_without_trust_reports_the_sender_as_unverified(keys, tmp_path):
+    """Finding 9.12 / FORMAT.md O8: without --trust, say the sender is unverified, signed or not."""
+    for extra, needle in (((), "the message is unsigned"), (("--sign-with", "seal-signer"), "claims key id")):
+        sealed = seal(keys, tmp_path, b"hello", *extra)
+        result = tokencsp("open", "--key", "seal-rx", "--replay-db", str(tmp_path / "db"), str(sealed))
+        assert result.stdout == b"hello"
+        err = result.stderr.decode()
+        assert err.startswith("tokencsp: sender unverified: ") and err.count("\n") == 1, err
+        assert needle in err and "seal-signer" not in err, err
+
+
 @pytest.mark.parametrize("case", ["untrusted", "unsigned", "too-old", "wrong-key", "garbage", "tampered",
                                   "truncated", "serial-backwards", "from-future", "bad-signature"])
 def test_each_refusal_has_its_reason_and_exit_code(keys, tmp_path, case):

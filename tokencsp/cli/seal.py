@@ -59,10 +59,17 @@ def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
             release = envelope.Release.STREAMING if args.output in (None, "-") else envelope.Release.AT_END
             opened = envelope.open_message(source, sink, receiver, cache=cache, policy=policy,  # type: ignore[arg-type]
                                            trust=trust, release=release)
+    _report_sender(console, opened, trusted)
+    return ExitStatus.OK
+
+
+def _report_sender(console: Console, opened: envelope.Opened, trusted: TrustSet | None) -> None:
+    """FORMAT.md O8: without a trust set the sender is reported as unverified, never named."""
     if opened.sender_verified and trusted is not None:
         name = next(n for n in trusted if trusted.fingerprint(n) == opened.verified_sender)
         console.say(f"from {name} (signature verified), serial {opened.header.serial}")
-    return ExitStatus.OK
+    else:
+        console.say(opened.sender_line())
 
 
 def describe(pre: envelope.Preamble) -> dict[str, Any]:
