@@ -254,7 +254,7 @@ def test_uri_object_names_the_key(cli_key, tmp_path, softhsm_kit):
     out = tokencsp("capi", "decrypt", "--uri", uri, "--blob", str(tmp_path / "sb"), str(tmp_path / "ct")).stdout
     assert out == b"via uri"
     no_key = tokencsp("capi", "decrypt", "--blob", str(tmp_path / "sb"), str(tmp_path / "ct"), check=False)
-    assert_one_line_error(no_key, 1, "--key")
+    assert_one_line_error(no_key, 2, "--key")
 
 
 def test_pin_prompt_on_a_terminal(softhsm_kit, cli_key):

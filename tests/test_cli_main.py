@@ -154,3 +154,33 @@ def test_commands_without_a_token_never_import_pkcs11(tmp_path):
             loaded = err[err.index("LOADED"):]
             for module in ("cryptography", "asyncio", "tokencsp.envelope", "tokencsp.net", "tokencsp.replay"):
                 assert f"'{module}" not in loaded, loaded
+
+
+def usage_error(argv: list[str], needle: str, hint: str | None = None) -> None:
+    code, out, err = run(*argv)
+    lines = err.splitlines()
+    assert code == ExitStatus.USAGE and out == b"", err
+    assert lines[0].startswith("tokencsp: error: ") and needle in lines[0], err
+    assert lines[1:] == ([f"tokencsp: hint: did you mean {hint!r}?"] if hint else []), err
+
+
+@pytest.mark.parametrize("argv,needle,hint", [
+    (["sael"], "invalid choice: 'sael'", "seal"),
+    (["key", "genrate", "x"], "invalid choice: 'genrate'", "generate"),
+    (["key", "list", "--js"], "unknown option --js", "--json"),  # no abbreviations
+    (["open", "--ke", "alice", "m.tcsp"], "unknown option --ke", "--key"),
+    (["open", "--keys", "alice", "m.tcsp"], "unknown option --keys", "--key"),  # alice is not the input
+    (["key", "list", "stray"], "unexpected argument 'stray'", None),
+    (["open", "--key", "k", "--max-age", "5x"], "invalid duration '5x'", None),
+    (["open", "--key", "k", "--max-skew=-1m"], "invalid duration", None),
+    (["key", "list", "--uri", "pkcs11:tokn=x"], "unsupported PKCS#11 URI attribute", None),
+    (["capi", "decrypt", "--blob", "b"], "no key named", None),
+    (["open", "m.tcsp"], "no key named", None),
+    (["send", "--key", "k", "--peer", "p", "--to", "nocolon", "f"], "expected HOST:PORT", None),
+    (["send", "--key", "k", "--peer", "p", "--to", "h:1", "--timeout", "0", "f"], "must be above 0", None),
+    (["listen", "--key", "k", "--peer", "p", "--port", "99999", "--out-dir", "d"], "port number", None),
+    (["listen", "--key", "k", "--peer", "p", "--port", "1", "--out-dir", "d", "--max-sessions", "0"],
+     "at least 1", None),
+])
+def test_every_usage_error_is_exit_2_and_one_line(argv, needle, hint):
+    usage_error(argv, needle, hint)

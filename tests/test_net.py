@@ -808,7 +808,7 @@ def test_cli_argument_errors(tmp_path, exported):
     with per_thread_stderr():
         code, err = tokencsp("send", "--key", "net-alice", "--peer", str(exported / "bob.pem"), "--to", "nocolon",
                              str(exported / "bob.pem"))
-        assert code == 1 and "HOST:PORT" in err
+        assert code == 2 and "HOST:PORT" in err
         code, err = tokencsp("listen", "--key", "net-bob", "--peer", str(exported / "alice.blob"), "--port", "1",
                              "--out-dir", str(tmp_path / "missing"))
         assert code == 1 and "not a directory" in err

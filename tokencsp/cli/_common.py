@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, BinaryIO, TextIO
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, TextIO, TypeVar
 
-from ..errors import OutputError
+from ..errors import ConfigError, OutputError
 from ..fileio import atomic_output, open_input
 
 if TYPE_CHECKING:
     from ..provider import Provider
 
-__all__ = ["PROG", "Console", "add_token_options", "input_stream", "open_provider", "output_stream", "read_file"]
+__all__ = ["PROG", "Console", "add_token_options", "argument", "input_stream", "open_provider", "output_stream",
+           "read_file"]
 
 PROG = "tokencsp"
 
@@ -109,10 +110,36 @@ def read_file(path: str | None, console: Console) -> bytes:
             raise InputError(f"cannot read {path}: {exc.strerror}") from None
 
 
+T = TypeVar("T")
+
+
+def argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse ``type=`` from a library parser: its ConfigError becomes a usage error (exit 2)."""
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+def positive(kind: Callable[[str], T], least: float = 0, exclusive: bool = True) -> Callable[[str], T]:
+    """``type=`` for a number above (or at least) ``least``."""
+    def convert(text: str) -> T:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < least or (exclusive and value == least):  # type: ignore[operator]
+            bound = f"above {least:g}" if exclusive else f"at least {least:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+    return convert
+
+
 def uri_option(text: str) -> str:
     """``--uri``: a well-formed RFC 7512 URI without ``pin-value`` (argv is readable by every local user)."""
     from ..config import parse_pkcs11_uri
-    from ..errors import ConfigError
 
     try:
         attributes = parse_pkcs11_uri(text)

@@ -12,7 +12,7 @@ from enum import IntEnum
 
 from .. import errors
 
-__all__ = ["BY_ERROR", "ExitStatus", "epilog", "status_for"]
+__all__ = ["BY_ERROR", "ExitStatus", "UsageError", "epilog", "status_for"]
 
 
 class ExitStatus(IntEnum):
@@ -50,10 +50,15 @@ class ExitStatus(IntEnum):
     INTERRUPTED = 130, "interrupted (Ctrl-C)"
 
 
+class UsageError(errors.ConfigError):
+    """The command line cannot work as given (exit 2), found after argparse was done with it."""
+
+
 # Each refusal of a sealed message has its own status, so scripts can tell
 # "replayed" from "tampered" without parsing text.
 BY_ERROR: Mapping[type[BaseException], ExitStatus] = {
     errors.TokenCSPError: ExitStatus.ERROR,
+    UsageError: ExitStatus.USAGE,
     errors.TokenError: ExitStatus.TOKEN,
     errors.DecryptionError: ExitStatus.DECRYPT,
     errors.AuthenticationFailed: ExitStatus.UNAUTHENTICATED,

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..net import NetConfig, Receiver, SessionResult, send_files
 from ..threephase import TrustSet, check_name
-from ._common import Console, add_token_options, open_provider
+from ._common import Console, add_token_options, argument, open_provider, positive
 from ._status import ExitStatus
 
 __all__ = ["configure", "parse_address"]
@@ -31,12 +31,14 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return int(text)
+
+
 def _config(args: argparse.Namespace) -> NetConfig:
-    if args.timeout <= 0:
-        raise ConfigError("--timeout must be positive")
     sessions = getattr(args, "max_sessions", NetConfig.max_sessions)
-    if sessions < 1:
-        raise ConfigError("--max-sessions must be at least 1")
     return NetConfig(phase_timeout=args.timeout, idle_timeout=max(args.timeout, 60.0), max_sessions=sessions)
 
 
@@ -105,7 +107,7 @@ def progress_printer(console: Console) -> Callable[[str, int, int], None] | None
 
 
 def cmd_send(args: argparse.Namespace, console: Console) -> ExitStatus:
-    host, port = parse_address(args.to)
+    host, port = args.to
     trust = TrustSet.from_paths([args.peer])
     if len(trust) != 1:
         raise ConfigError("--peer must be one public key file")
@@ -129,16 +131,19 @@ def _configure_listen(listen: argparse.ArgumentParser) -> None:
     listen.add_argument("--peer", required=True, action="append", metavar="PUBKEY",
                         help="a trusted sender's public key file (name = file stem) or a directory of them; repeatable")
     listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    listen.add_argument("--port", required=True, type=int)
+    listen.add_argument("--port", required=True, type=_port,
+                        help="TCP port (0: any free port, shown in the 'listening on' line)")
     listen.add_argument("--out-dir", required=True, metavar="DIR",
                         help="received files are written to DIR/PEER/, one directory per authenticated sender")
     listen.add_argument("--once", action="store_true",
                         help="exit after one authenticated session (connections that fail before authenticating "
                              "do not count); the exit code tells success")
-    listen.add_argument("--max-sessions", type=int, default=NetConfig.max_sessions, metavar="N",
+    listen.add_argument("--max-sessions", type=positive(int, 1, exclusive=False), default=NetConfig.max_sessions,
+                        metavar="N",
                         help=f"sessions served at once; more connections are closed unserved "
                              f"(default {NetConfig.max_sessions})")
-    listen.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="deadline per phase (30)")
+    listen.add_argument("--timeout", type=positive(float), default=30.0, metavar="SECONDS",
+                        help="deadline per phase (30)")
     listen.set_defaults(func=cmd_listen)
     add_token_options(listen)
 
@@ -149,8 +154,9 @@ def _configure_send(send: argparse.ArgumentParser) -> None:
     send.add_argument("--name", help="this party's name (default: the key name)")
     send.add_argument("--peer", required=True, metavar="PUBKEY",
                       help="the receiver's public key file (name = file stem)")
-    send.add_argument("--to", required=True, metavar="HOST:PORT")
-    send.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="deadline per phase (30)")
+    send.add_argument("--to", required=True, metavar="HOST:PORT", type=argument(parse_address))
+    send.add_argument("--timeout", type=positive(float), default=30.0, metavar="SECONDS",
+                      help="deadline per phase (30)")
     send.add_argument("files", nargs="+", metavar="FILE")
     send.set_defaults(func=cmd_send)
     add_token_options(send)

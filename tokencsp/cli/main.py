@@ -7,6 +7,7 @@ exit; no traceback, no partial output.
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import importlib
 import sys
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from .. import __version__, errors
 from ._common import PROG, Console, add_token_options
-from ._status import ExitStatus, epilog, status_for
+from ._status import ExitStatus, UsageError, epilog, status_for
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -54,15 +55,42 @@ class _ParserDone(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse writing to the console's streams and returning instead of calling sys.exit."""
+    """argparse writing to the console's streams and returning instead of calling sys.exit.
+
+    No abbreviated options (``--ke`` is not ``--key``), an unknown option is an
+    error in the command that got it (never a file name), and a near miss gets
+    a "did you mean" hint.
+    """
 
     def __init__(self, *args: Any, console: Console, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.console = console
+        self._hint: str | None = None
 
     def add_subparsers(self, **kwargs: Any) -> Any:
         kwargs.setdefault("parser_class", functools.partial(Parser, console=self.console))
         return super().add_subparsers(**kwargs)
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            options = [extra for extra in extras if extra.startswith("-") and extra != "-"]
+            if options:
+                self._suggest(options[0].partition("=")[0], list(self._option_string_actions))
+                self.error(f"unknown option {options[0]}")
+            self.error(f"unexpected argument {extras[0]!r}")
+        return namespace, extras
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            self._suggest(str(value), [str(choice) for choice in action.choices])
+        super()._check_value(action, value)  # type: ignore[misc]
+
+    def _suggest(self, wrong: str, candidates: list[str]) -> None:
+        close = difflib.get_close_matches(wrong, candidates, n=1)
+        self._hint = f"did you mean {close[0]!r}?" if close else None
 
     def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
         if message:
@@ -78,8 +106,10 @@ class Parser(argparse.ArgumentParser):
         raise _ParserDone(status)
 
     def error(self, message: str) -> NoReturn:
-        """A usage error: one line naming where the usage is, exit 2."""
+        """A usage error: one line naming where the usage is (and a hint for a near miss), exit 2."""
         self.console.error(f"{message} (see '{self.prog} --help')")
+        if self._hint:
+            self.console.hint(self._hint)
         raise _ParserDone(ExitStatus.USAGE)
 
 
@@ -134,7 +164,7 @@ def _default_key_from_uri(args: argparse.Namespace) -> None:
 
     args.key = resolve_selector(uri=args.uri).object_label
     if not args.key:
-        raise errors.ConfigError("no key named: give --key NAME or a --uri with object=NAME")
+        raise UsageError("no key named: give --key NAME or a --uri with object=NAME")
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None,

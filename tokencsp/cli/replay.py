@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..replay import ENV_REPLAY_DB, PostgresReplayCache, open_cache, parse_duration
 from ..replay.factory import refuse_password_on_command_line
 from ..replay.postgres import is_postgres_dsn
-from ._common import Console
+from ._common import Console, argument
 from ._status import ExitStatus
 
 __all__ = ["configure", "connection_target"]
@@ -55,7 +55,7 @@ def _postgres(args: argparse.Namespace, **kwargs: Any) -> PostgresReplayCache:
 
 
 def cmd_init(args: argparse.Namespace, console: Console) -> ExitStatus:
-    retention = parse_duration(args.retention) if args.retention else None
+    retention = args.retention
     with _postgres(args, retention=retention) as cache:
         if retention is not None:
             cache.raise_retention(retention)
@@ -118,7 +118,7 @@ def configure(command: str, replay: argparse.ArgumentParser) -> None:
     actions = replay.add_subparsers(dest="replay_command", metavar="ACTION", required=True)
     target_help = f"postgresql://… URL or service=NAME (default: ${ENV_REPLAY_DB}); password from ~/.pgpass"
     init = actions.add_parser("init", help="create (or migrate) the schema of a PostgreSQL replay cache")
-    init.add_argument("--retention", metavar="DURATION",
+    init.add_argument("--retention", metavar="DURATION", type=argument(parse_duration),
                       help="keep ids at least this long past their timestamp (default 24h5m, the default "
                            "--max-age + --max-skew; only ever raised)")
     status = actions.add_parser("status", help="schema, ids stored, retention, clock offset, durability settings")

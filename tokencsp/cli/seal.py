@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..pubkeys import fingerprint, load_public_key
 from ..replay import ReplayPolicy, draw_serial, open_cache, parse_duration
 from ..trust import TrustSet
-from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file
+from ._common import Console, add_token_options, argument, input_stream, open_provider, output_stream, read_file
 from ._progress import ProgressReader
 from ._status import ExitStatus
 from .replay import connection_target
@@ -46,7 +46,7 @@ def _seal(args: argparse.Namespace, console: Console, recipient: Any, signer: An
 
 
 def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
-    policy = ReplayPolicy(max_age=parse_duration(args.max_age), max_skew=parse_duration(args.max_skew))
+    policy = ReplayPolicy(max_age=args.max_age, max_skew=args.max_skew)
     trusted = TrustSet.from_paths(args.trust) if args.trust else None
     if trusted is not None and not trusted:
         raise ConfigError("--trust named no public key files")
@@ -124,9 +124,9 @@ def _configure_open(opener: argparse.ArgumentParser) -> None:
                         help="replay cache: an SQLite file, or postgresql://... / service=NAME for one shared by "
                              "a fleet, password from ~/.pgpass (default: $TOKENCSP_REPLAY_DB, else "
                              "$XDG_STATE_HOME/tokencsp/replay.sqlite3, else ~/.local/state/tokencsp/replay.sqlite3)")
-    opener.add_argument("--max-age", default=DEFAULT_MAX_AGE, metavar="DURATION",
+    opener.add_argument("--max-age", default=DEFAULT_MAX_AGE, metavar="DURATION", type=argument(parse_duration),
                         help=f"oldest timestamp accepted (default {DEFAULT_MAX_AGE}; e.g. 90s, 15m, 7d)")
-    opener.add_argument("--max-skew", default=DEFAULT_MAX_SKEW, metavar="DURATION",
+    opener.add_argument("--max-skew", default=DEFAULT_MAX_SKEW, metavar="DURATION", type=argument(parse_duration),
                         help=f"how far in the future a timestamp may be (default {DEFAULT_MAX_SKEW})")
     opener.add_argument("-o", "--output", help="plaintext file, renamed into place only when the whole message "
                                                "authenticated (default: stdout, each chunk after it authenticates)")
