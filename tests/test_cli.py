@@ -345,3 +345,38 @@ def test_pin_file_others_can_read_is_refused(softhsm_kit, cli_key, tmp_path, mod
 def test_bad_uri_on_the_command_line_is_a_usage_error():
     result = tokencsp("key", "list", "--uri", "pkcs11:tokn=x", check=False)
     assert_one_line_error(result, 2, "unsupported PKCS#11 URI attribute")
+
+
+@pytest.fixture
+def net_args(cli_key, tmp_path):
+    pub = tmp_path / "peer.pub"
+    tokencsp("key", "export", cli_key, "-o", str(pub))
+    (tmp_path / "f").write_bytes(b"x")
+    return ["--key", cli_key, "--peer", str(pub)], str(tmp_path / "f")
+
+
+def test_listen_on_a_port_in_use_or_a_bad_host_is_one_line(net_args, tmp_path):
+    import socket
+
+    key_args, _ = net_args
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        result = tokencsp("listen", *key_args, "--port", port, "--out-dir", str(tmp_path), "--once", check=False)
+        assert_one_line_error(result, 44, f"cannot listen on 127.0.0.1:{port}: ")
+        assert "in use" in result.stderr.decode()
+    result = tokencsp("listen", *key_args, "--host", "no-such-host.invalid", "--port", "0", "--out-dir",
+                      str(tmp_path), "--once", check=False)
+    assert_one_line_error(result, 44, "cannot listen on no-such-host.invalid:0: ")
+
+
+def test_send_to_a_closed_port_is_not_a_protocol_error(net_args):
+    import socket
+
+    key_args, path = net_args
+    with socket.socket() as bound:  # bound but not listening: the kernel refuses the connection
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        result = tokencsp("send", *key_args, "--to", f"127.0.0.1:{port}", path, check=False)
+    assert_one_line_error(result, 44, f"cannot connect to 127.0.0.1:{port}: Connect")

@@ -56,6 +56,7 @@ __all__ = [
     "PhaseTimeout",
     "FrameTooLarge",
     "PeerDisconnected",
+    "ConnectFailed",
     "RecordError",
     "TruncatedSession",
     "PeerAborted",
@@ -314,6 +315,10 @@ class FrameTooLarge(RemoteProtocolError):
 
 class PeerDisconnected(ProtocolError):
     """The connection ended (or could not be made) before the protocol was done."""
+
+
+class ConnectFailed(PeerDisconnected):
+    """No connection at all: the address cannot be listened on or connected to (in use, unknown host, refused)."""
 
 
 class RecordError(PeerAuthenticationFailed):

@@ -24,7 +24,7 @@ from typing import BinaryIO, Protocol, TypeVar
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .admission import Admission, AdmissionPolicy, Ticket
-from .errors import ConfigError, InputError, OutputError
+from .errors import ConfigError, ConnectFailed, InputError, OutputError
 from .fileio import atomic_output
 from .threephase import (
     DEFAULT_MAX_FRAME,
@@ -407,7 +407,7 @@ async def send_files(key: NamedExchangeKey, trust: TrustSet, peer_name: str, hos
             reader, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError) as exc:
         reason = getattr(exc, "strerror", None) or "timed out"
-        raise PeerDisconnected(f"cannot connect to {host}:{port}: {reason}") from None
+        raise ConnectFailed(f"cannot connect to {host}:{port}: {reason}") from None
     chunk = min(config.chunk_size, conn.max_record - 1)
     return await _run_session(conn, reader, writer, config, lambda ch: _send(ch, files, chunk, progress))
 

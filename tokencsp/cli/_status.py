@@ -47,6 +47,7 @@ class ExitStatus(IntEnum):
     PEER_AUTH = 41, "listen/send: the peer failed to authenticate (wrong key, tampering, replay)"
     UNKNOWN_PEER = 42, "listen/send: unknown peer"
     TIMEOUT = 43, "listen/send: a phase timed out"
+    CONNECT = 44, "listen/send: cannot listen or connect (address in use, unknown host, connection refused)"
     INTERRUPTED = 130, "interrupted (Ctrl-C)"
 
 
@@ -78,6 +79,7 @@ BY_ERROR: Mapping[type[BaseException], ExitStatus] = {
     errors.PeerAuthenticationFailed: ExitStatus.PEER_AUTH,
     errors.UnknownPeer: ExitStatus.UNKNOWN_PEER,
     errors.PhaseTimeout: ExitStatus.TIMEOUT,
+    errors.ConnectFailed: ExitStatus.CONNECT,
     KeyboardInterrupt: ExitStatus.INTERRUPTED,
 }
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConnectFailed
 from ..net import NetConfig, Receiver, SessionResult, send_files
 from ..threephase import TrustSet, check_name
 from ._common import Console, add_token_options, argument, open_provider, positive
@@ -84,7 +84,10 @@ async def _listen(key: Any, trust: TrustSet, name: str, args: argparse.Namespace
     receiver = Receiver(key, trust, args.out_dir, name=name, config=config, once=args.once,
                         on_session=_report_unauthenticated(report) if args.once else report)
     async with receiver:
-        host, port = await receiver.start(args.host, args.port)
+        try:
+            host, port = await receiver.start(args.host, args.port)
+        except OSError as exc:  # address in use, unknown host (gaierror), not an address of this machine
+            raise ConnectFailed(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
         console.say(f"listening on {host}:{port} as {name!r} for {', '.join(sorted(trust))}")
         if not args.once:
             await asyncio.Event().wait()  # until interrupted
