@@ -380,3 +380,30 @@ def test_send_to_a_closed_port_is_not_a_protocol_error(net_args):
         port = bound.getsockname()[1]
         result = tokencsp("send", *key_args, "--to", f"127.0.0.1:{port}", path, check=False)
     assert_one_line_error(result, 44, f"cannot connect to 127.0.0.1:{port}: Connect")
+
+
+def test_listen_creates_a_missing_out_dir(cli_key, tmp_path):
+    tokencsp("key", "generate", "cli-bob", "--token", "tokencsp-test-b")
+    listener = None
+    try:
+        tokencsp("key", "export", cli_key, "-o", str(tmp_path / "alice.pub"))
+        tokencsp("key", "export", "cli-bob", "--token", "tokencsp-test-b", "-o", str(tmp_path / "bob.pub"))
+        (tmp_path / "report.txt").write_bytes(b"delivered")
+        inbox = tmp_path / "new" / "inbox"
+        listener = subprocess.Popen(
+            [sys.executable, "-m", "tokencsp", "listen", "--token", "tokencsp-test-b", "--key", "cli-bob", "--name",
+             "bob", "--peer", str(tmp_path / "alice.pub"), "--port", "0", "--out-dir", str(inbox), "--once"],
+            stderr=subprocess.PIPE)
+        line = listener.stderr.readline().decode()
+        assert "listening on 127.0.0.1:" in line, line
+        port = line.split("127.0.0.1:")[1].split()[0]
+        tokencsp("send", "--key", cli_key, "--name", "alice", "--peer", str(tmp_path / "bob.pub"), "--to",
+                 f"127.0.0.1:{port}", str(tmp_path / "report.txt"))
+        assert listener.wait(timeout=60) == 0, listener.stderr.read()
+        assert (inbox / "report.txt").read_bytes() == b"delivered"
+        assert inbox.stat().st_mode & 0o777 == 0o700
+    finally:
+        if listener is not None and listener.poll() is None:
+            listener.kill()
+            listener.wait()
+        tokencsp("key", "delete", "cli-bob", "--token", "tokencsp-test-b", check=False)

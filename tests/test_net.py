@@ -810,7 +810,7 @@ def test_cli_argument_errors(tmp_path, exported):
                              str(exported / "bob.pem"))
         assert code == 2 and "HOST:PORT" in err
         code, err = tokencsp("listen", "--key", "net-bob", "--peer", str(exported / "alice.blob"), "--port", "1",
-                             "--out-dir", str(tmp_path / "missing"))
+                             "--out-dir", str(exported / "alice.blob"))  # a file; a missing dir is created
         assert code == 1 and "not a directory" in err
         from tokencsp.cli._common import Console
         from tokencsp.cli.exchange import progress_printer

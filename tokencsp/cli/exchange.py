@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, ConnectFailed
+from ..errors import ConfigError, ConnectFailed, OutputError
 from ..net import NetConfig, Receiver, SessionResult, send_files
 from ..threephase import TrustSet, check_name
 from ._common import Console, add_token_options, argument, open_provider, positive
@@ -69,12 +69,23 @@ def cmd_listen(args: argparse.Namespace, console: Console) -> ExitStatus:
     trust = TrustSet.from_paths(args.peer)
     if not trust:
         raise ConfigError("no trusted peer keys were given")
-    if not os.path.isdir(args.out_dir):
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise ConfigError(f"--out-dir {args.out_dir} is not a directory")
     name, config = _own_name(args), _config(args)
     with open_provider(args) as provider:
         key = provider.exchange_key(args.key)
+        _make_out_dir(args.out_dir)  # only once the key is there: a failed start leaves nothing behind
         return asyncio.run(_listen(key, trust, name, args, config, console))
+
+
+def _make_out_dir(path: str) -> None:
+    """Create a missing --out-dir (and its parents), private to this user like the files received into it."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"--out-dir {path} is not a directory") from None
+    except OSError as exc:
+        raise OutputError(f"cannot create --out-dir {path}: {exc.strerror}") from None
 
 
 async def _listen(key: Any, trust: TrustSet, name: str, args: argparse.Namespace, config: NetConfig,
@@ -137,7 +148,8 @@ def _configure_listen(listen: argparse.ArgumentParser) -> None:
     listen.add_argument("--port", required=True, type=_port,
                         help="TCP port (0: any free port, shown in the 'listening on' line)")
     listen.add_argument("--out-dir", required=True, metavar="DIR",
-                        help="received files are written to DIR/PEER/, one directory per authenticated sender")
+                        help="received files are written to DIR/PEER/, one directory per authenticated sender "
+                             "(DIR is created, mode 0700, if missing)")
     listen.add_argument("--once", action="store_true",
                         help="exit after one authenticated session (connections that fail before authenticating "
                              "do not count); the exit code tells success")
