@@ -184,3 +184,22 @@ def usage_error(argv: list[str], needle: str, hint: str | None = None) -> None:
 ])
 def test_every_usage_error_is_exit_2_and_one_line(argv, needle, hint):
     usage_error(argv, needle, hint)
+
+
+def test_inspect_of_a_non_message_says_so_and_prints_no_none(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tokencsp import envelope
+
+    text = tmp_path / "notes.txt"
+    text.write_bytes(b"hello, this is not sealed\n")  # shorter than a header
+    for path in (str(text), "/dev/null"):
+        code, out, err = run("inspect", path)
+        assert code == ExitStatus.MALFORMED and out == b"", err
+        assert err == "tokencsp: error: not a tokencsp sealed message (no TCSPSEAL magic)\n"
+    sealed = tmp_path / "m.tcsp"
+    sealed.write_bytes(envelope.seal_bytes(b"x", rsa.generate_private_key(65537, 2048).public_key()))
+    code, out, err = run("inspect", str(sealed))
+    assert code == 0 and b"sender_key_id: -\n" in out and b"None" not in out, out
+    code, out, err = run("inspect", "-", stdin=sealed.read_bytes()[:100])  # a real message, cut short
+    assert code == ExitStatus.MALFORMED and "truncated" in err, err

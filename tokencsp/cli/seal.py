@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-from typing import Any
+from typing import Any, BinaryIO
 
 from .. import envelope
-from ..errors import ConfigError
+from ..errors import ConfigError, EnvelopeFormatError
 from ..pubkeys import fingerprint, load_public_key
 from ..replay import ReplayPolicy, draw_serial, open_cache, parse_duration
 from ..trust import TrustSet
@@ -90,14 +90,34 @@ def describe(pre: envelope.Preamble) -> dict[str, Any]:
     }
 
 
+class _FirstBytes:
+    """A reader that keeps what it read first, to tell "not a sealed message" from a broken one."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self.first = b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        if len(self.first) < len(envelope.MAGIC):
+            self.first += data[:len(envelope.MAGIC) - len(self.first)]
+        return data
+
+
 def cmd_inspect(args: argparse.Namespace, console: Console) -> ExitStatus:
-    with input_stream(args.file, console) as source:
-        facts = describe(envelope.read_header(source))
+    with input_stream(args.file, console) as raw:
+        source = _FirstBytes(raw)
+        try:
+            facts = describe(envelope.read_header(source))  # type: ignore[arg-type]
+        except EnvelopeFormatError:
+            if source.first != envelope.MAGIC:
+                raise EnvelopeFormatError("not a tokencsp sealed message (no TCSPSEAL magic)") from None
+            raise
     if args.json:
         console.out(json.dumps(facts, indent=2))
     else:
         for name, value in facts.items():
-            console.out(f"{name}: {value}")
+            console.out(f"{name}: {'-' if value is None else value}")
         console.out("(nothing above is verified until the message is opened)")
     return ExitStatus.OK
 
