@@ -407,3 +407,21 @@ def test_listen_creates_a_missing_out_dir(cli_key, tmp_path):
             listener.kill()
             listener.wait()
         tokencsp("key", "delete", "cli-bob", "--token", "tokencsp-test-b", check=False)
+
+
+def test_key_list_names_the_token_and_has_a_header(cli_key):
+    lines = tokencsp("key", "list").stdout.decode().splitlines()
+    assert lines[0].startswith("token 'tokencsp-test-a', serial "), lines
+    assert lines[1].split("\t") == ["NAME", "USAGE", "KEY", "ID", "ATTRIBUTES"], lines
+    assert any(line.startswith(f"{cli_key}\texchange\tRSA-2048\t") for line in lines[2:]), lines
+    audit = tokencsp("key", "audit").stdout.decode().splitlines()
+    assert audit[0] == lines[0] and audit[1] == lines[1]
+
+
+def test_token_list_without_tokens_says_so(tmp_path):
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "softhsm2.conf").write_text(f"directories.tokendir = {tmp_path / 'tokens'}\n"
+                                            "objectstore.backend = file\nlog.level = ERROR\n")
+    result = tokencsp("token", "list", env={"SOFTHSM2_CONF": str(tmp_path / "softhsm2.conf")})
+    assert result.stdout == b""
+    assert result.stderr.decode().startswith("no initialised token in "), result.stderr

@@ -11,6 +11,7 @@ from ._status import ExitStatus
 
 if TYPE_CHECKING:
     from ..keyinfo import KeyInfo
+    from ..provider import Provider
 
 __all__ = ["configure"]
 
@@ -25,14 +26,25 @@ def cmd_key_generate(args: argparse.Namespace, console: Console) -> ExitStatus:
 def cmd_key_list(args: argparse.Namespace, console: Console) -> ExitStatus:
     with open_provider(args) as provider:
         infos = provider.list_keys()
+        token = _token_line(provider)
     if args.json:
         console.out(json.dumps([info.as_dict() for info in infos], indent=2))
         return ExitStatus.OK
+    console.out(token)
     if not infos:
         console.note("no keys on this token")
+        return ExitStatus.OK
+    console.out(HEADER)
     for info in infos:
         print_info(console, info)
     return ExitStatus.OK
+
+
+HEADER = "NAME\tUSAGE\tKEY\tID\tATTRIBUTES"
+
+
+def _token_line(provider: Provider) -> str:
+    return f"token {provider.token_label!r}, serial {provider.token_serial}"
 
 
 def print_info(console: Console, info: KeyInfo) -> None:
@@ -69,12 +81,16 @@ def cmd_key_audit(args: argparse.Namespace, console: Console) -> ExitStatus:
 
     with open_provider(args) as provider:
         infos = provider.list_keys()
+        token = _token_line(provider)
     report = [(info, audit_key(info)) for info in infos]
     if args.json:
         console.out(json.dumps([{**info.as_dict(), "findings": [{"level": f.level, "message": f.message}
                                                                  for f in found]}
                                 for info, found in report], indent=2))
     else:
+        console.out(token)
+        if report:
+            console.out(HEADER)
         for info, found in report:
             print_info(console, info)
             for finding in found:

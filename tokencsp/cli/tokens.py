@@ -12,12 +12,15 @@ __all__ = ["configure"]
 
 
 def cmd_token_list(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ..config import find_module
     from ..provider import list_tokens
 
     tokens = list_tokens(args.module)
     if args.json:
         console.out(json.dumps([{"label": label, "serial": serial} for label, serial in tokens], indent=2))
         return ExitStatus.OK
+    if not tokens:
+        console.note(f"no initialised token in {find_module(args.module)}")
     for label, serial in tokens:
         console.out(f"{label}\tserial={serial}")
     return ExitStatus.OK
