@@ -61,17 +61,23 @@ def tokencsp(*args: str, input: bytes | None = None, env: Mapping[str, str] | No
     return result
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[bytes], status: int, needle: str = "") -> str:
+def assert_one_line_error(result: subprocess.CompletedProcess[bytes], status: int, needle: str = "",
+                          hint: str | None = None) -> str:
     """The CLI's refusal contract: exit ``status``, nothing on stdout, and exactly one stderr line
-    ``tokencsp: error: ...`` (containing ``needle``) with no traceback.  Returns that line."""
+    ``tokencsp: error: ...`` (containing ``needle``) with no traceback -- followed by exactly one
+    ``tokencsp: hint: ...`` line containing ``hint`` when one is expected.  Returns the error line."""
     err = result.stderr.decode(errors="replace")
     assert result.returncode == status, f"exit {result.returncode}, expected {status}: {err}"
     assert result.stdout == b"", f"stdout not empty on a refusal: {result.stdout[:200]!r}; stderr: {err}"
     assert "Traceback" not in err, err
-    assert err.startswith(_ERROR_PREFIX) and err.endswith("\n") and err.count("\n") == 1, \
-        f"not exactly one '{_ERROR_PREFIX}...' line: {err!r}"
-    assert needle in err, f"{needle!r} not in {err!r}"
-    return err.rstrip("\n")
+    lines = 1 if hint is None else 2
+    assert err.startswith(_ERROR_PREFIX) and err.endswith("\n") and err.count("\n") == lines, \
+        f"not exactly one '{_ERROR_PREFIX}...' line{'' if hint is None else ' and one hint'}: {err!r}"
+    error, _, rest = err.partition("\n")
+    assert needle in error, f"{needle!r} not in {err!r}"
+    if hint is not None:
+        assert rest.startswith("tokencsp: hint: ") and hint in rest, f"hint {hint!r} not in {err!r}"
+    return error
 
 
 # -- processes that must start at the same moment -------------------------------------------------

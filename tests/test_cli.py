@@ -121,7 +121,7 @@ def test_tampered_blob_one_line_no_output_file(cli_key, tmp_path):
     (tmp_path / "bad").write_bytes(bytes(blob))
     result = tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / "bad"), "-o",
                       str(tmp_path / "out"), str(tmp_path / "ct"), check=False)
-    assert_one_line_error(result, 4, "could not be decrypted")
+    assert_one_line_error(result, 4, "could not be decrypted", hint="add --oaep")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "ct", "pub", "sb"]
 
 
@@ -135,7 +135,7 @@ def test_corrupted_ciphertext_leaves_no_plaintext_file(cli_key, tmp_path):
     (tmp_path / "ct").write_bytes(bytes(ct))
     result = tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / "sb"), "-o",
                       str(tmp_path / "out"), str(tmp_path / "ct"), check=False)
-    assert_one_line_error(result, 4, "could not be decrypted")
+    assert_one_line_error(result, 4, "could not be decrypted", hint="add --oaep")
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tokencsp-")]
 
@@ -154,7 +154,7 @@ def test_capi_decrypt_fails_alike_for_a_bad_blob_and_a_bad_ciphertext(cli_key, t
     results = [tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / sb), "-o", str(tmp_path / "out"),
                         str(tmp_path / data), check=False) for sb, data in (("bad-sb", "ct"), ("sb", "bad-ct"))]
     assert [(r.returncode, r.stdout, r.stderr) for r in results] == [(4, b"", results[1].stderr)] * 2
-    assert_one_line_error(results[0], 4, "could not be decrypted")
+    assert_one_line_error(results[0], 4, "could not be decrypted", hint="add --oaep")
     assert not (tmp_path / "out").exists()
 
 
@@ -239,7 +239,7 @@ def test_generate_oaep_only(tmp_path, softhsm_kit):
                  input=b"x")
         result = tokencsp("capi", "decrypt", "--key", "cli-oaep", "--blob", str(tmp_path / "sb"), str(tmp_path / "ct"),
                           check=False)
-        assert_one_line_error(result, 4, "could not be decrypted")
+        assert_one_line_error(result, 4, "could not be decrypted", hint="add --oaep")
         assert b"oaep-only" in tokencsp("key", "list").stdout
     finally:
         tokencsp("key", "delete", "cli-oaep")
@@ -425,3 +425,16 @@ def test_token_list_without_tokens_says_so(tmp_path):
     result = tokencsp("token", "list", env={"SOFTHSM2_CONF": str(tmp_path / "softhsm2.conf")})
     assert result.stdout == b""
     assert result.stderr.decode().startswith("no initialised token in "), result.stderr
+
+
+def test_capi_decrypt_hints_at_the_padding_flag(cli_key, tmp_path):
+    """A SIMPLEBLOB does not record its padding: a fixed hint, chosen by the flag alone, names the other one."""
+    pub = tmp_path / "pub"
+    tokencsp("key", "export", cli_key, "-o", str(pub))
+    for given, other in ((["--oaep"], []), ([], ["--oaep"])):
+        tokencsp("capi", "encrypt", "--to", str(pub), *given, "--blob-out", str(tmp_path / "sb"), "-o",
+                 str(tmp_path / "ct"), input=b"x")
+        result = tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / "sb"), *other,
+                          str(tmp_path / "ct"), check=False)
+        assert_one_line_error(result, 4, "could not be imported", "add --oaep" if given else "leave out --oaep")
+        assert result.stdout == b""

@@ -18,8 +18,8 @@ from ..fileio import atomic_output, open_input
 if TYPE_CHECKING:
     from ..provider import Provider
 
-__all__ = ["PROG", "Console", "add_token_options", "argument", "input_stream", "open_provider", "output_stream",
-           "read_file"]
+__all__ = ["PROG", "Console", "add_token_options", "argument", "hint_of", "input_stream", "open_provider",
+           "output_stream", "read_file", "with_hint"]
 
 PROG = "tokencsp"
 
@@ -72,6 +72,20 @@ class Console:
         if buffer is None:
             raise OutputError("standard input gives no binary data here; name an input file")
         return buffer  # type: ignore[no-any-return]
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def with_hint(exc: E, hint: str) -> E:
+    """``exc`` carrying a ``tokencsp: hint:`` line that ``main`` prints after the error line."""
+    exc.tokencsp_hint = hint  # type: ignore[attr-defined]
+    return exc
+
+
+def hint_of(exc: BaseException) -> str | None:
+    hint = getattr(exc, "tokencsp_hint", None)
+    return hint if isinstance(hint, str) else None
 
 
 def _is_std(path: str | None) -> bool:

@@ -7,7 +7,8 @@ from typing import BinaryIO
 
 from ..legacy import LegacyAlg
 from ..session import ALG_NAMES, SessionKey, alg_from_name
-from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file
+from ..errors import DecryptionError
+from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file, with_hint
 from ._status import ExitStatus
 
 __all__ = ["configure"]
@@ -80,6 +81,11 @@ def cmd_capi_decrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
     try:
         with input_stream(args.input, console) as source, output_stream(args.output, console) as sink:
             _stream(key, source, sink, encrypt=False)
+    except DecryptionError as exc:
+        # One message for a bad blob and a bad ciphertext; a SIMPLEBLOB does not say how it was padded,
+        # and this hint depends only on the flag given, so it tells an attacker nothing.
+        raise with_hint(exc, "leave out --oaep if the sender did not use CRYPT_OAEP" if args.oaep
+                        else "add --oaep if the sender used CRYPT_OAEP") from None
     finally:
         key.wipe()
     return ExitStatus.OK

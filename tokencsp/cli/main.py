@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from .. import __version__, errors
-from ._common import PROG, Console, add_token_options
+from ._common import PROG, Console, add_token_options, hint_of
 from ._status import ExitStatus, UsageError, epilog, status_for
 
 if TYPE_CHECKING:
@@ -180,6 +180,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         return int(args.func(args, console))
     except errors.TokenCSPError as exc:
         console.error(str(exc))
+        hint = hint_of(exc)
+        if hint:
+            console.hint(hint)
         return int(status_for(exc))
     except KeyboardInterrupt as exc:
         console.error("interrupted")
