@@ -203,3 +203,25 @@ def test_inspect_of_a_non_message_says_so_and_prints_no_none(tmp_path):
     assert code == 0 and b"sender_key_id: -\n" in out and b"None" not in out, out
     code, out, err = run("inspect", "-", stdin=sealed.read_bytes()[:100])  # a real message, cut short
     assert code == ExitStatus.MALFORMED and "truncated" in err, err
+
+
+@pytest.mark.parametrize("command", ["seal", "capi"])
+def test_encrypting_to_a_signature_key_is_refused(tmp_path, command):
+    """A CALG_RSA_SIGN PUBLICKEYBLOB names a key whose private half cannot unwrap: nothing is written."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tokencsp.blobs import AlgId, PublicKeyBlob
+
+    numbers = rsa.generate_private_key(65537, 2048).public_key().public_numbers()
+    for alg, refused in ((AlgId.CALG_RSA_SIGN, True), (AlgId.CALG_RSA_KEYX, False)):
+        pub = tmp_path / f"{alg.name}.pub"
+        pub.write_bytes(PublicKeyBlob(modulus=numbers.n, public_exponent=numbers.e, alg_id=alg).to_bytes())
+        out = tmp_path / f"{alg.name}.out"
+        argv = (["seal", "--to", str(pub)] if command == "seal"
+                else ["capi", "encrypt", "--to", str(pub), "--blob-out", str(tmp_path / f"{alg.name}.sb")])
+        code, _, err = run(*argv, "-o", str(out), stdin=b"secret")
+        if refused:
+            assert code == ExitStatus.ERROR and "signature key (CALG_RSA_SIGN" in err and err.count("\n") == 1, err
+            assert not out.exists() and not (tmp_path / f"{alg.name}.sb").exists()
+        else:
+            assert code == 0 and out.stat().st_size > 0, err

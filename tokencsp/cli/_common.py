@@ -16,10 +16,12 @@ from ..errors import ConfigError, OutputError
 from ..fileio import atomic_output, open_input
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
     from ..provider import Provider
 
 __all__ = ["PROG", "Console", "add_token_options", "argument", "hint_of", "input_stream", "open_provider",
-           "output_stream", "read_file", "with_hint"]
+           "output_stream", "read_file", "recipient_key", "with_hint"]
 
 PROG = "tokencsp"
 
@@ -164,6 +166,25 @@ def uri_option(text: str) -> str:
             "pin-value is refused on the command line (every local user can read it in /proc/PID/cmdline): "
             "use pin-source=file:PATH, set TOKENCSP_PIN, or put the URI in TOKENCSP_URI")
     return text
+
+
+def recipient_key(path: str, console: Console) -> RSAPublicKey:
+    """The public key in ``path`` to encrypt to; a signature key's PUBLICKEYBLOB (CALG_RSA_SIGN) is refused,
+    since its private half on the token can never unwrap."""
+    from ..blobs import AlgId, BlobType, PublicKeyBlob
+    from ..errors import BlobFormatError, InvalidKeyError
+    from ..pubkeys import load_public_key
+
+    data = read_file(path, console)
+    if data[:1] == bytes([BlobType.PUBLICKEYBLOB]):
+        try:
+            alg_id = PublicKeyBlob.from_bytes(data).alg_id
+        except BlobFormatError:
+            alg_id = None  # load_public_key says what is wrong with it
+        if alg_id == AlgId.CALG_RSA_SIGN:
+            raise InvalidKeyError(f"{path} is a signature key (CALG_RSA_SIGN PUBLICKEYBLOB), which cannot "
+                                  "unwrap a session key: use the recipient's exchange key (CALG_RSA_KEYX)")
+    return load_public_key(data)
 
 
 def add_token_options(parser: argparse.ArgumentParser, *, suppress: bool = True) -> None:

@@ -5,10 +5,19 @@ from __future__ import annotations
 import argparse
 from typing import BinaryIO
 
+from ..errors import DecryptionError
 from ..legacy import LegacyAlg
 from ..session import ALG_NAMES, SessionKey, alg_from_name
-from ..errors import DecryptionError
-from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file, with_hint
+from ._common import (
+    Console,
+    add_token_options,
+    input_stream,
+    open_provider,
+    output_stream,
+    read_file,
+    recipient_key,
+    with_hint,
+)
 from ._status import ExitStatus
 
 __all__ = ["configure"]
@@ -30,9 +39,7 @@ def _stream(key: SessionKey, source: BinaryIO, sink: BinaryIO, encrypt: bool) ->
 
 
 def cmd_capi_encrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
-    from ..pubkeys import load_public_key
-
-    recipient = load_public_key(read_file(args.to, console))
+    recipient = recipient_key(args.to, console)
     key = SessionKey.generate(alg_from_name(args.alg))
     blob = key.export_simpleblob(recipient, oaep=args.oaep)
     with output_stream(args.blob_out, console, mode=0o644) as blob_file, input_stream(args.input, console) as source, \

@@ -13,10 +13,10 @@ from typing import Any, BinaryIO
 
 from .. import envelope
 from ..errors import ConfigError, EnvelopeFormatError
-from ..pubkeys import fingerprint, load_public_key
+from ..pubkeys import fingerprint
 from ..replay import ReplayPolicy, draw_serial, open_cache, parse_duration
 from ..trust import TrustSet
-from ._common import Console, add_token_options, argument, input_stream, open_provider, output_stream, read_file
+from ._common import Console, add_token_options, argument, input_stream, open_provider, output_stream, recipient_key
 from ._progress import ProgressReader
 from ._status import ExitStatus
 from .replay import connection_target
@@ -28,7 +28,7 @@ DEFAULT_MAX_SKEW = "5m"
 
 
 def cmd_seal(args: argparse.Namespace, console: Console) -> ExitStatus:
-    recipient = load_public_key(read_file(args.to, console))
+    recipient = recipient_key(args.to, console)
     if args.sign_with is None:
         return _seal(args, console, recipient, signer=None, serial=None)
     with open_provider(args) as provider:
