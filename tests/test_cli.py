@@ -438,3 +438,12 @@ def test_capi_decrypt_hints_at_the_padding_flag(cli_key, tmp_path):
                           str(tmp_path / "ct"), check=False)
         assert_one_line_error(result, 4, "could not be imported", "add --oaep" if given else "leave out --oaep")
         assert result.stdout == b""
+
+
+def test_key_export_to_a_terminal_only_as_pem(cli_key):
+    from test_cli_main import on_a_terminal
+
+    code, shown, err = on_a_terminal(["key", "export", cli_key])
+    assert code == 2 and shown == b"" and b"refusing to write binary data to a terminal" in err, err
+    code, shown, err = on_a_terminal(["key", "export", cli_key, "--format", "pem"])
+    assert code == 0 and b"-----BEGIN PUBLIC KEY-----" in shown, err

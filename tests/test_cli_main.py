@@ -225,3 +225,45 @@ def test_encrypting_to_a_signature_key_is_refused(tmp_path, command):
             assert not out.exists() and not (tmp_path / f"{alg.name}.sb").exists()
         else:
             assert code == 0 and out.stat().st_size > 0, err
+
+
+def on_a_terminal(argv: list[str]) -> tuple[int, bytes, bytes]:
+    """Run tokencsp with stdout on a pseudo-terminal: (status, what reached the terminal, stderr)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tokencsp", *argv], stdout=secondary, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, timeout=120)
+        os.close(secondary)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: nothing more
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(primary)
+    return proc.returncode, shown, proc.stderr
+
+
+def test_binary_output_to_a_terminal_is_refused(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pub = tmp_path / "r.pem"
+    pub.write_bytes(rsa.generate_private_key(65537, 2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "plain").write_bytes(b"secret")
+    for argv in (["seal", "--to", str(pub), str(tmp_path / "plain")],
+                 ["capi", "encrypt", "--to", str(pub), "--blob-out", str(tmp_path / "sb"), str(tmp_path / "plain")]):
+        code, shown, err = on_a_terminal(argv)
+        assert code == ExitStatus.USAGE and shown == b"", (argv, err)
+        assert err == b"tokencsp: error: refusing to write binary data to a terminal: use -o FILE or redirect stdout\n"
+    assert not (tmp_path / "sb").exists()

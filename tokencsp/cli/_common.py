@@ -62,6 +62,14 @@ class Console:
         isatty = getattr(self.stderr, "isatty", None)
         return bool(isatty and isatty())
 
+    def refuse_binary_to_terminal(self, path: str | None) -> None:
+        """Binary output for stdout (``path`` None or "-") is refused when stdout is a terminal."""
+        isatty = getattr(self.stdout, "isatty", None)
+        if _is_std(path) and isatty and isatty():
+            from ._status import UsageError
+
+            raise UsageError("refusing to write binary data to a terminal: use -o FILE or redirect stdout")
+
     def binary_stdout(self) -> BinaryIO:
         self.stdout.flush()
         buffer = getattr(self.stdout, "buffer", None)

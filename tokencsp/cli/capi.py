@@ -39,6 +39,7 @@ def _stream(key: SessionKey, source: BinaryIO, sink: BinaryIO, encrypt: bool) ->
 
 
 def cmd_capi_encrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
+    console.refuse_binary_to_terminal(args.output)
     recipient = recipient_key(args.to, console)
     key = SessionKey.generate(alg_from_name(args.alg))
     blob = key.export_simpleblob(recipient, oaep=args.oaep)
@@ -105,7 +106,7 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     enc.add_argument("--alg", choices=tuple(ALG_NAMES), default="aes256")
     enc.add_argument("--oaep", action="store_true", help="wrap with CRYPT_OAEP (OAEP SHA-1) instead of PKCS#1 v1.5")
     enc.add_argument("--blob-out", required=True, metavar="FILE", help="where to write the SIMPLEBLOB")
-    enc.add_argument("-o", "--output", help="ciphertext file (default: stdout)")
+    enc.add_argument("-o", "--output", help="ciphertext file (default: stdout, but not a terminal)")
     enc.add_argument("input", nargs="?", help="plaintext file (default: stdin)")
     enc.set_defaults(func=cmd_capi_encrypt)
 

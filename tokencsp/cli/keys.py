@@ -56,6 +56,8 @@ def print_info(console: Console, info: KeyInfo) -> None:
 
 
 def cmd_key_export(args: argparse.Namespace, console: Console) -> ExitStatus:
+    if args.format != "pem":
+        console.refuse_binary_to_terminal(args.output)
     with open_provider(args) as provider:
         pair = provider.key(args.name)
         data = {"msblob": pair.public_blob, "pem": pair.public_pem, "der": pair.public_der}[args.format]()
@@ -158,7 +160,7 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     export.add_argument("name")
     export.add_argument("--format", choices=("msblob", "pem", "der"), default="msblob",
                         help="msblob = CryptoAPI PUBLICKEYBLOB (default)")
-    export.add_argument("-o", "--output", help="output file (default: stdout)")
+    export.add_argument("-o", "--output", help="output file (default: stdout, but not a terminal unless --format pem)")
     export.set_defaults(func=cmd_key_export)
 
     imp = key.add_parser("import", help="move an existing private key onto the token (non-extractable)")

@@ -28,6 +28,7 @@ DEFAULT_MAX_SKEW = "5m"
 
 
 def cmd_seal(args: argparse.Namespace, console: Console) -> ExitStatus:
+    console.refuse_binary_to_terminal(args.output)
     recipient = recipient_key(args.to, console)
     if args.sign_with is None:
         return _seal(args, console, recipient, signer=None, serial=None)
@@ -129,7 +130,7 @@ def _configure_seal(seal: argparse.ArgumentParser) -> None:
     seal.add_argument("--serial-db", metavar="URL", type=connection_target("--serial-db"),
                       help="draw --sign-with serial numbers from this PostgreSQL database, shared by all senders "
                            "of the key (default: $TOKENCSP_SERIAL_DB, else a counter file in the state dir)")
-    seal.add_argument("-o", "--output", help="output file (default: stdout)")
+    seal.add_argument("-o", "--output", help="output file (default: stdout, but not a terminal)")
     seal.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     seal.add_argument("input", nargs="?", help="plaintext file (default: stdin)")
     seal.set_defaults(func=cmd_seal)
