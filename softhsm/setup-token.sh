@@ -11,7 +11,7 @@
 #
 # Writes STATE_DIR/softhsm2.conf, STATE_DIR/tokens/ and STATE_DIR/env; the
 # env file sets SOFTHSM2_CONF, TOKENCSP_MODULE and TOKENCSP_TOKEN, never the
-# PIN. Idempotent: a token whose label already exists is left alone. The
+# PIN, and puts the venv's bin directory (the tokencsp command) on PATH. Idempotent: a token whose label already exists is left alone. The
 # system token directory is never used. PINs are never printed.
 set -euo pipefail
 
@@ -94,6 +94,11 @@ tmp_env=$(mktemp "$state/.env.XXXXXX")
     printf 'export SOFTHSM2_CONF=%q\n' "$conf"
     printf 'export TOKENCSP_MODULE=%q\n' "$module"
     printf 'export TOKENCSP_TOKEN=%q\n' "$label"
+    # The venv's bin directory, so that `tokencsp` runs without activating the venv.
+    bin=$(dirname "$python")
+    if [ -x "$bin/tokencsp" ]; then
+        printf 'export PATH=%q:"$PATH"\n' "$bin"
+    fi
 } >"$tmp_env"
 mv -f "$tmp_env" "$env_file"
 

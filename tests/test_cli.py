@@ -447,3 +447,21 @@ def test_key_export_to_a_terminal_only_as_pem(cli_key):
     assert code == 2 and shown == b"" and b"refusing to write binary data to a terminal" in err, err
     code, shown, err = on_a_terminal(["key", "export", cli_key, "--format", "pem"])
     assert code == 0 and b"-----BEGIN PUBLIC KEY-----" in shown, err
+
+
+def test_sourcing_the_dev_env_puts_tokencsp_on_path(tmp_path, softhsm_kit):
+    """After `make demo`, `. .softhsm/env` must be enough to run `tokencsp` (no venv activation)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {"TOKENCSP_PYTHON": sys.executable, "TOKENCSP_TOKEN": "env-test", "TOKENCSP_PIN": "5678",
+           "TOKENCSP_SO_PIN": softhsm_kit.so_pin, "PATH": os.environ["PATH"]}
+    subprocess.run([str(repo / "softhsm" / "setup-token.sh"), str(tmp_path / "state")], check=True,
+                   capture_output=True, env={**os.environ, **env}, timeout=120)
+    shell = subprocess.run(["bash", "-c", f". {tmp_path / 'state' / 'env'} && command -v tokencsp && "
+                                          "TOKENCSP_PIN=5678 tokencsp key list"],
+                           capture_output=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=120)
+    assert shell.returncode == 0, shell.stderr
+    found, *listing = shell.stdout.decode().splitlines()
+    assert Path(found) == Path(sys.executable).parent / "tokencsp"
+    assert listing[0].startswith("token 'env-test'")
