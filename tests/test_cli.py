@@ -400,7 +400,7 @@ def test_listen_creates_a_missing_out_dir(cli_key, tmp_path):
         tokencsp("send", "--key", cli_key, "--name", "alice", "--peer", str(tmp_path / "bob.pub"), "--to",
                  f"127.0.0.1:{port}", str(tmp_path / "report.txt"))
         assert listener.wait(timeout=60) == 0, listener.stderr.read()
-        assert (inbox / "report.txt").read_bytes() == b"delivered"
+        assert (inbox / "alice" / "report.txt").read_bytes() == b"delivered"  # one directory per peer
         assert inbox.stat().st_mode & 0o777 == 0o700
     finally:
         if listener is not None and listener.poll() is None:

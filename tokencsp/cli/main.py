@@ -72,21 +72,20 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("parser_class", functools.partial(Parser, console=self.console))
         return super().add_subparsers(**kwargs)
 
-    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
-        namespace, extras = super().parse_known_args(args, namespace)
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        parsed, extras = super().parse_known_args(args, namespace)
         if extras:
             options = [extra for extra in extras if extra.startswith("-") and extra != "-"]
             if options:
                 self._suggest(options[0].partition("=")[0], list(self._option_string_actions))
                 self.error(f"unknown option {options[0]}")
             self.error(f"unexpected argument {extras[0]!r}")
-        return namespace, extras
+        return parsed, extras
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         if action.choices is not None and value not in action.choices:
             self._suggest(str(value), [str(choice) for choice in action.choices])
-        super()._check_value(action, value)  # type: ignore[misc]
+        super()._check_value(action, value)
 
     def _suggest(self, wrong: str, candidates: list[str]) -> None:
         close = difflib.get_close_matches(wrong, candidates, n=1)

@@ -109,7 +109,7 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> ExitStatus:
     with input_stream(args.file, console) as raw:
         source = _FirstBytes(raw)
         try:
-            facts = describe(envelope.read_header(source))  # type: ignore[arg-type]
+            facts = describe(envelope.read_header(source))
         except EnvelopeFormatError:
             if source.first != envelope.MAGIC:
                 raise EnvelopeFormatError("not a tokencsp sealed message (no TCSPSEAL magic)") from None
