@@ -436,7 +436,7 @@ def test_capi_decrypt_hints_at_the_padding_flag(cli_key, tmp_path):
                  str(tmp_path / "ct"), input=b"x")
         result = tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / "sb"), *other,
                           str(tmp_path / "ct"), check=False)
-        assert_one_line_error(result, 4, "could not be imported", "add --oaep" if given else "leave out --oaep")
+        assert_one_line_error(result, 4, "could not be decrypted", "add --oaep" if given else "leave out --oaep")
         assert result.stdout == b""
 
 
