@@ -465,3 +465,38 @@ def test_sourcing_the_dev_env_puts_tokencsp_on_path(tmp_path, softhsm_kit):
     found, *listing = shell.stdout.decode().splitlines()
     assert Path(found) == Path(sys.executable).parent / "tokencsp"
     assert listing[0].startswith("token 'env-test'")
+
+
+def test_debug_log_never_holds_the_pin_or_the_plaintext(softhsm_kit, tmp_path):
+    """-v / TOKENCSP_DEBUG=1 log what was chosen and how long it took; a distinctive PIN and plaintext
+    are grepped for in every line (the kit's PIN, 1234, could turn up in a serial or a timing)."""
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "softhsm2.conf").write_text(f"directories.tokendir = {tmp_path / 'tokens'}\n"
+                                            "objectstore.backend = file\nlog.level = ERROR\n")
+    pin, secret = "pin-Qx7w9z", b"plaintext-Zk4vR8 attack at dawn"
+    store = {"SOFTHSM2_CONF": str(tmp_path / "softhsm2.conf"), "TOKENCSP_TOKEN": "debug-log",
+             "TOKENCSP_URI": "", "TOKENCSP_PIN": pin}
+    tokencsp("token", "init", "--label", "debug-log", env={**store, "TOKENCSP_SO_PIN": softhsm_kit.so_pin})
+    tokencsp("key", "generate", "dbg", env=store)
+    tokencsp("key", "export", "dbg", "-o", str(tmp_path / "dbg.pub"), env=store)
+    sealed = tokencsp("seal", "--to", str(tmp_path / "dbg.pub"), "-o", str(tmp_path / "m"), input=secret, env=store)
+    assert sealed.returncode == 0
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(pin + "\n")
+    pin_file.chmod(0o600)
+    db = ["--replay-db", str(tmp_path / "db")]
+    runs = [(["-v", "key", "list"], store),
+            (["key", "list"], {**store, "TOKENCSP_DEBUG": "1"}),
+            (["-v", "--pin-file", str(pin_file), "key", "list"], {**store, "TOKENCSP_PIN": ""}),
+            (["-v", "key", "list"], {**store, "TOKENCSP_PIN": "", "TOKENCSP_URI": f"pkcs11:token=debug-log?pin-value={pin}"}),
+            (["-v", "open", "--key", "dbg", *db, str(tmp_path / "m")], store),
+            (["-v", "key", "list"], {**store, "TOKENCSP_PIN": "wrong-" + pin})]
+    for argv, env in runs:
+        result = tokencsp(*argv, env=env, check=False)
+        err = result.stderr.decode()
+        assert "tokencsp: debug: tokencsp.cli: module " in err and "token label 'debug-log'" in err, err
+        assert pin not in err and secret.decode() not in err, err
+    assert result.returncode == 3  # the wrong PIN: logged as refused, the PIN itself nowhere
+    assert "refused: PinError" in err
+    quiet = tokencsp("key", "list", env=store)
+    assert "debug" not in quiet.stderr.decode()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, BinaryIO, TextIO, TypeVar
 
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError, OutputError, TokenCSPError
 from ..fileio import atomic_output, open_input
 
 if TYPE_CHECKING:
@@ -24,6 +26,8 @@ __all__ = ["PROG", "Console", "add_token_options", "argument", "hint_of", "input
            "output_stream", "read_file", "recipient_key", "with_hint"]
 
 PROG = "tokencsp"
+
+log = logging.getLogger("tokencsp.cli")
 
 
 class Console:
@@ -212,7 +216,38 @@ def add_token_options(parser: argparse.ArgumentParser, *, suppress: bool = True)
 
 def open_provider(args: argparse.Namespace) -> Provider:
     """The token named by the global options; only commands that need the token load the module."""
+    from ..config import find_module, resolve_selector
     from ..provider import Provider
 
-    return Provider.open(module=args.module, token=args.token, serial=args.serial, uri=args.uri,
-                         pin_file=args.pin_file)
+    if log.isEnabledFor(logging.DEBUG):
+        selector = resolve_selector(module=args.module, token=args.token, serial=args.serial, uri=args.uri)
+        try:
+            module = find_module(selector.module)
+        except TokenCSPError as exc:
+            module = f"? ({exc})"
+        log.debug("module %s; token label %r, serial %r, key object %r; PIN from %s", module,
+                  selector.token_label, selector.token_serial, selector.object_label,
+                  _pin_source(args.pin_file, selector.pin_value is not None, selector.pin_source))
+    started = time.monotonic()
+    provider = Provider.open(module=args.module, token=args.token, serial=args.serial, uri=args.uri,
+                             pin_file=args.pin_file)
+    log.debug("token %r (serial %s) open and logged in after %.1f ms", provider.token_label,
+              provider.token_serial, (time.monotonic() - started) * 1000)
+    return provider
+
+
+def _pin_source(pin_file: str | None, uri_pin: bool, uri_source: str | None) -> str:
+    """Where the PIN will come from (config.resolve_pin's order), never the PIN."""
+    import os
+
+    from ..config import ENV_PIN
+
+    if pin_file:
+        return f"--pin-file {pin_file}"
+    if uri_pin:
+        return "the pin-value of TOKENCSP_URI"
+    if uri_source:
+        return f"the URI's pin-source {uri_source}"
+    if os.environ.get(ENV_PIN):
+        return ENV_PIN
+    return "a prompt on the terminal"

@@ -10,7 +10,10 @@ import argparse
 import difflib
 import functools
 import importlib
+import logging
+import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -20,6 +23,9 @@ from ._status import ExitStatus, UsageError, epilog, status_for
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
+
+log = logging.getLogger("tokencsp.cli")
+ENV_DEBUG = "TOKENCSP_DEBUG"
 
 __all__ = ["COMMANDS", "Parser", "build_parser", "main"]
 
@@ -144,6 +150,9 @@ def build_parser(console: Console | None = None, *, load_all: bool = False) -> P
         console=console,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help=f"debug log on stderr (also {ENV_DEBUG}=1): module, token, key, files, timings; "
+                             "never PINs, keys or plaintext")
     # Token options are accepted before or after the subcommand.
     add_token_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, action=_LazyCommands)
@@ -174,10 +183,16 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         args = build_parser(console).parse_args(argv)
     except _ParserDone as done:
         return done.status
+    handler = _debug_log(args.verbose, console)
     try:
         _default_key_from_uri(args)
-        return int(args.func(args, console))
+        log.debug("command %s", " ".join(_command_path(args)))
+        started = time.monotonic()
+        status = int(args.func(args, console))
+        log.debug("done in %.1f ms, exit %d", (time.monotonic() - started) * 1000, status)
+        return status
     except errors.TokenCSPError as exc:
+        log.debug("refused: %s (%s)", type(exc).__name__, int(status_for(exc)))
         console.error(str(exc))
         hint = hint_of(exc)
         if hint:
@@ -188,3 +203,30 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         return int(status_for(exc))
     except BrokenPipeError:
         return int(ExitStatus.ERROR)
+    finally:
+        if handler is not None:
+            logging.getLogger("tokencsp").removeHandler(handler)
+
+
+def _debug_log(verbose: int, console: Console) -> logging.Handler | None:
+    """-v or TOKENCSP_DEBUG=1: the ``tokencsp`` loggers at DEBUG on the console's stderr.
+
+    What is logged names modules, tokens, keys, files and timings, never a PIN,
+    key material or plaintext (tests/test_cli.py greps the log for them).
+    """
+    if not verbose and os.environ.get(ENV_DEBUG, "") in ("", "0"):
+        return None
+    handler = logging.StreamHandler(console.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: debug: %(name)s: %(message)s"))
+    logger = logging.getLogger("tokencsp")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    return handler
+
+
+def _command_path(args: argparse.Namespace) -> list[str]:
+    names = [args.command]
+    for attr in ("key_command", "token_command", "blob_command", "capi_command", "replay_command"):
+        if getattr(args, attr, None):
+            names.append(getattr(args, attr))
+    return names

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 from typing import Any, BinaryIO
 
 from .. import envelope
@@ -22,6 +23,8 @@ from ._status import ExitStatus
 from .replay import connection_target
 
 __all__ = ["configure", "describe"]
+
+log = logging.getLogger("tokencsp.cli")
 
 DEFAULT_MAX_AGE = "24h"
 DEFAULT_MAX_SKEW = "5m"
@@ -52,6 +55,7 @@ def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
     if trusted is not None and not trusted:
         raise ConfigError("--trust named no public key files")
     trust = trusted.by_fingerprint() if trusted is not None else None
+    log.debug("replay cache %s", args.replay_db or "(default: TOKENCSP_REPLAY_DB or the state dir)")
     with open_cache(args.replay_db) as cache, open_provider(args) as provider:
         receiver = provider.exchange_key(args.key)
         with input_stream(args.input, console) as raw, output_stream(args.output, console) as sink:
@@ -60,6 +64,8 @@ def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
             release = envelope.Release.STREAMING if args.output in (None, "-") else envelope.Release.AT_END
             opened = envelope.open_message(source, sink, receiver, cache=cache, policy=policy,  # type: ignore[arg-type]
                                            trust=trust, release=release)
+    log.debug("accepted message %s: %d bytes, %s key transport", opened.header.message_id.hex(),
+              opened.plaintext_length, "OAEP" if opened.header.oaep else "PKCS#1 v1.5")
     _report_sender(console, opened, trusted)
     return ExitStatus.OK
 
