@@ -53,7 +53,7 @@ def test_help_epilog_is_the_exit_status_table():
     (errors.PinError("x"), 3), (errors.KeyNotFoundError("x"), 3), (errors.ModuleLoadError("x"), 3),
     (errors.SessionKeyImportError(), 4), (errors.DecryptionError("x"), 4),
     (errors.AuthenticationFailed(), 10), (errors.TruncatedMessage(), 11), (errors.NotForThisKey(), 12),
-    (errors.EnvelopeFormatError(), 13), (errors.ReplayedMessage(), 20), (errors.MessageTooOld(), 21),
+    (errors.EnvelopeFormatError(), 13), (errors.Pkcs1Refused(), 16), (errors.ReplayedMessage(), 20), (errors.MessageTooOld(), 21),
     (errors.MessageFromFuture(), 22), (errors.SerialNotIncreasing(), 23), (errors.UntrustedSender(), 30),
     (errors.BadSignature(), 31), (errors.SignatureRequired(), 32), (errors.ReplayError(), 1),
     (errors.ProtocolError("x"), 40), (errors.FrameTooLarge("x"), 40), (errors.PeerAborted(1, "x"), 40),

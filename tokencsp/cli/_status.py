@@ -36,6 +36,7 @@ class ExitStatus(IntEnum):
     MALFORMED = 13, "open: not a sealed message (malformed header)"
     CMS_MALFORMED = 14, "cms: not a CMS EnvelopedData/AuthEnvelopedData (malformed or unsupported)"
     CMS_NOT_FOR_THIS_KEY = 15, "cms: no recipient of the message is this key (give --cert)"
+    PKCS1_REFUSED = 16, "open: PKCS#1 v1.5 key transport, refused without --allow-pkcs1"
     REPLAYED = 20, "open: replayed (already accepted once)"
     TOO_OLD = 21, "open: too old (--max-age)"
     FROM_FUTURE = 22, "open: timestamp too far in the future (--max-skew)"
@@ -68,6 +69,7 @@ BY_ERROR: Mapping[type[BaseException], ExitStatus] = {
     errors.EnvelopeFormatError: ExitStatus.MALFORMED,
     errors.CmsFormatError: ExitStatus.CMS_MALFORMED,
     errors.CmsRecipientNotFound: ExitStatus.CMS_NOT_FOR_THIS_KEY,
+    errors.Pkcs1Refused: ExitStatus.PKCS1_REFUSED,
     errors.ReplayedMessage: ExitStatus.REPLAYED,
     errors.MessageTooOld: ExitStatus.TOO_OLD,
     errors.MessageFromFuture: ExitStatus.FROM_FUTURE,
