@@ -267,3 +267,24 @@ def test_binary_output_to_a_terminal_is_refused(tmp_path):
         assert code == ExitStatus.USAGE and shown == b"", (argv, err)
         assert err == b"tokencsp: error: refusing to write binary data to a terminal: use -o FILE or redirect stdout\n"
     assert not (tmp_path / "sb").exists()
+
+
+def test_blob_inspect_says_what_a_non_blob_file_is(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tokencsp import envelope
+
+    key = rsa.generate_private_key(65537, 2048)
+    files = {"k.pem": (key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo),
+                       "is a PEM file (PUBLIC KEY)"),
+             "k.der": (key.public_key().public_bytes(serialization.Encoding.DER,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo),
+                       "looks like DER"),
+             "m.tcsp": (envelope.seal_bytes(b"x", key.public_key()), "is a tokencsp sealed message")}
+    for name, (data, needle) in files.items():
+        (tmp_path / name).write_bytes(data)
+        code, out, err = run("blob", "inspect", str(tmp_path / name))
+        assert code == ExitStatus.ERROR and out == b"" and err.count("\n") == 1, err
+        assert err.startswith("tokencsp: error: not a CryptoAPI key BLOB: ") and needle in err, err

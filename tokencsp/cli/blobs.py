@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from ..errors import BlobFormatError
 from ._common import Console, read_file
 from ._status import ExitStatus
 
@@ -31,10 +32,32 @@ def describe_blob(blob: Any) -> dict[str, Any]:
     return {"type": "PLAINTEXTKEYBLOB", "alg_id": blob.alg_id.name, "key_bytes": len(blob.key)}
 
 
+def _looks_like(data: bytes) -> str | None:
+    """What a file that is not a BLOB seems to be, when that is plain from its first bytes."""
+    from ..envelope import MAGIC
+
+    head = data.lstrip()[:64]
+    if head.startswith(b"-----BEGIN"):
+        kind = head[len(b"-----BEGIN "):].split(b"-----")[0].decode("ascii", "replace")
+        return f"is a PEM file ({kind}); key import --pem reads private keys, seal/capi --to public ones"
+    if data.startswith(MAGIC):
+        return "is a tokencsp sealed message; use tokencsp inspect"
+    if data[:1] == b"\x30":
+        return "looks like DER (ASN.1); seal/capi --to read DER public keys"
+    return None
+
+
 def cmd_blob_inspect(args: argparse.Namespace, console: Console) -> ExitStatus:
     from .. import blobs
 
-    facts = describe_blob(blobs.parse(read_file(args.file, console)))
+    data = read_file(args.file, console)
+    try:
+        facts = describe_blob(blobs.parse(data))
+    except BlobFormatError:
+        looks_like = _looks_like(data)
+        if looks_like is None:
+            raise
+        raise BlobFormatError(f"not a CryptoAPI key BLOB: {args.file} {looks_like}") from None
     if args.json:
         console.out(json.dumps(facts, indent=2))
     else:
