@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, BinaryIO, TextIO, TypeVar
 
 from ..errors import ConfigError, OutputError, TokenCSPError
 from ..fileio import atomic_output, open_input
+from . import _log
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -27,7 +27,6 @@ __all__ = ["PROG", "Console", "add_token_options", "argument", "hint_of", "input
 
 PROG = "tokencsp"
 
-log = logging.getLogger("tokencsp.cli")
 
 
 class Console:
@@ -219,19 +218,19 @@ def open_provider(args: argparse.Namespace) -> Provider:
     from ..config import find_module, resolve_selector
     from ..provider import Provider
 
-    if log.isEnabledFor(logging.DEBUG):
+    if _log.enabled():
         selector = resolve_selector(module=args.module, token=args.token, serial=args.serial, uri=args.uri)
         try:
             module = find_module(selector.module)
         except TokenCSPError as exc:
             module = f"? ({exc})"
-        log.debug("module %s; token label %r, serial %r, key object %r; PIN from %s", module,
+        _log.debug("module %s; token label %r, serial %r, key object %r; PIN from %s", module,
                   selector.token_label, selector.token_serial, selector.object_label,
                   _pin_source(args.pin_file, selector.pin_value is not None, selector.pin_source))
     started = time.monotonic()
     provider = Provider.open(module=args.module, token=args.token, serial=args.serial, uri=args.uri,
                              pin_file=args.pin_file)
-    log.debug("token %r (serial %s) open and logged in after %.1f ms", provider.token_label,
+    _log.debug("token %r (serial %s) open and logged in after %.1f ms", provider.token_label,
               provider.token_serial, (time.monotonic() - started) * 1000)
     return provider
 

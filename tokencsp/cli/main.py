@@ -10,7 +10,6 @@ import argparse
 import difflib
 import functools
 import importlib
-import logging
 import os
 import sys
 import time
@@ -18,13 +17,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from .. import __version__, errors
+from . import _log
 from ._common import PROG, Console, add_token_options, hint_of
 from ._status import ExitStatus, UsageError, epilog, status_for
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
-log = logging.getLogger("tokencsp.cli")
 ENV_DEBUG = "TOKENCSP_DEBUG"
 
 __all__ = ["COMMANDS", "Parser", "build_parser", "main"]
@@ -183,16 +182,17 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         args = build_parser(console).parse_args(argv)
     except _ParserDone as done:
         return done.status
-    handler = _debug_log(args.verbose, console)
+    if args.verbose or os.environ.get(ENV_DEBUG, "") not in ("", "0"):
+        _log.enable(console.stderr, PROG)
     try:
         _default_key_from_uri(args)
-        log.debug("command %s", " ".join(_command_path(args)))
+        _log.debug("command %s", " ".join(_command_path(args)))
         started = time.monotonic()
         status = int(args.func(args, console))
-        log.debug("done in %.1f ms, exit %d", (time.monotonic() - started) * 1000, status)
+        _log.debug("done in %.1f ms, exit %d", (time.monotonic() - started) * 1000, status)
         return status
     except errors.TokenCSPError as exc:
-        log.debug("refused: %s (%s)", type(exc).__name__, int(status_for(exc)))
+        _log.debug("refused: %s (%s)", type(exc).__name__, int(status_for(exc)))
         console.error(str(exc))
         hint = hint_of(exc)
         if hint:
@@ -204,24 +204,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     except BrokenPipeError:
         return int(ExitStatus.ERROR)
     finally:
-        if handler is not None:
-            logging.getLogger("tokencsp").removeHandler(handler)
-
-
-def _debug_log(verbose: int, console: Console) -> logging.Handler | None:
-    """-v or TOKENCSP_DEBUG=1: the ``tokencsp`` loggers at DEBUG on the console's stderr.
-
-    What is logged names modules, tokens, keys, files and timings, never a PIN,
-    key material or plaintext (tests/test_cli.py greps the log for them).
-    """
-    if not verbose and os.environ.get(ENV_DEBUG, "") in ("", "0"):
-        return None
-    handler = logging.StreamHandler(console.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: debug: %(name)s: %(message)s"))
-    logger = logging.getLogger("tokencsp")
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    return handler
+        _log.disable()
 
 
 def _command_path(args: argparse.Namespace) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import logging
 from typing import Any, BinaryIO
 
 from .. import envelope
@@ -17,14 +16,13 @@ from ..errors import ConfigError, EnvelopeFormatError
 from ..pubkeys import fingerprint
 from ..replay import ReplayPolicy, draw_serial, open_cache, parse_duration
 from ..trust import TrustSet
+from . import _log
 from ._common import Console, add_token_options, argument, input_stream, open_provider, output_stream, recipient_key
 from ._progress import ProgressReader
 from ._status import ExitStatus
 from .replay import connection_target
 
 __all__ = ["configure", "describe"]
-
-log = logging.getLogger("tokencsp.cli")
 
 DEFAULT_MAX_AGE = "24h"
 DEFAULT_MAX_SKEW = "5m"
@@ -55,7 +53,7 @@ def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
     if trusted is not None and not trusted:
         raise ConfigError("--trust named no public key files")
     trust = trusted.by_fingerprint() if trusted is not None else None
-    log.debug("replay cache %s", args.replay_db or "(default: TOKENCSP_REPLAY_DB or the state dir)")
+    _log.debug("replay cache %s", args.replay_db or "(default: TOKENCSP_REPLAY_DB or the state dir)")
     with open_cache(args.replay_db) as cache, open_provider(args) as provider:
         receiver = provider.exchange_key(args.key)
         with input_stream(args.input, console) as raw, output_stream(args.output, console) as sink:
@@ -64,7 +62,7 @@ def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
             release = envelope.Release.STREAMING if args.output in (None, "-") else envelope.Release.AT_END
             opened = envelope.open_message(source, sink, receiver, cache=cache, policy=policy,  # type: ignore[arg-type]
                                            trust=trust, release=release)
-    log.debug("accepted message %s: %d bytes, %s key transport", opened.header.message_id.hex(),
+    _log.debug("accepted message %s: %d bytes, %s key transport", opened.header.message_id.hex(),
               opened.plaintext_length, "OAEP" if opened.header.oaep else "PKCS#1 v1.5")
     _report_sender(console, opened, trusted)
     return ExitStatus.OK
