@@ -228,3 +228,17 @@ def test_open_to_a_file_does_not_let_a_damaged_copy_spend_the_message(keys, tmp_
                    check=False)
     assert bad.returncode != 0
     assert_one_line_error(tokencsp("open", "--key", "seal-rx", "--replay-db", db, input=streamed, check=False), 20, "replay")
+
+
+def test_pkcs1_key_transport_needs_allow_pkcs1(keys, tmp_path):
+    """Finding 9.1: PKCS#1 v1.5 key transport is refused (one line, exit 16, nothing written, nothing
+    recorded) unless the receiver opts in with --allow-pkcs1."""
+    sealed = seal(keys, tmp_path, b"legacy", "--pkcs1")
+    db = str(tmp_path / "db")
+    out = tmp_path / "out"
+    result = tokencsp("open", "--key", "seal-rx", "--replay-db", db, "-o", str(out), str(sealed), check=False)
+    assert_one_line_error(result, 16, "PKCS#1 v1.5")
+    assert "--allow-pkcs1" in result.stderr.decode() and not out.exists()
+    assert tokencsp("open", "--key", "seal-rx", "--replay-db", db, str(sealed), check=False).stdout == b""
+    result = tokencsp("open", "--key", "seal-rx", "--allow-pkcs1", "--replay-db", db, str(sealed))
+    assert result.stdout == b"legacy"  # the refusals above recorded nothing

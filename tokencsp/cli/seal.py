@@ -61,7 +61,7 @@ def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
             # A file is renamed into place only after open_message returns: record the message at the end.
             release = envelope.Release.STREAMING if args.output in (None, "-") else envelope.Release.AT_END
             opened = envelope.open_message(source, sink, receiver, cache=cache, policy=policy,  # type: ignore[arg-type]
-                                           trust=trust, release=release)
+                                           trust=trust, release=release, allow_pkcs1=args.allow_pkcs1)
     _log.debug("accepted message %s: %d bytes, %s key transport", opened.header.message_id.hex(),
               opened.plaintext_length, "OAEP" if opened.header.oaep else "PKCS#1 v1.5")
     _report_sender(console, opened, trusted)
@@ -145,6 +145,10 @@ def _configure_open(opener: argparse.ArgumentParser) -> None:
     opener.add_argument("--key", metavar="NAME", help="your exchange key on the token (default: object= of --uri)")
     opener.add_argument("--trust", action="append", metavar="PUBKEY_OR_DIR",
                         help="trusted sender public key file or directory; when given, a valid signature is required")
+    opener.add_argument("--allow-pkcs1", action="store_true",
+                        help="accept a message whose session key travels with PKCS#1 v1.5 (seal --pkcs1); refused "
+                             "by default (exit 16): on a key that also serves OAEP messages and three-phase, v1.5 "
+                             "unwrapping is only as safe as its timing padding (docs/SECURITY.md)")
     opener.add_argument("--replay-db", metavar="PATH_OR_URL", type=connection_target("--replay-db"),
                         help="replay cache: an SQLite file, or postgresql://... / service=NAME for one shared by "
                              "a fleet, password from ~/.pgpass (default: $TOKENCSP_REPLAY_DB, else "
