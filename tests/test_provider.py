@@ -582,3 +582,108 @@ def test_recalibration_is_periodic_and_only_raises(exchange_key):
     assert rejection.probes == 2 * 4 * PROBES_PER_KIND  # calls 1 and 4
     assert deadlines == sorted(deadlines) and deadlines[0] > 0
     assert rejection.cache is None
+
+
+# -- the decrypt path: card-style keys (CKA_DECRYPT, not CKA_UNWRAP; issue 10) -------------
+
+
+@pytest.fixture(scope="module")
+def card_keys(provider):
+    """Card-style keys as card tooling makes them: raw RSA allowed (the preferred path), raw RSA only
+    (so only the host can judge the padding), and no raw RSA (C_Decrypt with the token's padding)."""
+    from tokencsp.keyinfo import DecryptMechanism as M
+    from tokencsp.token.cardstyle import generate_card_style_key
+
+    made = {"card": None, "card-raw-only": [M.RSA_X_509], "card-no-raw": [M.RSA_PKCS, M.RSA_PKCS_OAEP]}
+    for label, allowed in made.items():
+        generate_card_style_key(provider._token, label, allowed=allowed)
+    yield {label: provider.exchange_key(label) for label in made}
+    for label in made:
+        provider.delete_key(label)
+    assert provider.session_object_count() == 0
+
+
+CARDS = ["card", "card-raw-only", "card-no-raw"]
+
+
+def test_a_card_key_is_an_exchange_key_on_the_decrypt_path(provider, card_keys):
+    from tokencsp.keyinfo import DecryptMechanism, ImportPath
+
+    for label, key in card_keys.items():
+        info = key.info()
+        assert info.can_decrypt and not info.can_unwrap, label
+        assert key.import_path is ImportPath.DECRYPT, label
+        assert isinstance(provider.key(label), type(key)), label
+    assert card_keys["card"].info().decrypt_mechanisms[0] is DecryptMechanism.RSA_X_509  # raw RSA preferred
+    assert card_keys["card-raw-only"].info().decrypt_mechanisms == (DecryptMechanism.RSA_X_509,)
+    assert DecryptMechanism.RSA_X_509 not in card_keys["card-no-raw"].info().decrypt_mechanisms
+
+
+@pytest.mark.parametrize("label", CARDS)
+@pytest.mark.parametrize("oaep", [False, True], ids=["pkcs1", "oaep"])
+@pytest.mark.parametrize("alg", ALGS)
+def test_card_key_imports_on_every_path(card_keys, label, alg, oaep):
+    key = card_keys[label]
+    sender = SessionKey.generate(alg)
+    ciphertext = sender.encrypt(b"the message" * 10)
+    blob = sender.export_simpleblob(key.public_blob(), oaep=oaep)
+    assert key.import_simpleblob(blob, oaep=oaep).key == sender.key
+    assert key.import_simpleblob_implicit(blob, oaep=oaep).key == sender.key
+    assert key.import_simpleblob_deferred(blob, oaep=oaep).decrypt(ciphertext) == b"the message" * 10
+
+
+@pytest.mark.parametrize("label", CARDS)
+def test_a_bad_blob_is_refused_by_a_card_key_as_by_an_unwrap_key(provider, exchange_key, card_keys, label):
+    from tokencsp.implicit import CAPI_DECRYPT_FAILED
+
+    key = card_keys[label]
+    for name, (blob, oaep) in _failing_blobs(key).items():
+        with pytest.raises(SessionKeyImportError) as caught:
+            key.import_simpleblob(blob, oaep=oaep)
+        assert str(caught.value) == SESSION_KEY_IMPORT_FAILED and caught.value.__cause__ is None, name
+        assert caught.value.__suppress_context__, name
+        first = key.import_simpleblob_implicit(blob, oaep=oaep)
+        assert first.key == key.import_simpleblob_implicit(blob, oaep=oaep).key, name
+        with pytest.raises(DecryptionError, match=re.escape(CAPI_DECRYPT_FAILED)):
+            key.import_simpleblob_deferred(blob, oaep=oaep).decrypt(bytes(16))
+    # An over-long key and a ciphertext >= n, too.
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    long_blob = SimpleBlob(AlgId.CALG_AES_128, key.public_key().encrypt(os.urandom(32), padding.PKCS1v15())).to_bytes()
+    for bad in (long_blob, _cheap_rejects(1)[0]):
+        with pytest.raises(SessionKeyImportError):
+            key.import_simpleblob(bad)
+    assert provider.session_object_count() == 0
+
+
+def test_sealed_open_and_capi_decrypt_with_a_card_key(provider, exchange_key, card_keys, tmp_path):
+    """The decrypt path behind tokencsp.open and `tokencsp capi decrypt`: the same line and status as an unwrap key."""
+    import tokencsp
+    from tokencsp.errors import AuthenticationFailed
+    from tokencsp.replay import MemoryReplayCache
+
+    key = card_keys["card"]
+    implicit = key.rejection.imports["implicit"]
+    assert tokencsp.open(tokencsp.seal(b"hello", key.public_key()), key, cache=MemoryReplayCache()) == b"hello"
+    garbage = SimpleBlob(AlgId.CALG_AES_256, b"\x00" + os.urandom(255)).to_bytes()
+    with pytest.raises(AuthenticationFailed):
+        tokencsp.open(tokencsp.seal(b"x", key.public_key(), key_blob=garbage, session_key=os.urandom(32)), key,
+                      cache=MemoryReplayCache())
+    assert key.rejection.imports["implicit"] == implicit + 2
+
+    def capi_decrypt(name: str, receiver, tamper: bool) -> subprocess.CompletedProcess[bytes]:
+        session = SessionKey.generate("aes256")
+        blob = bytearray(session.export_simpleblob(receiver.public_blob()))
+        if tamper:
+            blob[30] ^= 1
+        (tmp_path / f"{name}.sb").write_bytes(bytes(blob))
+        (tmp_path / f"{name}.ct").write_bytes(session.encrypt(b"card payload"))
+        return subprocess.run([sys.executable, "-m", "tokencsp", "capi", "decrypt", "--key", name, "--blob",
+                               str(tmp_path / f"{name}.sb"), str(tmp_path / f"{name}.ct")],
+                              capture_output=True, env=dict(os.environ), timeout=120)
+
+    good = capi_decrypt("card", key, tamper=False)
+    assert (good.returncode, good.stdout) == (0, b"card payload"), good.stderr
+    card_bad, unwrap_bad = capi_decrypt("card", key, tamper=True), capi_decrypt("test-kx", exchange_key, tamper=True)
+    assert card_bad.returncode == unwrap_bad.returncode == 4
+    assert card_bad.stderr == unwrap_bad.stderr and card_bad.stderr.count(b"\n") == 1

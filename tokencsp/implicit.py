@@ -84,11 +84,6 @@ class ImplicitRejection:
     def substitute(self, blob: SimpleBlob) -> bytes:
         return substitute_key(self._secret, blob, SESSION_KEY_LENGTHS[blob.alg_id])
 
-    def choose(self, blob: SimpleBlob, value: bytes, substitute: bytes) -> SessionKey:
-        """The unwrapped ``value`` when it has the ALG_ID's length, else ``substitute``."""
-        length = SESSION_KEY_LENGTHS[blob.alg_id]
-        return SessionKey.from_bytes(blob.alg_id, value if len(value) == length else substitute)
-
     def run(self, operation: Callable[[], T], probe: ProbeImport, path: str = "implicit") -> T:
         """``operation`` padded to the deadline; calibrates first when none is known or one is due.
 

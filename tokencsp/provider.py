@@ -29,7 +29,8 @@ from .errors import (
     UnwrapRefused,
 )
 from .implicit import DeferredSessionKey, ImplicitRejection
-from .keyinfo import KeyInfo, KeyUsage, RsaPrivateParts
+from .keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, RsaPrivateParts
+from .rsadecode import decode_oaep_sha1, decode_pkcs1_v15
 from .session import SessionKey
 from .token import Token, init_token, iter_tokens, open_token
 
@@ -106,12 +107,21 @@ class KeyPair:
 
 
 class ExchangeKey(KeyPair):
-    """A key-exchange pair (AT_KEYEXCHANGE): its private half only unwraps."""
+    """A key-exchange pair (AT_KEYEXCHANGE): its private half unwraps or, on cards, decrypts.
+
+    The import path is chosen from the key and the token (``KeyInfo.import_path``):
+    ``unwrap`` (C_UnwrapKey into a transient object) where the key can unwrap,
+    else ``decrypt`` -- raw RSA (CKM_RSA_X_509) with the padding decoded on the
+    host (:mod:`tokencsp.rsadecode`) where the token offers it, so the token
+    never judges the padding, else C_Decrypt with CKM_RSA_PKCS / _OAEP.  Every
+    path has the same uniform failure and the same deadline.
+    """
 
     def __init__(self, token: Token, name: str, key_id: bytes) -> None:
         super().__init__(token, name, key_id)
         self._rejection: ImplicitRejection | None = None
         self._rejection_lock = threading.Lock()
+        self._facts: tuple[ImportPath, tuple[DecryptMechanism, ...]] | None = None
 
     @property
     def rejection(self) -> ImplicitRejection:
@@ -122,8 +132,22 @@ class ExchangeKey(KeyPair):
                 self._rejection = ImplicitRejection(self.public_key(), cache=CalibrationCache.default())
             return self._rejection
 
+    @property
+    def import_path(self) -> ImportPath:
+        """``unwrap`` or ``decrypt``: how this key's session keys reach the host."""
+        return self._import_facts()[0]
+
+    def _import_facts(self) -> tuple[ImportPath, tuple[DecryptMechanism, ...]]:
+        # Attributes of one CKA_ID and the token's mechanism list: asked once per object.
+        if self._facts is None:
+            info = self.info()
+            if info.import_path is None:
+                raise InvalidKeyError(f"key {self.name!r} can neither unwrap nor decrypt")
+            self._facts = (info.import_path, tuple(info.decrypt_mechanisms))
+        return self._facts
+
     def import_simpleblob(self, blob: bytes | SimpleBlob, oaep: bool = False) -> SessionKey:
-        """CryptImportKey of a SIMPLEBLOB: the token unwraps, the host gets a SessionKey.
+        """CryptImportKey of a SIMPLEBLOB: the token unwraps (or decrypts), the host gets a SessionKey.
 
         Malformed blob *structure* is a :class:`BlobFormatError`.  Everything
         that depends on the secret -- padding, recipient, key length, whatever
@@ -137,11 +161,10 @@ class ExchangeKey(KeyPair):
         return self.rejection.run(lambda: self._import_explicit(simple, oaep), self._import_or_substitute, "explicit")
 
     def _import_explicit(self, simple: SimpleBlob, oaep: bool) -> SessionKey:
-        value = self.unwrap_raw(simple.encrypted_key, oaep, simple.alg_id)
-        # The token calls any length "AES"; only the host can hold it to the ALG_ID.
-        if len(value) != SESSION_KEY_LENGTHS[simple.alg_id]:
+        ok, key = self._recover(simple, oaep, self.rejection.substitute(simple))
+        if not ok:
             raise SessionKeyImportError() from None
-        return SessionKey.from_bytes(simple.alg_id, value)
+        return SessionKey.from_bytes(simple.alg_id, key)
 
     def import_simpleblob_implicit(self, blob: bytes | SimpleBlob, oaep: bool = False) -> SessionKey:
         """Like :meth:`import_simpleblob`, but never fails on the secret: implicit rejection.
@@ -178,12 +201,8 @@ class ExchangeKey(KeyPair):
         return self.rejection.run(lambda: self._import_deferred(simple, oaep), self._import_or_substitute, "deferred")
 
     def _import_deferred(self, simple: SimpleBlob, oaep: bool) -> DeferredSessionKey:
-        substitute = self.rejection.substitute(simple)
-        value = self._unwrap_or(simple, oaep, substitute)
-        length = SESSION_KEY_LENGTHS[simple.alg_id]
-        # A failed unwrap hands back the substitute itself; compare without an early exit.
-        good = len(value) == length and not hmac.compare_digest(value, substitute)
-        return DeferredSessionKey(simple.alg_id, value if good else substitute, rejected=not good)
+        ok, key = self._recover(simple, oaep, self.rejection.substitute(simple))
+        return DeferredSessionKey(simple.alg_id, key, rejected=not ok)
 
     def unwrap_legacy_deferred(self, encrypted_key: bytes, oaep: bool, lengths: frozenset[int]) -> tuple[bytes, bool]:
         """The key of a legacy (RC4/RC2/DES, tokencsp.legacy) SIMPLEBLOB as a generic secret: (value, rejected).
@@ -203,26 +222,62 @@ class ExchangeKey(KeyPair):
 
     def _import_or_substitute(self, simple: SimpleBlob, oaep: bool) -> SessionKey:
         """The implicit import without its deadline (``tools/timing_audit.py --no-deadline`` times it)."""
-        rejection = self.rejection
-        substitute = rejection.substitute(simple)
-        # Padding fine but the wrong length: the same substitute, chosen without a branch on secrets' contents.
-        return rejection.choose(simple, self._unwrap_or(simple, oaep, substitute), substitute)
+        _, key = self._recover(simple, oaep, self.rejection.substitute(simple))
+        return SessionKey.from_bytes(simple.alg_id, key)
 
-    def _unwrap_or(self, simple: SimpleBlob, oaep: bool, substitute: bytes) -> bytes:
-        return self._token.unwrap_secret(self.key_id, simple.encrypted_key, oaep, simple.alg_id,
-                                         fallback=substitute)
+    def _recover(self, simple: SimpleBlob, oaep: bool, substitute: bytes) -> tuple[bool, bytes]:
+        """(True, the session key) for a good blob, (False, ``substitute``) for any bad one; never raises on it.
+
+        Each path makes the same token calls whatever the blob holds; only
+        the token's own state (closed, logged out, key gone) raises.
+        """
+        length = SESSION_KEY_LENGTHS[simple.alg_id]
+        path, mechanisms = self._import_facts()
+        ciphertext = simple.encrypted_key
+        if path is ImportPath.UNWRAP:
+            value = self._token.unwrap_secret(self.key_id, ciphertext, oaep, simple.alg_id, fallback=substitute)
+        elif DecryptMechanism.RSA_X_509 in mechanisms:
+            try:
+                block = self._token.decrypt_raw(self.key_id, ciphertext, DecryptMechanism.RSA_X_509)
+            except UnwrapRefused:  # c >= n or a wrong length: decoded like any bad block, the same host work
+                block = bytes((self.public_key().key_size + 7) // 8)
+            ok, key = (decode_oaep_sha1 if oaep else decode_pkcs1_v15)(block, length, substitute)
+            return ok == 1, key
+        else:
+            mechanism = DecryptMechanism.RSA_PKCS_OAEP if oaep else DecryptMechanism.RSA_PKCS
+            try:
+                if mechanism not in mechanisms:  # the padding the header names is not offered: public, no secret
+                    raise UnwrapRefused()
+                value = self._token.decrypt_raw(self.key_id, ciphertext, mechanism)
+            except UnwrapRefused:
+                value = substitute
+        # A refused unwrap or decrypt hands back the substitute itself; compare without an early exit.
+        ok = len(value) == length and not hmac.compare_digest(value, substitute)
+        return ok, value if ok else substitute
 
     def unwrap_raw(self, ciphertext: bytes, oaep: bool = False, alg_id: AlgId | None = None, *,
                    oaep_hash: str = "sha1", oaep_label: bytes = b"") -> bytes:
-        """Unwrap an RSA ciphertext (PKCS#1 byte order) on the token and return the value.
+        """Recover an RSA-wrapped value (PKCS#1 byte order) on the token and return it, unpadded in time.
 
         For interop and vector tests; same single failure as
         :meth:`import_simpleblob`.  ``oaep_hash``/``oaep_label`` reach other
         OAEP variants where the token implements them (SoftHSM 2.6: SHA-1,
-        no label only; see :meth:`supports_oaep`).
+        no label only; see :meth:`supports_oaep`).  A decrypt-path key uses
+        C_Decrypt with CKM_RSA_PKCS / _OAEP (raw RSA alone cannot tell the
+        message's length).
         """
+        path, mechanisms = self._import_facts()
         try:
-            return self._token.unwrap_secret(self.key_id, ciphertext, oaep, alg_id, oaep_hash, oaep_label)
+            if path is ImportPath.UNWRAP:
+                return self._token.unwrap_secret(self.key_id, ciphertext, oaep, alg_id, oaep_hash, oaep_label)
+            mechanism = DecryptMechanism.RSA_PKCS_OAEP if oaep else DecryptMechanism.RSA_PKCS
+            if mechanism not in mechanisms:
+                raise UnwrapRefused()
+            value = self._token.decrypt_raw(self.key_id, ciphertext, mechanism, oaep_hash=oaep_hash,
+                                            oaep_label=oaep_label)
+            if alg_id is not None and len(value) != SESSION_KEY_LENGTHS[alg_id]:
+                raise UnwrapRefused()
+            return value
         except UnwrapRefused:
             # The token layer says which failures are the blob's; the token's
             # own state (closed, logged out, removed, key gone) keeps its type.
@@ -300,14 +355,15 @@ class Provider:
         return self.generate_key(name, bits, KeyUsage.SIGNATURE, legacy=legacy)
 
     def key(self, name: str) -> KeyPair:
-        """Any key container by name (an :class:`ExchangeKey` when it can unwrap)."""
+        """Any key container by name (an :class:`ExchangeKey` when it can unwrap or decrypt)."""
         info = self._token.key_info(name)
-        return self._wrap(name, info.id, KeyUsage.EXCHANGE if info.can_unwrap else KeyUsage.SIGNATURE)
+        return self._wrap(name, info.id, KeyUsage.EXCHANGE if info.import_path is not None else KeyUsage.SIGNATURE)
 
     def exchange_key(self, name: str) -> ExchangeKey:
+        """An exchange key by name: one that unwraps, or a card-style key that only decrypts."""
         info = self._token.key_info(name)
-        if not info.can_unwrap:
-            raise KeyNotFoundError(f"key {name!r} is not an exchange key (it cannot unwrap)")
+        if info.import_path is None:
+            raise KeyNotFoundError(f"key {name!r} is not an exchange key (it can neither unwrap nor decrypt)")
         return ExchangeKey(self._token, name, info.id)
 
     def list_keys(self) -> list[KeyInfo]:
