@@ -45,7 +45,7 @@ LAYER_OF = {
     "envelope": "protocols", "threephase": "protocols", "transfer": "protocols", "admission": "protocols",
     "net": "protocols", "cms": "protocols",
     "token": "token",
-    "implicit": "facade", "provider": "facade",
+    "implicit": "facade", "provider": "facade", "batch": "facade",
     "testing": "testing", "pytest_plugin": "testing",
     "cli": "cli", "__main__": "cli",
     "__init__": "api",

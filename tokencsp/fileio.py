@@ -23,11 +23,13 @@ __all__ = ["atomic_output", "open_input", "read_input"]
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | None, mode: int = 0o600) -> Iterator[BinaryIO]:
+def atomic_output(path: str | None, mode: int = 0o600, *, replace: bool = True) -> Iterator[BinaryIO]:
     """Yield a binary writer for ``path`` (stdout for None or "-"); commit on clean exit only.
 
     Files are created 0600: plaintext and key material should not be
-    world-readable just because the umask allows it.
+    world-readable just because the umask allows it.  With ``replace=False``
+    an existing ``path`` is never overwritten: the commit is a link(), which
+    fails atomically when the name exists (OutputError; nothing is written).
     """
     if path in (None, "-"):
         yield sys.stdout.buffer
@@ -49,7 +51,14 @@ def atomic_output(path: str | None, mode: int = 0o600) -> Iterator[BinaryIO]:
             os.fsync(handle.fileno())
             if tmp is None:
                 tmp = _name_unnamed(handle.fileno(), directory)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            _unlink(tmp)
+    except FileExistsError:
+        _unlink(tmp)
+        raise OutputError(f"{path} exists; not overwritten") from None
     except OSError as exc:
         _unlink(tmp)
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None

@@ -9,17 +9,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 from typing import Any, BinaryIO
 
 from .. import envelope
-from ..errors import ConfigError, EnvelopeFormatError
+from ..errors import ConfigError, EnvelopeFormatError, OutputError
 from ..pubkeys import fingerprint
 from ..replay import ReplayPolicy, draw_serial, open_cache, parse_duration
 from ..trust import TrustSet
 from . import _log
 from ._common import Console, add_token_options, argument, input_stream, open_provider, output_stream, recipient_key
 from ._progress import ProgressReader
-from ._status import ExitStatus
+from ._status import ExitStatus, UsageError, status_for
 from .replay import connection_target
 
 __all__ = ["configure", "describe"]
@@ -47,16 +48,26 @@ def _seal(args: argparse.Namespace, console: Console, recipient: Any, signer: An
     return ExitStatus.OK
 
 
-def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
+def _opening_rules(args: argparse.Namespace) -> tuple[ReplayPolicy, TrustSet | None, dict[bytes, Any] | None]:
+    """The replay policy, the --trust set and its keys by fingerprint."""
     policy = ReplayPolicy(max_age=args.max_age, max_skew=args.max_skew)
     trusted = TrustSet.from_paths(args.trust) if args.trust else None
     if trusted is not None and not trusted:
         raise ConfigError("--trust named no public key files")
-    trust = trusted.by_fingerprint() if trusted is not None else None
+    return policy, trusted, trusted.by_fingerprint() if trusted is not None else None
+
+
+def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
+    if args.out_dir is not None:
+        return _open_batch(args, console)
+    if len(args.input) > 1:
+        raise UsageError("several sealed messages need --out-dir DIR (one output file each)")
+    path = args.input[0] if args.input else None
+    policy, trusted, trust = _opening_rules(args)
     _log.debug("replay cache %s", args.replay_db or "(default: TOKENCSP_REPLAY_DB or the state dir)")
     with open_cache(args.replay_db) as cache, open_provider(args) as provider:
         receiver = provider.exchange_key(args.key)
-        with input_stream(args.input, console) as raw, output_stream(args.output, console) as sink:
+        with input_stream(path, console) as raw, output_stream(args.output, console) as sink:
             source = ProgressReader.wrap(raw, "opening", console, args.quiet)
             # A file is renamed into place only after open_message returns: record the message at the end.
             release = envelope.Release.STREAMING if args.output in (None, "-") else envelope.Release.AT_END
@@ -68,13 +79,51 @@ def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
     return ExitStatus.OK
 
 
-def _report_sender(console: Console, opened: envelope.Opened, trusted: TrustSet | None) -> None:
+def _open_batch(args: argparse.Namespace, console: Console) -> ExitStatus:
+    """``open --out-dir DIR FILE...``: one line per message; the exit status is the first failure's."""
+    from ..batch import open_many, output_paths
+
+    if args.output is not None:
+        raise UsageError("--out-dir and -o/--output exclude each other")
+    if not args.input:
+        raise UsageError("--out-dir needs the sealed message files to open")
+    try:  # refused before the token is opened
+        output_paths(args.input, args.out_dir)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if not os.path.isdir(args.out_dir):
+        raise OutputError(f"--out-dir {args.out_dir} is not a directory")
+    policy, trusted, trust = _opening_rules(args)
+    first_failure = ExitStatus.OK
+    opened_count = 0
+    with open_cache(args.replay_db) as cache, open_provider(args) as provider:
+        receiver = provider.exchange_key(args.key)
+        for outcome in open_many(args.input, args.out_dir, receiver, cache=cache, policy=policy,
+                                 trust=trust, allow_pkcs1=args.allow_pkcs1):
+            if outcome.opened is not None:
+                opened_count += 1
+                if not args.quiet:
+                    console.say(f"{outcome.source} -> {outcome.output}: {_sender(outcome.opened, trusted)}")
+                continue
+            assert outcome.error is not None
+            status = status_for(outcome.error)
+            console.error(f"{outcome.source}: {outcome.error} (exit {int(status)})")
+            if first_failure is ExitStatus.OK:
+                first_failure = status
+    console.say(f"opened {opened_count} of {len(args.input)} messages into {args.out_dir}")
+    return first_failure
+
+
+def _sender(opened: envelope.Opened, trusted: TrustSet | None) -> str:
     """FORMAT.md O8: without a trust set the sender is reported as unverified, never named."""
     if opened.sender_verified and trusted is not None:
         name = next(n for n in trusted if trusted.fingerprint(n) == opened.verified_sender)
-        console.say(f"from {name} (signature verified), serial {opened.header.serial}")
-    else:
-        console.say(opened.sender_line())
+        return f"from {name} (signature verified), serial {opened.header.serial}"
+    return opened.sender_line()
+
+
+def _report_sender(console: Console, opened: envelope.Opened, trusted: TrustSet | None) -> None:
+    console.say(_sender(opened, trusted))
 
 
 def describe(pre: envelope.Preamble) -> dict[str, Any]:
@@ -159,8 +208,16 @@ def _configure_open(opener: argparse.ArgumentParser) -> None:
                         help=f"how far in the future a timestamp may be (default {DEFAULT_MAX_SKEW})")
     opener.add_argument("-o", "--output", help="plaintext file, renamed into place only when the whole message "
                                                "authenticated (default: stdout, each chunk after it authenticates)")
-    opener.add_argument("-q", "--quiet", action="store_true", help="no progress line")
-    opener.add_argument("input", nargs="?", help="sealed message (default: stdin)")
+    opener.add_argument("--out-dir", metavar="DIR",
+                        help="open every FILE given into DIR/<its name without a final .tcsp>, each linked into "
+                             "place only once it authenticated and was recorded; an existing file is never "
+                             "overwritten, two FILEs with one output name are refused; a message that fails gets "
+                             "one line with its exit status and the others go on; the exit status is the first "
+                             "failure's (0 when all opened)")
+    opener.add_argument("-q", "--quiet", action="store_true", help="no progress line (with --out-dir: no line per "
+                                                                   "opened message)")
+    opener.add_argument("input", nargs="*", metavar="FILE",
+                        help="sealed message (default: stdin); several only with --out-dir")
     opener.set_defaults(func=cmd_open)
     add_token_options(opener)
 

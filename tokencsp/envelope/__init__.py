@@ -31,11 +31,24 @@ from ._format import (
                       read_header,
                       signed_data,
 )
-from .opening import Opened, Receiver, Release, SenderStatus, open_bytes, open_message, trust_set
+from .opening import (
+    Checked,
+    Opened,
+    Receiver,
+    Release,
+    SenderStatus,
+    check_prefix,
+    import_session_key,
+    open_bytes,
+    open_checked,
+    open_message,
+    trust_set,
+)
 from .sealing import Signer, seal, seal_bytes
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "FLAG_OAEP", "FLAG_SIGNED", "ID_SIZE", "KEY_SIZE", "MAGIC", "MAX_CHUNK_SIZE",
            "MAX_RSA_BYTES", "MESSAGE_ID_SIZE", "MIN_CHUNK_SIZE", "MIN_RSA_BYTES", "SIGNATURE_CONTEXT",
-           "SIMPLEBLOB_HEADER", "SUITE", "TAG_SIZE", "U64_MAX", "VERSION", "Header", "Opened", "Preamble",
-           "Receiver", "Release", "SenderStatus", "Signer", "open_bytes", "open_message", "read_header", "seal",
-           "seal_bytes", "signed_data", "trust_set"]
+           "SIMPLEBLOB_HEADER", "SUITE", "TAG_SIZE", "U64_MAX", "VERSION", "Checked", "Header", "Opened",
+           "Preamble", "Receiver", "Release", "SenderStatus", "Signer", "check_prefix", "import_session_key",
+           "open_bytes", "open_checked", "open_message", "read_header", "seal", "seal_bytes", "signed_data",
+           "trust_set"]

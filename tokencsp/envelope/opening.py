@@ -37,7 +37,8 @@ from ..replay import ReplayCache, ReplayPolicy
 from ..session import SessionKey
 from ._format import KEY_SIZE, TAG_SIZE, Header, Preamble, blocks, nonce, read_header, signed_data
 
-__all__ = ["Opened", "Receiver", "Release", "SenderStatus", "open_bytes", "open_message", "trust_set"]
+__all__ = ["Checked", "Opened", "Receiver", "Release", "SenderStatus", "check_prefix", "import_session_key",
+           "open_bytes", "open_checked", "open_message", "trust_set"]
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)  # section 6, G4
 
@@ -175,6 +176,67 @@ def _clock(now: float | None, clock: Callable[[], float] | None) -> Callable[[],
     return time.time if clock is None else clock
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A message whose prefix passed steps 1-4 (:func:`check_prefix`): the token may now be asked (O3)."""
+
+    pre: Preamble
+    sender: bytes | None
+    policy: ReplayPolicy
+    read_clock: Callable[[], float]
+
+
+def check_prefix(source: BinaryIO, receiver: Receiver, *, policy: ReplayPolicy | None = None,
+                 trust: Mapping[bytes, rsa.RSAPublicKey] | None = None, now: float | None = None,
+                 clock: Callable[[], float] | None = None, allow_pkcs1: bool = False) -> Checked:
+    """Steps 1-4 of :func:`open_message` (no token work): read the prefix and check it."""
+    policy = ReplayPolicy() if policy is None else policy
+    read_clock = _clock(now, clock)
+    pre = read_header(source)  # 1
+    header = pre.header
+    if header.recipient_id != fingerprint(receiver.public_key()):  # 2
+        raise NotForThisKey()
+    if not header.oaep and not allow_pkcs1:  # 2a (O12): on the public flag, before any token work
+        raise Pkcs1Refused()
+    policy.check_time(header.timestamp, read_clock())  # 3, read after the prefix arrived (O13)
+    sender = _verify_sender(pre, trust)  # 4
+    return Checked(pre, sender, policy, read_clock)
+
+
+def import_session_key(receiver: Receiver, checked: Checked) -> bytes:
+    """Step 5 for a checked message: its AES key, or a random one that fails at chunk 0 (O4)."""
+    return _import_key(receiver, checked.pre)
+
+
+def open_checked(checked: Checked, source: BinaryIO, sink: BinaryIO, key: bytes, *, cache: ReplayCache,
+                 release: Release = Release.STREAMING) -> Opened:
+    """Steps 6-8 for a checked message whose step-5 key is ``key`` (from :func:`import_session_key`).
+
+    :func:`check_prefix`, :func:`import_session_key` and this are
+    :func:`open_message` in three parts, so that a batch can ask the token
+    for one message's key while the host decrypts another.
+    """
+    pre, sender, policy, read_clock = checked.pre, checked.sender, checked.policy, checked.read_clock
+    header = pre.header
+    aead = AESGCM(key)
+    ad = hashlib.sha256(pre.raw).digest()
+
+    def record() -> None:  # 7: keyed on the authenticated prefix (O6b), clock read again (O13)
+        cache.accept(ad, header.timestamp, read_clock(), policy, sender,
+                     header.serial if sender is not None else None)
+
+    written = 0
+    for index, (data, last) in enumerate(blocks(source, header.chunk_size + TAG_SIZE)):
+        plaintext = _open_chunk(aead, ad, index, data, last, header.chunk_size)  # 6, 8
+        if index == 0 and release is Release.STREAMING:
+            record()  # O6
+        sink.write(plaintext)
+        written += len(plaintext)
+    if release is Release.AT_END:
+        record()  # O6a
+    return Opened(header, sender, written)
+
+
 def open_message(source: BinaryIO, sink: BinaryIO, receiver: Receiver, *, cache: ReplayCache,
                  policy: ReplayPolicy | None = None, trust: Mapping[bytes, rsa.RSAPublicKey] | None = None,
                  now: float | None = None, clock: Callable[[], float] | None = None,
@@ -194,33 +256,10 @@ def open_message(source: BinaryIO, sink: BinaryIO, receiver: Receiver, *, cache:
     again when the message is recorded (``now`` fixes both readings); a
     sender using PKCS#1 v1.5 key transport is refused unless ``allow_pkcs1``.
     """
-    policy = ReplayPolicy() if policy is None else policy
-    read_clock = _clock(now, clock)
-    pre = read_header(source)  # 1
-    header = pre.header
-    if header.recipient_id != fingerprint(receiver.public_key()):  # 2
-        raise NotForThisKey()
-    if not header.oaep and not allow_pkcs1:  # 2a (O12): on the public flag, before any token work
-        raise Pkcs1Refused()
-    policy.check_time(header.timestamp, read_clock())  # 3, read after the prefix arrived (O13)
-    sender = _verify_sender(pre, trust)  # 4
-    aead = AESGCM(_import_key(receiver, pre))  # 5
-    ad = hashlib.sha256(pre.raw).digest()
-
-    def record() -> None:  # 7: keyed on the authenticated prefix (O6b), clock read again (O13)
-        cache.accept(ad, header.timestamp, read_clock(), policy, sender,
-                     header.serial if sender is not None else None)
-
-    written = 0
-    for index, (data, last) in enumerate(blocks(source, header.chunk_size + TAG_SIZE)):
-        plaintext = _open_chunk(aead, ad, index, data, last, header.chunk_size)  # 6, 8
-        if index == 0 and release is Release.STREAMING:
-            record()  # O6
-        sink.write(plaintext)
-        written += len(plaintext)
-    if release is Release.AT_END:
-        record()  # O6a
-    return Opened(header, sender, written)
+    checked = check_prefix(source, receiver, policy=policy, trust=trust, now=now, clock=clock,
+                           allow_pkcs1=allow_pkcs1)  # 1-4
+    key = import_session_key(receiver, checked)  # 5
+    return open_checked(checked, source, sink, key, cache=cache, release=release)  # 6-8
 
 
 def open_bytes(data: bytes, receiver: Receiver, **kw: Any) -> bytes:
