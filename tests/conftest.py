@@ -138,6 +138,34 @@ def keys(tokens: tuple[Provider, Provider], request: pytest.FixtureRequest) -> I
 
 
 @pytest.fixture(scope="session")
+def token_has_allowed_mechanisms(softhsm_kit: SoftHSMKit | OpencryptokiKit) -> bool:
+    """Whether ``tokencsp-test-a`` knows CKA_ALLOWED_MECHANISMS, asked of the token itself: a session
+    AES key made with the attribute (SoftHSM 2.6 takes it; opencryptoki 3.8 answers
+    CKR_ATTRIBUTE_TYPE_INVALID).  Tests of OAEP-only keys expect either the restriction or its refusal
+    from this, not from the backend's name."""
+    from pkcs11 import Attribute, KeyType, Mechanism
+    from pkcs11 import exceptions as p11
+
+    from tokencsp import config
+    from tokencsp.token import open_token
+
+    token = open_token(config.find_module(), softhsm_kit.user_pin, label="tokencsp-test-a")
+    try:
+        with token._lease() as lease:
+            try:
+                key = lease.session.generate_key(KeyType.AES, 128, store=False,
+                                                 template={Attribute.ALLOWED_MECHANISMS: [Mechanism.AES_CBC]})
+            except p11.AttributeTypeInvalid:
+                return False
+            try:
+                return list(key[Attribute.ALLOWED_MECHANISMS]) == [Mechanism.AES_CBC]
+            finally:
+                key.destroy()
+    finally:
+        token.close()
+
+
+@pytest.fixture(scope="session")
 def vectors_dir() -> Path:
     """The Wycheproof vectors folder: $TOKENCSP_VECTORS, else ``<repo>/../shared/vectors/wycheproof``;
     skips the test when absent (and under CI=true that skip fails the run)."""

@@ -230,7 +230,13 @@ def test_key_audit_flags_weak_keys(tmp_path, softhsm_kit, cli_key):
         tokencsp("key", "delete", "audit-weak", "--token", "tokencsp-test-b")
 
 
-def test_generate_oaep_only(tmp_path, softhsm_kit):
+def test_generate_oaep_only(tmp_path, softhsm_kit, token_has_allowed_mechanisms):
+    if not token_has_allowed_mechanisms:  # opencryptoki 3.8: refused, and no key is left behind
+        before = tokencsp("key", "list").stdout
+        result = tokencsp("key", "generate", "cli-oaep", "--oaep-only", check=False)
+        assert_one_line_error(result, 3, "cannot restrict a key to OAEP (it has no CKA_ALLOWED_MECHANISMS)")
+        assert tokencsp("key", "list").stdout == before
+        return
     tokencsp("key", "generate", "cli-oaep", "--oaep-only")
     try:
         pub = tmp_path / "pub"
