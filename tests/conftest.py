@@ -185,6 +185,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         for name, tally in sorted(summary.items()):
             terminalreporter.write_line(
                 f"{name}: {tally['passed']} passed, {tally['failed']} failed, {tally['unsupported']} unsupported")
+            for reason in sorted(tally.get("reasons", ())):
+                terminalreporter.write_line(f"    unsupported: {reason}")
     if _strict_skips:
         verdict = "these fail the run (CI=true)" if in_ci() else "under CI=true these would fail the run"
         terminalreporter.section(f"skipped token/vector tests: {verdict}", red=in_ci(), bold=True)
