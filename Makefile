@@ -78,7 +78,7 @@ lint: venv $(LINT_STAMP)
 # The token tests (marker softhsm: every test that reaches a token) again on opencryptoki 3.8's
 # soft tokens (TOKENCSP_TEST_BACKEND=opencryptoki); the pure tests gain nothing from a second run.
 test-opencryptoki: venv
-	@rc=0; opencryptoki/run-in-namespace.sh $(VPY) -m pytest -m softhsm $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; opencryptoki/run-in-namespace.sh $(VPY) -m pytest -m softhsm --tokencsp-token=opencryptoki $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: no tests ran (pytest exit 5)" >&2; fi; \
 	exit $$rc
 

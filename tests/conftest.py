@@ -17,9 +17,9 @@ Whatever SOFTHSM2_CONF / TOKENCSP_* the caller's shell had (say from ``. .sofths
 dropped, so tests never touch the dev token; TOKENCSP_VECTORS is the one variable kept (and
 the opencryptoki run's TOKENCSP_TEST_BACKEND / TOKENCSP_OCK_*).
 
-``TOKENCSP_TEST_BACKEND=opencryptoki`` (set by ``opencryptoki/run-in-namespace.sh``, ``make
-test-opencryptoki``) makes the plugin build the same labels on opencryptoki soft tokens
-(:class:`tokencsp.testing.OpencryptokiKit`).  ``softhsm_only`` / ``opencryptoki_only`` tests are
+The plugin's ``--tokencsp-token=opencryptoki`` (``make test-opencryptoki``, inside
+``opencryptoki/run-in-namespace.sh``, which also sets ``TOKENCSP_TEST_BACKEND=opencryptoki``) makes
+it build the same labels on opencryptoki soft tokens (:class:`tokencsp.testing.OpencryptokiKit`).  ``softhsm_only`` / ``opencryptoki_only`` tests are
 skipped, with their reason, on the other backend; those deliberate skips do not count as the
 CI-failing token-test skips above, since the other make target runs them.
 """
@@ -47,7 +47,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Under CI, a skip of a test with one of these markers fails the run.
 STRICT_IN_CI = ("softhsm", "wycheproof")
 
-BACKEND = selected_backend()
 _KEEP_FROM_CALLER = {"TOKENCSP_VECTORS", "TOKENCSP_TEST_BACKEND", "TOKENCSP_OCK_SANDBOX", "TOKENCSP_OCK_MODULE"}
 #: marker -> the backend it needs (other backends skip the test, with the marker's reason).
 BACKEND_MARKERS = {"softhsm_only": "softhsm", "opencryptoki_only": "opencryptoki"}
@@ -80,15 +79,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    backend = selected_backend()  # the plugin's --tokencsp-token / TOKENCSP_TEST_BACKEND, settled at configure
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
         if "vectors_dir" in used and item.get_closest_marker("wycheproof") is None:
             item.add_marker(pytest.mark.wycheproof)
         for name, needs in BACKEND_MARKERS.items():
             marker = item.get_closest_marker(name)
-            if marker is not None and needs != BACKEND:
+            if marker is not None and needs != backend:
                 why = marker.kwargs.get("reason") or (marker.args[0] if marker.args else name)
-                item.add_marker(pytest.mark.skip(reason=f"{name} (backend {BACKEND}): {why}"))
+                item.add_marker(pytest.mark.skip(reason=f"{name} (backend {backend}): {why}"))
                 _backend_skips.add(item.nodeid)
 
 

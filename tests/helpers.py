@@ -2,8 +2,8 @@
 and a start barrier for processes that must race.
 
 Import it as ``from helpers import ...`` (pytest puts ``tests/`` on ``sys.path``: rootdir-relative
-conftest, no ``__init__.py``).  Nothing here touches the token by itself: the runner inherits the
-environment conftest points at the session's SoftHSM tokens.
+conftest, no ``__init__.py``).  Nothing here touches the token unless asked (the runner inherits the environment conftest points at
+the session's test tokens; ``import_like_softhsm2_util`` opens the token it is given).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from tokencsp import SessionKey, blobs
 from tokencsp.blobs import SimpleBlob
 from tokencsp.errors import SessionKeyImportError
 
-__all__ = ["OAEP_SHA1", "PSS", "REPO_ROOT", "HostKey", "HostSigner", "assert_one_line_error", "start_together",
-           "tokencsp"]
+__all__ = ["OAEP_SHA1", "PSS", "REPO_ROOT", "HostKey", "HostSigner", "assert_one_line_error",
+           "import_like_softhsm2_util", "start_together", "tokencsp"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,6 +78,41 @@ def assert_one_line_error(result: subprocess.CompletedProcess[bytes], status: in
     if hint is not None:
         assert rest.startswith("tokencsp: hint: ") and hint in rest, f"hint {hint!r} not in {err!r}"
     return error
+
+
+# -- keys made by another tool ----------------------------------------------------------------------
+
+
+def import_like_softhsm2_util(token_label: str, pin: str, key: rsa.RSAPrivateKey, label: str,
+                              key_id: bytes) -> None:
+    """Put ``key`` on the token as ``softhsm2-util --import`` does (private half may sign, decrypt and
+    unwrap; public half may verify, encrypt and wrap; no tokencsp attributes), over PKCS#11 with
+    python-pkcs11, so it works on every backend and the PIN is never on a command line."""
+    from pkcs11 import Attribute, KeyType, ObjectClass
+
+    from tokencsp import config
+    from tokencsp.token import open_token
+    from tokencsp.token.templates import int_bytes
+
+    numbers = key.private_numbers()
+    common = {Attribute.KEY_TYPE: KeyType.RSA, Attribute.TOKEN: True, Attribute.LABEL: label, Attribute.ID: key_id,
+              Attribute.MODULUS: int_bytes(numbers.public_numbers.n),
+              Attribute.PUBLIC_EXPONENT: int_bytes(numbers.public_numbers.e)}
+    token = open_token(config.find_module(), pin, label=token_label)
+    try:
+        with token._lease() as lease:
+            lease.session.create_object({
+                **common, Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+                Attribute.SIGN: True, Attribute.DECRYPT: True, Attribute.UNWRAP: True,
+                Attribute.PRIVATE_EXPONENT: int_bytes(numbers.d), Attribute.PRIME_1: int_bytes(numbers.p),
+                Attribute.PRIME_2: int_bytes(numbers.q), Attribute.EXPONENT_1: int_bytes(numbers.dmp1),
+                Attribute.EXPONENT_2: int_bytes(numbers.dmq1), Attribute.COEFFICIENT: int_bytes(numbers.iqmp)})
+            lease.session.create_object({
+                **common, Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.PRIVATE: False,
+                Attribute.VERIFY: True, Attribute.ENCRYPT: True, Attribute.WRAP: True})
+    finally:
+        token.close()
 
 
 # -- processes that must start at the same moment -------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from helpers import assert_one_line_error, tokencsp
+from helpers import assert_one_line_error, import_like_softhsm2_util, tokencsp
 from tokencsp import SessionKey, blobs
 from tokencsp.blobs import PrivateKeyBlob
 
@@ -206,17 +206,10 @@ def test_missing_input_file_and_unwritable_output(tmp_path, cli_key):
                                    str(tmp_path / "no-dir" / "sb"), input=b"x", check=False), 1, "cannot write")
 
 
-@pytest.mark.softhsm_only(reason="imports its key with softhsm2-util (TODO: import with python-pkcs11 to run on every backend)")
 def test_key_audit_flags_weak_keys(tmp_path, softhsm_kit, cli_key):
-    """A key made by another tool (softhsm2-util: 1024 bits, sign+unwrap+decrypt) is flagged."""
-    weak = rsa.generate_private_key(65537, 1024)
-    (tmp_path / "weak.pem").write_bytes(weak.private_bytes(serialization.Encoding.PEM,
-                                                           serialization.PrivateFormat.PKCS8,
-                                                           serialization.NoEncryption()))
-    # softhsm2-util takes the PIN on argv: acceptable only for this throwaway test token.
-    subprocess.run(["softhsm2-util", "--import", str(tmp_path / "weak.pem"), "--token", "tokencsp-test-b",
-                    "--label", "audit-weak", "--id", "77", "--pin", softhsm_kit.user_pin],
-                   check=True, capture_output=True)
+    """A key made by another tool (as softhsm2-util --import makes it: 1024 bits, sign+unwrap+decrypt) is flagged."""
+    import_like_softhsm2_util("tokencsp-test-b", softhsm_kit.user_pin, rsa.generate_private_key(65537, 1024),
+                              "audit-weak", b"\x77")
     try:
         result = tokencsp("key", "audit", "--token", "tokencsp-test-b", "--json", "--strict", check=False)
         assert result.returncode == 5

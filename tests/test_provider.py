@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from helpers import import_like_softhsm2_util
 from tokencsp import Provider, SessionKey
 from tokencsp.blobs import AlgId, PrivateKeyBlob, PublicKeyBlob, SimpleBlob
 from tokencsp.errors import (
@@ -285,19 +286,21 @@ def test_open_by_uri_with_pin_source_and_serial(softhsm_kit, tmp_path, exchange_
         assert provider.token_label == "tokencsp-test-a"
 
 
-@pytest.mark.softhsm_only(reason="imports its key with softhsm2-util (TODO: import with python-pkcs11 to run on every backend)")
-def test_ambiguous_label_is_refused(provider, softhsm_kit, tmp_path):
+def test_ambiguous_label_is_refused(provider, softhsm_kit):
     """Two private keys with one label (as other tools can make): tokencsp refuses to pick one."""
-    key_file = tmp_path / "dup.pem"
-    for key_id in ("a1", "a2"):
-        key_file.write_bytes(_private_pem(rsa.generate_private_key(65537, 2048)))
-        # softhsm2-util takes the PIN on argv: acceptable only for this throwaway test token.
-        subprocess.run(["softhsm2-util", "--import", str(key_file), "--token", "tokencsp-test-a", "--label", "dup",
-                        "--id", key_id, "--pin", softhsm_kit.user_pin], check=True, capture_output=True,
-                       env={**os.environ})
+    for key_id in (b"\xa1", b"\xa2"):
+        import_like_softhsm2_util("tokencsp-test-a", softhsm_kit.user_pin, rsa.generate_private_key(65537, 2048),
+                                  "dup", key_id)
+    from pkcs11 import Attribute
+
     from tokencsp.errors import AmbiguousKeyError
-    with pytest.raises(AmbiguousKeyError):
-        provider.exchange_key("dup")
+    try:
+        with pytest.raises(AmbiguousKeyError):
+            provider.exchange_key("dup")
+    finally:
+        with provider._token._lease() as lease:
+            for obj in list(lease.session.get_objects({Attribute.LABEL: "dup"})):
+                obj.destroy()
 
 
 # -- threads ------------------------------------------------------------------------------
@@ -596,42 +599,73 @@ def test_recalibration_is_periodic_and_only_raises(exchange_key):
 
 
 @pytest.fixture(scope="module")
-def card_keys(provider):
+def card_keys(provider, token_has_allowed_mechanisms):
     """Card-style keys as card tooling makes them: raw RSA allowed (the preferred path), raw RSA only
-    (so only the host can judge the padding), and no raw RSA (C_Decrypt with the token's padding)."""
+    (so only the host can judge the padding), and no raw RSA (C_Decrypt with the token's padding).
+
+    The last two need CKA_ALLOWED_MECHANISMS; a token without it (opencryptoki 3.8) refuses to make
+    them, and the fixture holds that refusal (checked by :func:`card`) instead of the key."""
+    from tokencsp.errors import TokenOperationError
     from tokencsp.keyinfo import DecryptMechanism as M
     from tokencsp.token.cardstyle import generate_card_style_key
 
     made = {"card": None, "card-raw-only": [M.RSA_X_509], "card-no-raw": [M.RSA_PKCS, M.RSA_PKCS_OAEP]}
+    keys: dict[str, object] = {}
+    before = provider.object_count()
     for label, allowed in made.items():
+        if allowed is not None and not token_has_allowed_mechanisms:
+            with pytest.raises(TokenOperationError, match="attribute type invalid") as refused:
+                generate_card_style_key(provider._token, label, allowed=allowed)
+            assert provider.object_count() == before + 2  # only "card"'s pair: nothing left by the refusal
+            keys[label] = refused.value
+            continue
         generate_card_style_key(provider._token, label, allowed=allowed)
-    yield {label: provider.exchange_key(label) for label in made}
-    for label in made:
-        provider.delete_key(label)
+        keys[label] = provider.exchange_key(label)
+    yield keys
+    for label, key in keys.items():
+        if not isinstance(key, Exception):
+            provider.delete_key(label)
     assert provider.session_object_count() == 0
 
 
 CARDS = ["card", "card-raw-only", "card-no-raw"]
 
 
+def card(card_keys, label: str):
+    """The card key ``label``, or None when this token could not restrict its mechanisms (the
+    fixture checked that refusal: CKR_ATTRIBUTE_TYPE_INVALID for CKA_ALLOWED_MECHANISMS)."""
+    key = card_keys[label]
+    if isinstance(key, Exception):
+        assert label != "card" and f"generating card-style key {label!r}: attribute type invalid" == str(key), key
+        return None
+    return key
+
+
 def test_a_card_key_is_an_exchange_key_on_the_decrypt_path(provider, card_keys):
     from tokencsp.keyinfo import DecryptMechanism, ImportPath
 
-    for label, key in card_keys.items():
+    for label in CARDS:
+        key = card(card_keys, label)
+        if key is None:
+            continue
         info = key.info()
         assert info.can_decrypt and not info.can_unwrap, label
         assert key.import_path is ImportPath.DECRYPT, label
         assert isinstance(provider.key(label), type(key)), label
     assert card_keys["card"].info().decrypt_mechanisms[0] is DecryptMechanism.RSA_X_509  # raw RSA preferred
-    assert card_keys["card-raw-only"].info().decrypt_mechanisms == (DecryptMechanism.RSA_X_509,)
-    assert DecryptMechanism.RSA_X_509 not in card_keys["card-no-raw"].info().decrypt_mechanisms
+    if card(card_keys, "card-raw-only") is not None:
+        assert card_keys["card-raw-only"].info().decrypt_mechanisms == (DecryptMechanism.RSA_X_509,)
+    if card(card_keys, "card-no-raw") is not None:
+        assert DecryptMechanism.RSA_X_509 not in card_keys["card-no-raw"].info().decrypt_mechanisms
 
 
 @pytest.mark.parametrize("label", CARDS)
 @pytest.mark.parametrize("oaep", [False, True], ids=["pkcs1", "oaep"])
 @pytest.mark.parametrize("alg", ALGS)
 def test_card_key_imports_on_every_path(card_keys, label, alg, oaep):
-    key = card_keys[label]
+    key = card(card_keys, label)
+    if key is None:  # this token cannot make that key (CKA_ALLOWED_MECHANISMS): the fixture checked the refusal
+        return
     sender = SessionKey.generate(alg)
     ciphertext = sender.encrypt(b"the message" * 10)
     blob = sender.export_simpleblob(key.public_blob(), oaep=oaep)
@@ -644,7 +678,9 @@ def test_card_key_imports_on_every_path(card_keys, label, alg, oaep):
 def test_a_bad_blob_is_refused_by_a_card_key_as_by_an_unwrap_key(provider, exchange_key, card_keys, label):
     from tokencsp.implicit import CAPI_DECRYPT_FAILED
 
-    key = card_keys[label]
+    key = card(card_keys, label)
+    if key is None:  # this token cannot make that key (CKA_ALLOWED_MECHANISMS): the fixture checked the refusal
+        return
     for name, (blob, oaep) in _failing_blobs(key).items():
         with pytest.raises(SessionKeyImportError) as caught:
             key.import_simpleblob(blob, oaep=oaep)
@@ -697,3 +733,18 @@ def test_sealed_open_and_capi_decrypt_with_a_card_key(provider, exchange_key, ca
     assert card_bad.stderr == unwrap_bad.stderr  # the error line and the flag-only hint, byte for byte
     assert card_bad.stderr.startswith(b"tokencsp: error: the message could not be decrypted")
     assert b"Traceback" not in card_bad.stderr
+
+    def cli_open(name: str, receiver, key_blob: bytes | None) -> subprocess.CompletedProcess[bytes]:
+        sealed = tmp_path / f"{name}-{key_blob is None}.seal"
+        sealed.write_bytes(tokencsp.seal(b"sealed to a card", receiver.public_key(), key_blob=key_blob,
+                                         session_key=None if key_blob is None else os.urandom(32)))
+        return subprocess.run([sys.executable, "-m", "tokencsp", "open", "--key", name, "--replay-db",
+                               str(tmp_path / f"{name}.db"), str(sealed)], capture_output=True, env=dict(os.environ),
+                              timeout=120)
+
+    good = cli_open("card", key, None)
+    assert (good.returncode, good.stdout) == (0, b"sealed to a card"), good.stderr
+    card_bad, unwrap_bad = cli_open("card", key, garbage), cli_open("test-kx", exchange_key, garbage)
+    assert card_bad.returncode == unwrap_bad.returncode == 10 and card_bad.stdout == unwrap_bad.stdout == b""
+    assert card_bad.stderr == unwrap_bad.stderr and card_bad.stderr.count(b"\n") == 1, card_bad.stderr
+    assert card_bad.stderr.startswith(b"tokencsp: error: ") and b"Traceback" not in card_bad.stderr

@@ -98,3 +98,20 @@ def test_pure_tests_need_no_softhsm(project: Path) -> None:
     assert missing.returncode == 1, missing.stdout + missing.stderr
     assert "cannot create the SoftHSM test tokens: softhsm2-util not found" in missing.stdout + missing.stderr
     assert "skipped" not in missing.stdout, missing.stdout
+
+
+def test_tokencsp_token_option_selects_opencryptoki_and_fails_outside_its_sandbox(project: Path) -> None:
+    """--tokencsp-token=opencryptoki asks for the opencryptoki kit; outside opencryptoki/run-in-namespace.sh
+    the run fails with the way to run it (never a skip, never a real opencryptoki store touched)."""
+    result = run_downstream(project, "--tokencsp-token=opencryptoki")
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "cannot create the opencryptoki test tokens" in out and "run-in-namespace.sh" in out, out
+    assert "skipped" not in result.stdout and "passed" not in result.stdout, out
+    # The option names the backend for the whole run: help lists it, a contradicting variable is a usage error.
+    assert "--tokencsp-token={softhsm,opencryptoki}" in run_downstream(project, "--help").stdout
+    clash = run_downstream(project, "--tokencsp-token=softhsm", env={"TOKENCSP_TEST_BACKEND": "opencryptoki"})
+    assert clash.returncode == 4 and "contradicts TOKENCSP_TEST_BACKEND=opencryptoki" in clash.stderr, \
+        clash.stdout + clash.stderr
+    bad = run_downstream(project, "--tokencsp-token=nshield")
+    assert bad.returncode == 4 and "invalid choice" in bad.stderr, bad.stdout + bad.stderr

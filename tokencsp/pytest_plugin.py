@@ -12,9 +12,11 @@ Nothing happens in a run that selects no test using these fixtures; tests that d
 the ``softhsm`` marker, so ``-m "not softhsm"`` runs without SoftHSM.  When SoftHSM is missing and
 such a test is selected, the run stops with the install hint instead of skipping.
 
-Under ``TOKENCSP_TEST_BACKEND=opencryptoki`` (inside ``opencryptoki/run-in-namespace.sh``) the
-store is :class:`tokencsp.testing.OpencryptokiKit` instead: the same labels on opencryptoki soft
-tokens, whose slot table is fixed, so there is no pool and ``softhsm_token`` skips.
+``--tokencsp-token=opencryptoki`` (or ``TOKENCSP_TEST_BACKEND=opencryptoki``, which
+``opencryptoki/run-in-namespace.sh`` sets) makes the store :class:`tokencsp.testing.OpencryptokiKit`
+instead: the same labels on opencryptoki soft tokens, whose slot table is fixed, so there is no
+pool and ``softhsm_token`` skips.  The choice is put into ``TOKENCSP_TEST_BACKEND`` for the tests
+and their child processes (:func:`tokencsp.testing.selected_backend`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .testing import OpencryptokiKit, SoftHSMKit, SoftHSMToken, selected_backend
+from .testing import TEST_BACKENDS, OpencryptokiKit, SoftHSMKit, SoftHSMToken, selected_backend
 
 if TYPE_CHECKING:
     from .provider import ExchangeKey, Provider
@@ -59,14 +61,28 @@ _STATE = pytest.StashKey[_State]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("tokencsp", "tokencsp PKCS#11 test tokens")
+    group.addoption("--tokencsp-token", choices=TEST_BACKENDS, default=None, dest="tokencsp_token",
+                    help="the token implementation the fixtures' tokens are made on: softhsm (default) or "
+                         "opencryptoki (only inside tokencsp's opencryptoki/run-in-namespace.sh, as root); "
+                         "default: $TOKENCSP_TEST_BACKEND, else softhsm")
     parser.addini("tokencsp_softhsm_labels", "token labels the session's SoftHSM store makes besides the pool "
                   "(the first one becomes TOKENCSP_TOKEN)", type="linelist", default=[])
     parser.addini("tokencsp_softhsm_pin", "user PIN of the SoftHSM test tokens", default="1234")
 
 
+@pytest.hookimpl(tryfirst=True)  # before conftests' configure hooks, which may ask selected_backend()
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "softhsm: needs SoftHSM test tokens (set by the tokencsp plugin's fixtures)")
     config.stash[_STATE] = _State()
+    chosen = config.getoption("tokencsp_token", None)
+    try:
+        from_env = selected_backend() if os.environ.get("TOKENCSP_TEST_BACKEND") else None
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+    if chosen and from_env and chosen != from_env:
+        raise pytest.UsageError(f"--tokencsp-token={chosen} contradicts TOKENCSP_TEST_BACKEND={from_env}")
+    os.environ["TOKENCSP_TEST_BACKEND"] = chosen or from_env or "softhsm"
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects, so that -m "not softhsm" sees the marker

@@ -304,7 +304,8 @@ TEST_BACKENDS = ("softhsm", "opencryptoki")
 # Written by opencryptoki/run-in-namespace.sh into its private token store.
 _OCK_STORE = Path("/var/lib/opencryptoki")
 _OCK_SANDBOX_MARK = ".tokencsp-sandbox"
-_OCK_HINT = "run the tests with `make test-opencryptoki` (opencryptoki/run-in-namespace.sh, as root)"
+_OCK_HINT = ("run pytest inside opencryptoki/run-in-namespace.sh from tokencsp's repository (as root; "
+             "`make test-opencryptoki` there)")
 # swtok's limits (pkcsconf -t: "PIN Length: 4-8"); a fresh token's SO PIN.
 _OCK_PIN_LENGTHS = range(4, 9)
 OCK_DEFAULT_SO_PIN = "87654321"
