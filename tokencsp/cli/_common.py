@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO, TypeVar
 from ..errors import ConfigError, OutputError, TokenCSPError
 from ..fileio import atomic_output, open_input
 from . import _log
+from ._result import Results
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -36,6 +37,7 @@ class Console:
         self.stdout = stdout
         self.stderr = stderr
         self.stdin = stdin
+        self.results = Results()  # main replaces it when --json/--status-fd ask for result objects
 
     def out(self, text: str = "") -> None:
         """One line of a command's result on stdout."""

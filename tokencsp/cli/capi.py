@@ -18,6 +18,7 @@ from ._common import (
     recipient_key,
     with_hint,
 )
+from ._result import Counting, add_result_options
 from ._status import ExitStatus
 
 __all__ = ["configure"]
@@ -70,7 +71,9 @@ def _decrypt_legacy(args: argparse.Namespace, console: Console, alg: LegacyAlg, 
     key = DeferredLegacyKey(LegacyKey(alg, value, salt=salt, effective_bits=args.effective_bits), rejected,
                             CAPI_DECRYPT_FAILED)
     with input_stream(args.input, console) as source, output_stream(args.output, console) as sink:
-        _stream(key, source, sink, encrypt=False)  # type: ignore[arg-type]
+        counted = Counting(sink)
+        _stream(key, source, counted, encrypt=False)  # type: ignore[arg-type]
+    console.results.ok(alg=alg.name, bytes=counted.count)
     return ExitStatus.OK
 
 
@@ -78,6 +81,7 @@ def cmd_capi_decrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
     from .. import blobs
     from ..legacy import legacy_simpleblob
 
+    console.results.begin(file=args.input, blob=args.blob, output=args.output)
     data = read_file(args.blob, console)
     legacy = legacy_simpleblob(data)
     if legacy is not None:
@@ -88,7 +92,8 @@ def cmd_capi_decrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
         key = provider.exchange_key(args.key).import_simpleblob_deferred(blob, oaep=args.oaep)
     try:
         with input_stream(args.input, console) as source, output_stream(args.output, console) as sink:
-            _stream(key, source, sink, encrypt=False)
+            counted = Counting(sink)
+            _stream(key, source, counted, encrypt=False)  # type: ignore[arg-type]
     except DecryptionError as exc:
         # One message for a bad blob and a bad ciphertext; a SIMPLEBLOB does not say how it was padded,
         # and this hint depends only on the flag given, so it tells an attacker nothing.
@@ -96,6 +101,7 @@ def cmd_capi_decrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
                         else "add --oaep if the sender used CRYPT_OAEP") from None
     finally:
         key.wipe()
+    console.results.ok(alg=blob.alg_id.name, bytes=counted.count)
     return ExitStatus.OK
 
 
@@ -125,3 +131,4 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     dec.add_argument("input", nargs="?", help="ciphertext file (default: stdin)")
     dec.set_defaults(func=cmd_capi_decrypt)
     add_token_options(dec)
+    add_result_options(dec, "capi decrypt", data_on_stdout=True)

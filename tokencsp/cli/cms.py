@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file
+from ._result import Counting, add_result_options
 from ._status import ExitStatus
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ def cmd_cms_decrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..cms import open_stream
     from ..errors import InputError
 
+    console.results.begin(file=args.input, output=args.output)
     cert = None
     if args.cert:
         data = read_file(args.cert, console)
@@ -43,8 +45,11 @@ def cmd_cms_decrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
     with open_provider(args) as provider:
         key = provider.exchange_key(args.key)
         with input_stream(args.input, console) as source, output_stream(args.output, console) as sink:
-            open_stream(source.read, sink.write, public_key=key.public_key(),
-                        import_key=key.import_simpleblob_deferred, cert=cert)
+            counted = Counting(sink)
+            info = open_stream(source.read, counted.write, public_key=key.public_key(),
+                               import_key=key.import_simpleblob_deferred, cert=cert)
+    console.results.ok(authenticated=info.authenticated, algorithm=info.algorithm, oaep=info.oaep,
+                       bytes=counted.count)
     return ExitStatus.OK
 
 
@@ -105,3 +110,4 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     dec.add_argument("input", nargs="?", help="CMS file: DER/BER, PEM or S/MIME (default: stdin)")
     dec.set_defaults(func=cmd_cms_decrypt)
     add_token_options(dec)
+    add_result_options(dec, "cms decrypt", data_on_stdout=True)

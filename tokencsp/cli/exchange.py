@@ -16,6 +16,7 @@ from ..errors import ConfigError, ConnectFailed, OutputError
 from ..net import NetConfig, Receiver, SessionResult, send_files
 from ..threephase import TrustSet, check_name
 from ._common import Console, add_token_options, argument, open_provider, positive
+from ._result import add_result_options
 from ._status import ExitStatus
 
 __all__ = ["configure", "parse_address"]
@@ -46,9 +47,27 @@ def _own_name(args: argparse.Namespace) -> str:
     return check_name(args.name or args.key)
 
 
-def _reporter(console: Console) -> Callable[[SessionResult], None]:
+def _session_fields(result: SessionResult, out_dir: str) -> dict[str, Any]:
+    """A listen result object's fields: the peer, its address and the complete files kept (name, bytes)."""
+    files = []
+    for name in result.files:
+        try:
+            size: int | None = os.stat(os.path.join(out_dir, result.peer or "", name)).st_size
+        except OSError:
+            size = None
+        files.append({"name": name, "bytes": size})
+    return {"peer": result.peer, "address": result.address, "files": files,
+            "bytes": sum(f["bytes"] or 0 for f in files)}
+
+
+def _reporter(console: Console, out_dir: str) -> Callable[[SessionResult], None]:
     def report(result: SessionResult) -> None:
         who = result.peer or "unauthenticated peer"
+        fields = _session_fields(result, out_dir)
+        if result.error is None:
+            console.results.ok(**fields)
+        else:
+            console.results.failed(result.error, **fields)
         if result.ok:
             console.say(f"received {len(result.files)} file(s) from {who} ({result.address}): "
                         f"{', '.join(result.files)}")
@@ -91,7 +110,7 @@ def _make_out_dir(path: str) -> None:
 async def _listen(key: Any, trust: TrustSet, name: str, args: argparse.Namespace, config: NetConfig,
                   console: Console) -> ExitStatus:
     # With --once only an authenticated session ends the listener; the others are reported as they fail.
-    report = _reporter(console)
+    report = _reporter(console, args.out_dir)
     receiver = Receiver(key, trust, args.out_dir, name=name, config=config, once=args.once,
                         on_session=_report_unauthenticated(report) if args.once else report)
     async with receiver:
@@ -103,8 +122,11 @@ async def _listen(key: Any, trust: TrustSet, name: str, args: argparse.Namespace
         if not args.once:
             await asyncio.Event().wait()  # until interrupted
         result = await receiver.wait_authenticated()
+    fields = _session_fields(result, args.out_dir)
     if result.error is not None:
+        console.results.failed(result.error, **fields)
         raise result.error
+    console.results.ok(**fields)
     console.say(f"received {len(result.files)} file(s) from {result.peer}: {', '.join(result.files)}")
     return ExitStatus.OK
 
@@ -130,10 +152,15 @@ def cmd_send(args: argparse.Namespace, console: Console) -> ExitStatus:
     for path in args.files:
         if not Path(path).is_file():
             raise ConfigError(f"{path} is not a regular file")
+    sizes = {os.path.basename(path): os.stat(path).st_size for path in args.files}
+    console.results.begin(peer=peer_name, address=f"{host}:{port}", files=[
+        {"name": base, "bytes": size, "confirmed": False} for base, size in sizes.items()])
     with open_provider(args) as provider:
         key = provider.exchange_key(args.key)
         sent = asyncio.run(send_files(key, trust, peer_name, host, port, args.files, name=name, config=config,
                                       progress=progress_printer(console)))
+    console.results.ok(files=[{"name": base, "bytes": sizes[base], "confirmed": True} for base in sent],
+                       bytes=sum(sizes[base] for base in sent))
     console.say(f"{peer_name} confirmed {len(sent)} file(s)")
     return ExitStatus.OK
 
@@ -160,6 +187,7 @@ def _configure_listen(listen: argparse.ArgumentParser) -> None:
     listen.add_argument("--timeout", type=positive(float), default=30.0, metavar="SECONDS",
                         help="deadline per phase (30)")
     listen.set_defaults(func=cmd_listen)
+    add_result_options(listen, "listen", data_on_stdout=False)
     add_token_options(listen)
 
 
@@ -174,6 +202,7 @@ def _configure_send(send: argparse.ArgumentParser) -> None:
                       help="deadline per phase (30)")
     send.add_argument("files", nargs="+", metavar="FILE")
     send.set_defaults(func=cmd_send)
+    add_result_options(send, "send", data_on_stdout=False)
     add_token_options(send)
 
 

@@ -6,7 +6,9 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
+from ..pubkeys import fingerprint
 from ._common import Console, add_token_options, open_provider, output_stream, read_file
+from ._result import add_result_options
 from ._status import ExitStatus
 
 if TYPE_CHECKING:
@@ -17,9 +19,13 @@ __all__ = ["configure"]
 
 
 def cmd_key_generate(args: argparse.Namespace, console: Console) -> ExitStatus:
+    console.results.begin(name=args.name)
     with open_provider(args) as provider:
         pair = provider.generate_key(args.name, args.bits, args.usage, legacy=args.legacy, oaep_only=args.oaep_only)
-        print_info(console, pair.info())
+        info = pair.info()
+    if not console.results.on_stdout:
+        print_info(console, info)
+    console.results.ok(key=info.as_dict())
     return ExitStatus.OK
 
 
@@ -58,11 +64,14 @@ def print_info(console: Console, info: KeyInfo) -> None:
 def cmd_key_export(args: argparse.Namespace, console: Console) -> ExitStatus:
     if args.format != "pem":
         console.refuse_binary_to_terminal(args.output)
+    console.results.begin(name=args.name, format=args.format, output=args.output)
     with open_provider(args) as provider:
         pair = provider.key(args.name)
         data = {"msblob": pair.public_blob, "pem": pair.public_pem, "der": pair.public_der}[args.format]()
+        key_id = fingerprint(pair.public_key()).hex()
     with output_stream(args.output, console, mode=0o644) as out:
         out.write(data)
+    console.results.ok(key_id=key_id, bytes=len(data))
     return ExitStatus.OK
 
 
@@ -151,6 +160,7 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--oaep-only", action="store_true",
                           help="allow only OAEP unwraps (CKA_ALLOWED_MECHANISMS); refuses non-CRYPT_OAEP peers")
     generate.set_defaults(func=cmd_key_generate)
+    add_result_options(generate, "key generate", data_on_stdout=False)
 
     listing = key.add_parser("list", help="list key containers and their security attributes")
     listing.add_argument("--json", action="store_true")
@@ -162,6 +172,7 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
                         help="msblob = CryptoAPI PUBLICKEYBLOB (default)")
     export.add_argument("-o", "--output", help="output file (default: stdout, but not a terminal unless --format pem)")
     export.set_defaults(func=cmd_key_export)
+    add_result_options(export, "key export", data_on_stdout=True)
 
     imp = key.add_parser("import", help="move an existing private key onto the token (non-extractable)")
     imp.add_argument("name")

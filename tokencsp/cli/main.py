@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 from .. import __version__, errors
 from . import _log
 from ._common import PROG, Console, add_token_options, hint_of
+from ._result import Results
 from ._status import ExitStatus, UsageError, epilog, status_for
 
 if TYPE_CHECKING:
@@ -185,6 +186,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     if args.verbose or os.environ.get(ENV_DEBUG, "") not in ("", "0"):
         _log.enable(console.stderr, PROG)
     try:
+        console.results = Results.from_args(args, console.stdout, console.stderr)
         _default_key_from_uri(args)
         _log.debug("command %s", " ".join(_command_path(args)))
         started = time.monotonic()
@@ -197,9 +199,11 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         hint = hint_of(exc)
         if hint:
             console.hint(hint)
+        console.results.failed(exc, hint)
         return int(status_for(exc))
     except KeyboardInterrupt as exc:
         console.error("interrupted")
+        console.results.failed(exc)
         return int(status_for(exc))
     except BrokenPipeError:
         return int(ExitStatus.ERROR)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 from typing import Any, BinaryIO
 
@@ -20,6 +19,7 @@ from ..trust import TrustSet
 from . import _log
 from ._common import Console, add_token_options, argument, input_stream, open_provider, output_stream, recipient_key
 from ._progress import ProgressReader
+from ._result import add_result_options
 from ._status import ExitStatus, UsageError, status_for
 from .replay import connection_target
 
@@ -65,6 +65,7 @@ def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
     path = args.input[0] if args.input else None
     policy, trusted, trust = _opening_rules(args)
     _log.debug("replay cache %s", args.replay_db or "(default: TOKENCSP_REPLAY_DB or the state dir)")
+    console.results.begin(file=path, output=args.output)
     with open_cache(args.replay_db) as cache, open_provider(args) as provider:
         receiver = provider.exchange_key(args.key)
         with input_stream(path, console) as raw, output_stream(args.output, console) as sink:
@@ -76,6 +77,7 @@ def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
     _log.debug("accepted message %s: %d bytes, %s key transport", opened.header.message_id.hex(),
               opened.plaintext_length, "OAEP" if opened.header.oaep else "PKCS#1 v1.5")
     _report_sender(console, opened, trusted)
+    console.results.ok(**_opened_fields(opened, trusted))
     return ExitStatus.OK
 
 
@@ -104,8 +106,11 @@ def _open_batch(args: argparse.Namespace, console: Console) -> ExitStatus:
                 opened_count += 1
                 if not args.quiet:
                     console.say(f"{outcome.source} -> {outcome.output}: {_sender(outcome.opened, trusted)}")
+                console.results.ok(file=outcome.source, output=outcome.output,
+                                   **_opened_fields(outcome.opened, trusted))
                 continue
             assert outcome.error is not None
+            console.results.failed(outcome.error, file=outcome.source, output=outcome.output)
             status = status_for(outcome.error)
             console.error(f"{outcome.source}: {outcome.error} (exit {int(status)})")
             if first_failure is ExitStatus.OK:
@@ -114,10 +119,17 @@ def _open_batch(args: argparse.Namespace, console: Console) -> ExitStatus:
     return first_failure
 
 
+def _verified_name(opened: envelope.Opened, trusted: TrustSet | None) -> str | None:
+    """FORMAT.md O8: the sender is named only when a trust set verified it."""
+    if opened.sender_verified and trusted is not None:
+        return next(n for n in trusted if trusted.fingerprint(n) == opened.verified_sender)
+    return None
+
+
 def _sender(opened: envelope.Opened, trusted: TrustSet | None) -> str:
     """FORMAT.md O8: without a trust set the sender is reported as unverified, never named."""
-    if opened.sender_verified and trusted is not None:
-        name = next(n for n in trusted if trusted.fingerprint(n) == opened.verified_sender)
+    name = _verified_name(opened, trusted)
+    if name is not None:
         return f"from {name} (signature verified), serial {opened.header.serial}"
     return opened.sender_line()
 
@@ -126,17 +138,34 @@ def _report_sender(console: Console, opened: envelope.Opened, trusted: TrustSet 
     console.say(_sender(opened, trusted))
 
 
+def _opened_fields(opened: envelope.Opened, trusted: TrustSet | None) -> dict[str, Any]:
+    """An opened message's result fields (docs/JSON.md)."""
+    header = opened.header
+    return {"sender": _verified_name(opened, trusted), "signature_verified": opened.sender_verified,
+            "sender_key_id": _hex(header.sender_id), "serial": header.serial,
+            "message_id": header.message_id.hex(), "timestamp": _iso(header.timestamp),
+            "bytes": opened.plaintext_length}
+
+
+def _hex(value: bytes | None) -> str | None:
+    return value.hex() if value is not None else None
+
+
+def _iso(timestamp: float) -> str:
+    when = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def describe(pre: envelope.Preamble) -> dict[str, Any]:
     header = pre.header
-    when = datetime.datetime.fromtimestamp(header.timestamp, datetime.UTC)
     return {
         "version": header.version,
         "suite": header.suite,
         "recipient_key_id": header.recipient_id.hex(),
-        "sender_key_id": header.sender_id.hex() if header.sender_id is not None else None,
+        "sender_key_id": _hex(header.sender_id),
         "signed": header.signed,
         "message_id": header.message_id.hex(),
-        "timestamp": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "timestamp": _iso(header.timestamp),
         "serial": header.serial,
         "chunk_size": header.chunk_size,
         "key_transport": "SIMPLEBLOB, " + ("CRYPT_OAEP (OAEP SHA-1)" if header.oaep else "PKCS#1 v1.5"),
@@ -159,6 +188,7 @@ class _FirstBytes:
 
 
 def cmd_inspect(args: argparse.Namespace, console: Console) -> ExitStatus:
+    console.results.begin(file=args.file)
     with input_stream(args.file, console) as raw:
         source = _FirstBytes(raw)
         try:
@@ -167,9 +197,8 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> ExitStatus:
             if source.first != envelope.MAGIC:
                 raise EnvelopeFormatError("not a tokencsp sealed message (no TCSPSEAL magic)") from None
             raise
-    if args.json:
-        console.out(json.dumps(facts, indent=2))
-    else:
+    console.results.ok(**facts)
+    if not console.results.on_stdout:
         for name, value in facts.items():
             console.out(f"{name}: {'-' if value is None else value}")
         console.out("(nothing above is verified until the message is opened)")
@@ -219,12 +248,13 @@ def _configure_open(opener: argparse.ArgumentParser) -> None:
     opener.add_argument("input", nargs="*", metavar="FILE",
                         help="sealed message (default: stdin); several only with --out-dir")
     opener.set_defaults(func=cmd_open)
+    add_result_options(opener, "open", data_on_stdout=True)
     add_token_options(opener)
 
 
 def _configure_inspect(inspect: argparse.ArgumentParser) -> None:
     inspect.add_argument("file")
-    inspect.add_argument("--json", action="store_true")
+    add_result_options(inspect, "inspect", data_on_stdout=False)
     inspect.set_defaults(func=cmd_inspect)
 
 
