@@ -172,16 +172,18 @@ def test_bad_blob_files(tmp_path, data, needle):
 
 def test_token_errors(tmp_path, softhsm_kit, cli_key):
     assert_one_line_error(tokencsp("key", "list", env={"TOKENCSP_PIN": "wrong-pin", "TOKENCSP_TOKEN":
-                                                        "tokencsp-test-b"}, check=False), 3, "PIN incorrect")
-    assert_one_line_error(tokencsp("key", "list", "--token", "absent", check=False), 3, "no token")
+                                                        "tokencsp-test-b"}, check=False), 3, "PIN incorrect",
+                          hint="token 'tokencsp-test-b' says")
+    assert_one_line_error(tokencsp("key", "list", "--token", "absent", check=False), 3, "no token",
+                          hint="tokens there: 'tokencsp-test-a', 'tokencsp-test-b'")
     assert_one_line_error(tokencsp("--module", str(tmp_path / "nope.so"), "key", "list", check=False), 3,
-                          "module not found")
+                          "module not found", hint="sudo apt-get install softhsm2")
     assert_one_line_error(tokencsp("capi", "decrypt", "--key", "absent-key", "--blob", "/dev/null", check=False),
                           1, "truncated")
     (tmp_path / "sb").write_bytes(SessionKey.generate("aes128").export_simpleblob(
         rsa.generate_private_key(65537, 2048).public_key()))
     assert_one_line_error(tokencsp("capi", "decrypt", "--key", "absent-key", "--blob", str(tmp_path / "sb"),
-                                   check=False), 3, "absent-key")
+                                   check=False), 3, "absent-key", hint="'tokencsp key list' shows the keys")
 
 
 def test_pin_sources(tmp_path, softhsm_kit, cli_key):

@@ -61,11 +61,12 @@ def test_open_through_postgres_refuses_the_replay_also_after_a_server_crash(keys
     assert out.read_bytes() == data
     pg_server.restart("immediate")
     again = tokencsp(*opener(pg_dsn, "-o", str(tmp_path / "again")), str(sealed), check=False)
-    assert_one_line_error(again, 20, "replay")
+    assert_one_line_error(again, 20, "replay", hint=f"replay cache PostgreSQL {pg_dsn} (--replay-db)")
     assert not (tmp_path / "again").exists()
     # TOKENCSP_REPLAY_DB selects the same cache without --replay-db.
     env = {"TOKENCSP_REPLAY_DB": pg_dsn}
-    assert_one_line_error(tokencsp("open", "--key", f"{KEY_PREFIX}-rx", str(sealed), check=False, env=env), 20, "replay")
+    assert_one_line_error(tokencsp("open", "--key", f"{KEY_PREFIX}-rx", str(sealed), check=False, env=env), 20, "replay",
+                          hint="(TOKENCSP_REPLAY_DB)")
     other = seal(keys, tmp_path, b"fresh")
     assert tokencsp("open", "--key", f"{KEY_PREFIX}-rx", str(other), env=env).stdout == b"fresh"
     assert query(pg_server, pg_dsn, "SELECT count(*) FROM tokencsp_seen") == [(2,)]

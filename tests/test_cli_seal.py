@@ -41,7 +41,7 @@ def test_seal_open_file_and_stdout_then_replay_refused(keys, tmp_path):
     assert (tmp_path / "out").read_bytes() == data
     again = tokencsp("open", "--key", "seal-rx", "--replay-db", str(db), "-o", str(tmp_path / "out2"),
                      str(sealed), check=False)
-    assert_one_line_error(again, 20, "replay")
+    assert_one_line_error(again, 20, "replay", hint=f"replay cache SQLite {db} (--replay-db)")
     assert not (tmp_path / "out2").exists()
     other = seal(keys, tmp_path, data)
     assert tokencsp("open", "--key", "seal-rx", "--replay-db", str(db), input=other.read_bytes()).stdout == data
@@ -227,7 +227,8 @@ def test_open_to_a_file_does_not_let_a_damaged_copy_spend_the_message(keys, tmp_
     bad = tokencsp("open", "--key", "seal-rx", "--replay-db", db, input=streamed[:-1] + bytes([streamed[-1] ^ 1]),
                    check=False)
     assert bad.returncode != 0
-    assert_one_line_error(tokencsp("open", "--key", "seal-rx", "--replay-db", db, input=streamed, check=False), 20, "replay")
+    assert_one_line_error(tokencsp("open", "--key", "seal-rx", "--replay-db", db, input=streamed, check=False), 20, "replay",
+                          hint="replay cache SQLite")
 
 
 def test_pkcs1_key_transport_needs_allow_pkcs1(keys, tmp_path):
@@ -242,3 +243,9 @@ def test_pkcs1_key_transport_needs_allow_pkcs1(keys, tmp_path):
     assert tokencsp("open", "--key", "seal-rx", "--replay-db", db, str(sealed), check=False).stdout == b""
     result = tokencsp("open", "--key", "seal-rx", "--allow-pkcs1", "--replay-db", db, str(sealed))
     assert result.stdout == b"legacy"  # the refusals above recorded nothing
+
+
+def test_a_signature_key_for_open_is_refused_with_a_key_list_hint(keys, tmp_path):
+    sealed = seal(keys, tmp_path, b"x")
+    result = tokencsp("open", "--key", "seal-signer", "--replay-db", str(tmp_path / "db"), str(sealed), check=False)
+    assert_one_line_error(result, 3, "not an exchange key", hint="'tokencsp key list' shows each key's USAGE")

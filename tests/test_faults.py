@@ -125,14 +125,15 @@ def test_open_failures_are_typed_and_the_process_recovers(rx, tmp_path):
     in_child("child_open_failures", str(tmp_path))
 
 
-@pytest.mark.parametrize("fault,needle", [({"TOKENCSP_MODULE": "/nonexistent/libp11.so"}, "module not found"),
-                                          ({"TOKENCSP_TOKEN": "no-such-token"}, "no token with"),
-                                          ({"TOKENCSP_PIN": "not-the-pin"}, "PIN incorrect")])
-def test_cli_open_failure_then_success(rx, tmp_path, fault, needle):
+@pytest.mark.parametrize("fault,needle,hint", [
+    ({"TOKENCSP_MODULE": "/nonexistent/libp11.so"}, "module not found", "apt-get install softhsm2"),
+    ({"TOKENCSP_TOKEN": "no-such-token"}, "no token with", "tokens there: "),
+    ({"TOKENCSP_PIN": "not-the-pin"}, "PIN incorrect", "says")])
+def test_cli_open_failure_then_success(rx, tmp_path, fault, needle, hint):
     sealed = tmp_path / "m.seal"
     sealed.write_bytes(envelope.seal_bytes(b"hello", rx.public_key()))
     command = ["open", "--key", RX, "--replay-db", str(tmp_path / "db"), "-o", str(tmp_path / "out"), str(sealed)]
-    assert_one_line_error(tokencsp(*command, env=fault, check=False), 3, needle)
+    assert_one_line_error(tokencsp(*command, env=fault, check=False), 3, needle, hint=hint)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
     tokencsp(*command)  # same replay cache: the failed run recorded nothing
     assert (tmp_path / "out").read_bytes() == b"hello"
@@ -290,7 +291,8 @@ def test_disk_full(rx, tmp_path, command):
     tokencsp(*args, "-o", str(out))
     assert out.read_bytes() == data and leftovers(tmp_path) == []
     if command == "open":
-        assert_one_line_error(tokencsp(*args, "-o", str(tmp_path / "again"), check=False), 20, "replay")
+        assert_one_line_error(tokencsp(*args, "-o", str(tmp_path / "again"), check=False), 20, "replay",
+                              hint="replay cache")
         assert not (tmp_path / "again").exists()
 
 
@@ -343,6 +345,6 @@ def test_sigkill_mid_file(rx, provider, tmp_path):
     assert out.read_bytes() == data and leftovers(tmp_path) == []
     for _ in range(2):
         assert_one_line_error(tokencsp(*command[:-1], str(tmp_path / "again"), input=sealed, check=False), 20,
-                              "replay")
+                              "replay", hint="replay cache")
         assert not (tmp_path / "again").exists() and leftovers(tmp_path) == []
     assert provider.object_count() == objects and provider.session_object_count() == 0

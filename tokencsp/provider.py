@@ -29,12 +29,13 @@ from .errors import (
     UnwrapRefused,
 )
 from .implicit import DeferredSessionKey, ImplicitRejection
-from .keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, RsaPrivateParts
+from .keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus, RsaPrivateParts
 from .rsadecode import decode_oaep_sha1, decode_pkcs1_v15
 from .session import SessionKey
-from .token import Token, init_token, iter_tokens, open_token
+from .token import Token, init_token, iter_tokens, open_token, token_status
 
-__all__ = ["ExchangeKey", "KeyInfo", "KeyPair", "KeyUsage", "Provider", "initialize_token", "list_tokens"]
+__all__ = ["ExchangeKey", "KeyInfo", "KeyPair", "KeyUsage", "Provider", "initialize_token", "list_tokens",
+           "pin_status"]
 
 SUPPORTED_BITS = (2048, 3072, 4096)
 _SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -416,6 +417,14 @@ class Provider:
 def list_tokens(module: str | None = None) -> list[tuple[str, str]]:
     """(label, serial) of every initialised token the module shows."""
     return list(iter_tokens(config.find_module(module)))
+
+
+def pin_status(module: str | None = None, token: str | None = None, *, serial: str | None = None,
+               uri: str | None = None) -> PinStatus:
+    """The user-PIN flags of the token the arguments name (CKF_USER_PIN_COUNT_LOW, FINAL_TRY, LOCKED), read
+    without logging in: after a wrong PIN, what the token says about the tries left."""
+    selector = config.resolve_selector(module=module, token=token, serial=serial, uri=uri)
+    return token_status(config.find_module(selector.module), selector.token_label, selector.token_serial)
 
 
 def initialize_token(label: str, *, so_pin: str, pin: str, module: str | None = None) -> str:

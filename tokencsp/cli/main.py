@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     except errors.TokenCSPError as exc:
         _log.debug("refused: %s (%s)", type(exc).__name__, int(status_for(exc)))
         console.error(str(exc))
-        hint = hint_of(exc)
+        hint = hint_of(exc) or _hint_for(exc, args)
         if hint:
             console.hint(hint)
         console.results.failed(exc, hint)
@@ -209,6 +209,12 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         return int(ExitStatus.ERROR)
     finally:
         _log.disable()
+
+
+def _hint_for(exc: BaseException, args: argparse.Namespace) -> str | None:
+    from ._hints import hint_for
+
+    return hint_for(exc, args)
 
 
 def _command_path(args: argparse.Namespace) -> list[str]:
