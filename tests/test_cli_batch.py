@@ -93,7 +93,7 @@ def test_each_accepted_message_is_recorded_and_a_refused_one_is_not(keys, tmp_pa
     assert not (out / "broken").exists() and leftovers(out) == []
     again = tokencsp("open", "--key", "batch-rx", "--replay-db", str(db), "-o", str(tmp_path / "again"), str(good),
                      check=False)
-    assert_one_line_error(again, 20, "replay")
+    assert_one_line_error(again, 20, "replay", hint="replay cache")
     tokencsp("open", "--key", "batch-rx", "--replay-db", str(db), "-o", str(tmp_path / "genuine"), str(genuine))
     assert (tmp_path / "genuine").read_bytes() == payload  # the broken copy did not spend it
 

@@ -233,3 +233,20 @@ def test_send_and_listen_json(keys, tmp_path):
             listener.kill()
             listener.wait()
         tokencsp("key", "delete", "json-bob", "--token", "tokencsp-test-b", check=False)
+
+
+def test_batch_open_json_is_one_object_per_file(keys, tmp_path):
+    first, second = seal(keys, tmp_path, b"one"), seal(keys, tmp_path, b"second one")
+    garbage = tmp_path / "junk.tcsp"
+    garbage.write_bytes(b"x" * 100)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = tokencsp("open", "--key", "json-rx", "--replay-db", str(tmp_path / "db"), "--out-dir", str(out),
+                      "--json", str(first), str(garbage), str(second), check=False)
+    assert result.returncode == 13, result.stderr
+    found = objects(result.stdout)
+    assert [(o["file"], o["status"], o["exit_status"]) for o in found] == [
+        (str(first), "ok", 0), (str(garbage), "error", 13), (str(second), "ok", 0)]
+    assert [o["bytes"] for o in found if o["status"] == "ok"] == [3, 10]
+    assert found[1]["reason"] == "malformed"
+    assert all(os.path.dirname(o["output"]) == str(out) for o in found)
