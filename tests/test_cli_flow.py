@@ -32,7 +32,8 @@ def test_the_whole_flow_from_key_generate_to_key_delete(softhsm_kit, tmp_path):
         sealed = tmp_path / "m.seal"
         tokencsp("seal", "--to", str(tmp_path / f"{rx}.pub"), "-o", str(sealed), input=plain)
         assert tokencsp("open", "--key", rx, "--replay-db", db, str(sealed)).stdout == plain
-        assert_one_line_error(tokencsp("open", "--key", rx, "--replay-db", db, str(sealed), check=False), 20, "replay")
+        assert_one_line_error(tokencsp("open", "--key", rx, "--replay-db", db, str(sealed), check=False), 20, "replay",
+                              hint="replay cache SQLite")
 
         signed = tmp_path / "s.seal"
         tokencsp("seal", "--to", str(tmp_path / f"{rx}.pub"), "--sign-with", signer, "-o", str(signed),
@@ -46,4 +47,4 @@ def test_the_whole_flow_from_key_generate_to_key_delete(softhsm_kit, tmp_path):
     names = {k["name"] for k in json.loads(tokencsp("key", "list", "--json").stdout)}
     assert rx not in names and signer not in names
     gone = tokencsp("open", "--key", rx, "--replay-db", str(tmp_path / "other.db"), str(sealed), check=False)
-    assert_one_line_error(gone, 3, rx)
+    assert_one_line_error(gone, 3, rx, hint="'tokencsp key list' shows the keys")
