@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any, BinaryIO, Protocol
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..blobs import AlgId
 from ..errors import (
@@ -35,7 +34,8 @@ from ..errors import (
 from ..pubkeys import fingerprint
 from ..replay import ReplayCache, ReplayPolicy
 from ..session import SessionKey
-from ._format import KEY_SIZE, TAG_SIZE, Header, Preamble, blocks, nonce, read_header, signed_data
+from ._chunks import Chunker, blocks_into
+from ._format import KEY_SIZE, TAG_SIZE, Header, Preamble, nonce, read_header, signed_data
 
 __all__ = ["Checked", "Opened", "Receiver", "Release", "SenderStatus", "check_prefix", "import_session_key",
            "open_bytes", "open_checked", "open_message", "trust_set"]
@@ -98,21 +98,15 @@ class Opened:
                 "but no trust set was given, so its signature was not checked")
 
 
-def _decrypt(aead: AESGCM, nonce_: bytes, data: bytes, ad: bytes) -> bytes | None:
-    try:
-        return aead.decrypt(nonce_, data, ad)
-    except InvalidTag:
-        return None
-
-
-def _open_chunk(aead: AESGCM, ad: bytes, index: int, data: bytes, last: bool, chunk_size: int) -> bytes:
+def _open_chunk(chunker: Chunker, index: int, data: memoryview, last: bool,
+                chunk_size: int) -> memoryview | bytes:
     """One chunk, authenticated (O5, O9); a full last chunk that is really a middle one means truncation."""
     if last and not data and index == 0:
         raise TruncatedMessage()
-    plaintext = _decrypt(aead, nonce(index, last), data, ad)
+    plaintext = chunker.decrypt(nonce(index, last), data)
     if plaintext is None:
         full = last and len(data) == chunk_size + TAG_SIZE
-        if full and _decrypt(aead, nonce(index, False), data, ad) is not None:
+        if full and chunker.decrypt(nonce(index, False), data) is not None:
             raise TruncatedMessage()
         raise AuthenticationFailed()
     if last and not plaintext and index > 0:
@@ -218,16 +212,16 @@ def open_checked(checked: Checked, source: BinaryIO, sink: BinaryIO, key: bytes,
     """
     pre, sender, policy, read_clock = checked.pre, checked.sender, checked.policy, checked.read_clock
     header = pre.header
-    aead = AESGCM(key)
     ad = hashlib.sha256(pre.raw).digest()
+    chunker = Chunker(key, ad, header.chunk_size)
 
     def record() -> None:  # 7: keyed on the authenticated prefix (O6b), clock read again (O13)
         cache.accept(ad, header.timestamp, read_clock(), policy, sender,
                      header.serial if sender is not None else None)
 
     written = 0
-    for index, (data, last) in enumerate(blocks(source, header.chunk_size + TAG_SIZE)):
-        plaintext = _open_chunk(aead, ad, index, data, last, header.chunk_size)  # 6, 8
+    for index, (data, last) in enumerate(blocks_into(source, header.chunk_size + TAG_SIZE)):
+        plaintext = _open_chunk(chunker, index, data, last, header.chunk_size)  # 6, 8
         if index == 0 and release is Release.STREAMING:
             record()  # O6
         sink.write(plaintext)

@@ -14,12 +14,12 @@ import time
 from typing import Any, BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..blobs import AlgId
 from ..errors import InvalidKeyError
 from ..pubkeys import fingerprint
 from ..session import SessionKey
+from ._chunks import Chunker, blocks_into
 from ._format import (
     DEFAULT_CHUNK_SIZE,
     KEY_SIZE,
@@ -27,7 +27,6 @@ from ._format import (
     MESSAGE_ID_SIZE,
     MIN_RSA_BYTES,
     Header,
-    blocks,
     is_key_blob,
     nonce,
     prefix,
@@ -87,9 +86,9 @@ def seal(source: BinaryIO, sink: BinaryIO, recipient: rsa.RSAPublicKey, *, signe
     signature = signer.sign(signed_data(header, key_blob)) if signer is not None else None
     raw = prefix(header, key_blob, signature)
     sink.write(raw)
-    aead, ad = AESGCM(key), hashlib.sha256(raw).digest()
-    for index, (block, last) in enumerate(blocks(source, chunk_size)):  # S5
-        sink.write(aead.encrypt(nonce(index, last), block, ad))
+    chunker = Chunker(key, hashlib.sha256(raw).digest(), chunk_size)
+    for index, (block, last) in enumerate(blocks_into(source, chunk_size)):  # S5
+        sink.write(chunker.encrypt(nonce(index, last), block))
     return header
 
 

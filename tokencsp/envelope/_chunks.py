@@ -1,0 +1,91 @@
+"""The payload's hot loop without per-chunk copies: one reused input and one reused output buffer.
+
+``blocks_into`` reads each chunk with ``readinto`` into the same buffer and
+hands out views of it; ``Chunker`` encrypts or decrypts a chunk into its own
+reused buffer (``encrypt_into``/``decrypt_into``, cryptography >= 45, else the
+allocating calls).  A view handed out is valid until the next chunk is asked
+for; sinks get it through ``write``, which by the io contract must not keep it.
+docs/PERFORMANCE.md has the rates before and after.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .._wire import Readable
+from ._format import TAG_SIZE
+
+__all__ = ["Chunker", "blocks_into"]
+
+# readinto only where it is the same stream as read: a subclass that overrides read (a
+# progress or test reader) must see every byte through its own read.
+_NATIVE_READS = frozenset({io.BufferedReader.read, io.BufferedRandom.read, io.FileIO.read, io.BytesIO.read})
+
+
+def _fill(source: Readable, view: memoryview) -> int:
+    """Fill ``view`` from ``source``; fewer bytes only at end of input (short reads are retried)."""
+    readinto = getattr(source, "readinto", None) if getattr(type(source), "read", None) in _NATIVE_READS else None
+    got, want = 0, len(view)
+    while got < want:
+        if readinto is not None:
+            count = readinto(view[got:]) or 0
+        else:
+            part = source.read(want - got)
+            count = len(part)
+            view[got:got + count] = part
+        if not count:
+            break
+        got += count
+    return got
+
+
+def blocks_into(source: Readable, size: int) -> Iterator[tuple[memoryview, bool]]:
+    """``_format.blocks`` over one reused buffer: ``size``-byte views and whether each is the last."""
+    view = memoryview(bytearray(size + 1))  # the extra byte is the one byte of look-ahead
+    filled = _fill(source, view[:size])
+    while True:
+        if filled < size:
+            yield view[:filled], True
+            return
+        if not _fill(source, view[size:]):
+            yield view[:size], True
+            return
+        yield view[:size], False
+        view[0] = view[size]
+        filled = 1 + _fill(source, view[1:size])
+
+
+class Chunker:
+    """AES-256-GCM over chunks of at most ``chunk_size`` plaintext bytes, into one reused buffer."""
+
+    def __init__(self, key: bytes, ad: bytes, chunk_size: int) -> None:
+        self._aead = AESGCM(key)
+        self._ad = ad
+        self._out = memoryview(bytearray(chunk_size + TAG_SIZE))
+        self._into = hasattr(self._aead, "encrypt_into")
+
+    def encrypt(self, nonce: bytes, block: memoryview) -> memoryview | bytes:
+        if not self._into:
+            return self._aead.encrypt(nonce, block, self._ad)
+        out = self._out[:len(block) + TAG_SIZE]
+        self._aead.encrypt_into(nonce, block, self._ad, out)
+        return out
+
+    def decrypt(self, nonce: bytes, data: memoryview) -> memoryview | bytes | None:
+        """The plaintext, or None when the chunk does not authenticate under ``nonce``."""
+        if len(data) < TAG_SIZE:
+            return None
+        try:
+            if not self._into:
+                return self._aead.decrypt(nonce, data, self._ad)
+            out = self._out[:len(data) - TAG_SIZE]
+            self._aead.decrypt_into(nonce, data, self._ad, out)
+        except InvalidTag:
+            if self._into:
+                out[:] = bytes(len(out))  # decrypt_into leaves unauthenticated plaintext behind
+            return None
+        return out
