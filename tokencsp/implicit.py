@@ -148,7 +148,7 @@ class DeferredSessionKey(SessionKey):
         super().__init__(alg, key)
         self._rejected = rejected
 
-    def decrypt(self, data: bytes, final: bool = True) -> bytes:
+    def decrypt(self, data: bytes | bytearray | memoryview, final: bool = True) -> bytearray:
         try:
             out = super().decrypt(data, final)
         except DecryptionError:

@@ -86,10 +86,10 @@ class _Cbc:
             return b""
         ready = bytes(self._pending[:-keep])
         del self._pending[:-keep]
-        return self._key.decrypt(ready, final=False)
+        return bytes(self._key.decrypt(ready, final=False))
 
     def finish(self) -> bytes:
-        return self._key.decrypt(bytes(self._pending), final=True)
+        return bytes(self._key.decrypt(self._pending, final=True))
 
 
 class _Gcm:
