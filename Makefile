@@ -20,7 +20,9 @@ help:
 	@echo "  test-opencryptoki  venv, then the token tests (pytest -m softhsm \$$(PYTEST_ARGS)) on opencryptoki soft"
 	@echo "          tokens: pkcsslotd in private namespaces (opencryptoki/run-in-namespace.sh; root; installs it)"
 	@echo "  lint    venv + the 'lint' extra (ruff, mypy), then ruff check and mypy (config in pyproject.toml)"
-	@echo "  bench   venv, then run tools/bench.py and tools/bench_fleet.py (replay cache: SQLite vs PostgreSQL)"
+	@echo "  bench   venv + the 'bench' extra (matplotlib), then tools/bench.py: tokencsp side by side with age, gpg,"
+	@echo "          openssl cms, cp and its crypto floors (installs missing peers with apt; writes bench/results/*.json"
+	@echo "          and docs/PERFORMANCE.md), and tools/bench_fleet.py; BENCH_QUICK=1 for a short run without the fleet"
 	@echo "  audit   venv, then the long checks: padding timing (Welch t) and 8x10000 / 4x2500 imports"
 	@echo "  fuzz    venv + atheris, then fuzz blob parsing, envelope opening and three-phase frames:"
 	@echo "          FUZZ_RUNS=$(FUZZ_RUNS) inputs per target (3 targets), FUZZ_SECONDS=N caps each target's time"
@@ -82,9 +84,16 @@ test-opencryptoki: venv
 	if [ $$rc -eq 5 ]; then echo "error: no tests ran (pytest exit 5)" >&2; fi; \
 	exit $$rc
 
-bench: venv
-	$(VPY) tools/bench.py
-	$(VPY) tools/bench_fleet.py
+# BENCH_QUICK=1: small sizes and few rounds, for iterating; the committed figures come from a full run.
+BENCH_QUICK ?=
+BENCH_STAMP := $(VENV)/.tokencsp-bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[bench]' || echo "no matplotlib: the bench runs without its chart"
+	@touch $@
+
+bench: venv $(BENCH_STAMP)
+	$(VPY) tools/bench.py $(if $(BENCH_QUICK),--quick)
+	$(if $(BENCH_QUICK),,$(VPY) tools/bench_fleet.py)
 
 AUDIT_SAMPLES ?= 10000
 audit: venv
