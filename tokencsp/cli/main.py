@@ -7,7 +7,6 @@ exit; no traceback, no partial output.
 from __future__ import annotations
 
 import argparse
-import difflib
 import functools
 import importlib
 import os
@@ -94,6 +93,8 @@ class Parser(argparse.ArgumentParser):
         super()._check_value(action, value)
 
     def _suggest(self, wrong: str, candidates: list[str]) -> None:
+        import difflib  # only for a usage error: not on every start
+
         close = difflib.get_close_matches(wrong, candidates, n=1)
         self._hint = f"did you mean {close[0]!r}?" if close else None
 

@@ -12,12 +12,15 @@
 * :mod:`.lock` -- the cross-process lock, in a private directory;
 * :mod:`.module` -- one initialised module per path for the process;
 * :mod:`.token` -- :class:`Token`, an open, logged-in token;
-* :mod:`.admin` -- listing, initialising and opening tokens.
+* :mod:`.admin` -- listing, initialising and opening tokens;
+* :mod:`._deferred` -- keeps python-pkcs11's unused ``pkcs11.util`` encoders
+  (and asn1crypto) from loading at start-up.
 """
 
 from __future__ import annotations
 
 from ..keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus, RsaPrivateParts
+from . import _deferred  # noqa: F401 -- before any pkcs11 import: its unused encoders stay unloaded
 from ._ctypes import function_list as _function_list
 from .admin import init_token, iter_tokens, open_token, token_status
 from .errors import map_error
