@@ -200,11 +200,11 @@ class Bench:
                 seal = self._tokencsp_seal if tool == "tokencsp" else lambda s, d, t=tool: peers.seal(t, s, d)
                 opener = self._tokencsp_open if tool == "tokencsp" else lambda s, d, t=tool: peers.open(t, s, d)
                 argv, env = cast(tuple[list[str], dict[str, str]], seal(str(plain), sealed))
-                seals[tool].append(run_child(argv, env=env))
+                seals[tool].append(run_child(argv, env=env, rss=True))
                 sink = os.devnull if null else opened
                 argv, env = cast(tuple[list[str], dict[str, str]], opener(sealed, sink))
                 stdout = os.devnull if null and tool == "tokencsp" else None
-                opens[tool].append(run_child(argv, env=env, stdout=stdout))
+                opens[tool].append(run_child(argv, env=env, stdout=stdout, rss=True))
                 if not null and Path(opened).stat().st_size != size:
                     raise RuntimeError(f"{tool} opened {Path(opened).stat().st_size} bytes of {size}")
                 for path in (sealed, opened):

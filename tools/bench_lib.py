@@ -13,6 +13,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["Row", "Run", "alternate", "rate_rows", "run_child", "time_call"]
@@ -32,31 +33,42 @@ def time_call(fn: Callable[[], object]) -> Run:
     return Run(time.perf_counter() - start)
 
 
-def run_child(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdin: str | None = None,
-              stdout: str | None = None) -> Run:
-    """Run ``argv`` once: wall time from spawn to exit, and the child's own peak RSS.
+GNU_TIME = "/usr/bin/time"
 
-    posix_spawn (vfork-style in glibc) rather than fork: a forked child's peak RSS
-    would start at the whole parent's.
+
+def run_child(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdin: str | None = None,
+              stdout: str | None = None, rss: bool = False) -> Run:
+    """Run ``argv`` once: wall time from spawn to exit and, with ``rss``, the child's peak RSS.
+
+    The peak RSS comes from GNU time (``%M``): Linux carries a process's peak over
+    exec, so a child spawned from this Python would report at least this Python's
+    RSS; one forked by time(1) starts from time's.  time adds about a millisecond,
+    to every contender alike; latency rows go without it.
     """
     import shutil
     import tempfile
 
-    program = shutil.which(argv[0]) or argv[0]
-    with tempfile.TemporaryFile() as err:
+    wrap = rss and os.access(GNU_TIME, os.X_OK)
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile() as peak:
+        full = [GNU_TIME, "-f", "%M", "-o", peak.name, *argv] if wrap else list(argv)
+        program = shutil.which(full[0]) or full[0]
         actions = [(os.POSIX_SPAWN_OPEN, 0, stdin or os.devnull, os.O_RDONLY, 0),
                    (os.POSIX_SPAWN_OPEN, 1, stdout or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
                    (os.POSIX_SPAWN_DUP2, err.fileno(), 2)]
         start = time.perf_counter()
-        pid = os.posix_spawn(program, list(argv), dict(os.environ if env is None else env), file_actions=actions)
-        _, status, usage = os.wait4(pid, 0)
+        pid = os.posix_spawn(program, full, dict(os.environ if env is None else env), file_actions=actions)
+        _, status, _ = os.wait4(pid, 0)
         seconds = time.perf_counter() - start
         code = os.waitstatus_to_exitcode(status)
         if code != 0:
             err.seek(0)
             message = err.read().decode(errors="replace").strip()[-400:]
             raise RuntimeError(f"{' '.join(argv[:3])} exited {code}: {message}")
-    return Run(seconds, int(usage.ru_maxrss))
+        kib = None
+        if wrap:
+            text = Path(peak.name).read_text().strip().splitlines()
+            kib = int(text[-1]) if text and text[-1].isdigit() else None
+    return Run(seconds, kib)
 
 
 def alternate(contenders: Mapping[str, Callable[[int], Run]], rounds: int, *,

@@ -2,7 +2,7 @@
 same SoftHSM token (libp11's pkcs11 engine), ``cp`` and ``python -c pass``.
 
 Missing tools are installed with apt when running as root (age, gnupg,
-libengine-pkcs11-openssl; Debian 12's openssl 3.0 has no pkcs11-provider
+libengine-pkcs11-openssl, and time for peak RSS; Debian 12's openssl 3.0 has no pkcs11-provider
 package, so the engine it is); otherwise their rows say "not installed".
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 __all__ = ["ENGINE_PATHS", "Peers", "ensure_installed", "present", "versions"]
 
-APT_PACKAGES = {"age": "age", "gpg": "gnupg", "engine": "libengine-pkcs11-openssl"}
+APT_PACKAGES = {"age": "age", "gpg": "gnupg", "engine": "libengine-pkcs11-openssl", "time": "time"}
 ENGINE_PATHS = ("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so", "/usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so",
                 "/usr/lib/engines-3/pkcs11.so")
 OSSL_KEY = "bench-ossl"  # a card-style key (CKA_DECRYPT) for openssl: tokencsp's keys only unwrap
@@ -28,6 +28,8 @@ def _engine() -> str | None:
 
 
 def _have(what: str) -> bool:
+    if what == "time":  # GNU time, for the peak RSS (tools/bench_lib.py)
+        return os.access("/usr/bin/time", os.X_OK)
     return _engine() is not None if what == "engine" else shutil.which(what) is not None
 
 
