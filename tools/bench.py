@@ -26,6 +26,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -342,6 +343,47 @@ class Bench:
                            subject="tokencsp open (cold)", against="python -c pass"))
         self.stop_agent()
 
+    # -- where a cold open's time goes: python -X importtime ----------------------------
+
+    def profile(self) -> None:
+        """Import time per top-level package of ``tokencsp open`` (1 KiB, cold), median of rounds.
+
+        Self times summed per package (the stdlib's modules each under their own name,
+        small ones folded into "other"), next to the whole process's wall time.
+        """
+        rounds = max(3, self.mode.latency_rounds // 2)
+        plain = self.scratch / "plain-latency"
+        per_round: list[dict[str, float]] = []
+        for index in range(rounds):
+            sealed = self.scratch / f"profile-{index}.tcsp"
+            self.cli("seal", "--to", str(self.pub), "-o", str(sealed), str(plain))
+            argv = [sys.executable, "-X", "importtime", "-m", "tokencsp", "open", "-q", "--key", KX,
+                    "-o", str(self.scratch / "profile-out"), str(sealed)]
+            start = time.perf_counter()
+            done = subprocess.run(argv, env=self.env, capture_output=True, text=True, check=True)
+            wall = (time.perf_counter() - start) * 1e3
+            totals: dict[str, float] = {"(process wall time)": wall}
+            for line in done.stderr.splitlines():
+                if not line.startswith("import time:") or "self [us]" in line:
+                    continue
+                own, _, name = line.split(":", 1)[1].split("|")
+                top = name.strip().split(".")[0]
+                totals[top] = totals.get(top, 0.0) + int(own) / 1e3
+                totals["(all imports)"] = totals.get("(all imports)", 0.0) + int(own) / 1e3
+            per_round.append(totals)
+        names = {name for totals in per_round for name in totals}
+        medians = {name: statistics.median(t.get(name, 0.0) for t in per_round) for name in names}
+        big = sorted((n for n in medians if not n.startswith("(")), key=medians.__getitem__, reverse=True)
+        shown = [n for n in big if medians[n] >= 0.02 * medians["(all imports)"]][:12]
+        rows = []
+        for name in ["(process wall time)", "(all imports)", *shown]:
+            rows.append(Row("profile", "tokencsp open 1 KiB: -X importtime self time", name, "ms", medians[name],
+                            rounds=rounds))
+        other = medians["(all imports)"] - sum(medians[n] for n in shown)
+        rows.append(Row("profile", "tokencsp open 1 KiB: -X importtime self time", "(other modules)", "ms", other,
+                        rounds=rounds))
+        self.add(rows)
+
     # -- H-agent's commands: filled in when they are on main ----------------------------
 
     def agent_contender(self, sealed: list[Path], out: Path) -> Callable[[int], Run] | None:
@@ -585,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
                 bench.files(peers)
             if "latency" in sections:
                 bench.latency(peers)
+                bench.profile()
             if "batch" in sections:
                 bench.batch()
             if sections & {"inproc", "handshakes"}:
