@@ -403,13 +403,13 @@ class Bench:
         env.pop("TOKENCSP_AGENT", None)
         self._agent = subprocess.Popen([*self.tokencsp, "agent", "--socket", str(sock)], env=env,
                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while not sock.exists():
+        deadline = time.monotonic() + 60
+        while subprocess.run([*self.tokencsp, "agent", "status"], env=env, capture_output=True).returncode:
             if time.monotonic() > deadline or self._agent.poll() is not None:
                 self.log("  (`tokencsp agent` did not come up: no agent row)")
                 self.stop_agent()
                 return None
-            time.sleep(0.05)
+            time.sleep(0.2)
         agent_sealed = [self.scratch / f"agent-{i}.tcsp" for i in range(len(sealed))]
         for path in agent_sealed:
             self.cli("seal", "--to", str(self.pub), "-o", str(path), str(self.scratch / "plain-latency"))
