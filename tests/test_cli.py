@@ -492,12 +492,21 @@ def test_debug_log_never_holds_the_pin_or_the_plaintext(softhsm_kit, tmp_path):
             (["-v", "key", "list"], {**store, "TOKENCSP_PIN": "", "TOKENCSP_URI": f"pkcs11:token=debug-log?pin-value={pin}"}),
             (["-v", "open", "--key", "dbg", *db, str(tmp_path / "m")], store),
             (["-v", "key", "list"], {**store, "TOKENCSP_PIN": "wrong-" + pin})]
+    calls = "tokencsp: debug: tokencsp.token: "
     for argv, env in runs:
         result = tokencsp(*argv, env=env, check=False)
         err = result.stderr.decode()
         assert "tokencsp: debug: tokencsp.cli: module " in err and "token label 'debug-log'" in err, err
         assert pin not in err and secret.decode() not in err, err
+        # One line per PKCS#11 call (function, mechanism, CKR, duration): names and times, never a value.
+        assert f"{calls}C_Initialize (CKF_OS_LOCKING_OK): CKR_OK in " in err, err
+        assert f"{calls}C_GetMechanismInfo CKM_RSA_PKCS_OAEP: " in err and f"{calls}C_OpenSession: CKR_OK" in err
+        assert f"{calls}token 'debug-log', serial " in err and "the only initialised token with label" in err
+        if argv[1:3] == ["open", "--key"]:
+            assert f"{calls}C_UnwrapKey CKM_RSA_PKCS_OAEP: CKR_OK in " in err, err
+            assert f"{calls}C_GetAttributeValue (CLASS, KEY_TYPE, VALUE of the transient key): CKR_OK" in err
+            assert f"{calls}C_DestroyObject (transient key): CKR_OK" in err
     assert result.returncode == 3  # the wrong PIN: logged as refused, the PIN itself nowhere
-    assert "refused: PinError" in err
+    assert "refused: PinError" in err and f"{calls}C_Login (CKU_USER): CKR_PIN_INCORRECT in " in err
     quiet = tokencsp("key", "list", env=store)
     assert "debug" not in quiet.stderr.decode()

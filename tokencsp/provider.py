@@ -32,10 +32,10 @@ from .implicit import DeferredSessionKey, ImplicitRejection
 from .keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus, RsaPrivateParts
 from .rsadecode import decode_oaep_sha1, decode_pkcs1_v15
 from .session import SessionKey
-from .token import Token, init_token, iter_tokens, open_token, token_status
+from .token import Token, init_token, iter_tokens, module_info, open_token, token_status
 
-__all__ = ["ExchangeKey", "KeyInfo", "KeyPair", "KeyUsage", "Provider", "initialize_token", "list_tokens",
-           "pin_status"]
+__all__ = ["ExchangeKey", "KeyInfo", "KeyPair", "KeyUsage", "Provider", "describe_module", "initialize_token",
+           "list_tokens", "pin_status"]
 
 SUPPORTED_BITS = (2048, 3072, 4096)
 _SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -336,6 +336,12 @@ class Provider:
     def token_serial(self) -> str:
         return self._token.serial
 
+    @property
+    def mechanisms(self) -> dict[str, list[str]]:
+        """The RSA mechanisms the token offers for each import path: ``unwrap`` (C_UnwrapKey) and ``decrypt``
+        (C_Decrypt, card keys), by PKCS#11 name."""
+        return self._token.mechanism_names
+
     # -- key containers --------------------------------------------------
 
     def generate_key(self, name: str, bits: int = 2048, usage: KeyUsage | str = KeyUsage.EXCHANGE,
@@ -417,6 +423,13 @@ class Provider:
 def list_tokens(module: str | None = None) -> list[tuple[str, str]]:
     """(label, serial) of every initialised token the module shows."""
     return list(iter_tokens(config.find_module(module)))
+
+
+def describe_module(module: str | None = None) -> dict[str, str]:
+    """Load the module (``module``, TOKENCSP_MODULE or SoftHSM2) and say what it is: ``path``, ``manufacturer``,
+    ``description``, ``library_version``, ``cryptoki_version``."""
+    path = config.find_module(module)
+    return {"path": path, **module_info(path)}
 
 
 def pin_status(module: str | None = None, token: str | None = None, *, serial: str | None = None,

@@ -30,6 +30,7 @@ class ExitStatus(IntEnum):
     TOKEN = 3, "token error (module, token, PIN, missing key)"
     DECRYPT = 4, "decryption failed (the session key blob or the ciphertext did not decrypt; one message for both)"
     FINDINGS = 5, "key audit --strict found warnings"
+    DOCTOR = 6, "doctor: a check failed (its line says which)"
     UNAUTHENTICATED = 10, "open: message could not be authenticated (tampered, wrong key blob)"
     TRUNCATED = 11, "open: message is truncated"
     NOT_FOR_THIS_KEY = 12, "open: message is not addressed to this key"

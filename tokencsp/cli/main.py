@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send": ("exchange", "send files over the three-phase exchange (docs/THREEPHASE.md)"),
     "cms": ("cms", "CMS / S-MIME EnvelopedData (openssl cms) with the key on the token (docs/CMS.md)"),
     "replay": ("replay", "set up, inspect and prune a replay cache (docs/FLEET.md)"),
+    "doctor": ("doctor", "check module, token, login, mechanisms, clock, replay cache: one line each"),
 }
 
 

@@ -21,9 +21,11 @@ import os
 import threading
 
 from pkcs11 import _pkcs11
+from pkcs11 import mechanisms as _ckm
 from pkcs11.types import Session
 
 from ..errors import ModuleLoadError
+from . import trace
 from .errors import CKR_CRYPTOKI_ALREADY_INITIALIZED, CKR_OK, CKR_USER_ALREADY_LOGGED_IN, map_rv
 
 __all__ = [
@@ -152,7 +154,9 @@ class LockingLib(_pkcs11.lib):
         self._init_lock = threading.Lock()
         self.generation = 0
         self.pid = os.getpid()
-        rv = self._c_initialize()
+        with trace.call("C_Initialize (CKF_OS_LOCKING_OK)") as initialized:
+            rv = self._c_initialize()
+            initialized.rv = CKR_OK if rv == CKR_CRYPTOKI_ALREADY_INITIALIZED else rv
         if rv not in (CKR_OK, CKR_CRYPTOKI_ALREADY_INITIALIZED):
             raise ModuleLoadError(f"C_Initialize failed for {self.so} (CKR 0x{rv:x})")
 
@@ -200,14 +204,17 @@ class LockingLib(_pkcs11.lib):
         ``tolerated``: further CK_RVs that count as done (a token quirk,
         see :data:`tokencsp.token.quirks.CONTEXT_LOGIN_UNSUPPORTED`).
         """
-        if pin is None:
-            rv = int(self._functions.C_Login(session_handle, user_type, None, 0))
-        else:
-            secret = ctypes.create_string_buffer(pin.encode("utf-8"))
-            try:
-                rv = int(self._functions.C_Login(session_handle, user_type, secret, len(secret.value)))
-            finally:
-                ctypes.memset(secret, 0, len(secret))
+        with trace.call(f"C_Login ({_USER_TYPES.get(user_type, user_type)}"
+                        f"{', PIN pad' if pin is None else ''})") as logged:
+            if pin is None:
+                rv = int(self._functions.C_Login(session_handle, user_type, None, 0))
+            else:
+                secret = ctypes.create_string_buffer(pin.encode("utf-8"))
+                try:
+                    rv = int(self._functions.C_Login(session_handle, user_type, secret, len(secret.value)))
+                finally:
+                    ctypes.memset(secret, 0, len(secret))
+            logged.rv = CKR_OK if rv == CKR_USER_ALREADY_LOGGED_IN else rv
         if rv in (CKR_OK, CKR_USER_ALREADY_LOGGED_IN) or rv in tolerated:
             return
         raise map_rv(rv, "login refused")
@@ -245,7 +252,8 @@ class LockingLib(_pkcs11.lib):
         if oaep is not None:
             mech.pParameter = ctypes.cast(ctypes.pointer(oaep), ctypes.c_void_p)
             mech.ulParameterLen = ctypes.sizeof(oaep)
-        rv = int(self._functions.C_DecryptInit(session_handle, ctypes.byref(mech), key_handle))
+        with trace.call("C_DecryptInit", _mechanism_name(mechanism)) as init:
+            rv = init.rv = int(self._functions.C_DecryptInit(session_handle, ctypes.byref(mech), key_handle))
         if rv != CKR_OK:
             return rv, b""
         if context_login:
@@ -254,8 +262,20 @@ class LockingLib(_pkcs11.lib):
             self.login(session_handle, pin, CKU_CONTEXT_SPECIFIC, tolerated)
         out = ctypes.create_string_buffer(out_len)
         length = _CK_ULONG(out_len)
-        rv = int(self._functions.C_Decrypt(session_handle, data, len(data), out, ctypes.byref(length)))
+        with trace.call("C_Decrypt", _mechanism_name(mechanism), blob=True) as decrypted:
+            rv = decrypted.rv = int(self._functions.C_Decrypt(session_handle, data, len(data), out,
+                                                              ctypes.byref(length)))
         try:
             return rv, out.raw[:length.value] if rv == CKR_OK else b""
         finally:
             ctypes.memset(out, 0, out_len)
+
+
+_USER_TYPES = {CKU_USER: "CKU_USER", CKU_SO: "CKU_SO", CKU_CONTEXT_SPECIFIC: "CKU_CONTEXT_SPECIFIC"}
+
+
+def _mechanism_name(mechanism: int) -> str:
+    try:
+        return f"CKM_{_ckm.Mechanism(mechanism).name}"
+    except ValueError:
+        return f"CKM 0x{mechanism:x}"

@@ -10,6 +10,7 @@ from pkcs11 import exceptions as p11
 
 from ..errors import KeyExistsError, TokenError, TokenNotFoundError, TokenOperationError
 from ..keyinfo import PinStatus
+from . import trace
 from ._ctypes import CKU_SO, LockingLib, session_handle
 from .errors import map_error
 from .lock import cross_process_lock
@@ -72,6 +73,17 @@ def _init_token(module: str, label: str, raw_label: bytes, so_pin: str, user_pin
     return _serial(free.get_token())
 
 
+def module_info(module: str) -> dict[str, str]:
+    """What C_GetInfo says about the module (loading and initialising it): manufacturer, description, versions."""
+    lib = load_module(module)
+    try:
+        library, cryptoki = lib.library_version, lib.cryptoki_version
+        return {"manufacturer": str(lib.manufacturer_id).strip(), "description": str(lib.library_description).strip(),
+                "library_version": f"{library[0]}.{library[1]}", "cryptoki_version": f"{cryptoki[0]}.{cryptoki[1]}"}
+    except p11.PKCS11Error as exc:
+        raise map_error(exc, "reading the module's information") from None
+
+
 def token_status(module: str, label: str | None = None, serial: str | None = None) -> PinStatus:
     """The PIN flags of one token, without logging in: for a prompt that says which token and how many tries."""
     lib = load_module(module)
@@ -122,4 +134,6 @@ def _find_token(lib: LockingLib, module: str, label: str | None, serial: str | N
         token: pkcs11.Token = lib.get_token(token_label=matches[0][0], token_serial=matches[0][1].encode())
     except p11.PKCS11Error as exc:
         raise map_error(exc, "opening the token") from None
+    trace.note("token %r, serial %s, in slot %s of %s: the only initialised token with %s", token.label,
+               matches[0][1], token.slot.slot_id, module, wanted)
     return token

@@ -18,6 +18,7 @@ from pkcs11 import Attribute, KeyType, Mechanism
 from pkcs11 import exceptions as p11
 from pkcs11.types import Slot
 
+from . import trace
 from .errors import (
     CKR_ATTRIBUTE_READ_ONLY,
     CKR_ATTRIBUTE_TYPE_INVALID,
@@ -111,7 +112,8 @@ def probe_mechanisms(slot: Slot) -> Mechanisms:
     decrypt: set[Mechanism] = set()
     for mechanism in RSA_MECHANISMS:
         try:
-            flags = int(slot.get_mechanism_info(mechanism).flags)
+            with trace.call("C_GetMechanismInfo", mechanism):
+                flags = int(slot.get_mechanism_info(mechanism).flags)
         except p11.PKCS11Error:  # CKR_MECHANISM_INVALID: not offered at all
             continue
         if flags & CKF_UNWRAP:

@@ -29,6 +29,7 @@ from ..errors import (
     UnwrapRefused,
 )
 from ..keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus, RsaPrivateParts
+from . import trace
 from ._ctypes import CKZ_DATA_SPECIFIED, LockingLib, OaepParams, session_handle
 from .errors import CKR_KEY_HANDLE_INVALID, CKR_OBJECT_HANDLE_INVALID, CKR_OK, ckr_of, classify_blob_failure, map_error
 from .pool import Lease, SessionPool, max_sessions
@@ -160,6 +161,12 @@ class Token:
             raise map_error(exc, "reading the token flags") from None
 
     @property
+    def mechanism_names(self) -> dict[str, list[str]]:
+        """The RSA mechanisms offered for each import path, by name (``unwrap``, ``decrypt``): for ``doctor``."""
+        return {"unwrap": sorted(f"CKM_{m.name}" for m in self.mechanisms.unwrap),
+                "decrypt": sorted(f"CKM_{m.name}" for m in self.mechanisms.decrypt)}
+
+    @property
     def max_sessions(self) -> int:
         return self._pool.limit
 
@@ -170,7 +177,8 @@ class Token:
 
     def _open_session(self) -> Session:
         try:
-            return self._token.open(rw=True, attribute_mapper=AttributeMapper())
+            with trace.call("C_OpenSession"):
+                return self._token.open(rw=True, attribute_mapper=AttributeMapper())
         except p11.PKCS11Error as exc:
             raise map_error(exc, "opening a session") from None
 
@@ -221,7 +229,8 @@ class Token:
         if key_id is not None:
             attrs[Attribute.ID] = key_id
         try:
-            return list(lease.session.get_objects(attrs))
+            with trace.call("C_FindObjects"):
+                return list(lease.session.get_objects(attrs))
         except p11.PKCS11Error as exc:
             raise map_error(exc, "searching the token") from None
 
@@ -341,17 +350,18 @@ class Token:
         with self._lease() as lease:
             self._refuse_existing(lease, name)
             try:
-                lease.session.generate_keypair(
-                    KeyType.RSA,
-                    bits,
-                    id=key_id,
-                    label=name,
-                    store=True,
-                    mechanism=Mechanism.RSA_PKCS_KEY_PAIR_GEN,
-                    public_template={Attribute.TOKEN: True, Attribute.PRIVATE: False,
-                                     Attribute.PUBLIC_EXPONENT: int_bytes(65537), **public_usage},
-                    private_template={**PRIVATE_PROTECTION, **private_usage},
-                )
+                with trace.call("C_GenerateKeyPair", Mechanism.RSA_PKCS_KEY_PAIR_GEN):
+                    lease.session.generate_keypair(
+                        KeyType.RSA,
+                        bits,
+                        id=key_id,
+                        label=name,
+                        store=True,
+                        mechanism=Mechanism.RSA_PKCS_KEY_PAIR_GEN,
+                        public_template={Attribute.TOKEN: True, Attribute.PRIVATE: False,
+                                         Attribute.PUBLIC_EXPONENT: int_bytes(65537), **public_usage},
+                        private_template={**PRIVATE_PROTECTION, **private_usage},
+                    )
             except p11.AttributeTypeInvalid:
                 if oaep_only:
                     raise _no_allowed_mechanisms(self.label) from None
@@ -374,22 +384,25 @@ class Token:
                 raise KeyExistsError(f"this RSA key is already on token {self.label!r}")
             created: list[Object] = []
             try:
-                created.append(lease.session.create_object({
-                    **common, **PRIVATE_PROTECTION, **private_usage,
-                    Attribute.CLASS: ObjectClass.PRIVATE_KEY,
-                    Attribute.PRIVATE_EXPONENT: int_bytes(parts.d),
-                    Attribute.PRIME_1: int_bytes(parts.p),
-                    Attribute.PRIME_2: int_bytes(parts.q),
-                    Attribute.EXPONENT_1: int_bytes(parts.dp),
-                    Attribute.EXPONENT_2: int_bytes(parts.dq),
-                    Attribute.COEFFICIENT: int_bytes(parts.qinv),
-                }))
-                created.append(lease.session.create_object({
-                    **common, **public_usage,
-                    Attribute.CLASS: ObjectClass.PUBLIC_KEY,
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: False,
-                }))
+                with trace.call("C_CreateObject (private key)"):
+                    private_object = lease.session.create_object({
+                        **common, **PRIVATE_PROTECTION, **private_usage,
+                        Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                        Attribute.PRIVATE_EXPONENT: int_bytes(parts.d),
+                        Attribute.PRIME_1: int_bytes(parts.p),
+                        Attribute.PRIME_2: int_bytes(parts.q),
+                        Attribute.EXPONENT_1: int_bytes(parts.dp),
+                        Attribute.EXPONENT_2: int_bytes(parts.dq),
+                        Attribute.COEFFICIENT: int_bytes(parts.qinv),
+                    })
+                created.append(private_object)
+                with trace.call("C_CreateObject (public key)"):
+                    created.append(lease.session.create_object({
+                        **common, **public_usage,
+                        Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                        Attribute.TOKEN: True,
+                        Attribute.PRIVATE: False,
+                    }))
             except p11.PKCS11Error as exc:
                 for obj in created:
                     _destroy_quietly(obj)
@@ -408,7 +421,8 @@ class Token:
             victims: list[Object] = [private, *{obj.handle: obj for obj in publics}.values()]
             for obj in victims:
                 try:
-                    obj.destroy()
+                    with trace.call("C_DestroyObject"):
+                        obj.destroy()
                 except p11.PKCS11Error as exc:
                     raise map_error(exc, f"deleting key {name!r}") from None
             self._facts.pop(key_id, None)
@@ -463,13 +477,14 @@ class Token:
                 template = template_for(variant, length)
                 assert template is not None
                 try:
-                    secret = private.unwrap_key(
-                        ObjectClass.SECRET_KEY, unwrap_type, wrapped,
-                        mechanism=mechanism,
-                        mechanism_param=param,  # type: ignore[arg-type]  # python-pkcs11 takes the OAEP tuple too
-                        capabilities=MechanismFlag(0),
-                        template=template,
-                    )
+                    with trace.call("C_UnwrapKey", mechanism, blob=True):
+                        secret = private.unwrap_key(
+                            ObjectClass.SECRET_KEY, unwrap_type, wrapped,
+                            mechanism=mechanism,
+                            mechanism_param=param,  # type: ignore[arg-type]  # python-pkcs11 takes the OAEP tuple
+                            capabilities=MechanismFlag(0),
+                            template=template,
+                        )
                     break
                 except _STALE_HANDLE as exc:
                     # The cached handle went stale (key deleted or re-created):
@@ -514,6 +529,9 @@ class Token:
                     probe.session.close()
             if learned is None:  # nothing learned (the probe failed for another reason): again next time
                 return UNWRAP_TEMPLATES[0], key_type
+            trace.note("token %r, CKM_%s: unwrap template %r, key type %s, learned with a probe blob of our own "
+                       "(quirk: %s)", self.label, mechanism.name, learned[0].name, learned[1].name,
+                       learned[0].taught_by)
             _learned[key] = learned
             return learned
 
@@ -546,9 +564,10 @@ class Token:
                     algorithm = _HOST_HASHES[oaep_hash]()
                     blob = public.encrypt(probe, padding.OAEP(padding.MGF1(algorithm), algorithm, oaep_label or None))
                 try:
-                    secret = private.unwrap_key(ObjectClass.SECRET_KEY, unwrap_type, blob, mechanism=mechanism,
-                                                mechanism_param=param,  # type: ignore[arg-type]
-                                                capabilities=MechanismFlag(0), template=template)
+                    with trace.call(f"C_UnwrapKey (template probe {variant.name!r})", mechanism):
+                        secret = private.unwrap_key(ObjectClass.SECRET_KEY, unwrap_type, blob, mechanism=mechanism,
+                                                    mechanism_param=param,  # type: ignore[arg-type]
+                                                    capabilities=MechanismFlag(0), template=template)
                 except p11.PKCS11Error as exc:
                     if ckr_of(exc) in TEMPLATE_CKRS:
                         continue
@@ -563,12 +582,13 @@ class Token:
 
     def _create_transient(self, lease: Lease, value: bytes, key_type: KeyType) -> SecretKey:
         try:
-            secret = lease.session.create_object({
-                Attribute.CLASS: ObjectClass.SECRET_KEY,
-                Attribute.KEY_TYPE: key_type,
-                Attribute.VALUE: value,
-                **TRANSIENT_SECRET,
-            })
+            with trace.call("C_CreateObject (transient secret)"):
+                secret = lease.session.create_object({
+                    Attribute.CLASS: ObjectClass.SECRET_KEY,
+                    Attribute.KEY_TYPE: key_type,
+                    Attribute.VALUE: value,
+                    **TRANSIENT_SECRET,
+                })
         except p11.PKCS11Error as exc:
             raise map_error(exc, "creating a transient key") from None
         assert isinstance(secret, SecretKey)
@@ -650,7 +670,9 @@ class Token:
             if not isinstance(private, SignMixin):  # python-pkcs11 gives keys without CKA_SIGN no sign()
                 raise InvalidKeyError("this key cannot sign: it is not a signature key")
             try:
-                return bytes(private.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS_PSS, mechanism_param=PSS_SHA256))
+                with trace.call("C_Sign", Mechanism.SHA256_RSA_PKCS_PSS):
+                    return bytes(private.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS_PSS,
+                                              mechanism_param=PSS_SHA256))
             except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid):
                 lease.keys.pop(key_id, None)
                 raise KeyNotFoundError("the signature key is no longer on the token") from None
@@ -684,7 +706,8 @@ def _no_allowed_mechanisms(label: str) -> TokenOperationError:
 def _checked_value(secret: Object, key_type: KeyType) -> bytes:
     """Read the transient object's value, then destroy it; it must be the secret key we asked for."""
     try:
-        found = secret.get_attributes([Attribute.CLASS, Attribute.KEY_TYPE, Attribute.VALUE])
+        with trace.call("C_GetAttributeValue (CLASS, KEY_TYPE, VALUE of the transient key)"):
+            found = secret.get_attributes([Attribute.CLASS, Attribute.KEY_TYPE, Attribute.VALUE])
         if found[Attribute.CLASS] != ObjectClass.SECRET_KEY or found[Attribute.KEY_TYPE] != key_type:
             raise TokenOperationError("the token returned an object of another class or key type than asked for")
         return bytes(found[Attribute.VALUE])
@@ -692,7 +715,8 @@ def _checked_value(secret: Object, key_type: KeyType) -> bytes:
         raise map_error(exc, "reading the unwrapped key") from None
     finally:
         try:
-            secret.destroy()
+            with trace.call("C_DestroyObject (transient key)"):
+                secret.destroy()
         except p11.PKCS11Error as exc:
             raise map_error(exc, "destroying the unwrapped key") from None
 
