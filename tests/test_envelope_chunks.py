@@ -48,6 +48,20 @@ def test_blocks_into_yields_what_blocks_yields(size, source):
     assert got == list(blocks(io.BytesIO(data), 16))
 
 
+@pytest.mark.parametrize("size", [0, 5, 16, 33])
+def test_blocks_from_a_file_and_the_stream_position_match_plain_reads(tmp_path, size):
+    data = os.urandom(size)
+    (tmp_path / "f").write_bytes(b"head" + data)
+    with open(tmp_path / "f", "rb") as handle:  # BufferedReader: the readinto path
+        handle.read(4)
+        assert [(bytes(v), last) for v, last in blocks_into(handle, 16)] == list(blocks(io.BytesIO(data), 16))
+    # BytesIO is sliced in place; after each block the position is where reading would have left it.
+    ours, theirs = io.BytesIO(b"head" + data), io.BytesIO(b"head" + data)
+    ours.read(4), theirs.read(4)
+    for (_, mine_last), (_, their_last) in zip(blocks_into(ours, 16), blocks(theirs, 16), strict=True):
+        assert ours.tell() == theirs.tell() and mine_last == their_last
+
+
 def test_a_reader_that_overrides_read_sees_every_byte():
     data = os.urandom(1000)
     reader = CountingBytesIO(data)

@@ -1,10 +1,11 @@
 """The payload's hot loop without per-chunk copies: one reused input and one reused output buffer.
 
-``blocks_into`` reads each chunk with ``readinto`` into the same buffer and
-hands out views of it; ``Chunker`` encrypts or decrypts a chunk into its own
-reused buffer (``encrypt_into``/``decrypt_into``, cryptography >= 45, else the
-allocating calls).  A view handed out is valid until the next chunk is asked
-for; sinks get it through ``write``, which by the io contract must not keep it.
+``blocks_into`` reads each chunk with ``readinto`` into the same buffer (a
+``BytesIO``'s bytes are not even copied, only sliced) and hands out views of
+it; ``Chunker`` encrypts or decrypts a chunk into its own reused buffer
+(``encrypt_into``/``decrypt_into``, cryptography >= 45, else the allocating
+calls).  A view handed out is valid until the next chunk is asked for; sinks
+get it through ``write``, which by the io contract must not keep it.
 docs/PERFORMANCE.md has the rates before and after.
 """
 
@@ -45,6 +46,9 @@ def _fill(source: Readable, view: memoryview) -> int:
 
 def blocks_into(source: Readable, size: int) -> Iterator[tuple[memoryview, bool]]:
     """``_format.blocks`` over one reused buffer: ``size``-byte views and whether each is the last."""
+    if type(source) is io.BytesIO:  # exactly: a subclass may override read
+        yield from _blocks_in_memory(source, size)
+        return
     view = memoryview(bytearray(size + 1))  # the extra byte is the one byte of look-ahead
     filled = _fill(source, view[:size])
     while True:
@@ -57,6 +61,25 @@ def blocks_into(source: Readable, size: int) -> Iterator[tuple[memoryview, bool]
         yield view[:size], False
         view[0] = view[size]
         filled = 1 + _fill(source, view[1:size])
+
+
+def _blocks_in_memory(source: io.BytesIO, size: int) -> Iterator[tuple[memoryview, bool]]:
+    """Views of the BytesIO's bytes, no copy at all (seal_bytes, open_bytes, in-memory callers).
+
+    getvalue(), not getbuffer(): a BytesIO made from bytes shares them, and getvalue() hands out
+    that object, where getbuffer() would copy it first.  The stream position moves as reading
+    would move it: past each block and its byte of look-ahead.
+    """
+    with memoryview(source.getvalue()) as whole:
+        start, end = source.tell(), len(whole)
+        while True:
+            stop = min(start + size, end)
+            last = stop >= end
+            source.seek(stop if last else stop + 1)
+            yield whole[start:stop], last
+            if last:
+                return
+            start = stop
 
 
 class Chunker:
