@@ -75,6 +75,9 @@ def pytest_configure(config: pytest.Config) -> None:
                             "a token per test); skipped with the reason on other backends")
     config.addinivalue_line("markers", "opencryptoki_only(reason): only meaningful on opencryptoki (fork: SoftHSM "
                             "does not notice one); skipped with the reason elsewhere")
+    config.addinivalue_line("markers", "host_side(reason): a token test whose subject is host-side (parsing, network "
+                            "framing, the PostgreSQL cache), the token only holding the key; make test-opencryptoki "
+                            "deselects it (-m 'softhsm and not host_side'), make test runs it")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects

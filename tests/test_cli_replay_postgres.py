@@ -19,6 +19,8 @@ import pytest
 
 from helpers import assert_one_line_error, tokencsp
 
+pytestmark = pytest.mark.host_side(reason="the replay cache on PostgreSQL; the token only holds the key")
+
 pytest_plugins = ("pg_server",)  # the pg_server and pg_dsn fixtures (tests/pg_server.py)
 
 KEY_PREFIX = "pgcli"

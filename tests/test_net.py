@@ -373,6 +373,7 @@ def test_clean_run_through_the_proxy_has_the_expected_frames(tmp_path, keys, pub
     assert_nothing_partial(out, MITM_SPEC, must_have=MITM_SPEC)
 
 
+@pytest.mark.host_side(reason="network framing and the protocol state machine; the token part is in test_threephase")
 @pytest.mark.parametrize("action,direction,index", MITM_CASES)
 def test_man_in_the_middle_aborts_both_sides(tmp_path, keys, pubs, trust, action, direction, index):
     out, (sent, result, _) = _mitm_session(tmp_path, keys, pubs, trust, (action, direction, index))
@@ -477,6 +478,7 @@ def _header(name: str, size: int) -> Data:
     return Data(b"H" + len(raw).to_bytes(2, "big") + raw + size.to_bytes(8, "big"))
 
 
+@pytest.mark.host_side(reason="network framing and the protocol state machine; the token part is in test_threephase")
 @pytest.mark.parametrize("name", ["../evil", "/etc/evil", "a/b", "a\\b", "..", ".", "", ".hidden", "nul\0x",
                                   "x" * 256])
 def test_path_traversal_and_bad_names_refused(tmp_path, keys, pubs, trust, name):
@@ -559,6 +561,7 @@ class RawListener:
             writer.close()
 
 
+@pytest.mark.host_side(reason="network framing and the protocol state machine; the token part is in test_threephase")
 @pytest.mark.parametrize("behaviour,error", [
     ("oversized", FrameTooLarge), ("silent", PhaseTimeout), ("hang-up", PeerDisconnected),
     ("half-frame", PeerDisconnected), ("garbage", ProtocolError)])
@@ -589,6 +592,7 @@ def test_sender_against_a_broken_listener(tmp_path, keys, pubs, trust, behaviour
     assert elapsed < 3.0 and str(exc)
 
 
+@pytest.mark.host_side(reason="network framing and the protocol state machine; the token part is in test_threephase")
 @pytest.mark.parametrize("behaviour,error", [
     ("oversized", FrameTooLarge), ("silent", PhaseTimeout), ("silent-after-phase1", PhaseTimeout),
     ("hang-up-mid-frame", PeerDisconnected), ("hang-up-after-phase1", PeerDisconnected),
