@@ -642,7 +642,7 @@ def host_message(host_receiver):
 
 @pytest.mark.parametrize("offset, new, field", [
     (0, b"XCSPSEAL", "magic"),
-    (8, b"\x02", "version"),
+    (8, b"\x03", "version"),  # 2 is format version 2 (FORMAT.md section 9)
     (9, b"\x00\x02", "suite"),
     (11, b"\x05", "flags"),
     (12, (0).to_bytes(4, "big"), "chunk_size"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import io
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import errors
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
     from . import blobs
     from .blobs import AlgId
-    from .envelope import Header, Opened
+    from .envelope import Header, Header2, Opened
     from .provider import ExchangeKey, KeyInfo, KeyPair, KeyUsage, Provider
     from .replay import MemoryReplayCache, ReplayCache, ReplayPolicy, SQLiteReplayCache
     from .replay.postgres import PostgresReplayCache
@@ -75,12 +76,14 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def seal(data: bytes | BinaryIO, recipient: rsa.RSAPublicKey | bytes, *, sink: BinaryIO | None = None,
-         **options: Any) -> bytes | Header:
+def seal(data: bytes | BinaryIO, recipient: rsa.RSAPublicKey | bytes | Sequence[rsa.RSAPublicKey | bytes], *,
+         sink: BinaryIO | None = None, **options: Any) -> bytes | Header | Header2:
     """Seal ``data`` (bytes, or a binary reader with ``sink``) to ``recipient`` (docs/FORMAT.md).
 
     ``recipient`` is a ``cryptography`` RSA public key or PUBLICKEYBLOB/PEM/DER
-    bytes; ``options`` are those of :func:`tokencsp.envelope.seal` (``signer``,
+    bytes, or a list of them: one recipient gets a version 1 message, two to 16
+    a version 2 message that each recipient opens with its own key (section 9).
+    ``options`` are those of :func:`tokencsp.envelope.seal` (``signer``,
     ``serial``, ``oaep``...).  Returns the sealed bytes, or the header when
     writing to ``sink``.
     """
@@ -89,14 +92,18 @@ def seal(data: bytes | BinaryIO, recipient: rsa.RSAPublicKey | bytes, *, sink: B
     from . import envelope
     from .pubkeys import load_public_key
 
-    key = recipient if isinstance(recipient, rsa.RSAPublicKey) else load_public_key(recipient)
+    def key_of(item: rsa.RSAPublicKey | bytes) -> rsa.RSAPublicKey:
+        return item if isinstance(item, rsa.RSAPublicKey) else load_public_key(bytes(item))
+
+    single = isinstance(recipient, (rsa.RSAPublicKey, bytes, bytearray, memoryview))
+    keys = [key_of(recipient)] if single else [key_of(item) for item in recipient]  # type: ignore[arg-type, union-attr]
     if isinstance(data, (bytes, bytearray, memoryview)):
         out = io.BytesIO()
-        envelope.seal(io.BytesIO(bytes(data)), out, key, **options)
+        envelope.seal(io.BytesIO(bytes(data)), out, keys, **options)
         return out.getvalue()
     if sink is None:
         raise TypeError("sealing a stream needs sink=")
-    return envelope.seal(data, sink, key, **options)
+    return envelope.seal(data, sink, keys, **options)
 
 
 def open(data: bytes | BinaryIO, receiver: ExchangeKey, *, cache: ReplayCache, sink: BinaryIO | None = None,

@@ -514,6 +514,7 @@ class _Imported:
         self._keys: dict[bytes, Any] = {}
         for message in sealed:
             pre = envelope.read_header(io.BytesIO(message))
+            assert isinstance(pre, envelope.Preamble)  # the benchmark seals to one recipient: format 1
             self._keys[pre.key_blob] = receiver.import_simpleblob(pre.key_blob, oaep=pre.header.oaep).key
 
     def public_key(self) -> Any:

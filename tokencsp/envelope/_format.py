@@ -14,7 +14,7 @@ from typing import NamedTuple
 from .._wire import SIMPLEBLOB_PREFIX_LEN, Readable, be_bytes, from_be, is_u64, read_exact
 from ..errors import EnvelopeFormatError
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "MAX_CHUNK_SIZE", "MIN_CHUNK_SIZE", "Header", "Preamble", "read_header",
+__all__ = ["DEFAULT_CHUNK_SIZE", "MAX_CHUNK_SIZE", "MIN_CHUNK_SIZE", "Header", "Preamble", "read_v1_prefix",
            "signed_data"]
 
 MAGIC = b"TCSPSEAL"
@@ -100,7 +100,7 @@ def unpack_fixed(data: bytes) -> tuple[bytes, bytes, int, int, int, int]:
     if magic != MAGIC:
         raise EnvelopeFormatError("magic: not a tokencsp sealed message")
     if version != VERSION:
-        raise EnvelopeFormatError(f"version: {version} is not supported (expected {VERSION})")
+        raise EnvelopeFormatError(f"version: {version} is not supported (expected {VERSION} or 2)")
     if suite != SUITE:
         raise EnvelopeFormatError(f"suite: {suite} is not supported (expected {SUITE})")
     if flags & ~(FLAG_OAEP | FLAG_SIGNED):
@@ -140,6 +140,36 @@ class Preamble(NamedTuple):
     signature: bytes | None
     raw: bytes  # the exact prefix bytes: AD = SHA-256(raw) (O10)
 
+    # The interface a version 2 prefix shares (``_format2.Preamble2`` / ``Addressed``), so that
+    # opening does not branch on the version.
+
+    @property
+    def recipients(self) -> tuple[bytes, ...]:
+        return (self.header.recipient_id,)
+
+    @property
+    def recipient_id(self) -> bytes:
+        return self.header.recipient_id
+
+    def for_recipient(self, key_id: bytes) -> Preamble | None:
+        """The prefix as the holder of ``key_id`` opens it, or None when not addressed to it (step 2)."""
+        return self if self.header.recipient_id == key_id else None
+
+    def signed_data(self) -> bytes:
+        return signed_data(self.header, self.key_blob)
+
+    def payload_key(self, session_key: bytes) -> bytes:
+        """Version 1 encrypts the payload with the session key itself (section 5)."""
+        return session_key
+
+    def replay_key(self, ad: bytes) -> bytes:
+        """O6b: the replay cache's key is AD = SHA-256(prefix)."""
+        return ad
+
+    def serial_scope(self, sender_id: bytes) -> bytes:
+        """Whose serial the cache compares (O7): the sender's, whoever it wrote to."""
+        return sender_id
+
 
 def _field(source: Readable, size: int, name: str) -> bytes:
     data = read_exact(source, size)
@@ -162,9 +192,11 @@ def is_key_blob(blob: bytes) -> bool:
             and MIN_KEY_BLOB <= len(blob) <= MAX_KEY_BLOB)
 
 
-def read_header(source: Readable) -> Preamble:
-    """Parse the prefix (header, key blob, signature) without decrypting; step 1 of opening."""
-    fixed = _field(source, FIXED.size, "header")
+def read_v1_prefix(first: bytes, source: Readable) -> Preamble:
+    """The rest of a version 1 prefix after its ``first`` bytes (at most 80); step 1 of opening."""
+    fixed = first + (read_exact(source, FIXED.size - len(first)) if len(first) < FIXED.size else b"")
+    if len(fixed) < FIXED.size:
+        raise EnvelopeFormatError(f"header: truncated at {len(fixed)} of {FIXED.size} bytes")
     signed = unpack_fixed(fixed)[4] & FLAG_SIGNED
     raw_header = fixed + (_field(source, ID_SIZE, "sender_id") if signed else b"")
     header = Header.parse(raw_header)

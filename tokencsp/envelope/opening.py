@@ -35,7 +35,11 @@ from ..pubkeys import fingerprint
 from ..replay import ReplayCache, ReplayPolicy
 from ..session import SessionKey
 from ._chunks import Chunker, blocks_into
-from ._format import KEY_SIZE, TAG_SIZE, Header, Preamble, nonce, read_header, signed_data
+from ._format import KEY_SIZE, TAG_SIZE, Header, Preamble, nonce
+from ._format2 import Addressed, Header2, read_header
+
+# The prefix as the receiver opens it: version 1's, or version 2's with its own entry picked out.
+Prefix = Preamble | Addressed
 
 __all__ = ["Checked", "Opened", "Receiver", "Release", "SenderStatus", "check_prefix", "import_session_key",
            "open_bytes", "open_checked", "open_message", "trust_set"]
@@ -69,11 +73,18 @@ class SenderStatus(StrEnum):
 
 @dataclass(frozen=True)
 class Opened:
-    """What ``open_message`` found.  ``verified_sender`` is None unless a trust set vouched for it."""
+    """What ``open_message`` found.  ``verified_sender`` is None unless a trust set vouched for it.
 
-    header: Header
+    ``recipient_id`` is the receiver's own key id (the entry it opened); ``recipients``
+    every recipient's key id, in the message's order (authenticated like the rest of
+    the prefix, R4).
+    """
+
+    header: Header | Header2
     verified_sender: bytes | None
     plaintext_length: int
+    recipient_id: bytes = b""
+    recipients: tuple[bytes, ...] = ()
 
     @property
     def sender_verified(self) -> bool:
@@ -119,7 +130,7 @@ def trust_set(keys: Iterable[rsa.RSAPublicKey]) -> dict[bytes, rsa.RSAPublicKey]
     return {fingerprint(key): key for key in keys}
 
 
-def _verify_sender(pre: Preamble, trust: Mapping[bytes, rsa.RSAPublicKey] | None) -> bytes | None:
+def _verify_sender(pre: Prefix, trust: Mapping[bytes, rsa.RSAPublicKey] | None) -> bytes | None:
     """Step 4: the verified sender id, or None when there is no trust set to verify against."""
     if trust is None:
         return None
@@ -130,13 +141,13 @@ def _verify_sender(pre: Preamble, trust: Mapping[bytes, rsa.RSAPublicKey] | None
     if not isinstance(key, rsa.RSAPublicKey) or fingerprint(key) != sender:
         raise UntrustedSender()
     try:
-        key.verify(signature, signed_data(pre.header, pre.key_blob), PSS, hashes.SHA256())
+        key.verify(signature, pre.signed_data(), PSS, hashes.SHA256())
     except InvalidSignature:
         raise BadSignature() from None
     return sender
 
 
-def _import_key(receiver: Receiver, pre: Preamble) -> bytes:
+def _import_key(receiver: Receiver, pre: Prefix) -> bytes:
     """Step 5 with implicit rejection (O4): any failure yields a key that fails at chunk 0.
 
     Only failures that say the receiver's own key or token is unusable (which no
@@ -172,9 +183,12 @@ def _clock(now: float | None, clock: Callable[[], float] | None) -> Callable[[],
 
 @dataclass(frozen=True)
 class Checked:
-    """A message whose prefix passed steps 1-4 (:func:`check_prefix`): the token may now be asked (O3)."""
+    """A message whose prefix passed steps 1-4 (:func:`check_prefix`): the token may now be asked (O3).
 
-    pre: Preamble
+    ``pre`` is the prefix as this receiver opens it (in version 2, with its own entry picked out).
+    """
+
+    pre: Prefix
     sender: bytes | None
     policy: ReplayPolicy
     read_clock: Callable[[], float]
@@ -186,9 +200,10 @@ def check_prefix(source: BinaryIO, receiver: Receiver, *, policy: ReplayPolicy |
     """Steps 1-4 of :func:`open_message` (no token work): read the prefix and check it."""
     policy = ReplayPolicy() if policy is None else policy
     read_clock = _clock(now, clock)
-    pre = read_header(source)  # 1
-    header = pre.header
-    if header.recipient_id != fingerprint(receiver.public_key()):  # 2
+    whole = read_header(source)  # 1
+    header = whole.header
+    pre = whole.for_recipient(fingerprint(receiver.public_key()))  # 2: our own entry only (R3)
+    if pre is None:
         raise NotForThisKey()
     if not header.oaep and not allow_pkcs1:  # 2a (O12): on the public flag, before any token work
         raise Pkcs1Refused()
@@ -198,7 +213,8 @@ def check_prefix(source: BinaryIO, receiver: Receiver, *, policy: ReplayPolicy |
 
 
 def import_session_key(receiver: Receiver, checked: Checked) -> bytes:
-    """Step 5 for a checked message: its AES key, or a random one that fails at chunk 0 (O4)."""
+    """Step 5 for a checked message: its session (version 2: file) key, or a substitute that fails at
+    chunk 0 (version 2: at the commitment) (O4, K2)."""
     return _import_key(receiver, checked.pre)
 
 
@@ -213,10 +229,13 @@ def open_checked(checked: Checked, source: BinaryIO, sink: BinaryIO, key: bytes,
     pre, sender, policy, read_clock = checked.pre, checked.sender, checked.policy, checked.read_clock
     header = pre.header
     ad = hashlib.sha256(pre.raw).digest()
-    chunker = Chunker(key, ad, header.chunk_size)
+    # version 2: step 5a, the commitment, before any chunk (K1, K2); version 1: the key itself
+    chunker = Chunker(pre.payload_key(key), ad, header.chunk_size)
+    replay_key = pre.replay_key(ad)
 
-    def record() -> None:  # 7: keyed on the authenticated prefix (O6b), clock read again (O13)
-        cache.accept(ad, header.timestamp, read_clock(), policy, sender,
+    def record() -> None:  # 7: keyed on the authenticated prefix (O6b, O6c), clock read again (O13)
+        cache.accept(replay_key, header.timestamp, read_clock(), policy,
+                     pre.serial_scope(sender) if sender is not None else None,
                      header.serial if sender is not None else None)
 
     written = 0
@@ -228,7 +247,7 @@ def open_checked(checked: Checked, source: BinaryIO, sink: BinaryIO, key: bytes,
         written += len(plaintext)
     if release is Release.AT_END:
         record()  # O6a
-    return Opened(header, sender, written)
+    return Opened(header, sender, written, pre.recipient_id, pre.recipients)
 
 
 def open_message(source: BinaryIO, sink: BinaryIO, receiver: Receiver, *, cache: ReplayCache,
