@@ -181,12 +181,12 @@ def uri_option(text: str) -> str:
     return text
 
 
-def recipient_key(path: str, console: Console) -> RSAPublicKey:
-    """The public key in ``path`` to encrypt to; a signature key's PUBLICKEYBLOB (CALG_RSA_SIGN) is refused,
-    since its private half on the token can never unwrap."""
+def recipient_key(path: str, console: Console, *, certificates: bool = False) -> RSAPublicKey:
+    """The public key in ``path`` to encrypt to (``certificates``: an X.509 certificate too); a signature
+    key's PUBLICKEYBLOB (CALG_RSA_SIGN) is refused, since its private half on the token can never unwrap."""
     from ..blobs import AlgId, BlobType, PublicKeyBlob
     from ..errors import BlobFormatError, InvalidKeyError
-    from ..pubkeys import load_public_key
+    from ..pubkeys import load_public_key, load_recipient
 
     data = read_file(path, console)
     if data[:1] == bytes([BlobType.PUBLICKEYBLOB]):
@@ -197,7 +197,7 @@ def recipient_key(path: str, console: Console) -> RSAPublicKey:
         if alg_id == AlgId.CALG_RSA_SIGN:
             raise InvalidKeyError(f"{path} is a signature key (CALG_RSA_SIGN PUBLICKEYBLOB), which cannot "
                                   "unwrap a session key: use the recipient's exchange key (CALG_RSA_KEYX)")
-    return load_public_key(data)
+    return load_recipient(data) if certificates else load_public_key(data)
 
 
 def add_token_options(parser: argparse.ArgumentParser, *, suppress: bool = True) -> None:

@@ -12,12 +12,21 @@ import os
 from typing import Any, BinaryIO
 
 from .. import envelope
-from ..errors import ConfigError, EnvelopeFormatError, OutputError
+from ..errors import ConfigError, EnvelopeFormatError, InvalidKeyError, OutputError
 from ..pubkeys import fingerprint
 from ..replay import ReplayPolicy, draw_serial, open_cache, parse_duration
 from ..trust import TrustSet
 from . import _log
-from ._common import Console, add_token_options, argument, input_stream, open_provider, output_stream, recipient_key
+from ._common import (
+    Console,
+    add_token_options,
+    argument,
+    input_stream,
+    open_provider,
+    output_stream,
+    read_file,
+    recipient_key,
+)
 from ._progress import ProgressReader
 from ._result import add_result_options
 from ._status import ExitStatus, UsageError, status_for
@@ -29,9 +38,24 @@ DEFAULT_MAX_AGE = "24h"
 DEFAULT_MAX_SKEW = "5m"
 
 
+def _recipients(args: argparse.Namespace, console: Console) -> list[Any]:
+    """Every --to and every key in every --to-file, in the order given (the format sorts them)."""
+    from ..pubkeys import load_recipients
+
+    keys = [recipient_key(path, console, certificates=True) for path in args.to or ()]
+    for path in args.to_file or ():
+        try:
+            keys += load_recipients(read_file(path, console))
+        except InvalidKeyError as exc:
+            raise InvalidKeyError(f"{path}: {exc}") from None
+    if not keys:
+        raise UsageError("seal needs a recipient: --to PUBKEY_OR_CERT or --to-file RECIPIENTS")
+    return keys
+
+
 def cmd_seal(args: argparse.Namespace, console: Console) -> ExitStatus:
     console.refuse_binary_to_terminal(args.output)
-    recipient = recipient_key(args.to, console)
+    recipient = _recipients(args, console)
     if args.sign_with is None:
         return _seal(args, console, recipient, signer=None, serial=None)
     with open_provider(args) as provider:
@@ -144,7 +168,8 @@ def _opened_fields(opened: envelope.Opened, trusted: TrustSet | None) -> dict[st
     return {"sender": _verified_name(opened, trusted), "signature_verified": opened.sender_verified,
             "sender_key_id": _hex(header.sender_id), "serial": header.serial,
             "message_id": header.message_id.hex(), "timestamp": _iso(header.timestamp),
-            "bytes": opened.plaintext_length}
+            "bytes": opened.plaintext_length, "recipient_key_id": opened.recipient_id.hex(),
+            "recipients": len(opened.recipients)}
 
 
 def _hex(value: bytes | None) -> str | None:
@@ -156,12 +181,15 @@ def _iso(timestamp: float) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def describe(pre: envelope.Preamble) -> dict[str, Any]:
+def describe(pre: envelope.Preamble | envelope.Preamble2) -> dict[str, Any]:
     header = pre.header
+    entries = [{"key_id": key_id.hex(), "key_blob_bytes": len(blob)} for key_id, blob in _entries(pre)]
+    one = entries[0] if isinstance(pre, envelope.Preamble) else {"key_id": None, "key_blob_bytes": None}
     return {
         "version": header.version,
         "suite": header.suite,
-        "recipient_key_id": header.recipient_id.hex(),
+        "recipient_key_id": one["key_id"],  # format 1's one recipient; null in format 2: see "recipients"
+        "recipients": entries,
         "sender_key_id": _hex(header.sender_id),
         "signed": header.signed,
         "message_id": header.message_id.hex(),
@@ -169,8 +197,15 @@ def describe(pre: envelope.Preamble) -> dict[str, Any]:
         "serial": header.serial,
         "chunk_size": header.chunk_size,
         "key_transport": "SIMPLEBLOB, " + ("CRYPT_OAEP (OAEP SHA-1)" if header.oaep else "PKCS#1 v1.5"),
-        "key_blob_bytes": len(pre.key_blob),
+        "key_blob_bytes": one["key_blob_bytes"],
+        **({"key_commitment": pre.commitment.hex()} if isinstance(pre, envelope.Preamble2) else {}),
     }
+
+
+def _entries(pre: envelope.Preamble | envelope.Preamble2) -> list[tuple[bytes, bytes]]:
+    if isinstance(pre, envelope.Preamble2):
+        return [(entry.recipient_id, entry.key_blob) for entry in pre.entries]
+    return [(pre.header.recipient_id, pre.key_blob)]
 
 
 class _FirstBytes:
@@ -206,7 +241,15 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> ExitStatus:
 
 
 def _configure_seal(seal: argparse.ArgumentParser) -> None:
-    seal.add_argument("--to", required=True, metavar="PUBKEY", help="recipient PUBLICKEYBLOB, PEM or DER file")
+    seal.add_argument("--to", action="append", metavar="PUBKEY_OR_CERT",
+                      help="recipient exchange key: PUBLICKEYBLOB, PEM or DER public key, or X.509 certificate "
+                           "(PEM/DER; its keyUsage must allow keyEncipherment, validity is not checked); repeat "
+                           "for more recipients (up to 16: a primary and a backup token, a team)")
+    seal.add_argument("--to-file", action="append", metavar="RECIPIENTS",
+                      help="a file of recipients: PEM PUBLIC KEY / CERTIFICATE blocks, text between them ignored; "
+                           "with --to or repeated, all are recipients. Two or more recipients make a format 2 "
+                           "message (docs/FORMAT.md section 9), which each opens with its own key; the same key "
+                           "twice is refused")
     seal.add_argument("--sign-with", metavar="NAME", help="sign with this signature key on your token")
     seal.add_argument("--pkcs1", action="store_true", help="wrap the session key with PKCS#1 v1.5 instead of OAEP")
     seal.add_argument("--serial-db", metavar="URL", type=connection_target("--serial-db"),

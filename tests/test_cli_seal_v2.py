@@ -1,0 +1,98 @@
+"""``tokencsp seal --to A --to B`` / ``--to-file``: one message to keys on two tokens (docs/FORMAT.md 9)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import assert_one_line_error, tokencsp
+from test_cli_json import one  # each object checked against docs/result.schema.json
+from tokencsp.pubkeys import fingerprint, load_public_key
+
+TOKEN_A, TOKEN_B = "tokencsp-test-a", "tokencsp-test-b"
+PEOPLE = {"cliv2-alice": TOKEN_A, "cliv2-bob": TOKEN_B, "cliv2-carol": TOKEN_A}
+
+
+@pytest.fixture(scope="module")
+def pubs(tmp_path_factory, softhsm_kit):
+    home = tmp_path_factory.mktemp("v2keys")
+    for name, token in PEOPLE.items():
+        tokencsp("key", "generate", name, "--token", token)
+        tokencsp("key", "export", name, "--token", token, "-o", str(home / f"{name}.pub"))  # PUBLICKEYBLOB
+        tokencsp("key", "export", name, "--token", token, "--format", "pem", "-o", str(home / f"{name}.pem"))
+    tokencsp("key", "generate", "cliv2-ca", "--usage", "signature", "--token", TOKEN_B)
+    tokencsp("key", "generate", "cliv2-signonly", "--usage", "signature", "--token", TOKEN_B)
+    tokencsp("key", "cert", "cliv2-bob", "--signer", "cliv2-ca", "--token", TOKEN_B, "-o", str(home / "bob.crt"))
+    tokencsp("key", "cert", "cliv2-signonly", "--signer", "cliv2-ca", "--token", TOKEN_B,
+             "-o", str(home / "signonly.crt"))
+    yield home
+    for name, token in {**PEOPLE, "cliv2-ca": TOKEN_B, "cliv2-signonly": TOKEN_B}.items():
+        tokencsp("key", "delete", name, "--token", token, check=False)
+
+
+def opener(name: str, db, *extra: str) -> list[str]:
+    return ["open", "--token", PEOPLE[name], "--key", name, "--replay-db", str(db), *extra]
+
+
+def test_seal_to_two_tokens_each_opens_and_a_third_key_gets_exit_12(pubs, tmp_path):
+    sealed = tmp_path / "m.tcsp"
+    tokencsp("seal", "--to", str(pubs / "cliv2-alice.pub"), "--to", str(pubs / "cliv2-bob.pub"), "-o", str(sealed),
+             input=b"for alice and bob")
+    db = tmp_path / "shared.db"  # one replay cache for both: each accepts its own copy once
+    for name in ("cliv2-alice", "cliv2-bob"):
+        assert tokencsp(*opener(name, db), str(sealed)).stdout == b"for alice and bob"
+    for name in ("cliv2-alice", "cliv2-bob"):
+        assert_one_line_error(tokencsp(*opener(name, db), str(sealed), check=False), 20, "already accepted")
+    out = tmp_path / "carol.out"
+    refused = tokencsp(*opener("cliv2-carol", db, "-o", str(out)), str(sealed), check=False)
+    assert_one_line_error(refused, 12, "message is not addressed to this key")
+    assert not out.exists()
+
+
+def test_inspect_json_lists_the_recipients(pubs, tmp_path):
+    sealed = tmp_path / "m.tcsp"
+    tokencsp("seal", "--to", str(pubs / "cliv2-bob.pub"), "--to", str(pubs / "cliv2-alice.pub"),
+             "--to", str(pubs / "cliv2-carol.pub"), "-o", str(sealed), input=b"three")
+    info = one(tokencsp("inspect", "--json", str(sealed)).stdout)
+    ids = {fingerprint(load_public_key((pubs / f"{name}.pub").read_bytes())).hex() for name in PEOPLE}
+    assert info["version"] == 2 and info["suite"] == 2 and len(info["key_commitment"]) == 64
+    key_ids = [r["key_id"] for r in info["recipients"]]
+    assert key_ids == sorted(ids)
+    assert all(r["key_blob_bytes"] == 268 for r in info["recipients"])
+    assert info["recipient_key_id"] is None and info["key_blob_bytes"] is None  # format 1's fields stay
+    single = tmp_path / "one.tcsp"
+    tokencsp("seal", "--to", str(pubs / "cliv2-alice.pub"), "-o", str(single), input=b"one")
+    v1 = one(tokencsp("inspect", "--json", str(single)).stdout)
+    assert v1["version"] == 1 and [r["key_id"] for r in v1["recipients"]] == [v1["recipient_key_id"]]
+    opened = one(tokencsp(*opener("cliv2-carol", tmp_path / "db", "-o", str(tmp_path / "out"), "--json"),
+                          str(sealed)).stdout)
+    assert opened["recipients"] == 3 and opened["recipient_key_id"] in ids
+
+
+def test_to_file_bundle_with_a_certificate_and_a_public_key(pubs, tmp_path):
+    bundle = tmp_path / "team.pem"
+    bundle.write_bytes(b"# the team\nalice:\n" + (pubs / "cliv2-alice.pem").read_bytes()
+                       + b"\nbob (certificate):\n" + (pubs / "bob.crt").read_bytes())
+    sealed = tmp_path / "m.tcsp"
+    tokencsp("seal", "--to-file", str(bundle), "--to", str(pubs / "cliv2-carol.pub"), "-o", str(sealed),
+             input=b"team")
+    assert len(json.loads(tokencsp("inspect", "--json", str(sealed)).stdout)["recipients"]) == 3
+    for name in PEOPLE:
+        assert tokencsp(*opener(name, tmp_path / f"{name}.db"), str(sealed)).stdout == b"team"
+
+
+def test_recipient_refusals_are_one_line(pubs, tmp_path):
+    alice = str(pubs / "cliv2-alice.pub")
+    twice = tokencsp("seal", "--to", alice, "--to", alice, "-o", str(tmp_path / "x"), input=b"", check=False)
+    assert_one_line_error(twice, 1, "the same recipient key is given twice")
+    none = tokencsp("seal", "-o", str(tmp_path / "x"), input=b"", check=False)
+    assert_one_line_error(none, 2, "seal needs a recipient")
+    empty = tmp_path / "empty.pem"
+    empty.write_text("nobody here\n")
+    assert_one_line_error(tokencsp("seal", "--to-file", str(empty), "-o", str(tmp_path / "x"), input=b"",
+                                   check=False), 1, "no recipient in the file")
+    sign_only = tokencsp("seal", "--to", str(pubs / "signonly.crt"), "-o", str(tmp_path / "x"), input=b"",
+                         check=False)
+    assert_one_line_error(sign_only, 1, "keyUsage does not allow keyEncipherment")
+    assert not (tmp_path / "x").exists()
