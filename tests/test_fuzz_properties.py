@@ -27,7 +27,7 @@ sys.path.insert(0, str(FUZZ_DIR))
 import fuzzsupport as fs  # noqa: E402
 from tokencsp import envelope as E  # noqa: E402
 from tokencsp.blobs import PublicKeyBlob  # noqa: E402
-from tokencsp.envelope import Header, read_header, seal_bytes  # noqa: E402
+from tokencsp.envelope import Header, Header2, read_header, seal_bytes  # noqa: E402
 from tokencsp.errors import (  # noqa: E402
     EnvelopeFormatError,
     FrameTooLarge,
@@ -142,13 +142,54 @@ def test_random_header_bytes_give_only_envelope_format_errors(data):
     _parse_header_or_typed_error(data)
 
 
-def _reserialised_prefix(pre: E.Preamble) -> bytes:
-    raw = pre.header.to_bytes() + len(pre.key_blob).to_bytes(2, "big") + pre.key_blob
+headers2 = st.builds(
+    Header2,
+    message_id=st.binary(min_size=16, max_size=16),
+    timestamp_ms=st.integers(min_value=0, max_value=E.U64_MAX),
+    recipient_count=st.integers(min_value=1, max_value=E.MAX_RECIPIENTS),
+    serial=st.integers(min_value=0, max_value=E.U64_MAX),
+    sender_id=st.none() | ids32,
+    oaep=st.booleans(),
+    chunk_size=st.integers(min_value=E.MIN_CHUNK_SIZE, max_value=E.MAX_CHUNK_SIZE),
+)
+
+
+@fast(300)
+@given(headers2)
+def test_header2_round_trip(header):
+    raw = header.to_bytes()
+    assert len(raw) == (81 if header.signed else 49)
+    assert Header2.parse(raw) == header and Header2.parse(raw).to_bytes() == raw
+
+
+@fast(500)
+@given(headers2, mutations())
+@example(Header2(bytes(16), 0, 2), [("truncate", 48, 0)])
+@example(Header2(bytes(16), 0, 2), [("flip", 48, 0x10)])
+def test_mutated_header2_gives_only_envelope_format_errors(header, ops):
+    data = mutate(header.to_bytes(), ops)
+    try:
+        parsed = Header2.parse(data)
+    except EnvelopeFormatError:
+        return
+    assert parsed.to_bytes() == data, "Header2.parse accepted bytes that do not round-trip"
+
+
+def _reserialised_prefix(pre: E.Preamble | E.Preamble2) -> bytes:
+    if isinstance(pre, E.Preamble2):
+        raw = pre.header.to_bytes() + b"".join(e.recipient_id + len(e.key_blob).to_bytes(2, "big") + e.key_blob
+                                               for e in pre.entries) + pre.commitment
+        assert [e.recipient_id for e in pre.entries] == sorted({e.recipient_id for e in pre.entries})  # R1
+    else:
+        raw = pre.header.to_bytes() + len(pre.key_blob).to_bytes(2, "big") + pre.key_blob
     return raw + (len(pre.signature).to_bytes(2, "big") + pre.signature if pre.signature is not None else b"")
 
 
+KNOWN = st.integers(min_value=0, max_value=len(fs.envelope_world().known) - 1)  # format 1 and 2 fixtures
+
+
 @fast(400)
-@given(st.integers(min_value=0, max_value=3), mutations(min_ops=0))
+@given(KNOWN, mutations(min_ops=0))
 def test_read_header_on_mutated_prefixes(index, ops):
     """read_header: a Preamble that re-serialises to exactly the bytes it consumed, or MessageRejected."""
     known = fs.envelope_world().known[index]
@@ -169,8 +210,14 @@ def test_read_header_on_mutated_prefixes(index, ops):
 
 
 def _open(data: bytes):
+    """fs.check_open with the receiver -- and for format 2 also with the second recipient, who must agree."""
     world = fs.envelope_world()
-    return fs.check_open(data, world.receiver, world.known, trust=fs.envelope_trust_for(data, world.trust))
+    trust = fs.envelope_trust_for(data, world.trust)
+    error = fs.check_open(data, world.receiver, world.known, trust=trust)
+    if data[8:9] == b"\x02":
+        other = fs.check_open(data, world.receiver2, world.known, trust=trust)
+        assert (error is None) == (other is None), "two recipients of one message disagree"
+    return error
 
 
 def test_fixture_messages_open_to_their_plaintext():
@@ -179,7 +226,7 @@ def test_fixture_messages_open_to_their_plaintext():
 
 
 @fast(400)
-@given(st.integers(min_value=0, max_value=3), mutations(min_ops=0))
+@given(KNOWN, mutations(min_ops=0))
 def test_mutated_sealed_message_never_leaks_unauthenticated_plaintext(index, ops):
     """Opens to the exact plaintext only if unmodified; otherwise a MessageRejected, and the sink holds
     at most the plaintext of whole chunks that are unmodified in the input (fs.check_open)."""
@@ -190,7 +237,7 @@ def test_mutated_sealed_message_never_leaks_unauthenticated_plaintext(index, ops
 
 
 @fast(300)
-@given(st.integers(min_value=0, max_value=3), st.data())
+@given(KNOWN, st.data())
 def test_mutations_in_the_chunks_keep_the_authenticated_prefix_only(index, data):
     known = fs.envelope_world().known[index]
     at = data.draw(st.integers(min_value=known.prefix_len, max_value=len(known.sealed)), label="at")
@@ -230,6 +277,24 @@ def test_seal_open_round_trip_and_mutations(plaintext, chunk_size, oaep, ops):
     data = mutate(sealed, ops)
     error = fs.check_open(data, world.receiver, [known])
     assert (error is None) == (data == sealed)
+
+
+@fast(30)
+@given(plaintext=st.binary(max_size=300), chunk_size=st.integers(min_value=64, max_value=160),
+       signed=st.booleans(), ops=mutations(min_ops=0, max_ops=3))
+def test_seal_open_round_trip_and_mutations_v2(plaintext, chunk_size, signed, ops):
+    """Format 2 to two recipients: each opens it; a mutated copy opens for neither (and leaks nothing)."""
+    world = fs.envelope_world()
+    signer = fs.HostSigner(fs.load_key(fs.fixtures()["signer_pem"])) if signed else None
+    sealed = seal_bytes(plaintext, [r.public_key() for r in world.receivers], now=fs.NOW, chunk_size=chunk_size,
+                        signer=signer, serial=9 if signed else None)
+    known = [fs.Known.of(sealed, plaintext)]
+    trust = world.trust if signed else None
+    data = mutate(sealed, ops)
+    for receiver in world.receivers:
+        assert fs.check_open(sealed, receiver, known, trust=trust) is None
+        error = fs.check_open(data, receiver, known, trust=fs.envelope_trust_for(data, world.trust))
+        assert (error is None) == (data == sealed)
 
 
 @fast(40)

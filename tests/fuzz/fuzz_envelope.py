@@ -3,7 +3,8 @@
     python tests/fuzz/fuzz_envelope.py [libFuzzer options] [corpus dirs]   (tests/fuzz/run.py runs it)
 
 The input is a whole sealed message, opened with a fixed host-only receiver
-key (fixtures.json) and a fresh in-memory replay cache; signed messages are
+key (fixtures.json) and a fresh in-memory replay cache -- a format 2 message
+(several recipients) also with the second receiver's key; signed messages are
 checked against the fixed signer.  MessageRejected subclasses are the
 expected answers.  A crash is any other exception, a message that opens
 without being byte-for-byte a genuine one, or plaintext in the sink that did
@@ -30,8 +31,10 @@ WORLD = fuzzsupport.envelope_world()
 
 
 def _check(data: bytes) -> None:
-    fuzzsupport.check_open(data, WORLD.receiver, WORLD.known,
-                           trust=fuzzsupport.envelope_trust_for(data, WORLD.trust))
+    trust = fuzzsupport.envelope_trust_for(data, WORLD.trust)
+    fuzzsupport.check_open(data, WORLD.receiver, WORLD.known, trust=trust)
+    if data[8:9] == b"\x02":  # format 2: the second recipient opens it with its own entry too
+        fuzzsupport.check_open(data, WORLD.receiver2, WORLD.known, trust=trust)
 
 
 TestOneInput = fuzzsupport.harness(_check)

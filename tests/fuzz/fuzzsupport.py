@@ -8,7 +8,7 @@ The invariants the fuzzers enforce live here, once:
 
 * :func:`check_blob`        -- blob parsing: typed errors only, exact round trip;
 * :func:`check_public_key`  -- ``pubkeys.load_public_key``: typed errors only;
-* :func:`check_open`        -- opening a sealed message: MessageRejected only,
+* :func:`check_open`        -- opening a sealed message (format 1 or 2): MessageRejected only,
   success only for a byte-exact known message, and the sink only ever holds
   a chunk-granular prefix of a known plaintext whose ciphertext bytes were
   unmodified in the input (no unauthenticated plaintext);
@@ -237,6 +237,11 @@ class EnvelopeWorld:
     receiver: HostKey
     trust: dict
     known: tuple[Known, ...]
+    receiver2: HostKey  # the second recipient of the format 2 fixture messages
+
+    @property
+    def receivers(self) -> tuple[HostKey, HostKey]:
+        return self.receiver, self.receiver2
 
 
 @functools.cache
@@ -244,7 +249,8 @@ def envelope_world() -> EnvelopeWorld:
     fx = fixtures()
     signer = load_key(fx["signer_pem"]).public_key()
     known = tuple(Known.of(bytes.fromhex(m["sealed"]), bytes.fromhex(m["plaintext"])) for m in fx["messages"])
-    return EnvelopeWorld(HostKey(load_key(fx["receiver_pem"])), {fingerprint(signer): signer}, known)
+    return EnvelopeWorld(HostKey(load_key(fx["receiver_pem"])), {fingerprint(signer): signer}, known,
+                         HostKey(load_key(fx["receiver2_pem"])))
 
 
 def _authentic_prefix(data: bytes, out: bytes, known: Known) -> bool:
@@ -280,6 +286,7 @@ def check_open(data: bytes, receiver, known, *, trust=None, now: float = NOW,
         error = None
     out = sink.getvalue()
     if error is None:
+        # (a message to several recipients opens for each of them: the same known plaintext)
         match = [k for k in known if k.sealed == data]
         assert match, "a message that is not a genuine sealed message opened"
         assert out == match[0].plaintext, "a genuine message opened to the wrong plaintext"

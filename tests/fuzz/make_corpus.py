@@ -42,6 +42,26 @@ MESSAGES = [
 ]
 
 
+# format 2 (docs/FORMAT.md section 9), to receiver and receiver2: (plaintext, signed)
+MESSAGES_V2 = [
+    (bytes(range(100)), False),         # two chunks, the last one short
+    (b"two recipients, signed " * 4, True),
+]
+
+
+def v2_messages(fx: dict) -> list[dict]:
+    """The format 2 fixture messages (appended to fx["messages"] by new_fixtures)."""
+    receivers = [fs.load_key(fx["receiver_pem"]).public_key(), fs.load_key(fx["receiver2_pem"]).public_key()]
+    signer = fs.load_key(fx["signer_pem"])
+    out = []
+    for i, (plaintext, signed) in enumerate(MESSAGES_V2):
+        sink = io.BytesIO()
+        seal(io.BytesIO(plaintext), sink, receivers, signer=fs.HostSigner(signer) if signed else None,
+             serial=8 if signed else None, now=fs.NOW, chunk_size=64, message_id=bytes([0x20 + i]) * 16)
+        out.append({"plaintext": plaintext.hex(), "sealed": sink.getvalue().hex()})
+    return out
+
+
 def new_fixtures() -> dict:
     def key(bits: int) -> rsa.RSAPrivateKey:
         return rsa.generate_private_key(65537, bits)
@@ -52,6 +72,7 @@ def new_fixtures() -> dict:
     fx = {
         "comment": "host-only TEST keys for tests/fuzz; regenerate with make_corpus.py --new-keys",
         "receiver_pem": fs.pem(receiver),
+        "receiver2_pem": fs.pem(key(2048)),  # the second recipient of the format 2 messages
         "signer_pem": fs.pem(signer),
         "threephase": {
             "alice_pem": fs.pem(alice), "bob_pem": fs.pem(bob), "A": a.hex(), "B": b.hex(),
@@ -66,6 +87,7 @@ def new_fixtures() -> dict:
              serial=7 if signed else None, now=fs.NOW, oaep=oaep, chunk_size=64,
              message_id=bytes([i]) * 16)
         fx["messages"].append({"plaintext": plaintext.hex(), "sealed": sink.getvalue().hex()})
+    fx["messages"] += v2_messages(fx)
     return fx
 
 
@@ -108,11 +130,14 @@ def blob_corpus(fx: dict) -> dict[str, bytes]:
 
 
 def envelope_corpus(fx: dict) -> dict[str, bytes]:
-    names = ["three-chunks", "pkcs1-two-chunks", "empty", "signed"]
-    out = {name: bytes.fromhex(m["sealed"]) for name, m in zip(names, fx["messages"])}
+    names = ["three-chunks", "pkcs1-two-chunks", "empty", "signed", "v2-two-recipients", "v2-signed"]
+    out = {name: bytes.fromhex(m["sealed"]) for name, m in zip(names, fx["messages"], strict=True)}
     first = out["three-chunks"]
     out["prefix-only"] = first[: fs.Known.of(first, b"").prefix_len]
     out["header-only"] = first[:80]
+    v2 = out["v2-two-recipients"]
+    out["v2-prefix-only"] = v2[: fs.Known.of(v2, b"").prefix_len]
+    out["v2-header-only"] = v2[:49]
     return out
 
 
