@@ -96,3 +96,14 @@ def test_recipient_refusals_are_one_line(pubs, tmp_path):
                          check=False)
     assert_one_line_error(sign_only, 1, "keyUsage does not allow keyEncipherment")
     assert not (tmp_path / "x").exists()
+
+
+def test_open_out_dir_takes_format_2_messages_too(pubs, tmp_path):
+    spool, inbox = tmp_path / "spool", tmp_path / "inbox"
+    spool.mkdir()
+    both = [*("--to", str(pubs / "cliv2-alice.pub")), *("--to", str(pubs / "cliv2-bob.pub"))]
+    tokencsp("seal", *both, "-o", str(spool / "a.tcsp"), input=b"to both")
+    tokencsp("seal", "--to", str(pubs / "cliv2-bob.pub"), "-o", str(spool / "b.tcsp"), input=b"to bob")
+    tokencsp(*opener("cliv2-bob", tmp_path / "db", "--out-dir", str(inbox)), str(spool / "a.tcsp"),
+             str(spool / "b.tcsp"))
+    assert (inbox / "a").read_bytes() == b"to both" and (inbox / "b").read_bytes() == b"to bob"
