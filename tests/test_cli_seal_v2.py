@@ -101,6 +101,7 @@ def test_recipient_refusals_are_one_line(pubs, tmp_path):
 def test_open_out_dir_takes_format_2_messages_too(pubs, tmp_path):
     spool, inbox = tmp_path / "spool", tmp_path / "inbox"
     spool.mkdir()
+    inbox.mkdir()
     both = [*("--to", str(pubs / "cliv2-alice.pub")), *("--to", str(pubs / "cliv2-bob.pub"))]
     tokencsp("seal", *both, "-o", str(spool / "a.tcsp"), input=b"to both")
     tokencsp("seal", "--to", str(pubs / "cliv2-bob.pub"), "-o", str(spool / "b.tcsp"), input=b"to bob")
