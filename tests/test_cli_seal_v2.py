@@ -43,7 +43,8 @@ def test_seal_to_two_tokens_each_opens_and_a_third_key_gets_exit_12(pubs, tmp_pa
     for name in ("cliv2-alice", "cliv2-bob"):
         assert tokencsp(*opener(name, db), str(sealed)).stdout == b"for alice and bob"
     for name in ("cliv2-alice", "cliv2-bob"):
-        assert_one_line_error(tokencsp(*opener(name, db), str(sealed), check=False), 20, "already accepted")
+        assert_one_line_error(tokencsp(*opener(name, db), str(sealed), check=False), 20, "already accepted",
+                              hint="replay cache")
     out = tmp_path / "carol.out"
     refused = tokencsp(*opener("cliv2-carol", db, "-o", str(out)), str(sealed), check=False)
     assert_one_line_error(refused, 12, "message is not addressed to this key")
