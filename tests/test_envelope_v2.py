@@ -386,6 +386,7 @@ def test_two_recipients_sharing_one_sqlite_cache_each_accept_once(hosts, tmp_pat
                 open_bytes(sealed, who, cache=cache, now=NOW)
 
 
+@pytest.mark.host_side(reason="the PostgreSQL cache shared by two recipients; the tokens only hold the keys")
 def test_two_recipients_sharing_one_postgres_cache_each_accept_once(keys, signer, pg_dsn):
     from tokencsp.replay import PostgresReplayCache
 
