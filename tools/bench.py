@@ -526,6 +526,17 @@ class _Imported:
         return SessionKey.from_bytes("aes256", self._keys[blob])
 
 
+def _deadlines(state: Path) -> list[float]:
+    """The padded-import deadlines the bench's keys calibrated (tokencsp.calibration's cache files)."""
+    found = []
+    for path in sorted(state.glob("tokencsp/deadlines/*.json")):
+        try:
+            found.append(round(float(json.loads(path.read_text())["deadline"]) * 1e3, 2))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
 def _child(argv: list[str], env: dict[str, str]) -> Callable[[int], Run]:
     return lambda _: run_child(argv, env=env)
 
@@ -643,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             peers.close()
             bench.stop_agent()
+        facts["deadlines_ms"] = _deadlines(scratch / "state")
     facts["machine"]["loadavg_end"] = os.getloadavg()
     facts["seconds"] = round(time.time() - started, 1)
     facts["rows"] = [row.as_dict() for row in bench.rows]

@@ -127,7 +127,10 @@ def figures_block(facts: dict[str, Any], chart: Path | None) -> str:
              f"{' / '.join(f'{x:.2f}' for x in m['loadavg_end'])} at the end (1/5/15 min): the machine was shared "
              "with other work, so read the ratios (each taken between runs of the same round) rather than the "
              "absolute figures.",
-             "Software: " + ", ".join(f"{k} {v}" for k, v in s.items() if k != "commit" and v) + ".", ""]
+             "Software: " + ", ".join(f"{k} {v}" for k, v in s.items() if k != "commit" and v) + ".",
+             "Padded-import deadlines the bench's keys calibrated at set-up (docs/SECURITY.md; every token "
+             f"import waits for its key's): {', '.join(f'{d:.1f} ms' for d in facts.get('deadlines_ms', [])) or '-'}.",
+             ""]
     if chart is not None:
         lines += [f"![ratios per operation]({chart.name})", ""]
     lines += ["### Goals (issue 13)", "", "| goal | figures | verdict |", "|---|---|---|"]
