@@ -24,8 +24,8 @@ from tokencsp import SessionKey, blobs
 from tokencsp.blobs import SimpleBlob
 from tokencsp.errors import SessionKeyImportError
 
-__all__ = ["OAEP_SHA1", "PSS", "REPO_ROOT", "HostKey", "HostSigner", "assert_one_line_error",
-           "import_like_softhsm2_util", "start_together", "tokencsp"]
+__all__ = ["OAEP_SHA1", "PSS", "REPO_ROOT", "HostKey", "HostSigner", "assert_one_line_error", "cbc_bad_padding",
+           "import_like_softhsm2_util", "kept_substitute", "start_together", "tokencsp"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,6 +113,31 @@ def import_like_softhsm2_util(token_label: str, pin: str, key: rsa.RSAPrivateKey
                 Attribute.VERIFY: True, Attribute.ENCRYPT: True, Attribute.WRAP: True})
     finally:
         token.close()
+
+
+# -- CryptoAPI payloads under a chosen key (the capi/CMS substitute path, issue 9 finding 10) --------
+
+
+def cbc_bad_padding(alg: blobs.AlgId, key: bytes, blocks: int = 4) -> bytes:
+    """A CBC ciphertext (zero IV) whose final CryptDecrypt under ``key`` always fails its padding check:
+    every plaintext block is zero, and a PKCS#5 pad byte is never 0.  With ``key`` a bad blob's
+    substitute this makes the failure deterministic instead of 255 times in 256."""
+    session = SessionKey.from_bytes(alg, key)
+    return session.encrypt(bytes(session.block_size * blocks), final=False)
+
+
+def kept_substitute(public_key: rsa.RSAPublicKey, blob: SimpleBlob, length: int | None = None) -> bytes:
+    """The substitute key every process of this user derives for ``blob`` (the secret the state directory keeps).
+
+    Reads -- or, first, makes -- the key's rejection secret exactly as a ``tokencsp`` process does, so a
+    test can know what a CLI run will decrypt a bad blob with.
+    """
+    from tokencsp.calibration import CalibrationCache
+    from tokencsp.implicit import key_fingerprint, substitute_key
+
+    secret = CalibrationCache.default().secret(key_fingerprint(public_key))
+    assert secret is not None, "the state directory's rejection secret is not usable"
+    return substitute_key(secret, blob, blobs.SESSION_KEY_LENGTHS[blob.alg_id] if length is None else length)
 
 
 # -- processes that must start at the same moment -------------------------------------------------

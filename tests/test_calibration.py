@@ -111,3 +111,48 @@ def test_an_unwritable_state_dir_leaves_the_cache_unused(tmp_path):
     cache = CalibrationCache(blocker / "tokencsp" / "deadlines")
     assert cache.store(KEY, 0.002) is None
     assert cache.load(KEY) is None
+
+
+# -- the rejection secret: one substitute per bad blob in every process (issue 9, finding 10) -----
+
+
+def test_the_rejection_secret_is_made_once_and_kept_private(cache):
+    first = cache.secret(KEY)
+    assert first is not None and len(first) == 32
+    assert cache.secret(KEY) == first  # read back, not made again
+    assert CalibrationCache(cache.directory).secret(KEY) == first  # another process's cache object
+    assert cache.secret(OTHER) not in (None, first)
+    assert stat.S_IMODE(os.stat(cache.secret_path(KEY)).st_mode) == 0o600
+    assert cache.load(KEY) is None  # a secret is not a deadline
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620])
+def test_a_secret_others_can_read_or_write_is_replaced(cache, mode):
+    first = cache.secret(KEY)
+    os.chmod(cache.secret_path(KEY), mode)
+    second = cache.secret(KEY)
+    assert second is not None and second != first
+    assert stat.S_IMODE(os.stat(cache.secret_path(KEY)).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("content", [b"", b"{}", b'{"format": 1, "key": "%s", "secret": "00"}',
+                                     b'{"format": 1, "key": "%s", "secret": 7}', b'{"format": 1, "key": "%s"}'],
+                         ids=["empty", "no key", "short", "number", "missing"])
+def test_a_corrupt_secret_is_replaced(cache, content):
+    cache.secret(KEY)
+    cache.secret_path(KEY).write_bytes(content.replace(b"%s", KEY.hex().encode()))
+    value = cache.secret(KEY)
+    assert value is not None and len(value) == 32
+    assert cache.secret(KEY) == value
+
+
+def test_no_secret_from_an_unusable_directory(cache, tmp_path):
+    cache.secret(KEY)
+    os.chmod(cache.directory, 0o777)
+    try:
+        assert cache.secret(KEY) is None
+    finally:
+        os.chmod(cache.directory, 0o700)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert CalibrationCache(blocker / "tokencsp" / "deadlines").secret(KEY) is None

@@ -6,12 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from helpers import assert_one_line_error, import_like_softhsm2_util, tokencsp
+from helpers import assert_one_line_error, cbc_bad_padding, import_like_softhsm2_util, kept_substitute, tokencsp
 from tokencsp import SessionKey, blobs
 from tokencsp.blobs import PrivateKeyBlob
 
@@ -111,6 +112,15 @@ def test_import_private_blob_and_pem(tmp_path, softhsm_kit):
 # -- failures: one line, non-zero, nothing left behind -----------------------------------------
 
 
+def _bad_blob_payloads(pub: Path, blob: bytes) -> tuple[bytes, bytes]:
+    """(fails, accepted): CBC payloads that a bad ``blob``'s substitute -- the key every tokencsp process of
+    this user decrypts it with -- rejects at the padding, and decrypts to ``b"garbage but padded"``."""
+    substitute = kept_substitute(blobs.PublicKeyBlob.from_bytes(pub.read_bytes()).to_public_key(),
+                                 blobs.SimpleBlob.from_bytes(blob))
+    return (cbc_bad_padding(blobs.AlgId.CALG_AES_256, substitute),
+            SessionKey.from_bytes(blobs.AlgId.CALG_AES_256, substitute).encrypt(b"garbage but padded"))
+
+
 def test_tampered_blob_one_line_no_output_file(cli_key, tmp_path):
     pub = tmp_path / "pub"
     tokencsp("key", "export", cli_key, "-o", str(pub))
@@ -119,6 +129,7 @@ def test_tampered_blob_one_line_no_output_file(cli_key, tmp_path):
     blob = bytearray((tmp_path / "sb").read_bytes())
     blob[30] ^= 1
     (tmp_path / "bad").write_bytes(bytes(blob))
+    (tmp_path / "ct").write_bytes(_bad_blob_payloads(pub, bytes(blob))[0])
     result = tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / "bad"), "-o",
                       str(tmp_path / "out"), str(tmp_path / "ct"), check=False)
     assert_one_line_error(result, 4, "could not be decrypted", hint="add --oaep")
@@ -131,7 +142,7 @@ def test_corrupted_ciphertext_leaves_no_plaintext_file(cli_key, tmp_path):
     tokencsp("capi", "encrypt", "--to", str(pub), "--blob-out", str(tmp_path / "sb"), "-o", str(tmp_path / "ct"),
              input=os.urandom(5000))
     ct = bytearray((tmp_path / "ct").read_bytes())
-    ct[-1] ^= 0xFF
+    ct[-17] ^= 0xFF  # the last plaintext byte, the pad length 8, becomes 0xF7: never valid
     (tmp_path / "ct").write_bytes(bytes(ct))
     result = tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / "sb"), "-o",
                       str(tmp_path / "out"), str(tmp_path / "ct"), check=False)
@@ -141,21 +152,39 @@ def test_corrupted_ciphertext_leaves_no_plaintext_file(cli_key, tmp_path):
 
 
 def test_capi_decrypt_fails_alike_for_a_bad_blob_and_a_bad_ciphertext(cli_key, tmp_path):
-    """Issue 9 finding 10: which part was bad (key blob: a PKCS#1 oracle; ciphertext) is not told."""
+    """Issue 9 finding 10: which part was bad (key blob: a PKCS#1 oracle; ciphertext) is not told.
+
+    A bad blob decrypts with its substitute like any key: one line for a bad padding, and accepted
+    garbage where the padding is valid -- exactly what a good blob whose key the ciphertext was not
+    made with gives (here: a good blob carrying the substitute itself).  No 1-in-256 luck involved.
+    """
     pub = tmp_path / "pub"
     tokencsp("key", "export", cli_key, "-o", str(pub))
     tokencsp("capi", "encrypt", "--to", str(pub), "--blob-out", str(tmp_path / "sb"), "-o", str(tmp_path / "ct"),
              input=os.urandom(3000))
     blob, ct = bytearray((tmp_path / "sb").read_bytes()), bytearray((tmp_path / "ct").read_bytes())
     blob[30] ^= 1
-    ct[-1] ^= 0xFF
-    (tmp_path / "bad-sb").write_bytes(bytes(blob))
-    (tmp_path / "bad-ct").write_bytes(bytes(ct))
-    results = [tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / sb), "-o", str(tmp_path / "out"),
-                        str(tmp_path / data), check=False) for sb, data in (("bad-sb", "ct"), ("sb", "bad-ct"))]
-    assert [(r.returncode, r.stdout, r.stderr) for r in results] == [(4, b"", results[1].stderr)] * 2
+    ct[-17] ^= 0xFF  # 3000 bytes: the pad length 8 becomes 0xF7
+    fails, accepted = _bad_blob_payloads(pub, bytes(blob))
+    substitute = kept_substitute(blobs.PublicKeyBlob.from_bytes(pub.read_bytes()).to_public_key(),
+                                 blobs.SimpleBlob.from_bytes(bytes(blob)))
+    twin = SessionKey.from_bytes(blobs.AlgId.CALG_AES_256, substitute).export_simpleblob(pub.read_bytes())
+    for name, data in (("bad-sb", bytes(blob)), ("bad-ct", bytes(ct)), ("fails", fails), ("accepted", accepted),
+                       ("twin-sb", twin)):
+        (tmp_path / name).write_bytes(data)
+
+    def run(sb: str, data: str) -> subprocess.CompletedProcess[bytes]:
+        return tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / sb), "-o", str(tmp_path / "out"),
+                        str(tmp_path / data), check=False)
+
+    results = [run(sb, data) for sb, data in (("bad-sb", "fails"), ("sb", "bad-ct"), ("twin-sb", "fails"))]
+    assert [(r.returncode, r.stdout, r.stderr) for r in results] == [(4, b"", results[1].stderr)] * 3
     assert_one_line_error(results[0], 4, "could not be decrypted", hint="add --oaep")
     assert not (tmp_path / "out").exists()
+    for sb in ("bad-sb", "twin-sb"):
+        assert run(sb, "accepted").returncode == 0
+        assert (tmp_path / "out").read_bytes() == b"garbage but padded"
+        (tmp_path / "out").unlink()
 
 
 @pytest.mark.parametrize("data,needle", [
@@ -238,6 +267,8 @@ def test_generate_oaep_only(tmp_path, softhsm_kit, token_has_allowed_mechanisms)
         tokencsp("key", "export", "cli-oaep", "-o", str(pub))
         tokencsp("capi", "encrypt", "--to", str(pub), "--blob-out", str(tmp_path / "sb"), "-o", str(tmp_path / "ct"),
                  input=b"x")
+        # The token refuses the v1.5 blob: the CLI decrypts with its substitute, which this payload fails.
+        (tmp_path / "ct").write_bytes(_bad_blob_payloads(pub, (tmp_path / "sb").read_bytes())[0])
         result = tokencsp("capi", "decrypt", "--key", "cli-oaep", "--blob", str(tmp_path / "sb"), str(tmp_path / "ct"),
                           check=False)
         assert_one_line_error(result, 4, "could not be decrypted", hint="add --oaep")
@@ -435,6 +466,8 @@ def test_capi_decrypt_hints_at_the_padding_flag(cli_key, tmp_path):
     for given, other in ((["--oaep"], []), ([], ["--oaep"])):
         tokencsp("capi", "encrypt", "--to", str(pub), *given, "--blob-out", str(tmp_path / "sb"), "-o",
                  str(tmp_path / "ct"), input=b"x")
+        # Imported with the other padding the blob does not unwrap: a payload its substitute fails.
+        (tmp_path / "ct").write_bytes(_bad_blob_payloads(pub, (tmp_path / "sb").read_bytes())[0])
         result = tokencsp("capi", "decrypt", "--key", cli_key, "--blob", str(tmp_path / "sb"), *other,
                           str(tmp_path / "ct"), check=False)
         assert_one_line_error(result, 4, "could not be decrypted", "add --oaep" if given else "leave out --oaep")

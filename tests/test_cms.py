@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from helpers import assert_one_line_error, tokencsp
+from helpers import assert_one_line_error, kept_substitute, tokencsp
 
 PREFIX = "cms"
 
@@ -96,22 +96,57 @@ def _tamper_key(message: bytes, where) -> bytes:
     raise AssertionError("no 256-byte OCTET STRING in the message")
 
 
+def _under_the_substitute(message: bytes, where, plain: bytes | None) -> bytes:
+    """``message`` (DER, CBC, content last) with its content replaced by one made under the key the bad
+    key transport stands for (every tokencsp process of this user derives the same substitute): a
+    content whose padding that key rejects (``plain`` None), or one it decrypts to ``plain``."""
+    from asn1crypto import cms as asn1_cms
+    from cryptography import x509
+
+    from tokencsp import SessionKey
+    from tokencsp.blobs import AlgId, SimpleBlob
+
+    enveloped = asn1_cms.ContentInfo.load(message)["content"]
+    encrypted_key = enveloped["recipient_infos"][0].chosen["encrypted_key"].native
+    info = enveloped["encrypted_content_info"]
+    iv, content = info["content_encryption_algorithm"]["parameters"].native, info["encrypted_content"].native
+    assert message.endswith(content)
+    public = x509.load_pem_x509_certificate((where / "kx.pem").read_bytes()).public_key()
+    key = SessionKey.from_bytes(AlgId.CALG_AES_256,
+                                kept_substitute(public, SimpleBlob(AlgId.CALG_AES_256, encrypted_key)))
+    key.iv = iv
+    replaced = key.encrypt(bytes(len(content)), final=False) if plain is None else key.encrypt(plain)
+    assert len(replaced) == len(content)
+    return message[:-len(content)] + replaced
+
+
 @pytest.mark.parametrize("cipher", ["-aes-256-cbc", "-aes-256-gcm"])
 def test_a_bad_key_transport_fails_like_a_bad_content(recipient, tmp_path, cipher):
+    """One line for both.  CBC: the bad key transport's content is made under its substitute (a padding that
+    key rejects), so the failure is the substitute path's, not luck; where the padding is valid under the
+    substitute, the garbage is accepted, as under any key the content was not made with (no integrity)."""
     where, kx, _ = recipient
-    message = _encrypt(where, os.urandom(5000), cipher, "-outform", "DER")
+    plain = os.urandom(5000)
+    message = _encrypt(where, plain, cipher, "-outform", "DER")
     bad_key = _tamper_key(message, where)
     bad_content = bytearray(message)
-    # CBC: the last byte of the next-to-last block, which is the padding's; GCM: in the tag
+    # CBC: the last byte of the next-to-last block, which is the padding's (8 becomes 9); GCM: in the tag
     bad_content[-17 if cipher.endswith("cbc") else -5] ^= 1
+    cbc = cipher.endswith("cbc")
     results = []
-    for name, data in (("key", bad_key), ("content", bytes(bad_content))):
+    for name, data in (("key", _under_the_substitute(bad_key, where, None) if cbc else bad_key),
+                       ("content", bytes(bad_content))):
         (tmp_path / name).write_bytes(data)
         result = tokencsp("cms", "decrypt", "--key", kx, "-o", str(tmp_path / f"{name}.out"), str(tmp_path / name),
                           check=False)
         results.append(assert_one_line_error(result, 4, "could not be decrypted"))
         assert not (tmp_path / f"{name}.out").exists()
     assert results[0] == results[1]
+    if cbc:
+        garbage = b"made under the substitute".ljust(len(plain), b".")
+        (tmp_path / "lucky").write_bytes(_under_the_substitute(bad_key, where, garbage))
+        tokencsp("cms", "decrypt", "--key", kx, "-o", str(tmp_path / "lucky.out"), str(tmp_path / "lucky"))
+        assert (tmp_path / "lucky.out").read_bytes() == garbage
 
 
 def test_a_message_for_another_key_of_the_same_size_fails_as_decryption(recipient, tmp_path):

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from helpers import assert_one_line_error, tokencsp
+from helpers import assert_one_line_error, kept_substitute, tokencsp
 from tokencsp.errors import DecryptionError, InvalidKeyError
 from tokencsp.legacy import LegacyAlg, LegacyKey, default_salt, rc2_decrypt_block, rc2_key_schedule
 
@@ -73,9 +73,10 @@ def test_imported_40_bit_keys_get_eleven_zero_salt_bytes():
     assert salted.decrypt(bytes(16)) != LegacyKey(LegacyAlg.CALG_RC4, key, salt=b"").decrypt(bytes(16))
 
 
-def _openssl_enc(cipher: str, key: bytes, plain: bytes) -> bytes:
+def _openssl_enc(cipher: str, key: bytes, plain: bytes, pad: bool = True) -> bytes:
     result = subprocess.run(["openssl", "enc", "-e", f"-{cipher}", "-provider", "legacy", "-provider", "default",
-                             "-K", key.hex(), "-iv", "00" * 8], input=plain, capture_output=True, timeout=60)
+                             "-K", key.hex(), "-iv", "00" * 8, *([] if pad else ["-nopad"])], input=plain,
+                            capture_output=True, timeout=60)
     if result.returncode != 0:
         pytest.skip(f"openssl has no {cipher} (legacy provider): {result.stderr.decode()[:200]}")
     return result.stdout
@@ -140,16 +141,26 @@ def test_a_windows_style_40_bit_rc4_archive_opens_with_allow_legacy(token_key, t
     assert tokencsp(*args, "--allow-legacy", "--salt", "").stdout != plain  # CRYPT_NO_SALT is another key
 
 
+def _substitute_of(public_key, blob: bytes, length: int) -> bytes:
+    """The key every tokencsp process of this user decrypts a refused legacy blob with."""
+    from tokencsp.blobs import AlgId, SimpleBlob
+    return kept_substitute(public_key, SimpleBlob(AlgId.CALG_AES_128, blob[12:][::-1]), length)
+
+
 def test_a_bad_legacy_blob_fails_like_a_bad_padding(token_key, tmp_path):
+    """RC2: the refused blob decrypts with its 16-byte substitute, so a payload whose padding that key rejects
+    fails with the bad padding's line, and one it pads correctly is accepted garbage (as under any key)."""
     session = bytes(range(16))
     good = _legacy_blob(token_key, LegacyAlg.CALG_RC2, session)
     bad = bytearray(good)
     bad[20] ^= 0x10
+    substitute = _substitute_of(token_key, bytes(bad), 16)
     encrypted = _openssl_enc("rc2-cbc", session, b"payload" * 10)
     corrupt = bytearray(encrypted)
-    corrupt[-9] ^= 0x01  # the last plaintext byte: the padding
+    corrupt[-9] ^= 0x01  # the last plaintext byte: the padding (2 becomes 3)
+    zeros = _openssl_enc("rc2-cbc", substitute, bytes(64), pad=False)  # decrypts to zeros: pad byte 0
     lines = []
-    for name, blob, data in (("blob", bytes(bad), encrypted), ("padding", good, bytes(corrupt))):
+    for name, blob, data in (("blob", bytes(bad), zeros), ("padding", good, bytes(corrupt))):
         (tmp_path / f"{name}.blob").write_bytes(blob)
         (tmp_path / f"{name}.data").write_bytes(data)
         result = tokencsp("capi", "decrypt", "--allow-legacy", "--key", KEY, "--blob", str(tmp_path / f"{name}.blob"),
@@ -158,8 +169,36 @@ def test_a_bad_legacy_blob_fails_like_a_bad_padding(token_key, tmp_path):
         assert not (tmp_path / f"{name}.out").exists()
     assert lines[0] == lines[1]
     (tmp_path / "good.blob").write_bytes(good)
+    (tmp_path / "good.data").write_bytes(encrypted)
     assert tokencsp("capi", "decrypt", "--allow-legacy", "--key", KEY, "--blob", str(tmp_path / "good.blob"),
-                    str(tmp_path / "blob.data")).stdout == b"payload" * 10
+                    str(tmp_path / "good.data")).stdout == b"payload" * 10
+    (tmp_path / "lucky.data").write_bytes(_openssl_enc("rc2-cbc", substitute, b"garbage"))
+    assert tokencsp("capi", "decrypt", "--allow-legacy", "--key", KEY, "--blob", str(tmp_path / "blob.blob"),
+                    str(tmp_path / "lucky.data")).stdout == b"garbage"
+
+
+def test_a_bad_rc4_blob_gives_garbage_like_an_unknown_key(token_key, tmp_path):
+    """RC4 has no padding: a refused blob's substitute decrypts to garbage and succeeds, exactly as a good blob
+    carrying a key the data was not made with -- never an error that would tell the two apart in one query."""
+    good = _legacy_blob(token_key, LegacyAlg.CALG_RC4, bytes(range(16)))
+    bad = bytearray(good)
+    bad[20] ^= 0x10
+    substitute = _substitute_of(token_key, bytes(bad), 16)
+    (tmp_path / "bad.blob").write_bytes(bytes(bad))
+    (tmp_path / "twin.blob").write_bytes(_legacy_blob(token_key, LegacyAlg.CALG_RC4, substitute))
+    (tmp_path / "data").write_bytes(b"made under neither key")
+    outputs = [tokencsp("capi", "decrypt", "--allow-legacy", "--key", KEY, "--blob", str(tmp_path / name),
+                        str(tmp_path / "data")).stdout for name in ("bad.blob", "twin.blob")]
+    assert outputs[0] == outputs[1] == _rc4(substitute, b"made under neither key")
+
+
+def test_a_des_salt_is_refused_before_the_token(token_key, tmp_path):
+    """A refusal after the unwrap that depended on the key would tell a substitute from an unwrapped key."""
+    (tmp_path / "blob").write_bytes(_legacy_blob(token_key, LegacyAlg.CALG_DES, bytes(8)))
+    (tmp_path / "data").write_bytes(bytes(8))
+    result = tokencsp("capi", "decrypt", "--allow-legacy", "--key", KEY, "--salt", "00", "--blob",
+                      str(tmp_path / "blob"), str(tmp_path / "data"), env={"TOKENCSP_PIN": "wrong"}, check=False)
+    assert_one_line_error(result, 2, "DES keys take no salt")
 
 
 def test_a_des_archive_opens(token_key, tmp_path):

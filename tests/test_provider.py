@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from helpers import import_like_softhsm2_util
+from helpers import cbc_bad_padding, import_like_softhsm2_util, kept_substitute
 from tokencsp import Provider, SessionKey
 from tokencsp.blobs import AlgId, PrivateKeyBlob, PublicKeyBlob, SimpleBlob
 from tokencsp.errors import (
@@ -504,14 +504,20 @@ def test_an_over_long_unwrapped_key_is_refused_not_truncated(provider, exchange_
         assert implicit.key not in value  # not a slice of what the token unwrapped: the substitute
         assert implicit.key == exchange_key.import_simpleblob_implicit(blob).key
         deferred = exchange_key.import_simpleblob_deferred(blob)
-        assert deferred.key not in value
+        assert deferred.key == implicit.key == exchange_key.rejection.substitute(SimpleBlob.from_bytes(blob))
         with pytest.raises(DecryptionError):
-            deferred.decrypt(bytes(16))
+            deferred.decrypt(cbc_bad_padding(alg, deferred.key))
     assert provider.session_object_count() == 0
 
 
 def test_capi_import_failure_and_bad_cbc_padding_are_one_error(provider, exchange_key):
-    """Finding 10: a bad blob and a bad ciphertext end alike, at the final decrypt, with one message."""
+    """Finding 10: a bad blob decrypts with its substitute exactly as a good blob carrying an unknown key.
+
+    One error for a bad CBC padding, whatever the blob; where the padding happens to be valid under the
+    substitute the output is accepted garbage, as it is under any key the ciphertext was not made with.
+    (A bad blob that always failed was an oracle at ~256x cost: an unknown key gives valid padding
+    for 1 ciphertext in 256.)  Deterministic: the ciphertexts are made under the substitute itself.
+    """
     from tokencsp.implicit import CAPI_DECRYPT_FAILED, DeferredSessionKey
 
     sender = SessionKey.generate("aes256")
@@ -520,24 +526,34 @@ def test_capi_import_failure_and_bad_cbc_padding_are_one_error(provider, exchang
     blob = sender.export_simpleblob(exchange_key.public_blob())
     received = exchange_key.import_simpleblob_deferred(blob)
     assert received.decrypt(ciphertext[:-32], final=False) + received.decrypt(ciphertext[-32:]) == plaintext
-    bad_padding = ciphertext[:-1] + bytes([ciphertext[-1] ^ 1])
-    cases = [(blob, False, bad_padding)] + [(bad, oaep, ciphertext) for bad, oaep in _failing_blobs(exchange_key).values()]
+    bad_padding = bytearray(ciphertext)
+    bad_padding[-17] ^= 1  # the last plaintext byte, a full pad block's 0x10, becomes 0x11: never valid
     messages = set()
-    for key_blob, oaep, data in cases:
-        key = exchange_key.import_simpleblob_deferred(key_blob, oaep=oaep)
+
+    def fails(key, data: bytes) -> None:
         assert type(key) is DeferredSessionKey
         assert len(key.decrypt(data[:-16], final=False)) == len(data) - 16  # nothing fails early
         with pytest.raises(DecryptionError) as caught:
             key.decrypt(data[-16:])
         assert type(caught.value) is DecryptionError and caught.value.__cause__ is None
         messages.add(str(caught.value))
+
+    fails(exchange_key.import_simpleblob_deferred(blob), bytes(bad_padding))
+    for name, (bad, oaep) in _failing_blobs(exchange_key).items():
+        substitute = exchange_key.rejection.substitute(SimpleBlob.from_bytes(bad))
+        key = exchange_key.import_simpleblob_deferred(bad, oaep=oaep)
+        assert key.key == substitute, name  # the substitute path, not a failure flag
+        # A good blob that carries the substitute as its key: every ciphertext ends the same way.
+        twin_blob = SessionKey.from_bytes(AlgId.CALG_AES_256, substitute).export_simpleblob(exchange_key.public_blob())
+        refused = cbc_bad_padding(AlgId.CALG_AES_256, substitute)
+        lucky = SessionKey.from_bytes(AlgId.CALG_AES_256, substitute).encrypt(plaintext)
+        for key_blob, key_oaep in ((bad, oaep), (twin_blob, False)):
+            fails(exchange_key.import_simpleblob_deferred(key_blob, oaep=key_oaep), refused)
+            assert exchange_key.import_simpleblob_deferred(key_blob, oaep=key_oaep).decrypt(lucky) == plaintext, name
+        garbage = exchange_key.import_simpleblob_deferred(bad, oaep=oaep)
+        ok_padding = SessionKey.from_bytes(AlgId.CALG_AES_256, substitute).encrypt(b"x")  # valid under the substitute
+        assert garbage.decrypt(ok_padding) == b"x"
     assert messages == {CAPI_DECRYPT_FAILED}
-    # A bad blob fails even where its substitute key happens to give valid CBC padding (1 in ~256).
-    bad_blob, oaep = _failing_blobs(exchange_key)["corrupted ciphertext"]
-    substitute = exchange_key.import_simpleblob_deferred(bad_blob, oaep=oaep).key
-    lucky = SessionKey.from_bytes(AlgId.CALG_AES_256, substitute).encrypt(plaintext)
-    with pytest.raises(DecryptionError, match=re.escape(CAPI_DECRYPT_FAILED)):
-        exchange_key.import_simpleblob_deferred(bad_blob, oaep=oaep).decrypt(lucky)
     assert provider.session_object_count() == 0
 
 
@@ -579,6 +595,25 @@ def test_calibration_comes_from_own_probes_and_is_cached_per_key(provider):
         assert cache.load(first.fingerprint) == high
     finally:
         provider.delete_key("test-calib")
+
+
+def test_a_bad_blob_stands_for_one_substitute_in_every_process(provider, exchange_key):
+    """A rejection secret per process would let one query be replayed: a CBC payload that a bad blob's substitute
+    happened to pad correctly would fail in the next process, where a good blob's key gives the same outcome
+    every time.  The secret is kept per key in the state directory (tokencsp.calibration)."""
+    from tokencsp.calibration import CalibrationCache
+
+    bad, oaep = _failing_blobs(exchange_key)["corrupted ciphertext"]
+    here = exchange_key.import_simpleblob_deferred(bad, oaep=oaep).key
+    assert exchange_key.rejection.secret == CalibrationCache.default().secret(exchange_key.rejection.fingerprint)
+    assert provider.exchange_key("test-kx").import_simpleblob_deferred(bad, oaep=oaep).key == here  # a new object
+    code = ("import sys; from tokencsp import Provider\n"
+            "with Provider.open() as p:\n"
+            "    print(p.exchange_key('test-kx').import_simpleblob_deferred(bytes.fromhex(sys.argv[1])).key.hex())\n")
+    out = subprocess.run([sys.executable, "-c", code, bad.hex()], capture_output=True, text=True, check=True,
+                         env=dict(os.environ), timeout=120).stdout.strip()
+    assert out == here.hex()
+    assert kept_substitute(exchange_key.public_key(), SimpleBlob.from_bytes(bad)) == here
 
 
 def test_recalibration_is_periodic_and_only_raises(exchange_key):
@@ -688,8 +723,11 @@ def test_a_bad_blob_is_refused_by_a_card_key_as_by_an_unwrap_key(provider, excha
         assert caught.value.__suppress_context__, name
         first = key.import_simpleblob_implicit(blob, oaep=oaep)
         assert first.key == key.import_simpleblob_implicit(blob, oaep=oaep).key, name
+        assert first.key == key.rejection.substitute(SimpleBlob.from_bytes(blob)), name
+        deferred = key.import_simpleblob_deferred(blob, oaep=oaep)
+        assert deferred.key == first.key, name
         with pytest.raises(DecryptionError, match=re.escape(CAPI_DECRYPT_FAILED)):
-            key.import_simpleblob_deferred(blob, oaep=oaep).decrypt(bytes(16))
+            deferred.decrypt(cbc_bad_padding(AlgId.CALG_AES_256, first.key))
     # An over-long key and a ciphertext >= n, too.
     from cryptography.hazmat.primitives.asymmetric import padding
 
@@ -715,13 +753,18 @@ def test_sealed_open_and_capi_decrypt_with_a_card_key(provider, exchange_key, ca
                       cache=MemoryReplayCache())
     assert key.rejection.imports["implicit"] == implicit + 2
 
-    def capi_decrypt(name: str, receiver, tamper: bool) -> subprocess.CompletedProcess[bytes]:
+    def capi_decrypt(name: str, receiver, tamper: bool, lucky: bool = False) -> subprocess.CompletedProcess[bytes]:
         session = SessionKey.generate("aes256")
         blob = bytearray(session.export_simpleblob(receiver.public_blob()))
+        ciphertext = session.encrypt(b"card payload")
         if tamper:
             blob[30] ^= 1
+            # What the CLI process will decrypt with: the substitute of the secret the state directory keeps.
+            substitute = kept_substitute(receiver.public_key(), SimpleBlob.from_bytes(bytes(blob)))
+            ciphertext = SessionKey.from_bytes(AlgId.CALG_AES_256, substitute).encrypt(b"card payload") if lucky \
+                else cbc_bad_padding(AlgId.CALG_AES_256, substitute)
         (tmp_path / f"{name}.sb").write_bytes(bytes(blob))
-        (tmp_path / f"{name}.ct").write_bytes(session.encrypt(b"card payload"))
+        (tmp_path / f"{name}.ct").write_bytes(ciphertext)
         return subprocess.run([sys.executable, "-m", "tokencsp", "capi", "decrypt", "--key", name, "--blob",
                                str(tmp_path / f"{name}.sb"), str(tmp_path / f"{name}.ct")],
                               capture_output=True, env=dict(os.environ), timeout=120)
@@ -732,6 +775,10 @@ def test_sealed_open_and_capi_decrypt_with_a_card_key(provider, exchange_key, ca
     assert card_bad.returncode == unwrap_bad.returncode == 4
     assert card_bad.stderr == unwrap_bad.stderr  # the error line and the flag-only hint, byte for byte
     assert card_bad.stderr.startswith(b"tokencsp: error: the message could not be decrypted")
+    # Valid padding under the substitute: accepted, as under any key the ciphertext was not made with.
+    for name, receiver in (("card", key), ("test-kx", exchange_key)):
+        accepted = capi_decrypt(name, receiver, tamper=True, lucky=True)
+        assert (accepted.returncode, accepted.stdout) == (0, b"card payload"), accepted.stderr
     assert b"Traceback" not in card_bad.stderr
 
     def cli_open(name: str, receiver, key_blob: bytes | None) -> subprocess.CompletedProcess[bytes]:

@@ -6,8 +6,9 @@ its error, its output or its timing -- is a Bleichenbacher padding oracle.
 
 * a per-key secret from which a bad blob's *substitute* session key is
   derived (HMAC-SHA256 over the blob, as OpenSSL 3.2 does for PKCS#1 v1.5):
-  the same bad blob always yields the same wrong key, and the failure shows
-  only where the payload fails to authenticate;
+  the same bad blob always yields the same wrong key -- in every process of
+  the user, the secret being kept in the state directory -- and the failure
+  shows only where the payload fails to authenticate;
 * a :class:`~tokencsp.deadline.DeadlinePadder` whose deadline comes only from
   probe imports this object makes itself -- blobs it built, valid and
   invalid, PKCS#1 v1.5 and OAEP -- and from the per-key floor in the state
@@ -69,7 +70,7 @@ class ImplicitRejection:
                  secret: bytes | None = None, cache: CalibrationCache | None = None,
                  probes_per_kind: int = PROBES_PER_KIND, recalibrate_every: int = RECALIBRATE_EVERY) -> None:
         self._public = public_key
-        self._secret = os.urandom(32) if secret is None else secret
+        self._secret = secret
         self.padder = DeadlinePadder() if padder is None else padder
         self.cache = cache
         self.fingerprint = key_fingerprint(public_key)
@@ -81,14 +82,25 @@ class ImplicitRejection:
         self.probes = 0  # probe imports made so far (0 when the cache was trusted)
         self.imports: collections.Counter[str] = collections.Counter()
 
-    def substitute(self, blob: SimpleBlob) -> bytes:
-        return substitute_key(self._secret, blob, SESSION_KEY_LENGTHS[blob.alg_id])
+    @property
+    def secret(self) -> bytes:
+        """The key's rejection secret: the state directory's (made there once), else this object's own."""
+        with self._state_lock:
+            if self._secret is None:
+                kept = self.cache.secret(self.fingerprint) if self.cache is not None else None
+                self._secret = os.urandom(32) if kept is None else kept
+            return self._secret
+
+    def substitute(self, blob: SimpleBlob, length: int | None = None) -> bytes:
+        """The key ``blob`` stands for when it does not unwrap: its ALG_ID's length, or ``length`` bytes."""
+        return substitute_key(self.secret, blob, SESSION_KEY_LENGTHS[blob.alg_id] if length is None else length)
 
     def run(self, operation: Callable[[], T], probe: ProbeImport, path: str = "implicit") -> T:
         """``operation`` padded to the deadline; calibrates first when none is known or one is due.
 
         ``path`` names the import kind in :attr:`imports` (tests check which path a caller took).
         """
+        _ = self.secret  # read (or made) in the state directory before the padded operation, not inside it
         with self._state_lock:
             self.imports[path] += 1
             self._since_calibration += 1
@@ -136,23 +148,19 @@ class DeferredSessionKey(SessionKey):
 
     ``ExchangeKey.import_simpleblob_deferred`` returns one for every blob:
     the unwrapped key, or the blob's substitute key when the import failed.
-    Every decrypt runs the same CBC work either way; a final decrypt raises
-    one :class:`DecryptionError` (:data:`CAPI_DECRYPT_FAILED`) when the
-    import had failed *or* the CBC padding is wrong, so neither the message,
-    nor the type, nor the moment tells a bad blob from a bad ciphertext.
+    Nothing here knows which: a substitute decrypts exactly as an unknown
+    key a sender chose would -- garbage where the CBC padding happens to be
+    valid, else one :class:`DecryptionError` (:data:`CAPI_DECRYPT_FAILED`)
+    at the final decrypt -- so neither the message, nor the type, nor the
+    moment, nor the outcome tells a bad blob from a good blob carrying
+    another key.  (A bad blob that always failed would do: a good blob of
+    an unknown key gives valid padding for 1 ciphertext in 256.)
     """
 
-    __slots__ = ("_rejected",)
-
-    def __init__(self, alg: AlgId, key: bytes | bytearray, rejected: bool = False) -> None:
-        super().__init__(alg, key)
-        self._rejected = rejected
+    __slots__ = ()
 
     def decrypt(self, data: bytes | bytearray | memoryview, final: bool = True) -> bytearray:
         try:
-            out = super().decrypt(data, final)
+            return super().decrypt(data, final)
         except DecryptionError:
             raise DecryptionError(CAPI_DECRYPT_FAILED) from None
-        if final and self._rejected:
-            raise DecryptionError(CAPI_DECRYPT_FAILED)
-        return out

@@ -190,26 +190,23 @@ def legacy_simpleblob(data: bytes) -> tuple[LegacyAlg, bytes] | None:
 
 
 class DeferredLegacyKey:
-    """A legacy key whose import failure is reported by the final decrypt, as a bad padding is.
+    """A legacy key whose every decrypt failure is one :class:`DecryptionError` with ``message``.
 
-    ``rejected`` says the token refused the blob (the key is then a substitute); every decrypt
-    runs the same cipher work either way, and a final one raises one :class:`DecryptionError`
-    with ``message`` for a refused blob, a bad padding or a partial block alike.
+    The key is the unwrapped one or, when the token refused the blob, its substitute; nothing here
+    knows which.  A substitute decrypts as any unknown key would (RC4: garbage, never an error;
+    RC2/DES: garbage where the padding happens to be valid), so the outcome does not tell a bad
+    blob from a good blob carrying another key.
     """
 
-    def __init__(self, key: LegacyKey, rejected: bool, message: str) -> None:
+    def __init__(self, key: LegacyKey, message: str) -> None:
         self._key = key
-        self._rejected = rejected
         self._message = message
 
     def decrypt(self, data: bytes, final: bool = True) -> bytes:
         try:
-            out = self._key.decrypt(data, final)
+            return self._key.decrypt(data, final)
         except DecryptionError:
             raise DecryptionError(self._message) from None
-        if final and self._rejected:
-            raise DecryptionError(self._message)
-        return out
 
     def wipe(self) -> None:
         self._key = LegacyKey(LegacyAlg.CALG_DES, bytes(8))

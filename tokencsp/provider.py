@@ -192,9 +192,11 @@ class ExchangeKey(KeyPair):
         """CryptImportKey for CryptoAPI payloads, with the failure deferred to the final CryptDecrypt.
 
         The import is the implicit one (same token calls, same deadline); the
-        key returned decrypts with the substitute when the blob was bad, and
-        its final ``decrypt`` then raises the same :class:`DecryptionError`
-        (one message) as a wrong CBC padding does.  What remains is the CBC
+        key returned is the blob's substitute when the blob was bad, and it
+        decrypts like any other key: garbage where the CBC padding happens to
+        be valid, else the one :class:`DecryptionError` a wrong CBC padding
+        gives.  So a bad blob is indistinguishable from a good blob carrying
+        a key the ciphertext was not made with.  What remains is the CBC
         padding oracle of CryptDecrypt's unauthenticated format itself
         (docs/SECURITY.md).
         """
@@ -202,23 +204,24 @@ class ExchangeKey(KeyPair):
         return self.rejection.run(lambda: self._import_deferred(simple, oaep), self._import_or_substitute, "deferred")
 
     def _import_deferred(self, simple: SimpleBlob, oaep: bool) -> DeferredSessionKey:
-        ok, key = self._recover(simple, oaep, self.rejection.substitute(simple))
-        return DeferredSessionKey(simple.alg_id, key, rejected=not ok)
+        _, key = self._recover(simple, oaep, self.rejection.substitute(simple))
+        return DeferredSessionKey(simple.alg_id, key)
 
-    def unwrap_legacy_deferred(self, encrypted_key: bytes, oaep: bool, lengths: frozenset[int]) -> tuple[bytes, bool]:
-        """The key of a legacy (RC4/RC2/DES, tokencsp.legacy) SIMPLEBLOB as a generic secret: (value, rejected).
+    def unwrap_legacy_deferred(self, encrypted_key: bytes, oaep: bool, lengths: frozenset[int]) -> bytes:
+        """The key of a legacy (RC4/RC2/DES, tokencsp.legacy) SIMPLEBLOB as a generic secret.
 
         Same token calls and deadline as :meth:`import_simpleblob_deferred`: a refused blob, or a
-        value of none of ``lengths``, gives this blob's 16-byte substitute and ``rejected``; the
-        caller fails at the final decrypt (``legacy.DeferredLegacyKey``).
+        value of none of ``lengths``, gives this blob's substitute of the longest of ``lengths``
+        (16 bytes for RC2/RC4, 8 for DES), which the caller uses like any key
+        (``legacy.DeferredLegacyKey``).
         """
         stand_in = SimpleBlob(AlgId.CALG_AES_128, encrypted_key)  # names the blob for the substitute only
 
-        def unwrap() -> tuple[bytes, bool]:
-            substitute = self.rejection.substitute(stand_in)
+        def unwrap() -> bytes:
+            substitute = self.rejection.substitute(stand_in, max(lengths))
             value = self._token.unwrap_secret(self.key_id, encrypted_key, oaep, None, fallback=substitute)
             good = len(value) in lengths and not hmac.compare_digest(value, substitute)
-            return (value if good else substitute), not good
+            return value if good else substitute
         return self.rejection.run(unwrap, self._import_or_substitute, "legacy")
 
     def _import_or_substitute(self, simple: SimpleBlob, oaep: bool) -> SessionKey:

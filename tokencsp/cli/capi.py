@@ -19,7 +19,7 @@ from ._common import (
     with_hint,
 )
 from ._result import Counting, add_result_options
-from ._status import ExitStatus
+from ._status import ExitStatus, UsageError
 
 __all__ = ["configure"]
 
@@ -63,13 +63,15 @@ def _decrypt_legacy(args: argparse.Namespace, console: Console, alg: LegacyAlg, 
         salt = None if args.salt is None else bytes.fromhex(args.salt)
     except ValueError:
         raise InputError("--salt takes hex digits") from None
+    # Refused before the token is asked: after it, a refusal that depended on the key's length would
+    # tell an unwrapped key from a substitute.
+    if salt and alg is LegacyAlg.CALG_DES:
+        raise UsageError("DES keys take no salt (--salt is for RC2 and RC4)")
+    if salt is not None and len(salt) > 128 - max(KEY_LENGTHS[alg]):
+        raise UsageError(f"--salt is at most {128 - max(KEY_LENGTHS[alg])} bytes")
     with open_provider(args) as provider:
-        value, rejected = provider.exchange_key(args.key).unwrap_legacy_deferred(encrypted, args.oaep, KEY_LENGTHS[alg])
-    if rejected:  # the substitute: sized for the cipher, so the same work runs to the same failure
-        value = value[:8] if alg is LegacyAlg.CALG_DES else value
-        salt = None if alg is LegacyAlg.CALG_DES else salt
-    key = DeferredLegacyKey(LegacyKey(alg, value, salt=salt, effective_bits=args.effective_bits), rejected,
-                            CAPI_DECRYPT_FAILED)
+        value = provider.exchange_key(args.key).unwrap_legacy_deferred(encrypted, args.oaep, KEY_LENGTHS[alg])
+    key = DeferredLegacyKey(LegacyKey(alg, value, salt=salt, effective_bits=args.effective_bits), CAPI_DECRYPT_FAILED)
     with input_stream(args.input, console) as source, output_stream(args.output, console) as sink:
         counted = Counting(sink)
         _stream(key, source, counted, encrypt=False)  # type: ignore[arg-type]
