@@ -7,11 +7,15 @@ import os
 import stat
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tokencsp.calibration import MAX_DEADLINE, CalibrationCache
+from tokencsp.calibration import MAX_AGE, MAX_DEADLINE, CalibrationCache, KeyPlace
 
 KEY = bytes(range(32))
 OTHER = bytes(32)
+MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+HERE = KeyPlace(MODULE, "0123456789abcdef", KEY)
+OTHER_KEY = KeyPlace(MODULE, "0123456789abcdef", OTHER)
 
 
 @pytest.fixture
@@ -20,97 +24,262 @@ def cache(tmp_path):
 
 
 def test_store_then_load_with_private_modes(cache):
-    assert cache.load(KEY) is None
-    assert cache.store(KEY, 0.002) == 0.002
-    assert cache.load(KEY) == 0.002
-    assert cache.load(OTHER) is None
+    assert cache.load(HERE) is None
+    assert cache.store(HERE, 0.002) == 0.002
+    entry = cache.load(HERE)
+    assert entry.deadline == 0.002 and not entry.stale and entry.trusted(cache.now())
+    assert cache.load(OTHER_KEY) is None
     assert stat.S_IMODE(os.stat(cache.directory).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(cache.directory.parent).st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(cache.path(KEY)).st_mode) == 0o600
-    assert sorted(p.name for p in cache.directory.iterdir()) == [f"{KEY.hex()}.json"]  # no temporary left
+    assert stat.S_IMODE(os.stat(cache.path(HERE)).st_mode) == 0o600
+    assert sorted(p.name for p in cache.directory.iterdir()) == [f"{HERE.digest()}.json"]  # no temporary left
+
+
+def test_the_entry_is_per_module_token_and_key(cache):
+    """A deadline measures one key on one token through one module: any other is a miss."""
+    cache.store(HERE, 0.002)
+    for other in (KeyPlace(MODULE, "another-serial", KEY), KeyPlace("/usr/lib/other/libpkcs11.so", HERE.serial, KEY),
+                  OTHER_KEY):
+        assert cache.load(other) is None, other
+        assert cache.path(other) != cache.path(HERE)
+    os.replace(cache.path(HERE), cache.path(KeyPlace(MODULE, "another-serial", KEY)))  # right place, wrong token inside
+    assert cache.load(KeyPlace(MODULE, "another-serial", KEY)) is None
 
 
 def test_the_floor_is_only_ever_raised(cache):
-    cache.store(KEY, 0.003)
-    assert cache.store(KEY, 0.001) == 0.003
-    assert cache.load(KEY) == 0.003
-    assert cache.store(KEY, 0.004) == 0.004
-    assert cache.load(KEY) == 0.004
+    cache.store(HERE, 0.003)
+    assert cache.store(HERE, 0.001) == 0.003
+    assert cache.load(HERE).deadline == 0.003
+    assert cache.store(HERE, 0.004) == 0.004
+    assert cache.load(HERE).deadline == 0.004
+
+
+def test_an_overrun_marks_the_entry_stale_and_a_calibration_clears_it(cache):
+    clock = [1000.0]
+    cache.now = lambda: clock[0]
+    assert cache.mark_stale(HERE) is None  # nothing to mark: no file is made
+    assert cache.load(HERE) is None
+    cache.store(HERE, 0.003)
+    clock[0] += 60
+    assert cache.mark_stale(HERE) == 0.003
+    entry = cache.load(HERE)
+    assert (entry.deadline, entry.calibrated, entry.stale) == (0.003, 1000.0, True)  # the figure and its age kept
+    assert not entry.trusted(clock[0])
+    assert cache.store(HERE, 0.002) == 0.003  # a re-calibration: never lower, no longer stale
+    assert cache.load(HERE).trusted(clock[0])
+
+
+def test_an_entry_expires(cache):
+    clock = [1000.0]
+    cache.now = lambda: clock[0]
+    cache.store(HERE, 0.003)
+    assert cache.load(HERE).trusted(clock[0] + MAX_AGE)
+    assert not cache.load(HERE).trusted(clock[0] + MAX_AGE + 1)
+    assert not cache.load(HERE).trusted(clock[0] - 1)  # written "in the future": the clock moved back
 
 
 @pytest.mark.parametrize("content", [
-    b"", b"not json", b"[]", b'{"format": 1}', b'{"format": 2, "key": "%s", "deadline": 0.002}',
-    b'{"format": 1, "key": "%s", "deadline": "0.002"}', b'{"format": 1, "key": "%s", "deadline": true}',
-    b'{"format": 1, "key": "%s", "deadline": -1}', b'{"format": 1, "key": "%s", "deadline": 1e9}',
-    b'{"format": 1, "key": "%s", "deadline": NaN}', b'\xff\xfe',
-], ids=["empty", "text", "list", "no key", "format 2", "string", "bool", "negative", "huge", "nan", "binary"])
+    b"", b"not json", b"[]", b'{"format": 2}', b'{"format": 1, "key": "%s", "deadline": 0.002}',
+    b'{"format": 2, %f, "deadline": "0.002", "calibrated": 1, "stale": false}',
+    b'{"format": 2, %f, "deadline": true, "calibrated": 1, "stale": false}',
+    b'{"format": 2, %f, "deadline": -1, "calibrated": 1, "stale": false}',
+    b'{"format": 2, %f, "deadline": 1e9, "calibrated": 1, "stale": false}',
+    b'{"format": 2, %f, "deadline": NaN, "calibrated": 1, "stale": false}',
+    b'{"format": 2, %f, "deadline": 0.002, "stale": false}',
+    b'{"format": 2, %f, "deadline": 0.002, "calibrated": 1, "stale": 0}',
+    b'\xff\xfe',
+], ids=["empty", "text", "list", "no key", "format 1", "string", "bool", "negative", "huge", "nan", "no time",
+        "stale not bool", "binary"])
 def test_a_corrupt_file_is_ignored_and_replaced(cache, content):
-    cache.store(OTHER, 0.001)  # makes the directories
-    data = content.replace(b"%s", KEY.hex().encode()) if b"%s" in content else content
-    cache.path(KEY).write_bytes(data)
-    os.chmod(cache.path(KEY), 0o600)
-    assert cache.load(KEY) is None
-    assert cache.store(KEY, 0.002) == 0.002
-    assert cache.load(KEY) == 0.002
+    cache.store(OTHER_KEY, 0.001)  # makes the directories
+    fields = json.dumps(HERE.fields())[1:-1].encode()
+    data = content.replace(b"%s", KEY.hex().encode()).replace(b"%f", fields)
+    cache.path(HERE).write_bytes(data)
+    os.chmod(cache.path(HERE), 0o600)
+    assert cache.load(HERE) is None
+    assert cache.store(HERE, 0.002) == 0.002
+    assert cache.load(HERE).deadline == 0.002
 
 
 def test_another_keys_record_is_not_taken(cache):
-    cache.store(OTHER, 0.005)
-    os.replace(cache.path(OTHER), cache.path(KEY))  # right place, wrong key inside
-    assert cache.load(KEY) is None
+    cache.store(OTHER_KEY, 0.005)
+    os.replace(cache.path(OTHER_KEY), cache.path(HERE))  # right place, wrong key inside
+    assert cache.load(HERE) is None
 
 
 def test_a_file_of_another_owner_is_ignored(cache):
-    cache.store(KEY, 0.002)
+    cache.store(HERE, 0.002)
     as_someone_else = CalibrationCache(cache.directory, owner=os.geteuid() + 1)
-    assert as_someone_else.load(KEY) is None
-    assert as_someone_else.store(KEY, 0.004) is None  # nor written through a directory not its own
-    assert cache.load(KEY) == 0.002
+    assert as_someone_else.load(HERE) is None
+    assert as_someone_else.store(HERE, 0.004) is None  # nor written through a directory not its own
+    assert cache.load(HERE).deadline == 0.002
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root (CI runs as root)")
 def test_a_file_really_owned_by_another_user_is_ignored(cache):
-    cache.store(KEY, 0.002)
-    os.chown(cache.path(KEY), 65534, 65534)
-    assert cache.load(KEY) is None
+    cache.store(HERE, 0.002)
+    os.chown(cache.path(HERE), 65534, 65534)
+    assert cache.load(HERE) is None
 
 
 def test_a_file_others_can_write_is_ignored(cache):
-    cache.store(KEY, 0.002)
-    os.chmod(cache.path(KEY), 0o622)
-    assert cache.load(KEY) is None
+    cache.store(HERE, 0.002)
+    os.chmod(cache.path(HERE), 0o622)
+    assert cache.load(HERE) is None
 
 
 def test_a_symlink_is_not_followed(cache, tmp_path):
-    cache.store(OTHER, 0.001)
+    cache.store(OTHER_KEY, 0.001)
     target = tmp_path / "planted.json"
-    target.write_text(json.dumps({"format": 1, "key": KEY.hex(), "deadline": 0.5}))
-    os.symlink(target, cache.path(KEY))
-    assert cache.load(KEY) is None
+    target.write_text(json.dumps({"format": 2, **HERE.fields(), "deadline": 0.5, "calibrated": 1, "stale": False}))
+    os.symlink(target, cache.path(HERE))
+    assert cache.load(HERE) is None
 
 
 def test_a_directory_others_can_write_is_not_used(cache):
-    cache.store(KEY, 0.002)
+    cache.store(HERE, 0.002)
     os.chmod(cache.directory, 0o777)
     try:
-        assert cache.load(KEY) is None
-        assert cache.store(KEY, 0.003) is None
+        assert cache.load(HERE) is None
+        assert cache.store(HERE, 0.003) is None
     finally:
         os.chmod(cache.directory, 0o700)
 
 
 def test_unusable_deadlines_are_not_stored(cache):
     for value in (0.0, -1.0, float("inf"), float("nan"), MAX_DEADLINE * 2):
-        assert cache.store(KEY, value) is None
-    assert cache.load(KEY) is None
+        assert cache.store(HERE, value) is None
+    assert cache.load(HERE) is None
 
 
 def test_an_unwritable_state_dir_leaves_the_cache_unused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     cache = CalibrationCache(blocker / "tokencsp" / "deadlines")
-    assert cache.store(KEY, 0.002) is None
-    assert cache.load(KEY) is None
+    assert cache.store(HERE, 0.002) is None
+    assert cache.load(HERE) is None
+
+
+# -- ImplicitRejection's use of the cache: no timing, a fake clock (issue 9, finding 13) ----------
+
+
+def _about(seconds: float):
+    return pytest.approx(seconds, rel=1e-3)  # the fake clock ticks 0.1 µs per reading
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1e-7  # the busy-wait must see time pass
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Process:
+    """One receiving process's view of a key: its own padder on a fake clock, probes of a chosen cost."""
+
+    def __init__(self, cache: CalibrationCache, probe_cost: float, where=("/lib/p11.so", "serial-1"), **kw) -> None:
+        from tokencsp.deadline import DeadlinePadder
+        from tokencsp.implicit import ImplicitRejection
+
+        self.clock = FakeClock()
+        self.probe_cost = probe_cost
+        self.rejection = ImplicitRejection(PUBLIC, padder=DeadlinePadder(clock=self.clock, sleep=self.clock.sleep),
+                                           cache=cache, where=where, **kw)
+
+    def probe(self, blob, oaep) -> None:
+        self.clock.now += self.probe_cost
+
+    def run(self, cost: float) -> None:
+        def operation() -> None:
+            self.clock.now += cost
+        self.rejection.run(operation, self.probe)
+
+
+PUBLIC = rsa.generate_private_key(65537, 2048).public_key()
+
+
+def test_a_new_process_trusts_a_fresh_entry_and_probes_nothing(cache):
+    first = Process(cache, 0.001)
+    first.run(0.001)
+    assert first.rejection.probes == 24
+    deadline = cache.load(first.rejection.place).deadline
+    assert deadline == _about(0.0015)
+    second = Process(cache, 0.001)
+    second.run(0.001)
+    assert second.rejection.probes == 0 and second.rejection.padder.deadline == deadline
+
+
+def test_another_tokens_serial_misses_the_cache(cache):
+    Process(cache, 0.001).run(0.001)
+    elsewhere = Process(cache, 0.002, where=("/lib/p11.so", "serial-2"))
+    elsewhere.run(0.001)
+    assert elsewhere.rejection.probes == 24
+    assert elsewhere.rejection.padder.deadline == _about(0.003)
+    assert cache.load(Process(cache, 0, ).rejection.place).deadline == _about(0.0015)  # serial-1's untouched
+
+
+def test_an_overrun_raises_the_persisted_deadline_through_the_next_process(cache):
+    """A CLI process makes one import: its overrun marks the entry stale, the next process re-calibrates
+    from its own probes before its import, and the persisted deadline rises (it never falls)."""
+    first = Process(cache, 0.001)
+    first.run(0.001)
+    place = first.rejection.place
+    assert cache.load(place).deadline == _about(0.0015)
+    first.run(0.004)  # the machine got slower: 0.004 s against a 0.0015 s deadline
+    assert first.rejection.padder.overruns == 1
+    assert cache.load(place).stale
+    slower = Process(cache, 0.002)
+    slower.run(0.002)
+    assert slower.rejection.probes == 24  # the stale entry was not trusted
+    assert cache.load(place).deadline == _about(0.003) and not cache.load(place).stale
+    faster = Process(cache, 0.0005)  # a quiet moment never takes it back down
+    faster.run(0.0005)
+    faster.run(0.004)  # overruns 0.003: stale again
+    assert Process(cache, 0.0005).rejection.calibrate(lambda blob, oaep: None) >= 0.003
+    assert cache.load(place).deadline == _about(0.003)
+
+
+def test_an_overrun_makes_a_long_lived_process_recalibrate_after_the_spacing(cache):
+    process = Process(cache, 0.001, overrun_spacing=4)
+    process.run(0.001)
+    assert process.rejection.calibrations == 1
+    process.probe_cost = 0.002
+    process.run(0.004)  # overrun at import 2
+    for _ in range(2):
+        process.run(0.001)
+    assert process.rejection.calibrations == 1  # imports 3 and 4: not yet
+    process.run(0.001)  # import 5: 4 since the calibration
+    assert process.rejection.calibrations == 2
+    assert process.rejection.padder.deadline == _about(0.003)
+    assert cache.load(process.rejection.place).deadline == _about(0.003)
+    for _ in range(10):  # no overrun: no further calibration
+        process.run(0.001)
+    assert process.rejection.calibrations == 2
+
+
+def test_an_expired_entry_is_recalibrated_and_only_raised(cache):
+    clock = [10_000.0]
+    cache.now = lambda: clock[0]
+    Process(cache, 0.002).run(0.001)
+    clock[0] += MAX_AGE + 1
+    later = Process(cache, 0.001)
+    later.run(0.001)
+    assert later.rejection.probes == 24
+    assert later.rejection.padder.deadline == _about(0.003)  # the floor, not the quieter probes' 0.0015
+    assert cache.load(later.rejection.place).trusted(clock[0])
+
+
+def test_live_imports_alone_never_move_the_persisted_deadline(cache):
+    process = Process(cache, 0.001)
+    for cost in (0.001, 0.0001, 0.0001, 0.0014) * 50:  # fast and slow, none overrunning
+        process.run(cost)
+    assert process.rejection.calibrations == 1
+    assert cache.load(process.rejection.place).deadline == _about(0.0015)
 
 
 # -- the rejection secret: one substitute per bad blob in every process (issue 9, finding 10) -----
@@ -123,7 +292,7 @@ def test_the_rejection_secret_is_made_once_and_kept_private(cache):
     assert CalibrationCache(cache.directory).secret(KEY) == first  # another process's cache object
     assert cache.secret(OTHER) not in (None, first)
     assert stat.S_IMODE(os.stat(cache.secret_path(KEY)).st_mode) == 0o600
-    assert cache.load(KEY) is None  # a secret is not a deadline
+    assert cache.load(HERE) is None  # a secret is not a deadline
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o620])

@@ -557,9 +557,9 @@ def test_capi_import_failure_and_bad_cbc_padding_are_one_error(provider, exchang
     assert provider.session_object_count() == 0
 
 
-def test_calibration_comes_from_own_probes_and_is_cached_per_key(provider):
+def test_calibration_comes_from_own_probes_and_is_cached_per_key(provider, softhsm_kit):
     """Finding 13: the first object calibrates and records the floor; the next one trusts it, in or out of process."""
-    from tokencsp.calibration import CalibrationCache
+    from tokencsp.calibration import CalibrationCache, KeyPlace
     from tokencsp.implicit import PROBES_PER_KIND
 
     pair = provider.generate_exchange_key("test-calib")
@@ -570,7 +570,10 @@ def test_calibration_comes_from_own_probes_and_is_cached_per_key(provider):
         assert first.probes == 4 * PROBES_PER_KIND
         cache = CalibrationCache.default()
         assert cache.directory.is_relative_to(os.environ["XDG_STATE_HOME"])
-        assert cache.load(first.fingerprint) == first.padder.deadline
+        # Keyed by where the imports run: the module's real path, the token's serial, the key.
+        assert first.place == KeyPlace(os.path.realpath(softhsm_kit.module), provider.token_serial, first.fingerprint)
+        assert cache.load(first.place).deadline == first.padder.deadline
+        assert cache.load(KeyPlace(first.place.module, "another-token", first.fingerprint)) is None
 
         again = provider.exchange_key("test-calib")  # a fresh object has no in-memory state
         again.import_simpleblob_implicit(blob)
@@ -586,13 +589,13 @@ def test_calibration_comes_from_own_probes_and_is_cached_per_key(provider):
 
         # The floor: a higher recorded deadline is kept, and own probes never take it lower.
         high = first.padder.deadline * 3
-        assert cache.store(first.fingerprint, high) == high
+        assert cache.store(first.place, high) == high
         third = provider.exchange_key("test-calib")
         third.import_simpleblob_implicit(blob)
         assert third.rejection.padder.deadline == high
         assert third.rejection.calibrate(third._import_or_substitute) == high
         assert third.rejection.probes == 4 * PROBES_PER_KIND
-        assert cache.load(first.fingerprint) == high
+        assert cache.load(first.place).deadline == high
     finally:
         provider.delete_key("test-calib")
 

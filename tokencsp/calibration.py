@@ -14,73 +14,138 @@ whether a CryptoAPI payload decrypts under a bad blob's substitute would
 change from run to run, and a repeated query would tell a bad blob from a
 good one.
 
-Layout: ``$XDG_STATE_HOME/tokencsp/deadlines/<key fingerprint hex>.json``
-and ``<key fingerprint hex>.secret`` (directories 0700, files 0600),
-written to a temporary file and renamed, under an flock on the directory,
-re-reading first so that two processes never lower each other's figure or
-make two secrets.  A file that is corrupt, not a regular file, not owned by
-this user or writable by others (a secret: readable by others) is ignored,
-as is a directory that is not private: the caller then calibrates from its
-own probes, or holds a secret of its own, which is always safe.
+Keying: a deadline measures one key on one token through one module, so an
+entry is per :class:`KeyPlace` (module real path, token serial, key
+fingerprint); the same key on another token, or behind another module, is a
+miss and is calibrated there.  When a process re-calibrates (its own probes
+only; nothing here ever lowers a figure): when an entry is older than
+:data:`MAX_AGE` or was marked *stale* -- an import overran the deadline
+since the last calibration (``mark_stale``) -- so that one-import CLI
+processes, which never reach a periodic re-calibration, still follow a
+machine that got slower.
+
+Layout: ``$XDG_STATE_HOME/tokencsp/deadlines/<sha256 of module, serial,
+key>.json`` (``{"format": 2, "module", "serial", "key", "deadline",
+"calibrated", "stale"}``) and ``<key fingerprint hex>.secret``
+(directories 0700, files 0600), written to a temporary file and renamed,
+under an flock on the directory, re-reading first so that two processes
+never lower each other's figure or make two secrets.  A file that is
+corrupt, not a regular file, not owned by this user or writable by others
+(a secret: readable by others) is ignored, as is a directory that is not
+private: the caller then calibrates from its own probes, or holds a secret
+of its own, which is always safe.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .replay.paths import default_state_dir
 
-__all__ = ["MAX_DEADLINE", "SECRET_BYTES", "CalibrationCache"]
+__all__ = ["MAX_AGE", "MAX_DEADLINE", "SECRET_BYTES", "CachedDeadline", "CalibrationCache", "KeyPlace"]
 
 # A deadline above this is not a measurement but a corrupt or hostile file:
 # honouring it would make every import of the key that slow.
 MAX_DEADLINE = 1.0
-_FORMAT = 1
+#: A cached calibration older than this is re-done (from the process's own probes) before it is trusted.
+MAX_AGE = 24 * 3600.0
 SECRET_BYTES = 32
+_DEADLINE_FORMAT = 2  # 1 was keyed by the fingerprint alone: such files are ignored (and left alone)
+_SECRET_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class KeyPlace:
+    """Where a key's imports run: the PKCS#11 module (real path), the token's serial, the key's fingerprint.
+
+    A deadline measures one key on one token through one module: the same key imported onto a
+    faster token, or reached through another module, is another calibration.
+    """
+
+    module: str
+    serial: str
+    fingerprint: bytes
+
+    def digest(self) -> str:
+        named = json.dumps([self.module, self.serial, self.fingerprint.hex()]).encode()
+        return hashlib.sha256(named).hexdigest()
+
+    def fields(self) -> dict[str, object]:
+        return {"module": self.module, "serial": self.serial, "key": self.fingerprint.hex()}
+
+
+@dataclass(frozen=True)
+class CachedDeadline:
+    deadline: float
+    calibrated: float  # time.time() of the calibration that last wrote it
+    stale: bool  # an import overran it since: the next process re-calibrates first
+
+    def trusted(self, now: float, max_age: float = MAX_AGE) -> bool:
+        """Whether a process may start from it without probing: not stale, not older than ``max_age``."""
+        return not self.stale and 0.0 <= now - self.calibrated <= max_age
 
 
 class CalibrationCache:
-    """Highest calibrated deadline per key fingerprint, one small JSON file each."""
+    """Per (module, token, key): the highest calibrated deadline; per key: the rejection secret.
 
-    def __init__(self, directory: str | os.PathLike[str], owner: int | None = None) -> None:
+    One small JSON file each; ``now`` is the wall clock the ages are judged by.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], owner: int | None = None,
+                 now: Callable[[], float] = time.time) -> None:
         self.directory = Path(directory)
         self._owner = os.geteuid() if owner is None else owner
+        self.now = now
 
     @classmethod
     def default(cls) -> CalibrationCache:
         return cls(default_state_dir() / "deadlines")
 
-    def path(self, fingerprint: bytes) -> Path:
-        return self.directory / f"{fingerprint.hex()}.json"
+    def path(self, place: KeyPlace) -> Path:
+        return self.directory / f"{place.digest()}.json"
 
-    def load(self, fingerprint: bytes) -> float | None:
-        """The cached deadline for this key, or None when there is no usable file."""
-        record = self._read(self.path(fingerprint), fingerprint, 0o022)
-        return None if record is None else _deadline(record)
+    def load(self, place: KeyPlace) -> CachedDeadline | None:
+        """The cached deadline for this key on this token, or None when there is no usable file."""
+        record = self._read(self.path(place), {"format": _DEADLINE_FORMAT, **place.fields()}, 0o022)
+        return None if record is None else _entry(record)
 
-    def store(self, fingerprint: bytes, deadline: float) -> float | None:
-        """Record ``deadline`` unless the file already holds a higher one; returns what the file now holds.
+    def store(self, place: KeyPlace, deadline: float) -> float | None:
+        """Record a calibration: the higher of ``deadline`` and the file's, now, not stale; returns it.
 
         None when the cache is unusable (nothing is written then).
         """
         if not (math.isfinite(deadline) and 0.0 < deadline <= MAX_DEADLINE):
             return None
+        return self._update(place, lambda current: max(deadline, current.deadline) if current else deadline, False)
+
+    def mark_stale(self, place: KeyPlace) -> float | None:
+        """An import overran the deadline: keep the figure, but make the next process re-calibrate first."""
+        return self._update(place, lambda current: current.deadline if current else None, True)
+
+    def _update(self, place: KeyPlace, value: Callable[[CachedDeadline | None], float | None],
+                stale: bool) -> float | None:
         if not self._private_dir(create=True):
             return None
         try:
             with self._locked():
-                current = self.load(fingerprint)
-                if current is not None and current >= deadline:
-                    return current
-                self._write(self.path(fingerprint), {"format": _FORMAT, "key": fingerprint.hex(), "deadline": deadline})
+                current = self.load(place)
+                deadline = value(current)
+                if deadline is None:
+                    return None
+                calibrated = current.calibrated if stale and current is not None else self.now()
+                self._write(self.path(place), {"format": _DEADLINE_FORMAT, **place.fields(), "deadline": deadline,
+                                               "calibrated": calibrated, "stale": stale})
                 return deadline
         except OSError:
             return None
@@ -98,19 +163,19 @@ class CalibrationCache:
         """
         if not self._private_dir(create=True):
             return None
+        expected = {"format": _SECRET_FORMAT, "key": fingerprint.hex()}
         try:
             with self._locked():
-                record = self._read(self.secret_path(fingerprint), fingerprint, 0o077)
+                record = self._read(self.secret_path(fingerprint), expected, 0o077)
                 value = None if record is None else _secret(record)
                 if value is None:
                     value = os.urandom(SECRET_BYTES)
-                    self._write(self.secret_path(fingerprint),
-                                {"format": _FORMAT, "key": fingerprint.hex(), "secret": value.hex()})
+                    self._write(self.secret_path(fingerprint), {**expected, "secret": value.hex()})
                 return value
         except OSError:
             return None
 
-    def _read(self, path: Path, fingerprint: bytes, forbidden_mode: int) -> dict[str, object] | None:
+    def _read(self, path: Path, expected: dict[str, object], forbidden_mode: int) -> dict[str, object] | None:
         if not self._private_dir(create=False):
             return None
         try:
@@ -120,9 +185,9 @@ class CalibrationCache:
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != self._owner or info.st_mode & forbidden_mode \
-                    or info.st_size > 4096:
+                    or info.st_size > 8192:
                 return None
-            data = os.read(fd, 4096)
+            data = os.read(fd, 8192)
         except OSError:
             return None
         finally:
@@ -131,7 +196,7 @@ class CalibrationCache:
             record = json.loads(data)
         except (ValueError, UnicodeDecodeError):
             return None
-        if not isinstance(record, dict) or record.get("format") != _FORMAT or record.get("key") != fingerprint.hex():
+        if not isinstance(record, dict) or any(record.get(name) != want for name, want in expected.items()):
             return None
         return record
 
@@ -174,13 +239,18 @@ class CalibrationCache:
         return True
 
 
-def _deadline(record: dict[str, object]) -> float | None:
-    deadline = record.get("deadline")
-    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
-    if not (math.isfinite(deadline) and 0.0 < deadline <= MAX_DEADLINE):
+    return float(value)
+
+
+def _entry(record: dict[str, object]) -> CachedDeadline | None:
+    deadline, calibrated, stale = _number(record.get("deadline")), _number(record.get("calibrated")), \
+        record.get("stale")
+    if deadline is None or not 0.0 < deadline <= MAX_DEADLINE or calibrated is None or not isinstance(stale, bool):
         return None
-    return float(deadline)
+    return CachedDeadline(deadline, calibrated, stale)
 
 
 def _secret(record: dict[str, object]) -> bytes | None:

@@ -11,8 +11,11 @@ its error, its output or its timing -- is a Bleichenbacher padding oracle.
   shows only where the payload fails to authenticate;
 * a :class:`~tokencsp.deadline.DeadlinePadder` whose deadline comes only from
   probe imports this object makes itself -- blobs it built, valid and
-  invalid, PKCS#1 v1.5 and OAEP -- and from the per-key floor in the state
-  directory (:mod:`tokencsp.calibration`); never from the imports it pads.
+  invalid, PKCS#1 v1.5 and OAEP -- and from the floor kept in the state
+  directory per module, token and key (:mod:`tokencsp.calibration`), which
+  only such probes ever wrote; never from the imports it pads.  An import
+  that overruns the deadline moves nothing: it only makes a re-calibration
+  (from own probes, only raising) due, in this process and the next.
 
 No token here: the caller hands in the import operation.
 """
@@ -32,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .blobs import SESSION_KEY_LENGTHS, AlgId, SimpleBlob
-from .calibration import CalibrationCache
+from .calibration import CalibrationCache, KeyPlace
 from .deadline import DeadlinePadder
 from .errors import DecryptionError
 from .session import SessionKey
@@ -46,6 +49,7 @@ ProbeImport = Callable[[SimpleBlob, bool], object]
 
 PROBES_PER_KIND = 6  # x 4 kinds: {PKCS#1 v1.5, OAEP} x {valid, invalid}
 RECALIBRATE_EVERY = 4096  # imports; a count, so the moment says nothing about any blob
+OVERRUN_SPACING = 256  # imports between re-calibrations that overruns ask for (each costs 24 probes)
 
 CAPI_DECRYPT_FAILED = "the message could not be decrypted (bad key blob, wrong key or corrupted ciphertext)"
 
@@ -64,22 +68,38 @@ def key_fingerprint(public_key: rsa.RSAPublicKey) -> bytes:
 
 
 class ImplicitRejection:
-    """The rejection secret, the deadline padder and its calibration for one exchange key."""
+    """The rejection secret, the deadline padder and its calibration for one exchange key.
+
+    ``where`` is (PKCS#11 module path, token serial): with the key's fingerprint it names the
+    cached calibration (:class:`~tokencsp.calibration.KeyPlace`).  When to calibrate, each time
+    from this object's own probes only: with no deadline yet and no trusted cache entry (none,
+    older than a day, or marked stale); every ``recalibrate_every`` imports; and after an import
+    overran the deadline, once ``OVERRUN_SPACING`` imports have passed since the last calibration.
+    An overrun also marks the cached entry stale at once, so that the next process -- a CLI run
+    makes one import -- re-calibrates before its import.  Every calibration only raises.
+    """
 
     def __init__(self, public_key: rsa.RSAPublicKey, *, padder: DeadlinePadder | None = None,
                  secret: bytes | None = None, cache: CalibrationCache | None = None,
-                 probes_per_kind: int = PROBES_PER_KIND, recalibrate_every: int = RECALIBRATE_EVERY) -> None:
+                 where: tuple[str, str] = ("", ""),
+                 probes_per_kind: int = PROBES_PER_KIND, recalibrate_every: int = RECALIBRATE_EVERY,
+                 overrun_spacing: int = OVERRUN_SPACING) -> None:
         self._public = public_key
         self._secret = secret
         self.padder = DeadlinePadder() if padder is None else padder
         self.cache = cache
         self.fingerprint = key_fingerprint(public_key)
+        self.place = KeyPlace(where[0], where[1], self.fingerprint)
         self._probes_per_kind = probes_per_kind
         self._recalibrate_every = recalibrate_every
+        self._overrun_spacing = overrun_spacing
         self._since_calibration = 0
+        self._overruns_seen = 0
+        self._overrun_pending = False
         self._state_lock = threading.Lock()
         self._calibration_lock = threading.Lock()
         self.probes = 0  # probe imports made so far (0 when the cache was trusted)
+        self.calibrations = 0
         self.imports: collections.Counter[str] = collections.Counter()
 
     @property
@@ -95,6 +115,10 @@ class ImplicitRejection:
         """The key ``blob`` stands for when it does not unwrap: its ALG_ID's length, or ``length`` bytes."""
         return substitute_key(self.secret, blob, SESSION_KEY_LENGTHS[blob.alg_id] if length is None else length)
 
+    def _due(self) -> bool:
+        return self._since_calibration > self._recalibrate_every or \
+            (self._overrun_pending and self._since_calibration >= self._overrun_spacing)
+
     def run(self, operation: Callable[[], T], probe: ProbeImport, path: str = "implicit") -> T:
         """``operation`` padded to the deadline; calibrates first when none is known or one is due.
 
@@ -104,22 +128,36 @@ class ImplicitRejection:
         with self._state_lock:
             self.imports[path] += 1
             self._since_calibration += 1
-            due = self._since_calibration > self._recalibrate_every
+            due = self._due()
         if due or not self.padder.calibrated:
             with self._calibration_lock:  # one calibration at a time; the others wait for its deadline
                 if not self.padder.calibrated:
                     if not self._trust_cache():
                         self.calibrate(probe)
-                elif self._since_calibration > self._recalibrate_every:
+                elif self._due():
                     self.calibrate(probe)
-        return self.padder.run(operation)
+        try:
+            return self.padder.run(operation)
+        finally:
+            self._note_overruns()
+
+    def _note_overruns(self) -> None:
+        with self._state_lock:
+            overruns = self.padder.overruns
+            if overruns == self._overruns_seen:
+                return
+            self._overruns_seen = overruns
+            first = not self._overrun_pending
+            self._overrun_pending = True
+        if first and self.cache is not None:  # once per calibration period: a file write, after the padding
+            self.cache.mark_stale(self.place)
 
     def _trust_cache(self) -> bool:
-        cached = self.cache.load(self.fingerprint) if self.cache is not None else None
+        cached = self.cache.load(self.place) if self.cache is not None else None
         if cached is None:
             return False
-        self.padder.raise_to(cached)
-        return True
+        self.padder.raise_to(cached.deadline)  # the floor holds even when it is re-calibrated at once
+        return cached.trusted(self.cache.now()) if self.cache is not None else False
 
     def calibrate(self, probe: ProbeImport) -> float:
         """Time own probes of every kind, raise the deadline (never lower it), record it as the key's floor."""
@@ -132,14 +170,17 @@ class ImplicitRejection:
                 invalid = SimpleBlob(AlgId.CALG_AES_256, b"\x00" + os.urandom(modulus_bytes - 1))
                 for blob in (valid, invalid):
                     durations.append(self.padder.measure(functools.partial(probe, blob, oaep)))
-        with self._state_lock:
-            self.probes += len(durations)
-            self._since_calibration = 0
         deadline = self.padder.calibrate(durations)
         if self.cache is not None:
-            floor = self.cache.store(self.fingerprint, deadline)
+            floor = self.cache.store(self.place, deadline)
             if floor is not None:
                 deadline = self.padder.raise_to(floor)
+        with self._state_lock:
+            self.probes += len(durations)
+            self.calibrations += 1
+            self._since_calibration = 0
+            self._overrun_pending = False
+            self._overruns_seen = self.padder.overruns
         return deadline
 
 

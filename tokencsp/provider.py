@@ -130,7 +130,8 @@ class ExchangeKey(KeyPair):
         # One per key object, made once: two secrets would give one bad blob two substitutes.
         with self._rejection_lock:
             if self._rejection is None:
-                self._rejection = ImplicitRejection(self.public_key(), cache=CalibrationCache.default())
+                self._rejection = ImplicitRejection(self.public_key(), cache=CalibrationCache.default(),
+                                                    where=(self._token.module_path, self._token.serial))
             return self._rejection
 
     @property

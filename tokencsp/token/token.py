@@ -153,6 +153,11 @@ class Token:
         return _serial(self._token)
 
     @property
+    def module_path(self) -> str:
+        """The PKCS#11 module this token was opened through, symlinks resolved."""
+        return os.path.realpath(self._lib.so)
+
+    @property
     def pin_status(self) -> PinStatus:
         """CKF_USER_PIN_COUNT_LOW / FINAL_TRY / LOCKED and the PIN pad flag, as the token says now."""
         try:
