@@ -171,6 +171,62 @@ def test_exactly_one_subpackage_imports_pkcs11() -> None:
     assert not outside, f"pkcs11 imported outside {PKCS11_HOME}/ (docs/ARCHITECTURE.md rule 1): {outside}"
 
 
+#: The one CK_RV -> error map (docs/ARCHITECTURE.md rule 2): the only module that names python-pkcs11's
+#: exception classes.  Everywhere else catches the base class and hands it to the map (or to a named
+#: set the map module exports, such as STALE_HANDLE).
+CKR_MAP = "tokencsp.token.errors"
+
+
+def _pkcs11_exception_names() -> frozenset[str]:
+    from pkcs11 import exceptions
+
+    return frozenset(name for name, value in vars(exceptions).items()
+                     if isinstance(value, type) and issubclass(value, exceptions.PKCS11Error)) - {"PKCS11Error"}
+
+
+def pkcs11_exception_uses(source: str) -> list[int]:
+    """Lines of ``source`` that name a python-pkcs11 exception class other than the base PKCS11Error."""
+    names = _pkcs11_exception_names()
+    tree = ast.parse(source)
+    modules: set[str] = set()  # names bound to pkcs11.exceptions (or to pkcs11, which re-exports them)
+    lines: list[int] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in ("pkcs11", "pkcs11.exceptions"):
+            for alias in node.names:
+                if alias.name == "exceptions":
+                    modules.add(alias.asname or alias.name)
+                elif alias.name in names:
+                    lines.append(node.lineno)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in ("pkcs11", "pkcs11.exceptions"):
+                    modules.add(alias.asname or alias.name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in names and ast.unparse(node.value) in modules | {
+                f"{m}.exceptions" for m in modules}:
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_the_exception_class_finder_finds_one() -> None:
+    assert pkcs11_exception_uses("from pkcs11 import exceptions as p11\ntry: f()\nexcept p11.KeyHandleInvalid: pass\n") \
+        == [3]
+    assert pkcs11_exception_uses("import pkcs11\nx = pkcs11.exceptions.PinIncorrect\ny = pkcs11.KeyHandleInvalid\n") \
+        == [2, 3]
+    assert pkcs11_exception_uses("from pkcs11.exceptions import SessionClosed\n") == [1]
+    assert pkcs11_exception_uses("from pkcs11 import exceptions as p11\nexcept_ = p11.PKCS11Error\n") == []
+
+
+def test_only_the_ckr_map_names_pkcs11_exception_classes() -> None:
+    """A branch on one python-pkcs11 exception class outside token/errors.py is a second CK_RV map, where the
+    uniform import error (rule 2) could quietly split; KeyHandleInvalid was mapped in Token.sign so."""
+    assert CKR_MAP in MODULES
+    assert pkcs11_exception_uses(MODULES[CKR_MAP].read_text()), "the map names no class: has it moved?"
+    outside = [f"{m}:{line}" for m, path in MODULES.items() if m != CKR_MAP
+               for line in pkcs11_exception_uses(path.read_text())]
+    assert not outside, f"python-pkcs11 exception classes named outside {CKR_MAP} (docs/ARCHITECTURE.md rule 2): {outside}"
+
+
 # -- rule 2: no import cycles ------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(FUZZ_DIR))
 
 import fuzzsupport as fs  # noqa: E402
 from tokencsp import envelope as E  # noqa: E402
-from tokencsp.blobs import PublicKeyBlob  # noqa: E402
+from tokencsp.blobs import PublicKeyBlob, SimpleBlob  # noqa: E402
 from tokencsp.envelope import Header, Header2, read_header, seal_bytes  # noqa: E402
 from tokencsp.errors import (  # noqa: E402
     EnvelopeFormatError,
@@ -356,6 +356,22 @@ def _expected_events(scenario: int) -> list:
     records = fs.INITIATOR_RECORDS if scenario in (0, 2, 4) else fs.RESPONDER_RECORDS
     handshake = [HandshakeComplete] if scenario < 3 else []
     return handshake + [Data(r) for r in records] + [Close(), ConnectionClosed()]
+
+
+def test_the_fuzz_keys_take_the_production_implicit_import():
+    """The three-phase properties run the branch a token-backed ExchangeKey takes (import_simpleblob_implicit),
+    not the explicit-import fallback that only keys without it reach: a blob whose second byte of RSA
+    ciphertext is flipped must give a substitute key, not an import error."""
+    w = fs.threephase_world()
+    assert callable(getattr(w.alice, "import_simpleblob_implicit", None))
+    assert callable(getattr(w.bob, "import_simpleblob_implicit", None))
+    before = w.bob.implicit_imports
+    w.machine(2)  # the responder (bob) after PHASE1: it imported blob A
+    assert w.bob.implicit_imports == before + 1
+    blob = SimpleBlob.from_bytes(w.blob_a)
+    broken = SimpleBlob(blob.alg_id, blob.encrypted_key[:1] + bytes([blob.encrypted_key[1] ^ 1]) + blob.encrypted_key[2:])
+    key = w.bob.import_simpleblob_implicit(broken, oaep=True)
+    assert key.key == w.bob.import_simpleblob_implicit(broken, oaep=True).key != w.a
 
 
 scenarios = st.integers(min_value=0, max_value=len(fs.SCENARIOS) - 1)

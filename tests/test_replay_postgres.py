@@ -39,6 +39,23 @@ def rows(server, dsn: str, sql: str, *params):
         return db.execute(sql, params).fetchall()
 
 
+@pytest.mark.parametrize(("args", "error"), [
+    ((b"", 1.0), ValueError), (("text", 1.0), ValueError), ((b"k", "1"), TypeError), ((b"k", True), TypeError),
+    ((b"k", 1.0, 1.0, POLICY, "alice"), TypeError), ((b"k", 1.0, 1.0, POLICY, b"alice", -1), ValueError),
+    ((b"k", 1.0, 1.0, POLICY, b"alice", 2**64), ValueError),
+], ids=["empty key", "str key", "str time", "bool time", "str sender", "negative serial", "serial > 64 bits"])
+def test_bad_arguments_are_refused_as_by_every_backend(pg_server, pg_dsn, args, error):
+    """The argument checks are ReplayCache.accept's alone: PostgreSQL overrides the recording hook only."""
+    from tokencsp.replay.base import ReplayCache
+
+    assert "accept" not in vars(PostgresReplayCache) and PostgresReplayCache.accept is ReplayCache.accept
+    full = (*args, 1.0, POLICY)[:4] if len(args) < 4 else args
+    for cache in (MemoryReplayCache(), PostgresReplayCache(pg_dsn)):
+        with cache, pytest.raises(error):
+            cache.accept(*full)
+    assert rows(pg_server, pg_dsn, "SELECT message_key FROM tokencsp_seen WHERE message_key = %s", b"k") == []
+
+
 def test_accepts_once_and_a_refusal_records_nothing(pg_server, pg_dsn):
     now = time.time()
     with PostgresReplayCache(pg_dsn) as cache:

@@ -22,6 +22,7 @@ Anything else raises (AssertionError or the original exception): a crash.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import math
@@ -46,6 +47,7 @@ from tokencsp.errors import (
     TokenCSPError,
     UnsupportedAlgorithm,
 )
+from tokencsp.implicit import substitute_key
 from tokencsp.pubkeys import fingerprint, load_public_key
 from tokencsp.replay import MemoryReplayCache
 from tokencsp.session import SessionKey
@@ -111,17 +113,24 @@ def harness(check):
 
 
 class HostKey:
-    """An exchange key in host memory with ExchangeKey.import_simpleblob's contract.
+    """An exchange key in host memory with ExchangeKey's import interface (``import_simpleblob`` and
+    ``import_simpleblob_implicit``), so that the protocols take the production path -- the one a
+    token-backed key gives them -- rather than a fallback only test doubles reach.
 
-    Malformed blob structure -> BlobFormatError/UnsupportedAlgorithm; anything
-    that depends on the secret -> one SessionKeyImportError.  The RSA result is
-    memoised on (blob, oaep): a pure function, and it lets the fuzzers spend
-    their time in the parsers instead of in RSA.
+    ``import_simpleblob``: malformed blob structure -> BlobFormatError/UnsupportedAlgorithm;
+    anything that depends on the secret -> one SessionKeyImportError.
+    ``import_simpleblob_implicit``: never fails on the secret; a bad blob gives the substitute
+    :func:`tokencsp.implicit.substitute_key` derives, from a secret fixed by the key (so a crash
+    reproduces).  The RSA result is memoised on (blob, oaep): a pure function, and it lets the
+    fuzzers spend their time in the parsers instead of in RSA.
     """
 
     def __init__(self, key: rsa.RSAPrivateKey, memo: bool = True) -> None:
         self.key = key
         self._unwrap = functools.lru_cache(maxsize=4096)(self._unwrap_raw) if memo else self._unwrap_raw
+        modulus = key.public_key().public_numbers().n
+        self._rejection_secret = hashlib.sha256(b"fuzz rejection secret" + modulus.to_bytes(512, "big")).digest()
+        self.implicit_imports = 0
 
     def public_key(self) -> rsa.RSAPublicKey:
         return self.key.public_key()
@@ -137,6 +146,15 @@ class HostKey:
         value = self._unwrap(bytes(simple.encrypted_key), bool(oaep))
         if value is None or len(value) != blobs.SESSION_KEY_LENGTHS[simple.alg_id]:
             raise SessionKeyImportError()
+        return SessionKey.from_bytes(simple.alg_id, value)
+
+    def import_simpleblob_implicit(self, blob: bytes | SimpleBlob, oaep: bool = False) -> SessionKey:
+        self.implicit_imports += 1
+        simple = blob if isinstance(blob, SimpleBlob) else SimpleBlob.from_bytes(blob)
+        length = blobs.SESSION_KEY_LENGTHS[simple.alg_id]
+        value = self._unwrap(bytes(simple.encrypted_key), bool(oaep))
+        if value is None or len(value) != length:
+            value = substitute_key(self._rejection_secret, simple, length)
         return SessionKey.from_bytes(simple.alg_id, value)
 
 

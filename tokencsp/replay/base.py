@@ -120,8 +120,19 @@ class ReplayCache(ABC):
             raise TypeError("sender_id must be bytes or None")
         if serial is not None and not (isinstance(serial, int) and 0 <= serial <= SERIAL_MAX):
             raise ValueError(f"serial must be an unsigned 64-bit integer, not {serial!r}")
+        if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
+            raise TypeError("timestamp must be a number")
+        self._check_and_record(message_key, float(timestamp), now, policy, sender_id, serial)
+
+    def _check_and_record(self, message_key: bytes, timestamp: float, now: float, policy: ReplayPolicy,
+                          sender_id: bytes | None, serial: int | None) -> None:
+        """After accept()'s argument checks: the time window against ``now``, then the atomic :meth:`_accept`.
+
+        A backend whose own clock decides the window (PostgreSQL: the database's, inside the
+        transaction) overrides this hook -- never :meth:`accept` and its argument checks.
+        """
         policy.check_time(timestamp, now)  # refuses NaN too, so timestamp is finite below
-        self._accept(Acceptance(message_key, float(timestamp), now, policy.retention(), sender_id, serial,
+        self._accept(Acceptance(message_key, timestamp, now, policy.retention(), sender_id, serial,
                                 policy.is_strict(sender_id)))
 
     @abstractmethod

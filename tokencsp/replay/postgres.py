@@ -280,28 +280,18 @@ class PostgresReplayCache(ReplayCache):
 
     # -- accept ----------------------------------------------------------------
 
-    def accept(self, message_key: bytes, timestamp: float, now: float | None = None,
-               policy: ReplayPolicy | None = None, sender_id: bytes | None = None,
-               serial: int | None = None) -> None:
+    def _check_and_record(self, message_key: bytes, timestamp: float, now: float, policy: ReplayPolicy,
+                          sender_id: bytes | None, serial: int | None) -> None:
         """Check the window (database clock), the horizon, the key, then the serial, and record it all in one commit.
 
-        ``now`` is accepted for interface compatibility and ignored: the database's clock decides.
+        ``now`` is ignored: the database's clock decides (ReplayCache.accept checked the arguments).
         """
-        if not isinstance(message_key, bytes) or not message_key:
-            raise ValueError("message_key must be non-empty bytes")
-        if sender_id is not None and not isinstance(sender_id, bytes):
-            raise TypeError("sender_id must be bytes or None")
-        if serial is not None and not (isinstance(serial, int) and 0 <= serial <= SERIAL_MAX):
-            raise ValueError(f"serial must be an unsigned 64-bit integer, not {serial!r}")
-        if not isinstance(timestamp, (int, float)):
-            raise TypeError("timestamp must be a number")
-        policy = ReplayPolicy() if policy is None else policy
         strict = policy.is_strict(sender_id)
         token = secrets.token_bytes(16)
         with self._db.lock:
             if self._accepts % self.PRUNE_EVERY == 0:
                 self._prune_batch(PRUNE_BATCH)
-            self._db.run(lambda db, attempt: self._accept_tx(db, attempt, message_key, float(timestamp), policy,
+            self._db.run(lambda db, attempt: self._accept_tx(db, attempt, message_key, timestamp, policy,
                                                               sender_id, serial, strict, token))
             self._accepts += 1
 
@@ -345,8 +335,8 @@ class PostgresReplayCache(ReplayCache):
     def _raise(db: Any, retention: float) -> None:
         db.execute("UPDATE tokencsp_replay_settings SET retention = %s WHERE retention < %s", (retention, retention))
 
-    def _accept(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - accept() is overridden
-        raise NotImplementedError("PostgresReplayCache.accept does the whole check in the database")
+    def _accept(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - _check_and_record is overridden
+        raise NotImplementedError("PostgresReplayCache._check_and_record does the whole check in the database")
 
     # -- maintenance -------------------------------------------------------------
 

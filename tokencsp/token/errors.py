@@ -26,7 +26,8 @@ from ..errors import (
     UnwrapRefused,
 )
 
-__all__ = ["BLOB_STATE_CKRS", "ckr_of", "classify_blob_failure", "map_error", "map_rv"]
+__all__ = ["ATTRIBUTE_UNAVAILABLE", "BLOB_STATE_CKRS", "STALE_HANDLE", "ckr_of", "classify_blob_failure",
+           "is_attribute_type_invalid", "map_error", "map_rv"]
 
 CKR_OK = 0x000
 CKR_SLOT_ID_INVALID = 0x003
@@ -102,6 +103,22 @@ _ROWS: tuple[_Row, ...] = (
 
 _BY_CKR = {row.ckr: row for row in _ROWS}
 _BY_CLASS = {row.exception: row for row in _ROWS if row.exception is not None}
+
+
+#: A cached object handle that went stale (the key deleted or re-created): the caller drops the
+#: handle and may look the key up again; :func:`map_error` turns each into KeyNotFoundError.
+STALE_HANDLE: tuple[type[p11.PKCS11Error], ...] = (
+    p11.ObjectHandleInvalid, p11.KeyHandleInvalid, p11.UnwrappingKeyHandleInvalid,
+    p11.WrappingKeyHandleInvalid,  # opencryptoki 3.8.1's answer for a deleted unwrapping key
+)
+
+#: An attribute the token lacks or will not reveal: the caller uses the attribute's default.
+ATTRIBUTE_UNAVAILABLE: tuple[type[p11.PKCS11Error], ...] = (p11.AttributeTypeInvalid, p11.AttributeSensitive)
+
+
+def is_attribute_type_invalid(exc: p11.PKCS11Error) -> bool:
+    """CKR_ATTRIBUTE_TYPE_INVALID: the token does not know an attribute of the template (e.g. ALLOWED_MECHANISMS)."""
+    return isinstance(exc, p11.AttributeTypeInvalid)
 
 
 def ckr_of(exc: p11.PKCS11Error) -> int | None:

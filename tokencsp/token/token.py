@@ -31,7 +31,17 @@ from ..errors import (
 from ..keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus, RsaPrivateParts
 from . import trace
 from ._ctypes import CKZ_DATA_SPECIFIED, LockingLib, OaepParams, session_handle
-from .errors import CKR_KEY_HANDLE_INVALID, CKR_OBJECT_HANDLE_INVALID, CKR_OK, ckr_of, classify_blob_failure, map_error
+from .errors import (
+    ATTRIBUTE_UNAVAILABLE,
+    CKR_KEY_HANDLE_INVALID,
+    CKR_OBJECT_HANDLE_INVALID,
+    CKR_OK,
+    STALE_HANDLE,
+    ckr_of,
+    classify_blob_failure,
+    is_attribute_type_invalid,
+    map_error,
+)
 from .pool import Lease, SessionPool, max_sessions
 from .quirks import (
     CONTEXT_LOGIN_UNSUPPORTED,
@@ -64,8 +74,6 @@ CKF_USER_PIN_LOCKED = 0x00040000
 
 # Handle-level failures that mean "look the key up again": it was deleted or
 # re-created since this session cached its handle.
-_STALE_HANDLE = (p11.ObjectHandleInvalid, p11.KeyHandleInvalid, p11.UnwrappingKeyHandleInvalid,
-                 p11.WrappingKeyHandleInvalid)  # opencryptoki 3.8.1's answer for a deleted unwrapping key
 
 _DECRYPT_MECHANISMS: dict[DecryptMechanism, Mechanism] = {
     DecryptMechanism.RSA_X_509: Mechanism.RSA_X_509,
@@ -325,7 +333,7 @@ class Token:
             modulus = int.from_bytes(private[Attribute.MODULUS], "big")
             try:
                 exponent = int.from_bytes(private[Attribute.PUBLIC_EXPONENT], "big")
-            except (p11.AttributeTypeInvalid, p11.AttributeSensitive):
+            except ATTRIBUTE_UNAVAILABLE:
                 # Some card profiles keep the exponent on the public object only.
                 publics = self._find(lease, ObjectClass.PUBLIC_KEY, key_id=key_id)
                 if not publics:
@@ -367,11 +375,9 @@ class Token:
                                          Attribute.PUBLIC_EXPONENT: int_bytes(65537), **public_usage},
                         private_template={**PRIVATE_PROTECTION, **private_usage},
                     )
-            except p11.AttributeTypeInvalid:
-                if oaep_only:
-                    raise _no_allowed_mechanisms(self.label) from None
-                raise map_error(p11.AttributeTypeInvalid(), f"generating {bits}-bit RSA key {name!r}") from None
             except p11.PKCS11Error as exc:
+                if oaep_only and is_attribute_type_invalid(exc):
+                    raise _no_allowed_mechanisms(self.label) from None
                 raise map_error(exc, f"generating {bits}-bit RSA key {name!r}") from None
         return key_id
 
@@ -411,7 +417,7 @@ class Token:
             except p11.PKCS11Error as exc:
                 for obj in created:
                     _destroy_quietly(obj)
-                if oaep_only and isinstance(exc, p11.AttributeTypeInvalid):
+                if oaep_only and is_attribute_type_invalid(exc):
                     raise _no_allowed_mechanisms(self.label) from None
                 raise map_error(exc, f"importing RSA key {name!r}") from None
         return key_id
@@ -491,7 +497,7 @@ class Token:
                             template=template,
                         )
                     break
-                except _STALE_HANDLE as exc:
+                except STALE_HANDLE as exc:
                     # The cached handle went stale (key deleted or re-created):
                     # look it up once more, which raises KeyNotFoundError if gone.
                     lease.keys.pop(key_id, None)
@@ -678,11 +684,10 @@ class Token:
                 with trace.call("C_Sign", Mechanism.SHA256_RSA_PKCS_PSS):
                     return bytes(private.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS_PSS,
                                               mechanism_param=PSS_SHA256))
-            except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid):
-                lease.keys.pop(key_id, None)
-                raise KeyNotFoundError("the signature key is no longer on the token") from None
             except p11.PKCS11Error as exc:
-                raise map_error(exc, "signing") from None
+                if isinstance(exc, STALE_HANDLE):  # the key was deleted or re-created: drop the handle
+                    lease.keys.pop(key_id, None)
+                raise map_error(exc, "signing with the signature key") from None
 
     def count_objects(self) -> int:
         """Every object this application can see on the token (token and session objects)."""
@@ -733,7 +738,7 @@ def _c_buffer_address(data: bytes) -> int:
 def _flag(key: Object, attribute: Attribute) -> bool:
     try:
         return bool(key[attribute])
-    except (p11.AttributeTypeInvalid, p11.AttributeSensitive):  # tokens without the attribute: its default
+    except ATTRIBUTE_UNAVAILABLE:  # tokens without the attribute: its default
         return False
 
 
