@@ -10,7 +10,7 @@ import sys
 import jsonschema
 import pytest
 
-from helpers import REPO_ROOT, assert_one_line_error, tokencsp
+from helpers import REPO_ROOT, assert_one_line_error, cbc_bad_padding, kept_substitute, tokencsp
 
 SCHEMA = json.loads((REPO_ROOT / "docs" / "result.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
@@ -167,7 +167,15 @@ def test_capi_and_cms_decrypt_json(keys, tmp_path):
     obj = one(tokencsp(*base, "--oaep", "-o", str(tmp_path / "pt"), "--json", str(tmp_path / "ct")).stdout)
     assert (tmp_path / "pt").read_bytes() == data
     assert obj["bytes"] == len(data) and obj["alg"] == "CALG_AES_256" and obj["file"] == str(tmp_path / "ct")
-    failed = tokencsp(*base, "-o", str(tmp_path / "pt2"), "--json", str(tmp_path / "ct"), check=False)
+    # Without --oaep the OAEP blob does not unwrap and the CLI decrypts with its substitute (the key every
+    # process of this user derives): a payload whose padding that key rejects fails for certain, not 255/256.
+    from tokencsp.blobs import AlgId, SimpleBlob
+    from tokencsp.pubkeys import load_public_key
+
+    substitute = kept_substitute(load_public_key((keys / "json-rx.pub").read_bytes()),
+                                 SimpleBlob.from_bytes((tmp_path / "sb").read_bytes()))
+    (tmp_path / "bad-ct").write_bytes(cbc_bad_padding(AlgId.CALG_AES_256, substitute))
+    failed = tokencsp(*base, "-o", str(tmp_path / "pt2"), "--json", str(tmp_path / "bad-ct"), check=False)
     obj = one(failed.stdout)
     assert failed.returncode == 4 and obj["reason"] == "decrypt" and "--oaep" in obj["hint"]
 

@@ -410,16 +410,23 @@ def _cheap_rejects(count: int) -> list[bytes]:
 
 
 def test_a_flood_of_cheap_rejects_leaves_the_deadline_unchanged(provider):
-    """Finding 1: 600 such blobs used to pull the learned deadline below a real unwrap."""
+    """Finding 1: 600 such blobs used to pull the learned deadline below a real unwrap.
+
+    Only the key's own calibrations move the deadline, and only up: on a loaded machine an import
+    may overrun and make one due (tokencsp.implicit), so "unchanged" is asserted unless one ran.
+    """
     pair = provider.generate_exchange_key("test-flood")
     try:
         good = SessionKey.generate("aes256")
         assert pair.import_simpleblob_implicit(good.export_simpleblob(pair.public_blob())).key == good.key
-        deadline = pair.rejection.padder.deadline
+        deadline, calibrations = pair.rejection.padder.deadline, pair.rejection.calibrations
         assert deadline > 0
         for blob in _cheap_rejects(600):
             pair.import_simpleblob_implicit(blob)
-        assert pair.rejection.padder.deadline == deadline
+        after = pair.rejection.padder.deadline
+        assert after == deadline or (after > deadline and pair.rejection.calibrations > calibrations)
+        if pair.rejection.padder.overruns == 0:
+            assert (after, pair.rejection.calibrations) == (deadline, calibrations)
         assert pair.rejection.padder.padded == 601
     finally:
         provider.delete_key("test-flood")
@@ -575,9 +582,20 @@ def test_calibration_comes_from_own_probes_and_is_cached_per_key(provider, softh
         assert cache.load(first.place).deadline == first.padder.deadline
         assert cache.load(KeyPlace(first.place.module, "another-token", first.fingerprint)) is None
 
+        def settled(rejection) -> float:
+            # An import that overran (a loaded machine) marks the entry stale, so that the next process
+            # re-calibrates; that wiring is checked here, then the mark cleared for the next step.
+            entry = cache.load(first.place)
+            assert entry.stale == (rejection.padder.overruns > 0)
+            if entry.stale:
+                cache.store(first.place, entry.deadline)
+            return entry.deadline
+
+        deadline = settled(first)
         again = provider.exchange_key("test-calib")  # a fresh object has no in-memory state
         again.import_simpleblob_implicit(blob)
-        assert again.rejection.probes == 0 and again.rejection.padder.deadline == first.padder.deadline
+        assert again.rejection.probes == 0 and again.rejection.padder.deadline == deadline
+        settled(again.rejection)
 
         code = ("import sys; from tokencsp import Provider\n"
                 "with Provider.open() as p:\n"
@@ -585,10 +603,10 @@ def test_calibration_comes_from_own_probes_and_is_cached_per_key(provider, softh
                 "    print(k.rejection.probes, repr(k.rejection.padder.deadline))\n")
         out = subprocess.run([sys.executable, "-c", code, blob.hex()], capture_output=True, text=True, check=True,
                              env=dict(os.environ), timeout=120).stdout.split()
-        assert out == ["0", repr(first.padder.deadline)]
+        assert out == ["0", repr(deadline)]
 
         # The floor: a higher recorded deadline is kept, and own probes never take it lower.
-        high = first.padder.deadline * 3
+        high = max(deadline * 3, 0.25)  # above what probes give even on a loaded machine
         assert cache.store(first.place, high) == high
         third = provider.exchange_key("test-calib")
         third.import_simpleblob_implicit(blob)
@@ -798,3 +816,24 @@ def test_sealed_open_and_capi_decrypt_with_a_card_key(provider, exchange_key, ca
     assert card_bad.returncode == unwrap_bad.returncode == 10 and card_bad.stdout == unwrap_bad.stdout == b""
     assert card_bad.stderr == unwrap_bad.stderr and card_bad.stderr.count(b"\n") == 1, card_bad.stderr
     assert card_bad.stderr.startswith(b"tokencsp: error: ") and b"Traceback" not in card_bad.stderr
+
+
+def test_the_pin_buffer_is_zeroed_after_login(softhsm_kit, monkeypatch):
+    """SECURITY.md: C_Login gets the PIN in a ctypes buffer that is zeroed afterwards (in a finally)."""
+    import ctypes
+
+    from tokencsp.token import _ctypes
+
+    made: list[ctypes.Array[ctypes.c_char]] = []
+    real = ctypes.create_string_buffer
+
+    def recording(init, size=None):
+        buffer = real(init) if size is None else real(init, size)
+        made.append(buffer)
+        return buffer
+
+    monkeypatch.setattr(_ctypes.ctypes, "create_string_buffer", recording)
+    with Provider.open(token="tokencsp-test-b", pin=softhsm_kit.user_pin) as opened:
+        assert opened.token_label == "tokencsp-test-b"
+    pins = [b for b in made if len(b) == len(softhsm_kit.user_pin) + 1]
+    assert pins and all(b.raw == bytes(len(b)) for b in pins)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import statistics
 import sys
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from tokencsp.testing import SoftHSMKit
 
     with tempfile.TemporaryDirectory(prefix="tokencsp-audit-") as scratch:
+        os.environ["XDG_STATE_HOME"] = str(Path(scratch) / "state")  # the throwaway key's calibration, not the user's
         kit = SoftHSMKit(Path(scratch), labels=("tokencsp-audit",))
         kit.__enter__()
         kit.apply()
@@ -102,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             padded = not args.no_deadline
             measure(pair, valid[:200], invalid[:200], args.oaep, padded)  # warm-up (and calibration)
             good, bad = measure(pair, valid, invalid, args.oaep, padded)
+            rejection = pair.rejection
+            overruns, calibrations, deadline = rejection.padder.overruns, rejection.calibrations, \
+                rejection.padder.deadline
             flood = flood_check(pair, args.oaep) if padded else None
             leftover = provider.session_object_count()
     good_t, bad_t = trimmed(good), trimmed(bad)
@@ -112,22 +117,33 @@ def main(argv: list[str] | None = None) -> int:
           f"median={statistics.median(bad_t):8.1f} us")
     verdict = "no leak detected" if abs(t) < TVLA_THRESHOLD else "TIMING DIFFERENCE DETECTED"
     print(f"Welch t = {t:+.2f} (|t| < {TVLA_THRESHOLD} passes): {verdict}")
+    if padded:
+        print(f"deadline {deadline * 1e6:.1f} us after {calibrations} calibration(s); "
+              f"{overruns} of {len(valid) + len(invalid) + 400} padded imports overran it")
+    flood_ok = True
     if flood is not None:
-        before, after = flood
-        print(f"deadline before / after 600 blobs >= n: {before * 1e6:.1f} / {after * 1e6:.1f} us "
-              f"({'unchanged' if after == before else 'CHANGED'})")
+        before, after, calibrations = flood
+        # The deadline moves only by the key's own calibrations (tokencsp.implicit): an overrun on a loaded
+        # machine may make one due during the flood, which can only raise it.  Unchanged is the claim.
+        flood_ok = after == before or (after > before and calibrations > 0)
+        state = "unchanged" if after == before else (
+            f"raised by {calibrations} re-calibration(s) from own probes" if flood_ok else "CHANGED")
+        print(f"deadline before / after 600 blobs >= n: {before * 1e6:.1f} / {after * 1e6:.1f} us ({state})")
     print(f"session objects left on the token: {leftover}")
-    return 0 if leftover == 0 and (flood is None or flood[0] == flood[1]) else 1
+    return 0 if leftover == 0 and flood_ok else 1
 
 
-def flood_check(pair: ExchangeKey, oaep: bool) -> tuple[float, float]:
-    """Issue 9 finding 1: cheap rejects (ciphertext >= n) must not move the deadline."""
+def flood_check(pair: ExchangeKey, oaep: bool) -> tuple[float, float, int]:
+    """Issue 9 finding 1: cheap rejects (ciphertext >= n) must not move the deadline.
+
+    Returns (deadline before, after, calibrations the key made meanwhile).
+    """
     from tokencsp.blobs import AlgId, SimpleBlob
 
-    before = pair.rejection.padder.deadline
+    before, calibrations = pair.rejection.padder.deadline, pair.rejection.calibrations
     for i in range(600):
         pair.import_simpleblob_implicit(SimpleBlob(AlgId.CALG_AES_256, b"\xff" * 255 + bytes([i % 256])), oaep=oaep)
-    return before, pair.rejection.padder.deadline
+    return before, pair.rejection.padder.deadline, pair.rejection.calibrations - calibrations
 
 
 if __name__ == "__main__":
