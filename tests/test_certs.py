@@ -26,7 +26,7 @@ def issued(softhsm_kit, tmp_path_factory):
              "--subject", "CN=alice,O=Example", "-o", str(where / "kx.pem"))
     yield where, ca, kx
     for name in (ca, kx):
-        tokencsp("key", "delete", name, check=False)
+        tokencsp("key", "delete", "--yes", name, check=False)
 
 
 def _openssl(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -48,7 +48,7 @@ def test_openssl_verify_rejects_a_certificate_from_another_signer(issued, tmp_pa
         tokencsp("key", "cert", other, "--signer", other, "--subject", "CN=tokencsp test CA,O=Example",
                  "-o", str(tmp_path / "other.pem"))
     finally:
-        tokencsp("key", "delete", other, check=False)
+        tokencsp("key", "delete", "--yes", other, check=False)
     result = _openssl("verify", "-CAfile", str(tmp_path / "other.pem"), str(where / "kx.pem"))
     assert result.returncode != 0
 

@@ -21,7 +21,7 @@ from tokencsp.blobs import PrivateKeyBlob
 def cli_key(softhsm_kit):
     tokencsp("key", "generate", "cli-kx")
     yield "cli-kx"
-    tokencsp("key", "delete", "cli-kx", check=False)
+    tokencsp("key", "delete", "--yes", "cli-kx", check=False)
 
 
 def test_help_lists_commands_and_exit_codes():
@@ -99,13 +99,13 @@ def test_import_private_blob_and_pem(tmp_path, softhsm_kit):
     (tmp_path / "k.blob").write_bytes(PrivateKeyBlob.from_private_key(software).to_bytes())
     out = tokencsp("key", "import", "cli-imp", "--private-blob", str(tmp_path / "k.blob")).stdout.decode()
     assert "cli-imp" in out and "exchange" in out
-    tokencsp("key", "delete", "cli-imp")
+    tokencsp("key", "delete", "--yes", "cli-imp")
     (tmp_path / "k.pem").write_bytes(software.private_bytes(serialization.Encoding.PEM,
                                                             serialization.PrivateFormat.TraditionalOpenSSL,
                                                             serialization.NoEncryption()))
     out = tokencsp("key", "import", "cli-imp", "--pem", str(tmp_path / "k.pem"), "--usage", "signature").stdout
     assert b"signature" in out
-    tokencsp("key", "delete", "cli-imp")
+    tokencsp("key", "delete", "--yes", "cli-imp")
     assert b"cli-imp" not in tokencsp("key", "list").stdout
 
 
@@ -251,7 +251,7 @@ def test_key_audit_flags_weak_keys(tmp_path, softhsm_kit, cli_key):
         entry = next(e for e in json.loads(ok) if e["name"] == cli_key)
         assert [f for f in entry["findings"] if f["level"] == "warning"] == []
     finally:
-        tokencsp("key", "delete", "audit-weak", "--token", "tokencsp-test-b")
+        tokencsp("key", "delete", "--yes", "audit-weak", "--token", "tokencsp-test-b")
 
 
 def test_generate_oaep_only(tmp_path, softhsm_kit, token_has_allowed_mechanisms):
@@ -274,7 +274,7 @@ def test_generate_oaep_only(tmp_path, softhsm_kit, token_has_allowed_mechanisms)
         assert_one_line_error(result, 4, "could not be decrypted", hint="add --oaep")
         assert b"oaep-only" in tokencsp("key", "list").stdout
     finally:
-        tokencsp("key", "delete", "cli-oaep")
+        tokencsp("key", "delete", "--yes", "cli-oaep")
 
 
 def test_uri_object_names_the_key(cli_key, tmp_path, softhsm_kit):
@@ -384,13 +384,14 @@ def net_args(cli_key, tmp_path):
     pub = tmp_path / "peer.pub"
     tokencsp("key", "export", cli_key, "-o", str(pub))
     (tmp_path / "f").write_bytes(b"x")
-    return ["--key", cli_key, "--peer", str(pub)], str(tmp_path / "f")
+    return ["--key", cli_key], str(pub), str(tmp_path / "f")
 
 
 def test_listen_on_a_port_in_use_or_a_bad_host_is_one_line(net_args, tmp_path):
     import socket
 
-    key_args, _ = net_args
+    key_args, pub, _ = net_args
+    key_args = [*key_args, "--trust", pub]
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
@@ -406,11 +407,11 @@ def test_listen_on_a_port_in_use_or_a_bad_host_is_one_line(net_args, tmp_path):
 def test_send_to_a_closed_port_is_not_a_protocol_error(net_args):
     import socket
 
-    key_args, path = net_args
+    key_args, pub, path = net_args
     with socket.socket() as bound:  # bound but not listening: the kernel refuses the connection
         bound.bind(("127.0.0.1", 0))
         port = bound.getsockname()[1]
-        result = tokencsp("send", *key_args, "--to", f"127.0.0.1:{port}", path, check=False)
+        result = tokencsp("send", *key_args, "--to", pub, "--connect", f"127.0.0.1:{port}", path, check=False)
     assert_one_line_error(result, 44, f"cannot connect to 127.0.0.1:{port}: Connect")
 
 
@@ -424,12 +425,12 @@ def test_listen_creates_a_missing_out_dir(cli_key, tmp_path):
         inbox = tmp_path / "new" / "inbox"
         listener = subprocess.Popen(
             [sys.executable, "-m", "tokencsp", "listen", "--token", "tokencsp-test-b", "--key", "cli-bob", "--name",
-             "bob", "--peer", str(tmp_path / "alice.pub"), "--port", "0", "--out-dir", str(inbox), "--once"],
+             "bob", "--trust", str(tmp_path / "alice.pub"), "--port", "0", "--out-dir", str(inbox), "--once"],
             stderr=subprocess.PIPE)
         line = listener.stderr.readline().decode()
         assert "listening on 127.0.0.1:" in line, line
         port = line.split("127.0.0.1:")[1].split()[0]
-        tokencsp("send", "--key", cli_key, "--name", "alice", "--peer", str(tmp_path / "bob.pub"), "--to",
+        tokencsp("send", "--key", cli_key, "--name", "alice", "--to", str(tmp_path / "bob.pub"), "--connect",
                  f"127.0.0.1:{port}", str(tmp_path / "report.txt"))
         assert listener.wait(timeout=60) == 0, listener.stderr.read()
         assert (inbox / "alice" / "report.txt").read_bytes() == b"delivered"  # one directory per peer
@@ -438,7 +439,7 @@ def test_listen_creates_a_missing_out_dir(cli_key, tmp_path):
         if listener is not None and listener.poll() is None:
             listener.kill()
             listener.wait()
-        tokencsp("key", "delete", "cli-bob", "--token", "tokencsp-test-b", check=False)
+        tokencsp("key", "delete", "--yes", "cli-bob", "--token", "tokencsp-test-b", check=False)
 
 
 def test_key_list_names_the_token_and_has_a_header(cli_key):

@@ -18,7 +18,7 @@ def keys(tmp_path_factory, softhsm_kit):
         tokencsp("key", "export", name, "-o", str(home / f"{name}.pub"))
     yield home
     for name in ("batch-rx", "batch-other"):
-        tokencsp("key", "delete", name, check=False)
+        tokencsp("key", "delete", "--yes", name, check=False)
 
 
 def seal_to(keys, path, data: bytes, key: str = "batch-rx"):

@@ -43,7 +43,7 @@ def test_the_whole_flow_from_key_generate_to_key_delete(softhsm_kit, tmp_path):
         assert opened.stdout == b"signed hello" and b"(signature verified)" in opened.stderr
     finally:
         for name in (rx, signer):
-            tokencsp("key", "delete", name, check=False)
+            tokencsp("key", "delete", "--yes", name, check=False)
     names = {k["name"] for k in json.loads(tokencsp("key", "list", "--json").stdout)}
     assert rx not in names and signer not in names
     gone = tokencsp("open", "--key", rx, "--replay-db", str(tmp_path / "other.db"), str(sealed), check=False)

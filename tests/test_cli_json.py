@@ -51,7 +51,7 @@ def keys(tmp_path_factory, softhsm_kit):
         tokencsp("key", "export", name, "-o", str(home / f"{name}.pub"))
     yield home
     for name in ("json-rx", "json-signer"):
-        tokencsp("key", "delete", name, check=False)
+        tokencsp("key", "delete", "--yes", name, check=False)
 
 
 def seal(keys, tmp_path, data: bytes, *extra: str):
@@ -203,7 +203,7 @@ def test_key_generate_and_export_json(softhsm_kit, tmp_path):
         obj = one(again.stdout)
         assert again.returncode == 3 and obj["status"] == "error" and obj["reason"] == "token"
     finally:
-        tokencsp("key", "delete", "json-gen", check=False)
+        tokencsp("key", "delete", "--yes", "json-gen", check=False)
     missing = tokencsp("key", "export", "json-gen", "-o", str(tmp_path / "x"), "--json", check=False)
     assert missing.returncode == 3 and one(missing.stdout)["name"] == "json-gen"
 
@@ -218,12 +218,12 @@ def test_send_and_listen_json(keys, tmp_path):
         (tmp_path / "b.bin").write_bytes(os.urandom(3000))
         listener = subprocess.Popen(
             [sys.executable, "-m", "tokencsp", "listen", "--token", "tokencsp-test-b", "--key", "json-bob", "--name",
-             "bob", "--peer", str(tmp_path / "alice.pub"), "--port", "0", "--out-dir", str(tmp_path / "in"),
+             "bob", "--trust", str(tmp_path / "alice.pub"), "--port", "0", "--out-dir", str(tmp_path / "in"),
              "--once", "--json"], stderr=subprocess.PIPE, stdout=subprocess.PIPE)
         line = listener.stderr.readline().decode()
         port = line.split("127.0.0.1:")[1].split()[0]
-        sent = one(tokencsp("send", "--key", "json-rx", "--name", "alice", "--peer", str(tmp_path / "bob.pub"),
-                            "--to", f"127.0.0.1:{port}", "--json", str(tmp_path / "a.txt"),
+        sent = one(tokencsp("send", "--key", "json-rx", "--name", "alice", "--to", str(tmp_path / "bob.pub"),
+                            "--connect", f"127.0.0.1:{port}", "--json", str(tmp_path / "a.txt"),
                             str(tmp_path / "b.bin")).stdout)
         out, err = listener.communicate(timeout=60)
         assert listener.returncode == 0, err
@@ -232,15 +232,15 @@ def test_send_and_listen_json(keys, tmp_path):
         assert got["peer"] == "alice" and got["files"] == files and got["bytes"] == 3010
         assert sent["peer"] == "bob" and sent["bytes"] == 3010
         assert sent["files"] == [{**f, "confirmed": True} for f in files]
-        refused = tokencsp("send", "--key", "json-rx", "--name", "alice", "--peer", str(tmp_path / "bob.pub"),
-                           "--to", f"127.0.0.1:{port}", "--json", str(tmp_path / "a.txt"), check=False)
+        refused = tokencsp("send", "--key", "json-rx", "--name", "alice", "--to", str(tmp_path / "bob.pub"),
+                           "--connect", f"127.0.0.1:{port}", "--json", str(tmp_path / "a.txt"), check=False)
         obj = one(refused.stdout)
         assert refused.returncode == 44 and obj["reason"] == "connect" and obj["files"][0]["confirmed"] is False
     finally:
         if listener is not None and listener.poll() is None:
             listener.kill()
             listener.wait()
-        tokencsp("key", "delete", "json-bob", "--token", "tokencsp-test-b", check=False)
+        tokencsp("key", "delete", "--yes", "json-bob", "--token", "tokencsp-test-b", check=False)
 
 
 def test_batch_open_json_is_one_object_per_file(keys, tmp_path):

@@ -181,10 +181,10 @@ def usage_error(argv: list[str], needle: str, hint: str | None = None) -> None:
     (["key", "list", "--uri", "pkcs11:tokn=x"], "unsupported PKCS#11 URI attribute", None),
     (["capi", "decrypt", "--blob", "b"], "no key named", None),
     (["open", "m.tcsp"], "no key named", None),
-    (["send", "--key", "k", "--peer", "p", "--to", "nocolon", "f"], "expected HOST:PORT", None),
-    (["send", "--key", "k", "--peer", "p", "--to", "h:1", "--timeout", "0", "f"], "must be above 0", None),
-    (["listen", "--key", "k", "--peer", "p", "--port", "99999", "--out-dir", "d"], "port number", None),
-    (["listen", "--key", "k", "--peer", "p", "--port", "1", "--out-dir", "d", "--max-sessions", "0"],
+    (["send", "--key", "k", "--to", "p", "--connect", "nocolon", "f"], "expected HOST:PORT", None),
+    (["send", "--key", "k", "--to", "p", "--connect", "h:1", "--timeout", "0", "f"], "must be above 0", None),
+    (["listen", "--key", "k", "--trust", "p", "--port", "99999", "--out-dir", "d"], "port number", None),
+    (["listen", "--key", "k", "--trust", "p", "--port", "1", "--out-dir", "d", "--max-sessions", "0"],
      "at least 1", None),
 ])
 def test_every_usage_error_is_exit_2_and_one_line(argv, needle, hint):

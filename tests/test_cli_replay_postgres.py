@@ -35,7 +35,7 @@ def keys(tmp_path_factory, softhsm_kit):
         tokencsp("key", "export", f"{KEY_PREFIX}-{name}", "-o", str(home / f"{name}.pub"))
     yield home
     for name in ("rx", "signer"):
-        tokencsp("key", "delete", f"{KEY_PREFIX}-{name}", check=False)
+        tokencsp("key", "delete", "--yes", f"{KEY_PREFIX}-{name}", check=False)
 
 
 def seal(keys, tmp_path: Path, data: bytes, *extra: str) -> Path:

@@ -24,7 +24,7 @@ def keys(tmp_path_factory, softhsm_kit):
         tokencsp("key", "export", name, "-o", str(home / f"{name}.pub"))
     yield home
     for name in ("seal-rx", "seal-other", "seal-signer", "seal-stranger"):
-        tokencsp("key", "delete", name, check=False)
+        tokencsp("key", "delete", "--yes", name, check=False)
 
 
 def seal(keys, tmp_path, data: bytes, *extra: str):

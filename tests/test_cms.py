@@ -31,7 +31,7 @@ def recipient(softhsm_kit, tmp_path_factory):
     tokencsp("key", "cert", other, "--signer", ca, "-o", str(where / "other.pem"))
     yield where, kx, other
     for name in (ca, kx, other):
-        tokencsp("key", "delete", name, check=False)
+        tokencsp("key", "delete", "--yes", name, check=False)
 
 
 def _encrypt(where, plain: bytes, *options: str, recipients: tuple[str, ...] = ("kx.pem",)) -> bytes:

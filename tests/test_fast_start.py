@@ -34,7 +34,7 @@ sys.exit(code)
 def fast_key(softhsm_kit):
     tokencsp("key", "generate", "fast-kx")
     yield "fast-kx"
-    tokencsp("key", "delete", "fast-kx", check=False)
+    tokencsp("key", "delete", "--yes", "fast-kx", check=False)
 
 
 def test_open_on_the_token_loads_no_asn1crypto(fast_key, tmp_path):

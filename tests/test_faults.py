@@ -150,7 +150,7 @@ def test_key_deleted_between_calls(provider, tmp_path, deleter):
     sealed = envelope.seal_bytes(b"x" * 10_000, key.public_key(), chunk_size=CHUNK)
     objects = provider.object_count()
     if deleter == "another-process":
-        tokencsp("key", "delete", name)
+        tokencsp("key", "delete", "--yes", name)
     else:
         with Provider.open() as other:
             assert other.delete_key(name) == 2

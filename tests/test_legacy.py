@@ -117,7 +117,7 @@ KEY = "legacy-kx"
 def token_key(softhsm_kit):
     tokencsp("key", "generate", KEY)
     yield load_pem_public_key(tokencsp("key", "export", KEY, "--format", "pem").stdout)
-    tokencsp("key", "delete", KEY, check=False)
+    tokencsp("key", "delete", "--yes", KEY, check=False)
 
 
 def _legacy_blob(public_key, alg: int, key: bytes) -> bytes:

@@ -744,12 +744,12 @@ def test_cli_listen_once_and_send(tmp_path, exported):
         paths = make_files(tmp_path / "src", spec)
         out = tmp_path / "out"
         out.mkdir()
-        thread, outcome = _listen_in_thread(  # --peer DIR: alice, bob and mallory are trusted
-            ["listen", "--token", "tokencsp-test-b", "--key", "net-bob", "--name", "bob", "--peer",
+        thread, outcome = _listen_in_thread(  # --trust DIR: alice, bob and mallory are trusted
+            ["listen", "--token", "tokencsp-test-b", "--key", "net-bob", "--name", "bob", "--trust",
              str(exported), "--port", "0", "--out-dir", str(out), "--once"])
         port = capture.wait_for_port()
         code, err = tokencsp("send", "--token", "tokencsp-test-a", "--key", "net-alice", "--name", "alice",
-                             "--peer", str(exported / "bob.pem"), "--to", f"127.0.0.1:{port}", *paths)
+                             "--to", str(exported / "bob.pem"), "--connect", f"127.0.0.1:{port}", *paths)
         thread.join(20)
         assert code == 0, err
         assert "bob confirmed 2 file(s)" in err
@@ -766,17 +766,17 @@ def test_cli_listen_once_is_used_up_only_by_an_authenticated_session(tmp_path, e
         out = tmp_path / "out"
         out.mkdir()
         thread, outcome = _listen_in_thread(
-            ["listen", "--token", "tokencsp-test-b", "--key", "net-bob", "--name", "bob", "--peer",
+            ["listen", "--token", "tokencsp-test-b", "--key", "net-bob", "--name", "bob", "--trust",
              str(exported / "alice.blob"), "--port", "0", "--out-dir", str(out), "--once", "--timeout", "5"])
         port = capture.wait_for_port()
         with socket.create_connection(("127.0.0.1", port)):
             pass  # connect and close at once
         capture.wait_for("session with unauthenticated peer")
         code, err = tokencsp("send", "--token", "tokencsp-test-a", "--key", "net-alice", "--name", "carol",
-                             "--peer", str(exported / "bob.pem"), "--to", f"127.0.0.1:{port}", *paths)
+                             "--to", str(exported / "bob.pem"), "--connect", f"127.0.0.1:{port}", *paths)
         assert code == 40, err  # an unknown name: refused
         code, err = tokencsp("send", "--token", "tokencsp-test-a", "--key", "net-alice", "--name", "alice",
-                             "--peer", str(exported / "bob.pem"), "--to", f"127.0.0.1:{port}", *paths)
+                             "--to", str(exported / "bob.pem"), "--connect", f"127.0.0.1:{port}", *paths)
         thread.join(20)
         assert code == 0, err
         assert outcome["code"] == 0, outcome["err"]
@@ -791,18 +791,18 @@ def test_cli_refusal_is_one_line_and_non_zero(tmp_path, exported):
         out = tmp_path / "out"
         out.mkdir()
         thread, outcome = _listen_in_thread(
-            ["listen", "--token", "tokencsp-test-b", "--key", "net-bob", "--name", "bob", "--peer",
+            ["listen", "--token", "tokencsp-test-b", "--key", "net-bob", "--name", "bob", "--trust",
              str(exported / "mallory.der"), "--port", "0", "--out-dir", str(out), "--once", "--timeout", "2"])
         port = capture.wait_for_port()
         code, err = tokencsp("send", "--token", "tokencsp-test-a", "--key", "net-alice", "--name", "alice",
-                             "--peer", str(exported / "bob.pem"), "--to", f"127.0.0.1:{port}", *paths)
+                             "--to", str(exported / "bob.pem"), "--connect", f"127.0.0.1:{port}", *paths)
         # The sender only hears the receiver's (unauthenticated) ABORT: a protocol error, 40;
         # the listener reports why it refused and, with --once, waits on for an authenticated sender.
         assert code == 40 and err.startswith("tokencsp: error: ") and err.count("\n") == 1, err
         refusal = capture.wait_for("session with unauthenticated peer")
         assert "not in the trust set" in refusal, refusal
         code, err = tokencsp("send", "--token", "tokencsp-test-a", "--key", "net-mallory", "--name", "mallory",
-                             "--peer", str(exported / "bob.pem"), "--to", f"127.0.0.1:{port}", *paths)
+                             "--to", str(exported / "bob.pem"), "--connect", f"127.0.0.1:{port}", *paths)
         thread.join(20)
         assert code == 0, err
         assert outcome["code"] == 0 and "received 1 file(s) from mallory" in outcome["err"], outcome
@@ -810,10 +810,10 @@ def test_cli_refusal_is_one_line_and_non_zero(tmp_path, exported):
 
 def test_cli_argument_errors(tmp_path, exported):
     with per_thread_stderr():
-        code, err = tokencsp("send", "--key", "net-alice", "--peer", str(exported / "bob.pem"), "--to", "nocolon",
+        code, err = tokencsp("send", "--key", "net-alice", "--to", str(exported / "bob.pem"), "--connect", "nocolon",
                              str(exported / "bob.pem"))
         assert code == 2 and "HOST:PORT" in err
-        code, err = tokencsp("listen", "--key", "net-bob", "--peer", str(exported / "alice.blob"), "--port", "1",
+        code, err = tokencsp("listen", "--key", "net-bob", "--trust", str(exported / "alice.blob"), "--port", "1",
                              "--out-dir", str(exported / "alice.blob"))  # a file; a missing dir is created
         assert code == 1 and "not a directory" in err
         from tokencsp.cli._common import Console

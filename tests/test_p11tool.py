@@ -61,8 +61,8 @@ def listed(softhsm_kit, tmp_path_factory):
     try:
         yield p11tool_objects(softhsm_kit.module, softhsm_kit.user_pin)
     finally:
-        tokencsp("key", "delete", KEY, "--token", TOKEN)
-        tokencsp("key", "delete", OTHER, "--token", TOKEN)
+        tokencsp("key", "delete", "--yes", KEY, "--token", TOKEN)
+        tokencsp("key", "delete", "--yes", OTHER, "--token", TOKEN)
 
 
 def private_key_uri(listed: list[dict[str, str]], label: str) -> str:

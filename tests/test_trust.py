@@ -75,14 +75,14 @@ def test_keys_below_2048_bits_are_never_trusted(tmp_path):
 
 @pytest.mark.parametrize("command", ["listen", "send", "open"])
 def test_cli_refuses_a_weak_trusted_key_before_any_token_work(tmp_path, command):
-    """listen --peer, send --peer and open --trust all load trust sets: one error line, nothing done."""
+    """listen --trust, send --to and open --trust all load trust sets: one error line, nothing done."""
     weak = tmp_path / "carol.pem"
     weak.write_bytes(_weak_key().public_bytes(serialization.Encoding.PEM,
                                               serialization.PublicFormat.SubjectPublicKeyInfo))
     payload = tmp_path / "payload"
     payload.write_bytes(b"x")
-    argv = {"listen": ["listen", "--key", "k", "--peer", str(weak), "--port", "0", "--out-dir", str(tmp_path)],
-            "send": ["send", "--key", "k", "--peer", str(weak), "--to", "127.0.0.1:9", str(payload)],
+    argv = {"listen": ["listen", "--key", "k", "--trust", str(weak), "--port", "0", "--out-dir", str(tmp_path)],
+            "send": ["send", "--key", "k", "--to", str(weak), "--connect", "127.0.0.1:9", str(payload)],
             "open": ["open", "--key", "k", "--trust", str(weak), "-o", str(tmp_path / "out"), str(payload)]}[command]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENCSP_")}
     env["TOKENCSP_MODULE"] = "/nonexistent/libsofthsm2.so"  # any token work would fail differently

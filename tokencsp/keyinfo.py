@@ -9,7 +9,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-__all__ = ["DecryptMechanism", "ImportPath", "KeyInfo", "KeyUsage", "PinStatus", "RsaPrivateParts"]
+__all__ = ["DecryptMechanism", "ImportPath", "KeyInfo", "KeyUsage", "PinStatus", "RsaPrivateParts", "check_key_name"]
 
 
 class KeyUsage(str, Enum):  # noqa: UP042 -- a StrEnum would change what str() and format() print
@@ -133,3 +133,21 @@ class RsaPrivateParts:
         if (e * d) % lam != 1:
             return "privateExponent is not the inverse of the public exponent"
         return None
+
+
+def check_key_name(name: str) -> str:
+    """A name for a new key container (CKA_LABEL): not empty, no ``/``, no control characters, no blanks at
+    either end.  ``/`` would make it unusable where key names become file names and URI path parts (a
+    three-phase party is named after its key, a trusted peer after its key file); an empty label selects
+    nothing.  Keys made by other tools are found by whatever label they have: only new names are checked."""
+    from .errors import ConfigError
+
+    if not name:
+        raise ConfigError("a key name cannot be empty")
+    if "/" in name:
+        raise ConfigError(f"a key name cannot contain '/': {name!r}")
+    if name != name.strip() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise ConfigError(f"a key name cannot have control characters or blanks at either end: {name!r}")
+    if len(name.encode("utf-8")) > 255:
+        raise ConfigError("a key name is at most 255 bytes")
+    return name

@@ -29,7 +29,7 @@ from .errors import (
     UnwrapRefused,
 )
 from .implicit import DeferredSessionKey, ImplicitRejection
-from .keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus, RsaPrivateParts
+from .keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus, RsaPrivateParts, check_key_name
 from .rsadecode import decode_oaep_sha1, decode_pkcs1_v15
 from .session import SessionKey
 from .token import Token, init_token, iter_tokens, module_info, open_token, token_status
@@ -353,6 +353,7 @@ class Provider:
         """A new RSA pair on the token.  ``oaep_only`` (exchange keys) allows only
         CKM_RSA_PKCS_OAEP: no PKCS#1 v1.5 padding oracle, no non-OAEP CryptoAPI peers."""
         usage = KeyUsage(usage)
+        check_key_name(name)
         _check_bits(bits, legacy)
         key_id = self._token.generate_rsa(name, bits, usage, oaep_only=_oaep_only(usage, oaep_only))
         return self._wrap(name, key_id, usage)
@@ -406,6 +407,7 @@ class Provider:
     def import_private_key(self, name: str, key: rsa.RSAPrivateKey, usage: KeyUsage | str = KeyUsage.EXCHANGE,
                            *, legacy: bool = False, oaep_only: bool = False) -> KeyPair:
         usage = KeyUsage(usage)
+        check_key_name(name)
         _check_bits(key.key_size, legacy, importing=True)
         parts = RsaPrivateParts.from_private_key(key)
         key_id = self._token.import_rsa(name, parts, usage, oaep_only=_oaep_only(usage, oaep_only))

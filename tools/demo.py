@@ -50,7 +50,7 @@ def main() -> int:
 
         print("== Receiver: an exchange key pair generated on the token (private half never leaves it)")
         if KEY.encode() in run("key", "list", show=False).stdout:
-            run("key", "delete", KEY)
+            run("key", "delete", "--yes", KEY)
         run("key", "generate", KEY, "--bits", "2048")
         run("key", "list", "--json")
 
@@ -93,7 +93,7 @@ def main() -> int:
 def fresh_key(name: str, *extra: str, token: str | None = None) -> None:
     where = ["--token", token] if token else []
     if name.encode() in run("key", "list", *where, show=False).stdout:
-        run("key", "delete", name, *where)
+        run("key", "delete", "--yes", name, *where)
     run("key", "generate", name, *extra, *where)
 
 
@@ -155,7 +155,7 @@ def three_phase(work: Path) -> None:
     inbox.mkdir()
     files = [work / "letter.txt", work / "message.enc"]
     port = free_port()
-    listen = ["listen", "--token", peer_token, "--key", BOB, "--peer", str(work / f"{ALICE}.pub"),
+    listen = ["listen", "--token", peer_token, "--key", BOB, "--trust", str(work / f"{ALICE}.pub"),
               "--port", str(port), "--out-dir", str(inbox), "--once"]
     print(f"\n$ tokencsp {shlex.join(listen)} &")
     listener = subprocess.Popen([sys.executable, "-m", "tokencsp", *listen], stderr=subprocess.PIPE)
@@ -165,7 +165,7 @@ def three_phase(work: Path) -> None:
         sys.stdout.write(ready.decode(errors="replace"))
         if b"listening on" not in ready:
             sys.exit("demo failed: the listener did not start")
-        run("send", "--key", ALICE, "--peer", str(work / f"{BOB}.pub"), "--to", f"127.0.0.1:{port}",
+        run("send", "--key", ALICE, "--to", str(work / f"{BOB}.pub"), "--connect", f"127.0.0.1:{port}",
             *map(str, files))
         _, err = listener.communicate(timeout=60)
     finally:

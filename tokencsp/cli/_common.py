@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
     from ..provider import Provider
 
-__all__ = ["PROG", "Console", "add_token_options", "argument", "hint_of", "input_stream", "open_provider",
-           "output_stream", "read_file", "recipient_key", "with_hint"]
+__all__ = ["PROG", "Console", "add_token_options", "argument", "deprecated", "deprecation", "hint_of", "input_stream",
+           "open_provider", "output_stream", "read_file", "recipient_key", "with_hint"]
 
 PROG = "tokencsp"
 
@@ -57,6 +57,9 @@ class Console:
 
     def hint(self, text: str) -> None:
         self.note(f"{PROG}: hint: {text}")
+
+    def warn(self, text: str) -> None:
+        self.note(f"{PROG}: warning: {text}")
 
     def progress(self, text: str, *, done: bool) -> None:
         """A progress line redrawn in place (terminals only; see :meth:`stderr_is_terminal`)."""
@@ -101,6 +104,28 @@ def with_hint(exc: E, hint: str) -> E:
 def hint_of(exc: BaseException) -> str | None:
     hint = getattr(exc, "tokencsp_hint", None)
     return hint if isinstance(hint, str) else None
+
+
+def deprecation(namespace: argparse.Namespace, text: str) -> None:
+    """Note that an old spelling was used; ``main`` prints one ``tokencsp: warning:`` line for it."""
+    notes: list[str] = getattr(namespace, "deprecated_options", None) or []
+    if text not in notes:
+        notes.append(text)
+    namespace.deprecated_options = notes
+
+
+def deprecated(new: str, *, append: bool = False) -> type[argparse.Action]:
+    """An argparse action for an old option spelling kept for one release: it stores like ``new`` and
+    notes a deprecation (README "Option names")."""
+    class Alias(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                     option_string: str | None = None) -> None:
+            deprecation(namespace, f"{option_string} is deprecated and goes in the next release: use {new}")
+            if append:
+                setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
+            else:
+                setattr(namespace, self.dest, values)
+    return Alias
 
 
 def _is_std(path: str | None) -> bool:

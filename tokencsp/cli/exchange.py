@@ -15,9 +15,9 @@ from typing import Any
 from ..errors import ConfigError, ConnectFailed, OutputError
 from ..net import NetConfig, Receiver, SessionResult, send_files
 from ..threephase import TrustSet, check_name
-from ._common import Console, add_token_options, argument, open_provider, positive
+from ._common import Console, add_token_options, argument, deprecated, open_provider, positive
 from ._result import add_result_options
-from ._status import ExitStatus
+from ._status import ExitStatus, UsageError
 
 __all__ = ["configure", "parse_address"]
 
@@ -85,7 +85,9 @@ def _report_unauthenticated(report: Callable[[SessionResult], None]) -> Callable
 
 
 def cmd_listen(args: argparse.Namespace, console: Console) -> ExitStatus:
-    trust = TrustSet.from_paths(args.peer)
+    if not args.trust:
+        raise UsageError("listen needs --trust PUBKEY_OR_DIR: the senders it accepts")
+    trust = TrustSet.from_paths(args.trust)
     if not trust:
         raise ConfigError("no trusted peer keys were given")
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
@@ -142,11 +144,33 @@ def progress_printer(console: Console) -> Callable[[str, int, int], None] | None
     return show
 
 
+def _send_target(args: argparse.Namespace, console: Console) -> tuple[str, tuple[str, int]]:
+    """``--to PUBKEY --connect HOST:PORT``; the old ``--peer PUBKEY --to HOST:PORT`` works for one more
+    release, with a warning (README "Option names")."""
+    to, connect = args.to, args.connect
+    if args.old_peer is not None:
+        if connect is None and to is not None and not os.path.exists(to):
+            try:
+                connect = parse_address(to)
+            except ConfigError as exc:
+                raise UsageError(str(exc)) from None
+        elif to is not None:
+            raise UsageError("send: give --to PUBKEY (or the deprecated --peer), not both")
+        console.warn("send --peer PUBKEY --to HOST:PORT is deprecated and goes in the next release: "
+                     "use --to PUBKEY --connect HOST:PORT")
+        to = args.old_peer
+    if to is None:
+        raise UsageError("send needs --to PUBKEY: the receiver's public key file")
+    if connect is None:
+        raise UsageError("send needs --connect HOST:PORT: where the receiver listens")
+    return to, connect
+
+
 def cmd_send(args: argparse.Namespace, console: Console) -> ExitStatus:
-    host, port = args.to
-    trust = TrustSet.from_paths([args.peer])
+    to, (host, port) = _send_target(args, console)
+    trust = TrustSet.from_paths([to])
     if len(trust) != 1:
-        raise ConfigError("--peer must be one public key file")
+        raise ConfigError("--to must be one public key file")
     (peer_name,) = trust
     name, config = _own_name(args), _config(args)
     for path in args.files:
@@ -169,8 +193,11 @@ def _configure_listen(listen: argparse.ArgumentParser) -> None:
     listen.add_argument("--key", metavar="NAME",
                         help="this party's exchange key on the token (default: object= of --uri)")
     listen.add_argument("--name", help="this party's name (default: the key name)")
-    listen.add_argument("--peer", required=True, action="append", metavar="PUBKEY",
-                        help="a trusted sender's public key file (name = file stem) or a directory of them; repeatable")
+    listen.add_argument("--trust", action="append", metavar="PUBKEY_OR_DIR",
+                        help="a trusted sender's public key file (name = file stem) or a directory of them; "
+                             "repeatable (required)")
+    listen.add_argument("--peer", dest="trust", action=deprecated("--trust", append=True), metavar="PUBKEY",
+                        help="deprecated spelling of --trust (goes in the next release)")
     listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     listen.add_argument("--port", required=True, type=_port,
                         help="TCP port (0: any free port, shown in the 'listening on' line)")
@@ -195,9 +222,12 @@ def _configure_send(send: argparse.ArgumentParser) -> None:
     send.add_argument("--key", metavar="NAME",
                       help="this party's exchange key on the token (default: object= of --uri)")
     send.add_argument("--name", help="this party's name (default: the key name)")
-    send.add_argument("--peer", required=True, metavar="PUBKEY",
-                      help="the receiver's public key file (name = file stem)")
-    send.add_argument("--to", required=True, metavar="HOST:PORT", type=argument(parse_address))
+    send.add_argument("--to", metavar="PUBKEY", help="the receiver's public key file (name = file stem; required)")
+    send.add_argument("--connect", metavar="HOST:PORT", type=argument(parse_address),
+                      help="where the receiver listens (required)")
+    send.add_argument("--peer", dest="old_peer", metavar="PUBKEY",
+                      help="deprecated: --peer PUBKEY --to HOST:PORT is now --to PUBKEY --connect HOST:PORT "
+                           "(the old spelling goes in the next release)")
     send.add_argument("--timeout", type=positive(float), default=30.0, metavar="SECONDS",
                       help="deadline per phase (30)")
     send.add_argument("files", nargs="+", metavar="FILE")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..keyinfo import check_key_name
 from ..pubkeys import fingerprint
-from ._common import Console, add_token_options, open_provider, output_stream, read_file
+from ._common import Console, add_token_options, argument, open_provider, output_stream, read_file
 from ._result import add_result_options
-from ._status import ExitStatus
+from ._status import ExitStatus, UsageError
 
 if TYPE_CHECKING:
     from ..keyinfo import KeyInfo
@@ -144,22 +146,58 @@ def cmd_key_cert(args: argparse.Namespace, console: Console) -> ExitStatus:
 
 
 def cmd_key_delete(args: argparse.Namespace, console: Console) -> ExitStatus:
+    """Deleting a key is forever: on a terminal it asks, elsewhere (scripts, CI) it needs --yes."""
+    if not args.yes and not _stdin_is_terminal(console):
+        raise UsageError(f"deleting key {args.name!r} cannot be undone: give --yes (stdin is not a terminal to ask on)")
     with open_provider(args) as provider:
+        info = provider.key(args.name).info()  # a missing key fails here, before the question
+        if not args.yes:
+            console.stderr.write(f"delete key {info.name!r} (RSA-{info.bits}, id {info.id.hex()}) from token "
+                                 f"{provider.token_label!r}, private and public halves? [y/N] ")
+            console.stderr.flush()
+            if console.stdin.readline().strip().lower() not in ("y", "yes"):
+                console.note("nothing deleted")
+                return ExitStatus.ERROR
         count = provider.delete_key(args.name)
     console.note(f"deleted {args.name} ({count} objects)")
     return ExitStatus.OK
 
 
+def _name_arguments(parser: argparse.ArgumentParser, *, new: bool) -> None:
+    """The key container: positional NAME, or ``--key NAME`` as every other command spells it."""
+    check = argument(check_key_name) if new else str
+    parser.add_argument("name", nargs="?", metavar="NAME", type=check, help="the key container")
+    parser.add_argument("--key", dest="key_name", metavar="NAME", type=check, help="the same as NAME")
+
+
+def _named(command: Callable[[argparse.Namespace, Console], ExitStatus]
+           ) -> Callable[[argparse.Namespace, Console], ExitStatus]:
+    """``command`` with ``args.name`` from NAME or ``--key`` (exactly one of them)."""
+    def run(args: argparse.Namespace, console: Console) -> ExitStatus:
+        if args.name is not None and args.key_name is not None and args.name != args.key_name:
+            raise UsageError(f"two key names: {args.name!r} and --key {args.key_name!r}")
+        args.name = args.name if args.name is not None else args.key_name
+        if args.name is None:
+            raise UsageError(f"no key named: give NAME or --key NAME (see 'tokencsp key {args.key_command} --help')")
+        return command(args, console)
+    return run
+
+
+def _stdin_is_terminal(console: Console) -> bool:
+    isatty = getattr(console.stdin, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def configure(command: str, parser: argparse.ArgumentParser) -> None:
     key = parser.add_subparsers(dest="key_command", metavar="ACTION", required=True)
     generate = key.add_parser("generate", help="generate an RSA key pair on the token")
-    generate.add_argument("name")
+    _name_arguments(generate, new=True)
     generate.add_argument("--bits", type=int, default=2048, help="2048 (default), 3072 or 4096")
     generate.add_argument("--usage", choices=("exchange", "signature"), default="exchange")
     generate.add_argument("--legacy", action="store_true", help="allow 1024-bit keys (CryptoAPI legacy)")
     generate.add_argument("--oaep-only", action="store_true",
                           help="allow only OAEP unwraps (CKA_ALLOWED_MECHANISMS); refuses non-CRYPT_OAEP peers")
-    generate.set_defaults(func=cmd_key_generate)
+    generate.set_defaults(func=_named(cmd_key_generate))
     add_result_options(generate, "key generate", data_on_stdout=False)
 
     listing = key.add_parser("list", help="list key containers and their security attributes")
@@ -167,22 +205,22 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     listing.set_defaults(func=cmd_key_list)
 
     export = key.add_parser("export", help="export a public key")
-    export.add_argument("name")
+    _name_arguments(export, new=False)
     export.add_argument("--format", choices=("msblob", "pem", "der"), default="msblob",
                         help="msblob = CryptoAPI PUBLICKEYBLOB (default)")
     export.add_argument("-o", "--output", help="output file (default: stdout, but not a terminal unless --format pem)")
-    export.set_defaults(func=cmd_key_export)
+    export.set_defaults(func=_named(cmd_key_export))
     add_result_options(export, "key export", data_on_stdout=True)
 
     imp = key.add_parser("import", help="move an existing private key onto the token (non-extractable)")
-    imp.add_argument("name")
+    _name_arguments(imp, new=True)
     source = imp.add_mutually_exclusive_group(required=True)
     source.add_argument("--private-blob", metavar="FILE", help="CryptoAPI PRIVATEKEYBLOB (usage from its ALG_ID)")
     source.add_argument("--pem", metavar="FILE", help="unencrypted PEM private key (PKCS#8 or PKCS#1)")
     imp.add_argument("--usage", choices=("exchange", "signature"), default="exchange", help="for --pem")
     imp.add_argument("--legacy", action="store_true", help="allow 1024-bit and unusual key sizes")
     imp.add_argument("--oaep-only", action="store_true", help="allow only OAEP unwraps (exchange keys)")
-    imp.set_defaults(func=cmd_key_import)
+    imp.set_defaults(func=_named(cmd_key_import))
 
     audit = key.add_parser("audit", help="security attributes of every key, with warnings")
     audit.add_argument("--json", action="store_true")
@@ -195,7 +233,7 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
                                       "(for 'openssl cms -encrypt -recip'); NAME equal to SIGNKEY makes a "
                                       "self-signed CA certificate (keyCertSign) to verify the others with. "
                                       "See docs/CMS.md.")
-    cert.add_argument("name")
+    _name_arguments(cert, new=False)
     cert.add_argument("--signer", required=True, metavar="SIGNKEY", help="signature key on the token that signs")
     cert.add_argument("--subject", help='subject DN, RFC 4514 (default: "CN=NAME")')
     cert.add_argument("--issuer-cert", metavar="FILE",
@@ -203,11 +241,14 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
                            "as 'key cert SIGNKEY --signer SIGNKEY' names it)")
     cert.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     cert.add_argument("-o", "--output", help="output file (default: stdout)")
-    cert.set_defaults(func=cmd_key_cert)
+    cert.set_defaults(func=_named(cmd_key_cert))
 
-    delete = key.add_parser("delete", help="delete a key container (private and public halves)")
-    delete.add_argument("name")
-    delete.set_defaults(func=cmd_key_delete)
+    delete = key.add_parser("delete", help="delete a key container (private and public halves); asks on a "
+                                           "terminal, needs --yes elsewhere")
+    delete.add_argument("--yes", action="store_true", help="delete without asking (needed when stdin is not a "
+                                                           "terminal: scripts, CI)")
+    _name_arguments(delete, new=False)
+    delete.set_defaults(func=_named(cmd_key_delete))
 
     for sub in (generate, listing, export, imp, audit, cert, delete):
         add_token_options(sub)

@@ -187,6 +187,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         return done.status
     if args.verbose or os.environ.get(ENV_DEBUG, "") not in ("", "0"):
         _log.enable(console.stderr, PROG)
+    for note in getattr(args, "deprecated_options", None) or []:
+        console.warn(note)
     try:
         console.results = Results.from_args(args, console.stdout, console.stderr)
         _default_key_from_uri(args)
