@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO_ROOT
+
 pytestmark = pytest.mark.softhsm_only(reason="tests the SoftHSM plugin itself (a fresh SoftHSM token per test)")
 
 PKCS11_DIRECT = '''
@@ -66,10 +68,12 @@ def test_pure():
 '''
 
 
-def run_downstream(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_downstream(project: Path, *args: str, env: dict[str, str] | None = None,
+                   python: str | Path = sys.executable) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("TOKENCSP_", "PKCS11_")) and k not in {"SOFTHSM2_CONF", "CI"}}
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir",
+            if not k.startswith(("TOKENCSP_", "PKCS11_")) and k not in {"SOFTHSM2_CONF", "CI", "PYTHONPATH",
+                                                                      "VIRTUAL_ENV"}}
+    return subprocess.run([str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir",
                            str(project), str(project), *args], capture_output=True, text=True,
                           env={**base, **(env or {})}, cwd=project, timeout=600, stdin=subprocess.DEVNULL)
 
@@ -85,6 +89,28 @@ def project(tmp_path: Path) -> Path:
 def test_downstream_project_without_conftest(project: Path) -> None:
     assert not (project / "conftest.py").exists()
     result = run_downstream(project, "-p", "no:randomly")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 passed" in result.stdout, result.stdout
+
+
+@pytest.mark.softhsm
+@pytest.mark.slow
+def test_downstream_project_with_only_pip_install_tokencsp(project: Path, tmp_path_factory) -> None:
+    """issue 15's Done-when, literally: a fresh venv (no system site-packages) with nothing but
+    ``pip install <this repository>`` and pytest runs the two test files, with no conftest."""
+    venv = tmp_path_factory.mktemp("downstream-venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                                str(REPO_ROOT), "pytest"], capture_output=True, text=True, env=env, timeout=900,
+                               stdin=subprocess.DEVNULL)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    where = subprocess.run([str(python), "-c", "import tokencsp, sys; print(tokencsp.__file__)"],
+                           capture_output=True, text=True, env=env, check=True, cwd=project).stdout
+    assert where.startswith(str(venv)), where  # the installed copy, not this checkout
+    assert not (project / "conftest.py").exists()
+    result = run_downstream(project, "-p", "no:randomly", python=python)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "6 passed" in result.stdout, result.stdout
 
