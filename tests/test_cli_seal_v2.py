@@ -28,7 +28,7 @@ def pubs(tmp_path_factory, softhsm_kit):
              "-o", str(home / "signonly.crt"))
     yield home
     for name, token in {**PEOPLE, "cliv2-ca": TOKEN_B, "cliv2-signonly": TOKEN_B}.items():
-        tokencsp("key", "delete", name, "--token", token, check=False)
+        tokencsp("key", "delete", "--yes", name, "--token", token, check=False)
 
 
 def opener(name: str, db, *extra: str) -> list[str]:
