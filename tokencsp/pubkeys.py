@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm as _CryptographyUnsupported
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .blobs import BlobType, PublicKeyBlob
 from .errors import BlobFormatError, InvalidKeyError, UnsupportedAlgorithm
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["load_public_key", "load_recipient", "load_recipients", "fingerprint"]
 
@@ -55,6 +58,8 @@ _RECIPIENT_PEM = (b"PUBLIC KEY", b"RSA PUBLIC KEY", b"CERTIFICATE")
 
 
 def _certificate_key(cert: x509.Certificate) -> rsa.RSAPublicKey:
+    from cryptography import x509
+
     try:
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
@@ -74,14 +79,20 @@ def load_recipient(data: bytes) -> rsa.RSAPublicKey:
     Only the certificate's key and keyUsage are looked at: its validity and issuer are not checked
     (the caller chose the file).
     """
+    # cryptography.x509 loads socket (and more): imported only for a certificate, so that open and
+    # seal to a public key start fast (tests/test_fast_start.py)
     stripped = data.lstrip()
     try:
         if stripped.startswith(b"-----BEGIN CERTIFICATE-----"):
+            from cryptography import x509
+
             return _certificate_key(x509.load_pem_x509_certificate(stripped))
         if data[:1] == b"\x30":
             try:
                 return load_public_key(data)
             except InvalidKeyError:
+                from cryptography import x509
+
                 return _certificate_key(x509.load_der_x509_certificate(data))
     except ValueError as exc:
         if isinstance(exc, InvalidKeyError):
