@@ -58,6 +58,8 @@ for _name in list(os.environ):
 _SCRATCH = Path(tempfile.mkdtemp(prefix="tokencsp-tests-"))  # removed in pytest_unconfigure
 # Replay caches and serial counters default to the user's state directory: keep the suite's here.
 os.environ["XDG_STATE_HOME"] = str(_SCRATCH / "state")
+# A developer's own `tokencsp agent` must not serve the suite: tests that want one start their own.
+os.environ["TOKENCSP_AGENT"] = "off"
 
 _strict_skips: list[tuple[str, str]] = []
 _backend_skips: set[str] = set()

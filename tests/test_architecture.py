@@ -45,7 +45,8 @@ LAYER_OF = {
     "envelope": "protocols", "threephase": "protocols", "transfer": "protocols", "admission": "protocols",
     "net": "protocols", "cms": "protocols",
     "token": "token",
-    "implicit": "facade", "provider": "facade", "batch": "facade",
+    "implicit": "facade", "provider": "facade", "batch": "facade", "agent": "facade", "agentclient": "facade",
+    "agentwire": "protocols",
     "testing": "testing", "pytest_plugin": "testing",
     "cli": "cli", "__main__": "cli",
     "__init__": "api",
@@ -68,7 +69,7 @@ MAY_IMPORT = {
 PURE = ("tokencsp.errors", "tokencsp._wire", "tokencsp.blobs", "tokencsp.session", "tokencsp.pubkeys",
         "tokencsp.keyinfo", "tokencsp.keyaudit", "tokencsp.rsadecode", "tokencsp.envelope._format", "tokencsp.envelope._format2", "tokencsp.envelope.format",
         "tokencsp.threephase.*", "tokencsp.transfer", "tokencsp.admission", "tokencsp.certs", "tokencsp.cms.*",
-        "tokencsp.legacy")
+        "tokencsp.legacy", "tokencsp.agentwire")
 #: What a pure module may not import.  ``os`` is allowed for ``os.urandom`` only (checked below).
 IO_MODULES = frozenset({
     "asyncio", "ctypes", "fcntl", "getpass", "glob", "http", "io", "mmap", "multiprocessing", "pathlib",

@@ -10,6 +10,7 @@ itself is never an oracle.
 from __future__ import annotations
 
 __all__ = [
+    "AgentError",
     "TokenCSPError",
     "BlobFormatError",
     "UnsupportedAlgorithm",
@@ -273,6 +274,10 @@ class Pkcs1Refused(MessageRejected):
 
 class ReplayCacheError(TokenCSPError):
     """The replay cache could not be read or written; nothing was accepted."""
+
+
+class AgentError(TokenCSPError):
+    """The tokencsp agent (docs/AGENT.md) broke its protocol, or its socket or directory is unsafe."""
 
 
 # -- the three-phase exchange (docs/THREEPHASE.md) -----------------------------------

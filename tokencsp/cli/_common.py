@@ -240,9 +240,18 @@ def add_token_options(parser: argparse.ArgumentParser, *, suppress: bool = True)
                        help="file whose first line is the user PIN (else TOKENCSP_PIN or a prompt)")
 
 
-def open_provider(args: argparse.Namespace) -> Provider:
-    """The token named by the global options; only commands that need the token load the module."""
+def open_provider(args: argparse.Namespace, *, agent: bool = False) -> Provider:
+    """The token named by the global options; only commands that need the token load the module.
+
+    With ``agent``: the running ``tokencsp agent`` when one answers for this token and
+    TOKENCSP_AGENT is not ``off`` (docs/AGENT.md); else the token itself.
+    """
     from ..config import find_module, resolve_selector
+
+    if agent:
+        remote = _agent_provider(args)
+        if remote is not None:
+            return remote
     from ..provider import Provider
 
     if _log.enabled():
@@ -260,6 +269,28 @@ def open_provider(args: argparse.Namespace) -> Provider:
     _log.debug("token %r (serial %s) open and logged in after %.1f ms", provider.token_label,
               provider.token_serial, (time.monotonic() - started) * 1000)
     return provider
+
+
+def _agent_provider(args: argparse.Namespace) -> Provider | None:
+    """An AgentProvider (typed as the Provider it stands in for), or None to open the token directly."""
+    import os
+
+    from ..config import find_module, resolve_pin, resolve_selector
+
+    if os.environ.get("TOKENCSP_AGENT", "").lower() == "off":
+        _log.debug("agent: TOKENCSP_AGENT=off, opening the token directly")
+        return None
+    from .. import agentclient
+
+    selector = resolve_selector(module=args.module, token=args.token, serial=args.serial, uri=args.uri)
+    module = find_module(selector.module) if selector.module else None
+    try:
+        remote = agentclient.connect(selector, module, lambda: resolve_pin(None, args.pin_file, selector))
+    except agentclient.AgentUnavailable as exc:
+        _log.debug("agent: not used (%s); opening the token directly", exc)
+        return None
+    _log.debug("agent at %s serves token %r (serial %s)", remote.path, remote.token_label, remote.token_serial)
+    return remote  # type: ignore[return-value]
 
 
 def _pin_source(pin_file: str | None, uri_pin: bool, uri_source: str | None) -> str:

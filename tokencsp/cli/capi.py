@@ -69,7 +69,7 @@ def _decrypt_legacy(args: argparse.Namespace, console: Console, alg: LegacyAlg, 
         raise UsageError("DES keys take no salt (--salt is for RC2 and RC4)")
     if salt is not None and len(salt) > 128 - max(KEY_LENGTHS[alg]):
         raise UsageError(f"--salt is at most {128 - max(KEY_LENGTHS[alg])} bytes")
-    with open_provider(args) as provider:
+    with open_provider(args, agent=True) as provider:
         value = provider.exchange_key(args.key).unwrap_legacy_deferred(encrypted, args.oaep, KEY_LENGTHS[alg])
     key = DeferredLegacyKey(LegacyKey(alg, value, salt=salt, effective_bits=args.effective_bits), CAPI_DECRYPT_FAILED)
     with input_stream(args.input, console) as source, output_stream(args.output, console) as sink:
@@ -89,7 +89,7 @@ def cmd_capi_decrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
     if legacy is not None:
         return _decrypt_legacy(args, console, *legacy)
     blob = blobs.SimpleBlob.from_bytes(data)  # a broken file fails before any PIN prompt
-    with open_provider(args) as provider:
+    with open_provider(args, agent=True) as provider:
         # Deferred: a bad blob fails at the final CryptDecrypt, as a bad ciphertext does (one message).
         key = provider.exchange_key(args.key).import_simpleblob_deferred(blob, oaep=args.oaep)
     try:

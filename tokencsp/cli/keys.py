@@ -32,7 +32,7 @@ def cmd_key_generate(args: argparse.Namespace, console: Console) -> ExitStatus:
 
 
 def cmd_key_list(args: argparse.Namespace, console: Console) -> ExitStatus:
-    with open_provider(args) as provider:
+    with open_provider(args, agent=True) as provider:
         infos = provider.list_keys()
         token = _token_line(provider)
     if args.json:
@@ -67,7 +67,7 @@ def cmd_key_export(args: argparse.Namespace, console: Console) -> ExitStatus:
     if args.format != "pem":
         console.refuse_binary_to_terminal(args.output)
     console.results.begin(name=args.name, format=args.format, output=args.output)
-    with open_provider(args) as provider:
+    with open_provider(args, agent=True) as provider:
         pair = provider.key(args.name)
         data = {"msblob": pair.public_blob, "pem": pair.public_pem, "der": pair.public_der}[args.format]()
         key_id = fingerprint(pair.public_key()).hex()

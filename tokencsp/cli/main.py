@@ -49,6 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cms": ("cms", "CMS / S-MIME EnvelopedData (openssl cms) with the key on the token (docs/CMS.md)"),
     "replay": ("replay", "set up, inspect and prune a replay cache (docs/FLEET.md)"),
     "doctor": ("doctor", "check module, token, login, mechanisms, clock, replay cache: one line each"),
+    "agent": ("agent", "hold the token login for other tokencsp commands; agent status/stop (docs/AGENT.md)"),
 }
 
 
@@ -223,7 +224,7 @@ def _hint_for(exc: BaseException, args: argparse.Namespace) -> str | None:
 
 def _command_path(args: argparse.Namespace) -> list[str]:
     names = [args.command]
-    for attr in ("key_command", "token_command", "blob_command", "capi_command", "replay_command"):
+    for attr in ("key_command", "token_command", "blob_command", "capi_command", "replay_command", "agent_command"):
         if getattr(args, attr, None):
             names.append(getattr(args, attr))
     return names

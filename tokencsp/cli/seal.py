@@ -58,7 +58,7 @@ def cmd_seal(args: argparse.Namespace, console: Console) -> ExitStatus:
     recipient = _recipients(args, console)
     if args.sign_with is None:
         return _seal(args, console, recipient, signer=None, serial=None)
-    with open_provider(args) as provider:
+    with open_provider(args, agent=True) as provider:
         signer = provider.key(args.sign_with)
         serial = draw_serial(fingerprint(signer.public_key()), args.serial_db)
         return _seal(args, console, recipient, signer, serial)
@@ -90,7 +90,7 @@ def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
     policy, trusted, trust = _opening_rules(args)
     _log.debug("replay cache %s", args.replay_db or "(default: TOKENCSP_REPLAY_DB or the state dir)")
     console.results.begin(file=path, output=args.output)
-    with open_cache(args.replay_db) as cache, open_provider(args) as provider:
+    with open_cache(args.replay_db) as cache, open_provider(args, agent=True) as provider:
         receiver = provider.exchange_key(args.key)
         with input_stream(path, console) as raw, output_stream(args.output, console) as sink:
             source = ProgressReader.wrap(raw, "opening", console, args.quiet)
@@ -122,7 +122,7 @@ def _open_batch(args: argparse.Namespace, console: Console) -> ExitStatus:
     policy, trusted, trust = _opening_rules(args)
     first_failure = ExitStatus.OK
     opened_count = 0
-    with open_cache(args.replay_db) as cache, open_provider(args) as provider:
+    with open_cache(args.replay_db) as cache, open_provider(args, agent=True) as provider:
         receiver = provider.exchange_key(args.key)
         for outcome in open_many(args.input, args.out_dir, receiver, cache=cache, policy=policy,
                                  trust=trust, allow_pkcs1=args.allow_pkcs1):

@@ -1,0 +1,343 @@
+"""``tokencsp agent`` (docs/AGENT.md): a real agent process on the test token, real commands through it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import assert_one_line_error, tokencsp
+from tokencsp import agentwire
+from tokencsp.agentclient import AgentUnavailable, status_of
+from tokencsp.errors import AgentError
+
+ON = {"TOKENCSP_AGENT": "on"}
+
+
+# -- the codec (pure) ---------------------------------------------------------------------------
+
+
+def test_codec_round_trip_and_frames_split_anywhere():
+    body = agentwire.encode(agentwire.Op.IMPORT, b"rx", b"implicit", bytes(range(256)), b"1")
+    wire = agentwire.frame(body, agentwire.MAX_REQUEST) * 3
+    reader = agentwire.FrameReader(agentwire.MAX_REQUEST)
+    bodies = []
+    for i in range(0, len(wire), 7):
+        bodies += reader.feed(wire[i:i + 7])
+    assert bodies == [body] * 3 and reader.pending == 0
+    message = agentwire.decode(bodies[0], agentwire.Op)
+    assert message.code is agentwire.Op.IMPORT and message.fields == (b"rx", b"implicit", bytes(range(256)), b"1")
+
+
+@pytest.mark.parametrize("body", [b"", b"\x05", b"\x63\x00", b"\x05\x09", b"\x05\x01\x00\x00\x00\x05abc",
+                                  b"\x05\x01\x00\x00", b"\x05\x00extra"])
+def test_codec_refuses_malformed_bodies(body):
+    with pytest.raises(AgentError):
+        agentwire.decode(body, agentwire.Op)
+
+
+def test_an_oversized_frame_is_refused_from_its_length_alone():
+    reader = agentwire.FrameReader(agentwire.MAX_REQUEST)
+    with pytest.raises(AgentError, match="over the"):
+        reader.feed((agentwire.MAX_REQUEST + 1).to_bytes(4, "big"))
+    with pytest.raises(AgentError):
+        agentwire.frame(bytes(agentwire.MAX_REQUEST + 1), agentwire.MAX_REQUEST)
+
+
+# -- a real agent -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory, softhsm_kit):
+    home = tmp_path_factory.mktemp("agent-keys")
+    tokencsp("key", "generate", "agent-rx")
+    tokencsp("key", "generate", "agent-signer", "--usage", "signature")
+    for name in ("agent-rx", "agent-signer"):
+        tokencsp("key", "export", name, "-o", str(home / f"{name}.pub"))
+    yield home
+    for name in ("agent-rx", "agent-signer"):
+        tokencsp("key", "delete", name, check=False)
+
+
+class Agent:
+    def __init__(self, directory, *extra, env=None):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        self.socket = str(directory / "agent.sock")
+        self.env = {"TOKENCSP_AGENT_SOCK": self.socket, **ON}
+        self.process = subprocess.Popen([sys.executable, "-m", "tokencsp", "agent", "--socket", self.socket, *extra],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.status()
+                return
+            except AgentUnavailable:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"agent did not start: {self.process.communicate()}") from None
+                time.sleep(0.1)
+
+    def status(self):
+        return status_of(self.socket)
+
+    def count(self, op):
+        return self.status()["requests"].get(op, 0)
+
+    def run(self, *args, env=None, check=True, input=None):
+        return tokencsp(*args, env={**self.env, **(env or {})}, check=check, input=input)
+
+    def stop(self):
+        if self.process.poll() is None:
+            tokencsp("agent", "stop", "--socket", self.socket, check=False)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.communicate()
+
+
+@pytest.fixture
+def agent(tmp_path, keys):
+    running = Agent(tmp_path / "run")
+    yield running
+    _out, err = running.stop()
+    assert b"Traceback" not in err, err
+
+
+def test_start_status_stop(tmp_path, keys):
+    running = Agent(tmp_path / "run")
+    status = running.status()
+    assert status["pid"] == running.process.pid and status["logged_in"] and status["logins"] == 1
+    assert os.stat(running.socket).st_mode & 0o777 == 0o600
+    shown = json.loads(tokencsp("agent", "status", "--socket", running.socket).stdout)
+    assert shown["token"] == status["token"]
+    stopped = tokencsp("agent", "stop", "--socket", running.socket)
+    assert f"pid {running.process.pid}" in stopped.stderr.decode()
+    assert running.process.wait(30) == 0
+    assert not os.path.exists(running.socket)
+    err = running.process.communicate()[1].decode()
+    assert "listening on" in err and "Traceback" not in err
+    assert_one_line_error(tokencsp("agent", "stop", "--socket", running.socket, check=False), 1, "no agent answers")
+
+
+def test_daemon_mode_detaches_and_serves(keys, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    sock = str(run / "agent.sock")
+    started = tokencsp("agent", "--daemon", "--socket", sock)
+    assert f"listening on {sock}" in started.stderr.decode()
+    pid = status_of(sock)["pid"]
+    assert pid != os.getpid()
+    tokencsp("key", "list", env={"TOKENCSP_AGENT_SOCK": sock, **ON})
+    assert status_of(sock)["requests"]["list"] == 1
+    tokencsp("agent", "stop", "--socket", sock)
+    assert not os.path.exists(sock)
+
+
+def test_open_batch_capi_key_list_export_and_sign_go_through_the_agent(agent, keys, tmp_path):
+    before = agent.status()["requests"]
+    sealed = tmp_path / "m.tcsp"
+    agent.run("seal", "--to", str(keys / "agent-rx.pub"), "--sign-with", "agent-signer", "-o", str(sealed),
+              input=b"through the agent")
+    assert agent.count("sign") == before.get("sign", 0) + 1
+    opened = agent.run("open", "--key", "agent-rx", "--trust", str(keys / "agent-signer.pub"), "--replay-db",
+                       str(tmp_path / "db"), str(sealed))
+    assert opened.stdout == b"through the agent" and b"signature verified" in opened.stderr
+    assert agent.count("import") == before.get("import", 0) + 1
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    files = [tmp_path / "in" / f"b{i}.tcsp" for i in range(3)]
+    for i, path in enumerate(files):
+        agent.run("seal", "--to", str(keys / "agent-rx.pub"), "-o", str(path), input=b"batch %d" % i)
+    agent.run("open", "--key", "agent-rx", "--replay-db", str(tmp_path / "db"), "--out-dir", str(tmp_path / "out"),
+              *map(str, files))
+    assert [(tmp_path / "out" / f"b{i}").read_bytes() for i in range(3)] == [b"batch 0", b"batch 1", b"batch 2"]
+    assert agent.count("import") == before.get("import", 0) + 4
+
+    blob, cipher = tmp_path / "k.blob", tmp_path / "c.bin"
+    agent.run("capi", "encrypt", "--to", str(keys / "agent-rx.pub"), "--blob-out", str(blob), "-o", str(cipher),
+              input=b"capi payload")
+    assert agent.run("capi", "decrypt", "--key", "agent-rx", "--blob", str(blob), str(cipher)).stdout == b"capi payload"
+    assert agent.count("import") == before.get("import", 0) + 5
+
+    listed = agent.run("key", "list").stdout.decode()
+    direct = agent.run("key", "list", env={"TOKENCSP_AGENT": "off"}).stdout.decode()
+    assert listed == direct and "agent-rx" in listed
+    assert agent.count("list") == before.get("list", 0) + 1
+    exported = agent.run("key", "export", "agent-rx", "-o", str(tmp_path / "rx.pub")).returncode == 0
+    assert exported and (tmp_path / "rx.pub").read_bytes() == (keys / "agent-rx.pub").read_bytes()
+
+
+def test_refusals_through_the_agent_are_the_direct_ones(agent, keys, tmp_path):
+    """A bad key blob gets the same one line and status through the agent as without it (implicit rejection)."""
+    sealed = tmp_path / "m.tcsp"
+    agent.run("seal", "--to", str(keys / "agent-rx.pub"), "-o", str(sealed), input=b"x" * 100)
+    data = bytearray(sealed.read_bytes())
+    from tokencsp import envelope
+
+    with sealed.open("rb") as f:
+        pre = envelope.read_header(f)
+    at = bytes(data).index(pre.key_blob) + 40  # inside the RSA ciphertext of the key blob
+    data[at] ^= 1
+    sealed.write_bytes(bytes(data))
+    blob, cipher = tmp_path / "k.blob", tmp_path / "c.bin"
+    agent.run("capi", "encrypt", "--to", str(keys / "agent-rx.pub"), "--blob-out", str(blob), "-o", str(cipher),
+              input=b"capi payload")
+    bad = bytearray(blob.read_bytes())
+    bad[-20] ^= 1
+    blob.write_bytes(bytes(bad))
+    before = agent.count("import")
+    results = {}
+    for mode in ("on", "off"):
+        env = {"TOKENCSP_AGENT": mode}
+        results[mode] = (
+            assert_one_line_error(agent.run("open", "--key", "agent-rx", "--replay-db", str(tmp_path / f"db{mode}"),
+                                            "-o", str(tmp_path / "o"), str(sealed), env=env, check=False), 10),
+            agent.run("capi", "decrypt", "--key", "agent-rx", "--blob", str(blob), "-o", str(tmp_path / "p"),
+                      str(cipher), env=env, check=False))
+    assert results["on"][0] == results["off"][0]
+    on, off = results["on"][1], results["off"][1]
+    assert (on.returncode, on.stderr) == (off.returncode, off.stderr) and on.returncode == 4
+    assert agent.count("import") == before + 2  # the two "on" runs, and only those, used the agent
+    assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
+
+
+def test_tokencsp_agent_off_and_a_missing_key_through_the_agent(agent, keys, tmp_path):
+    before = agent.status()["requests"]
+    agent.run("key", "list", env={"TOKENCSP_AGENT": "off"})
+    assert agent.status()["requests"].get("list", 0) == before.get("list", 0)
+    missing = agent.run("key", "export", "no-such-key", "-o", str(tmp_path / "x"), check=False)
+    direct = agent.run("key", "export", "no-such-key", "-o", str(tmp_path / "x"), env={"TOKENCSP_AGENT": "off"},
+                       check=False)
+    assert_one_line_error(missing, 3)
+    assert (missing.returncode, missing.stderr) == (direct.returncode, direct.stderr)
+
+
+def test_fallback_when_the_socket_is_gone_or_stale(keys, tmp_path):
+    run = tmp_path / "run"
+    env = {"TOKENCSP_AGENT_SOCK": str(run / "agent.sock"), **ON}
+    assert tokencsp("key", "list", env=env).returncode == 0  # no directory, no socket: direct
+    running = Agent(run)
+    running.process.send_signal(signal.SIGKILL)
+    running.process.wait()
+    assert os.path.exists(running.socket)  # stale: nobody listens
+    listed = tokencsp("-v", "key", "list", env=env)
+    assert b"agent-rx" in listed.stdout and b"opening the token directly" in listed.stderr
+    again = Agent(run)  # a new agent replaces the stale socket
+    try:
+        tokencsp("key", "list", env=env)
+        assert again.count("list") == 1
+    finally:
+        again.stop()
+
+
+def test_a_socket_directory_open_to_others_is_refused(keys, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    os.chmod(run, 0o755)
+    result = tokencsp("agent", "--socket", str(run / "agent.sock"), check=False)
+    assert_one_line_error(result, 1, "open to other users")
+    assert not (run / "agent.sock").exists()
+    # A client does not talk to a live agent whose directory was opened up afterwards.
+    os.chmod(run, 0o700)
+    running = Agent(run)
+    try:
+        os.chmod(run, 0o755)
+        listed = tokencsp("-v", "key", "list", env=running.env)
+        assert b"open to other users" in listed.stderr and b"agent-rx" in listed.stdout
+        os.chmod(run, 0o700)
+        assert running.count("list") == 0
+    finally:
+        os.chmod(run, 0o700)
+        running.stop()
+
+
+@pytest.fixture
+def reachable_agent(keys):
+    """An agent in a directory right under /tmp, which uid nobody can traverse (pytest's tmp_path is 0700)."""
+    import pathlib
+    import shutil
+    import tempfile
+
+    base = pathlib.Path(tempfile.mkdtemp(prefix="tokencsp-agent-", dir="/tmp"))
+    running = Agent(base / "run")
+    yield running
+    running.stop()
+    shutil.rmtree(base)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a child under another uid")
+def test_a_different_uid_is_refused(reachable_agent):
+    agent = reachable_agent
+    # Let uid nobody reach the socket at all, so that only the agent's SO_PEERCRED check stands in the way.
+    os.chmod(os.path.dirname(os.path.dirname(agent.socket)), 0o711)
+    os.chmod(os.path.dirname(agent.socket), 0o711)
+    os.chmod(agent.socket, 0o666)
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(30)
+            sock.connect(agent.socket)
+            sock.sendall(agentwire.frame(agentwire.encode(agentwire.Op.LIST), agentwire.MAX_REQUEST))
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            os.write(writer, data)
+        except BaseException as exc:  # noqa: BLE001 -- reported to the parent
+            os.write(writer, f"child failed: {exc!r}".encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as f:
+        answer = f.read()
+    os.waitpid(pid, 0)
+    os.chmod(os.path.dirname(agent.socket), 0o700)
+    os.chmod(agent.socket, 0o600)
+    bodies = agentwire.FrameReader(agentwire.MAX_RESPONSE).feed(answer)
+    assert len(bodies) == 1, answer
+    message = agentwire.decode(bodies[0], agentwire.Kind)
+    assert message.code is agentwire.Kind.ERROR and b"another uid" in message.fields[1]
+    assert agent.count("list") == 0  # the request was never read
+
+
+def test_pin_held_for_ttl_then_asked_once(keys, tmp_path):
+    running = Agent(tmp_path / "run", "--ttl", "3s")
+    try:
+        sealed = tmp_path / "m.tcsp"
+        tokencsp("seal", "--to", str(keys / "agent-rx.pub"), "-o", str(sealed), input=b"ttl")
+        no_pin = {k: v for k, v in os.environ.items() if k != "TOKENCSP_PIN"}
+        no_pin.update(running.env)
+
+        def run(*args, pin=None):
+            env = dict(no_pin, **({"TOKENCSP_PIN": pin} if pin else {}))
+            return subprocess.run([sys.executable, "-m", "tokencsp", *args], env=env, capture_output=True,
+                                  stdin=subprocess.DEVNULL, timeout=300)
+        # Within the ttl no PIN is needed: the agent holds the login.
+        assert run("key", "list").returncode == 0
+        deadline = time.monotonic() + 60
+        while running.status()["logged_in"]:
+            assert time.monotonic() < deadline, "the login did not expire"
+            time.sleep(0.2)
+        assert_one_line_error(run("key", "list"), 3, "PIN")  # no PIN anywhere, no terminal
+        assert_one_line_error(run("key", "list", pin="99999999"), 3)  # a wrong PIN does not log the agent in
+        assert not running.status()["logged_in"]
+        opened = run("open", "--key", "agent-rx", "--replay-db", str(tmp_path / "db"), str(sealed),
+                     pin=os.environ["TOKENCSP_PIN"])
+        assert opened.returncode == 0 and opened.stdout == b"ttl", opened.stderr
+        status = running.status()
+        assert status["logged_in"] and status["logins"] == 2
+        assert run("key", "list").returncode == 0  # held again: no PIN needed
+    finally:
+        running.stop()
