@@ -305,6 +305,7 @@ def test_a_different_uid_is_refused(reachable_agent):
     os.waitpid(pid, 0)
     os.chmod(os.path.dirname(agent.socket), 0o700)
     os.chmod(agent.socket, 0o600)
+    assert not answer.startswith(b"child failed"), answer
     bodies = agentwire.FrameReader(agentwire.MAX_RESPONSE).feed(answer)
     assert len(bodies) == 1, answer
     message = agentwire.decode(bodies[0], agentwire.Kind)

@@ -212,6 +212,12 @@ class _Handler(socketserver.BaseRequestHandler):
             agent._log("refused a connection from another uid")
             with contextlib.suppress(OSError):
                 sock.sendall(frame(encode(Kind.ERROR, b"AgentError", b"refused: another uid"), MAX_RESPONSE))
+                # Read (and drop) what the peer already sent, so closing does not reset the refusal away.
+                sock.shutdown(socket.SHUT_WR)
+                sock.settimeout(1.0)
+                for _ in range(4):
+                    if not sock.recv(MAX_REQUEST):
+                        break
             return
         sock.settimeout(IDLE_TIMEOUT)
         reader = FrameReader(MAX_REQUEST)
