@@ -125,6 +125,11 @@ def test_start_status_stop(tmp_path, keys):
     err = running.process.communicate()[1].decode()
     assert "listening on" in err and "Traceback" not in err
     assert_one_line_error(tokencsp("agent", "stop", "--socket", running.socket, check=False), 1, "no agent answers")
+    # SIGTERM (systemd's stop) ends it cleanly too: logged out, socket removed.
+    again = Agent(tmp_path / "run")
+    again.process.send_signal(signal.SIGTERM)
+    assert again.process.wait(30) == 0
+    assert not os.path.exists(again.socket)
 
 
 def test_daemon_mode_detaches_and_serves(keys, tmp_path):

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 
 from ..errors import AgentError
 from ..replay import parse_duration
@@ -44,12 +45,17 @@ def cmd_agent(args: argparse.Namespace, console: Console) -> ExitStatus:
         return _daemon(agent, path, console)
     agent.login(None)
     server = AgentServer(path, agent)
+    signal.signal(signal.SIGTERM, _interrupt)  # systemd's stop: log out and remove the socket as Ctrl-C does
     try:
         serve(server, ready=lambda: console.say(f"agent listening on {path} (pid {os.getpid()}); "
                                                 f"TOKENCSP_AGENT_SOCK={path}"))
     except KeyboardInterrupt:
         console.say("agent: interrupted, stopping")
     return ExitStatus.OK
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _daemon(agent: object, path: str, console: Console) -> ExitStatus:
@@ -67,6 +73,7 @@ def _daemon(agent: object, path: str, console: Console) -> ExitStatus:
         try:
             agent.login(None)
             server = AgentServer(path, agent)
+            signal.signal(signal.SIGTERM, _interrupt)
             devnull = os.open(os.devnull, os.O_RDWR)
 
             def ready() -> None:
@@ -74,7 +81,8 @@ def _daemon(agent: object, path: str, console: Console) -> ExitStatus:
                 os.close(write_end)
                 for fd in (0, 1, 2):
                     os.dup2(devnull, fd)
-            serve(server, ready)
+            with contextlib.suppress(KeyboardInterrupt):
+                serve(server, ready)
             status = 0
         except BaseException as exc:  # noqa: BLE001 -- the parent prints it
             message = str(exc) if str(exc) else type(exc).__name__
