@@ -124,7 +124,7 @@ def test_start_status_stop(tmp_path, keys):
     assert not os.path.exists(running.socket)
     err = running.process.communicate()[1].decode()
     assert "listening on" in err and "Traceback" not in err
-    assert_one_line_error(tokencsp("agent", "stop", "--socket", running.socket, check=False), 1, "no agent answers")
+    assert_one_line_error(tokencsp("agent", "stop", "--socket", running.socket, check=False), 3, "no agent answers")
     # SIGTERM (systemd's stop) ends it cleanly too: logged out, socket removed.
     again = Agent(tmp_path / "run")
     again.process.send_signal(signal.SIGTERM)
@@ -222,7 +222,7 @@ def test_tokencsp_agent_off_and_a_missing_key_through_the_agent(agent, keys, tmp
     missing = agent.run("key", "export", "no-such-key", "-o", str(tmp_path / "x"), check=False)
     direct = agent.run("key", "export", "no-such-key", "-o", str(tmp_path / "x"), env={"TOKENCSP_AGENT": "off"},
                        check=False)
-    assert_one_line_error(missing, 3)
+    assert_one_line_error(missing, 3, "no-such-key", hint="key list")
     assert (missing.returncode, missing.stderr) == (direct.returncode, direct.stderr)
 
 
@@ -249,7 +249,7 @@ def test_a_socket_directory_open_to_others_is_refused(keys, tmp_path):
     run.mkdir(mode=0o755)
     os.chmod(run, 0o755)
     result = tokencsp("agent", "--socket", str(run / "agent.sock"), check=False)
-    assert_one_line_error(result, 1, "open to other users")
+    assert_one_line_error(result, 3, "open to other users")
     assert not (run / "agent.sock").exists()
     # A client does not talk to a live agent whose directory was opened up afterwards.
     os.chmod(run, 0o700)
@@ -337,7 +337,10 @@ def test_pin_held_for_ttl_then_asked_once(keys, tmp_path):
             assert time.monotonic() < deadline, "the login did not expire"
             time.sleep(0.2)
         assert_one_line_error(run("key", "list"), 3, "PIN")  # no PIN anywhere, no terminal
-        assert_one_line_error(run("key", "list", pin="99999999"), 3)  # a wrong PIN does not log the agent in
+        wrong = run("key", "list", pin="99999999")  # a wrong PIN does not log the agent in
+        err = wrong.stderr.decode()
+        assert wrong.returncode == 3 and "Traceback" not in err, err
+        assert err.startswith("tokencsp: error: ") and "PIN" in err.splitlines()[0], err
         assert not running.status()["logged_in"]
         opened = run("open", "--key", "agent-rx", "--replay-db", str(tmp_path / "db"), str(sealed),
                      pin=os.environ["TOKENCSP_PIN"])
@@ -347,3 +350,51 @@ def test_pin_held_for_ttl_then_asked_once(keys, tmp_path):
         assert run("key", "list").returncode == 0  # held again: no PIN needed
     finally:
         running.stop()
+
+
+def test_an_agent_that_breaks_during_an_import_is_a_token_error_not_a_bad_message(agent, keys, tmp_path):
+    """A relay that forwards to the real agent but drops the connection on IMPORT: the open fails as the
+    token's problem (exit 3), never as a tampered message (exit 10), and writes nothing."""
+    import threading
+
+    relay_dir = tmp_path / "relay"
+    relay_dir.mkdir(mode=0o700)
+    relay_path = str(relay_dir / "agent.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(relay_path)
+    server.listen(4)
+
+    def relay(client):
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        upstream.connect(agent.socket)
+        requests, responses = agentwire.FrameReader(agentwire.MAX_REQUEST), agentwire.FrameReader(agentwire.MAX_RESPONSE)
+        with client, upstream:
+            while data := client.recv(65536):
+                for body in requests.feed(data):
+                    if agentwire.decode(body, agentwire.Op).code is agentwire.Op.IMPORT:
+                        return  # the agent "dies" in the middle of the import
+                    upstream.sendall(agentwire.frame(body, agentwire.MAX_REQUEST))
+                    answer = []
+                    while not answer:
+                        answer = responses.feed(upstream.recv(65536))
+                    client.sendall(agentwire.frame(answer[0], agentwire.MAX_RESPONSE))
+
+    def accept():
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=relay, args=(client,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        sealed = tmp_path / "m.tcsp"
+        agent.run("seal", "--to", str(keys / "agent-rx.pub"), "-o", str(sealed), input=b"x")
+        result = tokencsp("open", "--key", "agent-rx", "--replay-db", str(tmp_path / "db"), "-o",
+                          str(tmp_path / "out"), str(sealed), env={"TOKENCSP_AGENT_SOCK": relay_path, **ON},
+                          check=False)
+        assert_one_line_error(result, 3, "agent")
+        assert not (tmp_path / "out").exists()
+    finally:
+        server.close()

@@ -155,6 +155,12 @@ class TokenOperationError(TokenError):
     """A PKCS#11 call failed for a reason not covered above (the CKR name is in the message)."""
 
 
+class AgentError(TokenError):
+    """The tokencsp agent (docs/AGENT.md), which stands in for the token, broke its protocol, went away, or
+    its socket or directory is unsafe.  A TokenError: no message can cause it, so an open reports it as
+    such instead of taking it for a bad key blob."""
+
+
 class TokenLockError(TokenError):
     """The cross-process token lock could not be taken: timed out, or its directory is not private."""
 
@@ -276,8 +282,6 @@ class ReplayCacheError(TokenCSPError):
     """The replay cache could not be read or written; nothing was accepted."""
 
 
-class AgentError(TokenCSPError):
-    """The tokencsp agent (docs/AGENT.md) broke its protocol, or its socket or directory is unsafe."""
 
 
 # -- the three-phase exchange (docs/THREEPHASE.md) -----------------------------------
