@@ -209,10 +209,13 @@ def test_refusals_through_the_agent_are_the_direct_ones(agent, keys, tmp_path):
             agent.run("capi", "decrypt", "--key", "agent-rx", "--blob", str(blob), "-o", str(tmp_path / "p"),
                       str(cipher), env=env, check=False))
     assert results["on"][0] == results["off"][0]
-    on, off = results["on"][1], results["off"][1]
-    assert (on.returncode, on.stderr) == (off.returncode, off.stderr) and on.returncode == 4
+    # A bad CryptoAPI blob decrypts with its substitute like any wrong key: the one DecryptionError,
+    # or (when the CBC padding happens to be valid) garbage, through the agent as without it.
+    failures = [r for r in (results["on"][1], results["off"][1]) if r.returncode != 0]
+    assert all(r.returncode == 4 for r in failures)
+    assert len({r.stderr for r in failures}) <= 1
     assert agent.count("import") == before + 2  # the two "on" runs, and only those, used the agent
-    assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
+    assert not (tmp_path / "o").exists()
 
 
 def test_tokencsp_agent_off_and_a_missing_key_through_the_agent(agent, keys, tmp_path):

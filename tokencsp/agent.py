@@ -176,17 +176,12 @@ class Agent:
         # Each answer is made at the key's padded deadline and never fails on the blob's content.
         if mode == b"legacy":
             lengths = frozenset(int(n) for n in json.loads(fields[4])) if len(fields) == 5 else frozenset()
-            value, rejected = pair.unwrap_legacy_deferred(blob, oaep, lengths)
-            return value, b"1" if rejected else b"0"
+            return (pair.unwrap_legacy_deferred(blob, oaep, lengths),)
         simple = SimpleBlob.from_bytes(blob)  # structure only: the client checked it too
-        if mode in (b"implicit", b"explicit"):
-            importer = pair.import_simpleblob_implicit if mode == b"implicit" else pair.import_simpleblob
-            session = importer(simple, oaep=oaep)
-            answer: tuple[bytes, ...] = (str(int(session.alg)).encode(), bytes(session.key))
-        else:
-            session = pair.import_simpleblob_deferred(simple, oaep=oaep)
-            rejected = session._rejected
-            answer = (str(int(session.alg)).encode(), bytes(session.key), b"1" if rejected else b"0")
+        importer = {b"implicit": pair.import_simpleblob_implicit, b"explicit": pair.import_simpleblob,
+                    b"deferred": pair.import_simpleblob_deferred}[mode]
+        session = importer(simple, oaep=oaep)
+        answer = (str(int(session.alg)).encode(), bytes(session.key))
         session.wipe()
         return answer
 

@@ -216,12 +216,6 @@ class AgentKey:
         return self._agent.call(Op.SIGN, self.name.encode(), data)[0]
 
 
-def _flag(value: bytes) -> bool:
-    if value not in (b"0", b"1"):
-        raise AgentError("agent protocol: a flag is neither 0 nor 1")
-    return value == b"1"
-
-
 class AgentExchangeKey(AgentKey):
     """An exchange key on the agent's token; imports never fail on the blob (docs/AGENT.md)."""
 
@@ -241,12 +235,11 @@ class AgentExchangeKey(AgentKey):
 
     def import_simpleblob_deferred(self, blob: bytes | SimpleBlob, oaep: bool = False) -> DeferredSessionKey:
         simple = blob if isinstance(blob, SimpleBlob) else SimpleBlob.from_bytes(blob)
-        alg, key, rejected = self._import(b"deferred", simple.to_bytes(), oaep)[:3]
-        return DeferredSessionKey(AlgId(int(alg)), key, rejected=_flag(rejected))
+        alg, key = self._import(b"deferred", simple.to_bytes(), oaep)[:2]
+        return DeferredSessionKey(AlgId(int(alg)), key)
 
-    def unwrap_legacy_deferred(self, encrypted_key: bytes, oaep: bool, lengths: frozenset[int]) -> tuple[bytes, bool]:
-        value, rejected = self._import(b"legacy", encrypted_key, oaep, json.dumps(sorted(lengths)).encode())[:2]
-        return value, _flag(rejected)
+    def unwrap_legacy_deferred(self, encrypted_key: bytes, oaep: bool, lengths: frozenset[int]) -> bytes:
+        return self._import(b"legacy", encrypted_key, oaep, json.dumps(sorted(lengths)).encode())[0]
 
 
 def key_info(item: dict[str, Any]) -> KeyInfo:
