@@ -62,7 +62,7 @@ def keys(tmp_path_factory, softhsm_kit):
         tokencsp("key", "export", name, "-o", str(home / f"{name}.pub"))
     yield home
     for name in ("agent-rx", "agent-signer"):
-        tokencsp("key", "delete", name, check=False)
+        tokencsp("key", "delete", name, "--yes", check=False)
 
 
 class Agent:
