@@ -15,6 +15,7 @@ import datetime
 import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
@@ -25,7 +26,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .errors import InvalidKeyError
 
-__all__ = ["PSS_SHA256", "CertificateRequest", "build_certificate", "parse_name"]
+__all__ = ["PSS_SHA256", "CertificateObject", "CertificateRequest", "build_certificate", "certificate_object",
+           "load_certificate", "parse_name"]
 
 #: The token's signature (token.Token.sign_pss_sha256).
 PSS_SHA256 = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
@@ -105,3 +107,29 @@ def build_certificate(req: CertificateRequest, sign: Signer) -> x509.Certificate
     parsed = asn1_x509.Certificate.load(draft.public_bytes(serialization.Encoding.DER))
     parsed["signature_value"] = signature
     return x509.load_der_x509_certificate(parsed.dump(force=False))
+
+
+def load_certificate(data: bytes, what: str = "the file") -> x509.Certificate:
+    """An X.509 certificate from PEM or DER; one clear error when ``data`` is neither."""
+    pem = b"-----BEGIN" in data
+    try:
+        return x509.load_pem_x509_certificate(data) if pem else x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise InvalidKeyError(f"{what} is not an X.509 certificate (PEM or DER)") from None
+
+
+@dataclass(frozen=True)
+class CertificateObject:
+    """What PKCS#11 stores of an X.509 certificate (CKO_CERTIFICATE, CKC_X_509), all DER."""
+
+    subject: bytes  # CKA_SUBJECT: the Name
+    issuer: bytes  # CKA_ISSUER: the Name
+    serial_number: bytes  # CKA_SERIAL_NUMBER: the INTEGER, tag and length included (PKCS#11 2.40 4.6.3)
+    value: bytes  # CKA_VALUE: the whole certificate
+
+
+def certificate_object(cert: x509.Certificate) -> CertificateObject:
+    der = cert.public_bytes(serialization.Encoding.DER)
+    tbs = asn1_x509.Certificate.load(der)["tbs_certificate"]
+    return CertificateObject(subject=cert.subject.public_bytes(), issuer=cert.issuer.public_bytes(),
+                             serial_number=tbs["serial_number"].dump(), value=der)

@@ -12,7 +12,7 @@ import hmac
 import os
 import threading
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -21,6 +21,7 @@ from . import config
 from .blobs import MAX_RSA_BITS, SESSION_KEY_LENGTHS, AlgId, PrivateKeyBlob, PublicKeyBlob, SimpleBlob
 from .calibration import CalibrationCache
 from .errors import (
+    AmbiguousKeyError,
     ConfigError,
     InvalidKeyError,
     KeyNotFoundError,
@@ -33,6 +34,9 @@ from .keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus,
 from .rsadecode import decode_oaep_sha1, decode_pkcs1_v15
 from .session import SessionKey
 from .token import Token, init_token, iter_tokens, module_info, open_token, token_status
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["ExchangeKey", "KeyInfo", "KeyPair", "KeyUsage", "Provider", "describe_module", "initialize_token",
            "list_tokens", "pin_status"]
@@ -99,6 +103,37 @@ class KeyPair:
     def sign(self, data: bytes) -> bytes:
         """RSA-PSS/SHA-256 (32-byte salt) signature made on the token; needs a signature key."""
         return self._token.sign_pss_sha256(self.key_id, data)
+
+    def certificates(self) -> list[x509.Certificate]:
+        """The X.509 certificates stored with this key (same CKA_ID), as ``store_certificate`` leaves them."""
+        from cryptography import x509
+
+        found = []
+        for der in self._token.certificates(self.key_id):
+            try:
+                found.append(x509.load_der_x509_certificate(der))
+            except ValueError:
+                continue  # another tool's object that is no certificate cannot name this key
+        return [cert for cert in found if cert.public_key() == self.public_key()]
+
+    def certificate(self) -> x509.Certificate | None:
+        """The one certificate stored with this key, or None; several are refused rather than guessed."""
+        certs = self.certificates()
+        if len(certs) > 1:
+            raise AmbiguousKeyError(f"key {self.name!r} has {len(certs)} certificates on the token; refusing to guess")
+        return certs[0] if certs else None
+
+    def store_certificate(self, cert: x509.Certificate, *, replace: bool = False) -> int:
+        """Store a certificate for this key on the token (CKO_CERTIFICATE, same CKA_ID, label = key name).
+
+        Refused (nothing stored) when its public key is not this key's, and when the key already has a
+        certificate unless ``replace``; returns how many old ones were replaced.
+        """
+        from .certs import certificate_object  # asn1crypto: loaded only here, not on every open
+
+        if cert.public_key() != self.public_key():
+            raise InvalidKeyError(f"the certificate is not for key {self.name!r}: its public key is another")
+        return self._token.store_certificate(self.key_id, self.name, certificate_object(cert), replace=replace)
 
     def public_pem(self) -> bytes:
         return self.public_key().public_bytes(serialization.Encoding.PEM, _SPKI)

@@ -28,26 +28,24 @@ after the whole message decrypted (and, for GCM, authenticated). See docs/CMS.md
 
 
 def cmd_cms_decrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
-    from cryptography import x509
-
+    from ..certs import load_certificate
     from ..cms import open_stream
-    from ..errors import InputError
+    from ..errors import InputError, InvalidKeyError
 
     console.results.begin(file=args.input, output=args.output)
     cert = None
     if args.cert:
-        data = read_file(args.cert, console)
         try:
-            pem = b"-----BEGIN" in data
-            cert = x509.load_pem_x509_certificate(data) if pem else x509.load_der_x509_certificate(data)
-        except ValueError:
-            raise InputError(f"{args.cert}: not a certificate (PEM or DER)") from None
+            cert = load_certificate(read_file(args.cert, console), args.cert)
+        except InvalidKeyError as exc:
+            raise InputError(str(exc)) from None
     with open_provider(args) as provider:
         key = provider.exchange_key(args.key)
+        stored = key.certificates()  # stored with key import-cert: recipients named by issuer and serial
         with input_stream(args.input, console) as source, output_stream(args.output, console) as sink:
             counted = Counting(sink)
             info = open_stream(source.read, counted.write, public_key=key.public_key(),
-                               import_key=key.import_simpleblob_deferred, cert=cert)
+                               import_key=key.import_simpleblob_deferred, cert=cert, certs=stored)
     console.results.ok(authenticated=info.authenticated, algorithm=info.algorithm, oaep=info.oaep,
                        bytes=counted.count)
     return ExitStatus.OK
@@ -104,7 +102,8 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     dec.add_argument("--key", metavar="NAME", help="exchange key on the token (default: object= of --uri)")
     dec.add_argument("--cert", metavar="FILE",
                      help="the key's certificate (PEM/DER): matches a recipient named by issuer and serial "
-                          "(needed when the message has several recipients; subjectKeyIdentifier needs none)")
+                          "(needed when the message has several recipients, unless the certificate is stored "
+                          "with the key: key import-cert; subjectKeyIdentifier needs none)")
     dec.add_argument("-o", "--output", help="plaintext file, created only after the whole message decrypted "
                                             "(default: stdout, streamed; a failure at the end still exits non-zero)")
     dec.add_argument("input", nargs="?", help="CMS file: DER/BER, PEM or S/MIME (default: stdin)")

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 from ..keyinfo import check_key_name
 from ..pubkeys import fingerprint
-from ._common import Console, add_token_options, argument, open_provider, output_stream, read_file
+from ._common import Console, add_token_options, argument, open_provider, output_stream, read_file, with_hint
 from ._result import add_result_options
 from ._status import ExitStatus, UsageError
 
 if TYPE_CHECKING:
     from ..keyinfo import KeyInfo
-    from ..provider import Provider
+    from ..provider import KeyPair, Provider
 
 __all__ = ["configure"]
 
@@ -63,17 +63,52 @@ def print_info(console: Console, info: KeyInfo) -> None:
     console.out(f"{info.name}\t{usage}\tRSA-{info.bits}\tid={info.id.hex()}\t{','.join(flags)}")
 
 
+def _cert_der(args: argparse.Namespace) -> bool:
+    """--format cert: DER when asked with --der or by an output file named *.der, else PEM."""
+    return bool(args.der or (args.output and args.output.lower().endswith(".der")))
+
+
 def cmd_key_export(args: argparse.Namespace, console: Console) -> ExitStatus:
-    if args.format != "pem":
+    if args.der and args.format != "cert":
+        raise UsageError("--der applies to --format cert (the public key in DER is --format der)")
+    if args.format not in ("pem", "cert") or (args.format == "cert" and _cert_der(args)):
         console.refuse_binary_to_terminal(args.output)
     console.results.begin(name=args.name, format=args.format, output=args.output)
     with open_provider(args, agent=True) as provider:
         pair = provider.key(args.name)
-        data = {"msblob": pair.public_blob, "pem": pair.public_pem, "der": pair.public_der}[args.format]()
+        if args.format == "cert":
+            data = _stored_certificate(pair, _cert_der(args))
+        else:
+            data = {"msblob": pair.public_blob, "pem": pair.public_pem, "der": pair.public_der}[args.format]()
         key_id = fingerprint(pair.public_key()).hex()
     with output_stream(args.output, console, mode=0o644) as out:
         out.write(data)
     console.results.ok(key_id=key_id, bytes=len(data))
+    return ExitStatus.OK
+
+
+def _stored_certificate(pair: KeyPair, der: bool) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    from ..errors import KeyNotFoundError
+
+    cert = pair.certificate()
+    if cert is None:
+        raise with_hint(KeyNotFoundError(f"key {pair.name!r} has no certificate on the token"),
+                        f"make one with 'tokencsp key cert {pair.name} --signer SIGNKEY' and store it, or a "
+                        f"CA-issued one, with 'tokencsp key import-cert {pair.name} CERT'")
+    return cert.public_bytes(serialization.Encoding.DER if der else serialization.Encoding.PEM)
+
+
+def cmd_key_import_cert(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ..certs import load_certificate
+
+    cert = load_certificate(read_file(args.cert, console), args.cert)
+    with open_provider(args) as provider:
+        replaced = provider.key(args.name).store_certificate(cert, replace=args.replace)
+    what = "replaced the certificate of" if replaced else "stored a certificate for"
+    console.note(f"{what} {args.name}: subject {cert.subject.rfc4514_string()}, "
+                 f"issuer {cert.issuer.rfc4514_string()}, serial {cert.serial_number:x}")
     return ExitStatus.OK
 
 
@@ -204,11 +239,15 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_key_list)
 
-    export = key.add_parser("export", help="export a public key")
+    export = key.add_parser("export", help="export a public key, or the certificate stored with the key")
     _name_arguments(export, new=False)
-    export.add_argument("--format", choices=("msblob", "pem", "der"), default="msblob",
-                        help="msblob = CryptoAPI PUBLICKEYBLOB (default)")
-    export.add_argument("-o", "--output", help="output file (default: stdout, but not a terminal unless --format pem)")
+    export.add_argument("--format", choices=("msblob", "pem", "der", "cert"), default="msblob",
+                        help="msblob = CryptoAPI PUBLICKEYBLOB (default), pem/der = the public key (SPKI), "
+                             "cert = the X.509 certificate stored with the key (PEM; see key import-cert)")
+    export.add_argument("--der", action="store_true",
+                        help="with --format cert: DER instead of PEM (also chosen by an -o file named *.der)")
+    export.add_argument("-o", "--output", help="output file (default: stdout, but not a terminal unless the "
+                                               "output is PEM)")
     export.set_defaults(func=_named(cmd_key_export))
     add_result_options(export, "key export", data_on_stdout=True)
 
@@ -243,12 +282,24 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     cert.add_argument("-o", "--output", help="output file (default: stdout)")
     cert.set_defaults(func=_named(cmd_key_cert))
 
-    delete = key.add_parser("delete", help="delete a key container (private and public halves); asks on a "
-                                           "terminal, needs --yes elsewhere")
+    import_cert = key.add_parser(
+        "import-cert", help="store a (CA-issued) X.509 certificate on the token next to its key",
+        description="Stores CERT (PEM or DER) on the token as a certificate object with the key's CKA_ID, "
+                    "after checking that its public key is key NAME's; nothing is stored otherwise. "
+                    "'cms decrypt' then finds recipients named by its issuer and serial number without "
+                    "--cert, and 'key export NAME --format cert' gives it back. 'key delete' removes it.")
+    _name_arguments(import_cert, new=False)
+    import_cert.add_argument("cert", metavar="CERT", help="the certificate file (PEM or DER)")
+    import_cert.add_argument("--replace", action="store_true",
+                             help="replace the certificate already stored for the key (default: refuse)")
+    import_cert.set_defaults(func=_named(cmd_key_import_cert))
+
+    delete = key.add_parser("delete", help="delete a key container (private and public halves, its certificate); "
+                                           "asks on a terminal, needs --yes elsewhere")
     delete.add_argument("--yes", action="store_true", help="delete without asking (needed when stdin is not a "
                                                            "terminal: scripts, CI)")
     _name_arguments(delete, new=False)
     delete.set_defaults(func=_named(cmd_key_delete))
 
-    for sub in (generate, listing, export, imp, audit, cert, delete):
+    for sub in (generate, listing, export, imp, audit, cert, import_cert, delete):
         add_token_options(sub)

@@ -16,7 +16,7 @@ temporary file that appears only then).  Pure: bytes in through ``read``, out th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -117,8 +117,12 @@ class _Gcm:
 
 
 def open_stream(read: Read, write: Write, *, public_key: rsa.RSAPublicKey, import_key: KeyImport,
-                cert: x509.Certificate | None = None) -> CmsInfo:
-    """Decrypt the CMS message ``read`` gives (DER/BER, PEM or S/MIME) into ``write``."""
+                cert: x509.Certificate | None = None, certs: Sequence[x509.Certificate] = ()) -> CmsInfo:
+    """Decrypt the CMS message ``read`` gives (DER/BER, PEM or S/MIME) into ``write``.
+
+    ``cert`` and ``certs`` are the key's certificates, for recipients named by issuer and serial
+    (``select_recipient``).
+    """
     reader = BerReader(decoded(read))
     info = reader.enter(0x30)
     content_type = _oid(reader)
@@ -130,7 +134,7 @@ def open_stream(read: Read, write: Write, *, public_key: rsa.RSAPublicKey, impor
     reader.element(0x02)  # version: the structure below says all it means
     if reader.peek_tag() == 0xA0:
         reader.element()  # originatorInfo (certificates, CRLs): not needed to decrypt
-    transport = select_recipient(parse_recipient_infos(reader.element(0x31)), public_key, cert)
+    transport = select_recipient(parse_recipient_infos(reader.element(0x31)), public_key, cert, certs)
     encrypted = reader.enter(0x30)
     if _oid(reader) != OID_DATA:
         raise CmsFormatError("only id-data content is supported")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from asn1crypto import cms as asn1_cms
@@ -70,29 +71,32 @@ def _transport(ktri: asn1_cms.KeyTransRecipientInfo, matched: bool) -> KeyTransp
     return KeyTransport(ktri["encrypted_key"].native, oaep, matched)
 
 
-def _names(rid: asn1_cms.RecipientIdentifier, ski: bytes, cert: x509.Certificate | None) -> bool:
+def _names(rid: asn1_cms.RecipientIdentifier, ski: bytes, certs: Sequence[x509.Certificate]) -> bool:
     if rid.name == "subject_key_identifier":
         ours = {ski}
-        if cert is not None:
+        for cert in certs:
             with contextlib.suppress(x509.ExtensionNotFound):
                 ours.add(cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest)
         return bytes(rid.chosen.native) in ours
-    if cert is None:
-        return False
     issuer_serial = rid.chosen
-    return bool(issuer_serial["issuer"].dump() == cert.issuer.public_bytes()
-                and issuer_serial["serial_number"].native == cert.serial_number)
+    return any(issuer_serial["issuer"].dump() == cert.issuer.public_bytes()
+               and issuer_serial["serial_number"].native == cert.serial_number for cert in certs)
 
 
 def select_recipient(infos: asn1_cms.RecipientInfos, public_key: rsa.RSAPublicKey,
-                     cert: x509.Certificate | None = None) -> KeyTransport:
-    """The KeyTransRecipientInfo naming this key; failing that, the only one sized for its modulus."""
+                     cert: x509.Certificate | None = None, certs: Sequence[x509.Certificate] = ()) -> KeyTransport:
+    """The KeyTransRecipientInfo naming this key; failing that, the only one sized for its modulus.
+
+    ``cert`` is one the caller gave (it must hold this key); ``certs`` are more of the key's
+    certificates (those stored with it on the token), any of which may name it.
+    """
     if cert is not None and cert.public_key() != public_key:
         raise CmsRecipientNotFound("the certificate given is not the certificate of this key")
+    ours = [c for c in ([cert] if cert is not None else []) + list(certs) if c.public_key() == public_key]
     ski = key_identifier(public_key)
     ktris = [info.chosen for info in infos if info.name == "ktri"]
     for ktri in ktris:
-        if _names(ktri["rid"], ski, cert):
+        if _names(ktri["rid"], ski, ours):
             return _transport(ktri, matched=True)
     size = (public_key.key_size + 7) // 8
     sized = [ktri for ktri in ktris if len(ktri["encrypted_key"].native) == size]
@@ -100,4 +104,5 @@ def select_recipient(infos: asn1_cms.RecipientInfos, public_key: rsa.RSAPublicKe
         return _transport(sized[0], matched=False)
     if not ktris:
         raise CmsRecipientNotFound("the CMS message has no key-transport (RSA) recipient")
-    raise CmsRecipientNotFound("no recipient of the CMS message names this key (give its certificate with --cert)")
+    raise CmsRecipientNotFound("no recipient of the CMS message names this key (give its certificate with --cert, "
+                               "or store it on the token with key import-cert)")

@@ -8,12 +8,12 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pkcs11
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import Attribute, CertificateType, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.types import Object, PrivateKey, SecretKey, Session, SignMixin, UnwrapMixin
 
@@ -63,6 +63,9 @@ from .templates import (
     oaep_params,
     secret_key_type,
 )
+
+if TYPE_CHECKING:
+    from ..certs import CertificateObject  # certs loads asn1crypto: kept off the open path (test_fast_start)
 
 __all__ = ["Token", "pin_status"]
 
@@ -423,13 +426,14 @@ class Token:
         return key_id
 
     def delete(self, name: str) -> int:
-        """Delete the private key labelled ``name`` and every public key with its CKA_ID."""
+        """Delete the private key labelled ``name`` and every public key and certificate with its CKA_ID."""
         with self._lease() as lease:
             private = self._private(lease, name)
             key_id = bytes(private[Attribute.ID])
-            publics = (self._find(lease, ObjectClass.PUBLIC_KEY, key_id=key_id) if key_id else []) + self._find(
-                lease, ObjectClass.PUBLIC_KEY, name)
-            victims: list[Object] = [private, *{obj.handle: obj for obj in publics}.values()]
+            companions = [obj for cls in (ObjectClass.PUBLIC_KEY, ObjectClass.CERTIFICATE)
+                          for obj in (self._find(lease, cls, key_id=key_id) if key_id else []) + self._find(
+                              lease, cls, name)]
+            victims: list[Object] = [private, *{obj.handle: obj for obj in companions}.values()]
             for obj in victims:
                 try:
                     with trace.call("C_DestroyObject"):
@@ -438,6 +442,53 @@ class Token:
                     raise map_error(exc, f"deleting key {name!r}") from None
             self._facts.pop(key_id, None)
         return len(victims)
+
+    # -- certificates ----------------------------------------------------
+
+    def certificates(self, key_id: bytes) -> list[bytes]:
+        """The DER of every X.509 certificate object with this CKA_ID (CKA_VALUE)."""
+        if not key_id:
+            return []
+        with self._lease() as lease:
+            try:
+                return [bytes(obj[Attribute.VALUE]) for obj in self._find(lease, ObjectClass.CERTIFICATE, key_id=key_id)
+                        if obj[Attribute.CERTIFICATE_TYPE] == CertificateType.X_509]
+            except p11.PKCS11Error as exc:
+                raise map_error(exc, "reading a certificate") from None
+
+    def store_certificate(self, key_id: bytes, label: str, cert: CertificateObject, *, replace: bool = False) -> int:
+        """Store ``cert`` as a CKO_CERTIFICATE next to the key with this CKA_ID; returns how many it replaced.
+
+        The new object is created before an old one is destroyed: a failure leaves the old one.
+        """
+        with self._lease() as lease:
+            private = self._private(lease, key_id=key_id)  # the key must be there
+            old = self._find(lease, ObjectClass.CERTIFICATE, key_id=key_id)
+            if old and not replace:
+                raise KeyExistsError(f"key {label!r} already has a certificate on token {self.label!r} "
+                                     "(--replace replaces it)")
+            del private
+            try:
+                lease.session.create_object({
+                    Attribute.CLASS: ObjectClass.CERTIFICATE,
+                    Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: False,
+                    Attribute.LABEL: label,
+                    Attribute.ID: key_id,
+                    Attribute.SUBJECT: cert.subject,
+                    Attribute.ISSUER: cert.issuer,
+                    Attribute.SERIAL_NUMBER: cert.serial_number,
+                    Attribute.VALUE: cert.value,
+                })
+            except p11.PKCS11Error as exc:
+                raise map_error(exc, f"storing the certificate of key {label!r}") from None
+            for obj in old:
+                try:
+                    obj.destroy()
+                except p11.PKCS11Error as exc:
+                    raise map_error(exc, f"deleting the old certificate of key {label!r}") from None
+        return len(old)
 
     # -- the unwrap ------------------------------------------------------
 
