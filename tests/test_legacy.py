@@ -4,6 +4,7 @@ rsaenh tests (which pass on Windows) for RC2/RC4 salt and effective-key-length r
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 
 import pytest
@@ -207,3 +208,77 @@ def test_a_des_archive_opens(token_key, tmp_path):
     (tmp_path / "data").write_bytes(_openssl_enc("des-cbc", session, b"DES era"))
     assert tokencsp("capi", "decrypt", "--allow-legacy", "--key", KEY, "--blob", str(tmp_path / "blob"),
                     str(tmp_path / "data")).stdout == b"DES era"
+
+
+# -- a real Windows archive: Wine's rsaenh test_import_private (which passes on Windows) ------------
+# abPlainPrivateKey: a 1024-bit AT_KEYEXCHANGE PRIVATEKEYBLOB; abSessionKey: a SIMPLEBLOB that
+# Windows' CryptImportKey opens with it (CALG_RC4, a 56-bit key); abEncryptedMessage: what
+# CryptDecrypt turns into "Wine rocks!\0" with that session key.  (The C array is declared 148
+# bytes with 140 initialisers; the SIMPLEBLOB is the 140.)
+WINE_PRIVATE_KEY = bytes.fromhex(
+    "0702000000a400005253413200040000010001009b64efce317cad56e21e9b96b3f029886ea8c21133d6cc8c69b21afd"
+    "fc2321304d2945b63a6711801a91f29f01acc011505fcdb9ad769f6e915571da9796962275b48344899ef844407cd6cd"
+    "9d88d688bc56b764e92c242f0d78551cb267b15ebc0ccf1ce9d39ea2152473d6db6f83b2f8bce7473b01ef490898d6a3"
+    "f92557e9393c53301bf2c96231435d842430219aaddb6291c807d92fd6b5376ffe7a12bcd9d22bbfd7b1fa7dc048dd74"
+    "dd5504a18bc10ac4a55762ee088bf9196c5206f8730f24c9719fc545173eae0681a2964006bfeb9e802b27208f38cfeb"
+    "ff3b3841356966131d3c013bf637ca9c617498cfc96ee890c7b733c0073cf8c8f6f2d7f02162588a55bfa12d3da669c5"
+    "021931f0940f455c951b53bcf5b01a8fbf40e0c773e7726eebb10f38c5f8ee04ed341a10f95334f33ee65cd14765cdbd"
+    "f106cbb4b126399f71fe3df862ab228b0edcb9e87406fc8c25a1a9cf07f9ac21017b1cdc94bd47e1a08659356a6fb970"
+    "267c3cfdbd81393642c2bdbe84279a6981da9927c24f6233f47930c5635471f14722259b6c002f1cf41f85bcf6676ae3"
+    "f6558aefd00bd3a2c55170150af0984cb719620e2d2a4a7d7a0ac417e35d2052a998c3aa11f6bf4c94998189f07f66aa"
+    "c888d7318471b66409760b7f1a1f2efecd592a541184d46a61dfaa76669d8211563dd252e6425a77929834f3566c9610"
+    "405916cb7761e3bf4bd439fbb14ec174ec7aea3d68bb0be6c606bfdd7f9442c00fe492336c6e1bba73f97984df4500e4"
+    "94889d0889cff2a4c547458586a5cca8f25d5807")
+WINE_RC4_SIMPLEBLOB = bytes.fromhex(
+    "010200000168000000a40000b8a4df5e9eb1bf853d242d1e69b767138e78f2dfc669ce467ef2f233206fa1a5598325cb"
+    "3ab18a1263023cfb4afaef8ef72957b19ea7f302fdcadf5a1f71b626092439dac0de2a0ecd1fe5b64f82a0a990d3d96a"
+    "43142af7acd5a05493c4b9e724844d695ecc2a32b5fbe4b408d536585940fb297fa71725c40d7837048c4992")
+WINE_RC4_MESSAGE = bytes.fromhex("406428e88ae7a4d41cfdde71")
+WINE_KEY = "legacy-wine-kx"
+
+
+def test_a_windows_rc4_simpleblob_opens_with_allow_legacy(softhsm_kit, tmp_path):
+    """The Done-when item: Windows' own RC4 SIMPLEBLOB, its 1024-bit key moved onto the token with key import --legacy."""
+    (tmp_path / "key.prv").write_bytes(WINE_PRIVATE_KEY)
+    (tmp_path / "blob").write_bytes(WINE_RC4_SIMPLEBLOB)
+    (tmp_path / "data").write_bytes(WINE_RC4_MESSAGE)
+    refused = tokencsp("key", "import", WINE_KEY, "--private-blob", str(tmp_path / "key.prv"), check=False)
+    assert_one_line_error(refused, 1, "--legacy")
+    tokencsp("key", "import", WINE_KEY, "--private-blob", str(tmp_path / "key.prv"), "--legacy")
+    try:
+        args = ["capi", "decrypt", "--key", WINE_KEY, "--blob", str(tmp_path / "blob"), str(tmp_path / "data")]
+        assert_one_line_error(tokencsp(*args, check=False), 1, "--allow-legacy")
+        assert tokencsp(*args, "--allow-legacy").stdout == b"Wine rocks!\x00"
+        tokencsp(*args, "--allow-legacy", "-o", str(tmp_path / "out"))
+        assert (tmp_path / "out").read_bytes() == b"Wine rocks!\x00"
+    finally:
+        tokencsp("key", "delete", "--yes", WINE_KEY, check=False)
+
+
+# -- blob inspect of legacy SIMPLEBLOBs: no token, the header's facts and rsaenh's rules ------------
+
+
+def test_blob_inspect_names_a_windows_rc4_blob(tmp_path):
+    (tmp_path / "blob").write_bytes(WINE_RC4_SIMPLEBLOB)
+    text = tokencsp("blob", "inspect", str(tmp_path / "blob")).stdout.decode()
+    for line in ("type: SIMPLEBLOB", "alg_id: CALG_RC4", "wrap_alg_id: CALG_RSA_KEYX", "recipient_bits: 1024",
+                 "cipher: RC4", "key_bits_min: 40", "key_bits_max: 128", "--allow-legacy"):
+        assert line in text, (line, text)
+    assert "11 zero salt bytes" in text and "--salt" in text
+
+
+@pytest.mark.parametrize(("alg", "cipher", "bits", "salted", "effective"), [
+    (LegacyAlg.CALG_RC4, "RC4", (40, 128), True, False),
+    (LegacyAlg.CALG_RC2, "RC2", (40, 128), True, True),
+    (LegacyAlg.CALG_DES, "DES", (56, 56), False, False),
+])
+def test_blob_inspect_json_of_legacy_blobs(token_key, tmp_path, alg, cipher, bits, salted, effective):
+    (tmp_path / "blob").write_bytes(_legacy_blob(token_key, alg, bytes(8 if alg is LegacyAlg.CALG_DES else 5)))
+    facts = json.loads(tokencsp("blob", "inspect", "--json", str(tmp_path / "blob")).stdout)
+    assert facts["type"] == "SIMPLEBLOB" and facts["alg_id"] == alg.name and facts["legacy"] is True
+    assert facts["cipher"] == cipher and (facts["key_bits_min"], facts["key_bits_max"]) == bits
+    assert facts["recipient_bits"] == 2048 and facts["wrap_alg_id"] == "CALG_RSA_KEYX"
+    assert ("11 zero salt bytes" in facts["salt"]) == salted
+    assert ("effective_bits" in facts) == effective
+    assert "capi decrypt --allow-legacy" in facts["opens_with"]
+    assert "CBC" in facts["mode"] if alg is not LegacyAlg.CALG_RC4 else "stream" in facts["mode"]

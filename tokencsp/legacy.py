@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from .errors import DecryptionError, InvalidKeyError
 
-__all__ = ["LegacyAlg", "LegacyKey", "default_salt", "rc2_decrypt_block", "rc2_key_schedule"]
+__all__ = ["LegacyAlg", "LegacyKey", "default_salt", "legacy_facts", "legacy_simpleblob", "rc2_decrypt_block",
+           "rc2_key_schedule"]
 
 
 class LegacyAlg(IntEnum):
@@ -187,6 +188,31 @@ def legacy_simpleblob(data: bytes) -> tuple[LegacyAlg, bytes] | None:
     if not 128 <= len(ciphertext) <= 2048 or len(ciphertext) % 2:
         raise InvalidKeyError(f"SIMPLEBLOB ciphertext of {len(ciphertext)} bytes fits no RSA modulus")
     return LegacyAlg(alg_id), bytes(ciphertext[::-1])
+
+
+def legacy_facts(alg: LegacyAlg) -> dict[str, object]:
+    """What a legacy SIMPLEBLOB's header says about its cipher, and rsaenh's rules for it (blob inspect).
+
+    The key's length is not in the header: it is inside the RSA-encrypted part, so only the
+    unwrap on the token learns it.
+    """
+    if alg is LegacyAlg.CALG_DES:
+        return {"legacy": True, "cipher": "DES", "mode": "CBC, zero IV, PKCS#5 padding",
+                "key_bits_min": 56, "key_bits_max": 56, "key_length": "8 bytes with parity",
+                "salt": "none (DES takes no salt)",
+                "opens_with": "capi decrypt --allow-legacy (decrypt only; tokencsp never makes one)"}
+    facts: dict[str, object] = {
+        "legacy": True, "cipher": alg.name.removeprefix("CALG_"),
+        "mode": "stream, no IV, no padding" if alg is LegacyAlg.CALG_RC4 else "CBC, zero IV, PKCS#5 padding",
+        "key_bits_min": _MIN_KEY * 8, "key_bits_max": _MAX_KEY * 8,
+        "key_length": "inside the encrypted key: known after the token's unwrap",
+        "salt": f"a 40-bit key gets {16 - _MIN_KEY} zero salt bytes (rsaenh, KP_SALT) unless --salt HEX "
+                "('' for none); a longer key gets none",
+    }
+    if alg is LegacyAlg.CALG_RC2:
+        facts["effective_bits"] = "the key's length, salt not counted, unless --effective-bits N (KP_EFFECTIVE_KEYLEN)"
+    facts["opens_with"] = "capi decrypt --allow-legacy (decrypt only; tokencsp never makes one)"
+    return facts
 
 
 class DeferredLegacyKey:

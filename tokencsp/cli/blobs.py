@@ -47,12 +47,24 @@ def _looks_like(data: bytes) -> str | None:
     return None
 
 
+def _describe_legacy(data: bytes) -> dict[str, Any] | None:
+    """A SIMPLEBLOB for RC4, RC2 or DES (which blobs.parse does not know), or None."""
+    from ..legacy import legacy_facts, legacy_simpleblob
+
+    legacy = legacy_simpleblob(data)
+    if legacy is None:
+        return None
+    alg, encrypted = legacy
+    return {"type": "SIMPLEBLOB", "alg_id": alg.name, "wrap_alg_id": "CALG_RSA_KEYX",
+            "recipient_bits": len(encrypted) * 8, **legacy_facts(alg)}
+
+
 def cmd_blob_inspect(args: argparse.Namespace, console: Console) -> ExitStatus:
     from .. import blobs
 
     data = read_file(args.file, console)
     try:
-        facts = describe_blob(blobs.parse(data))
+        facts = _describe_legacy(data) or describe_blob(blobs.parse(data))
     except BlobFormatError:
         looks_like = _looks_like(data)
         if looks_like is None:
