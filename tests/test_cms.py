@@ -223,6 +223,34 @@ def test_a_streamed_message_opens_in_constant_memory(recipient, tmp_path, cipher
     assert large - small < 16 * 1024, f"peak RSS {large} KiB for 48 MiB vs {small} KiB for 5 bytes"
 
 
+@pytest.mark.slow
+def test_a_512_mib_streamed_message_opens_in_64_mib(recipient, tmp_path):
+    """The Done-when figure: 512 MiB of openssl -stream AuthEnvelopedData, opened with -o in <= 64 MiB peak RSS."""
+    import hashlib
+
+    where, kx, _ = recipient
+    size = 512 << 20
+    digest = hashlib.sha256()
+    with (tmp_path / "big").open("wb") as out:
+        for _ in range(size >> 20):
+            chunk = os.urandom(1 << 20)
+            digest.update(chunk)
+            out.write(chunk)
+    _openssl("cms", "-encrypt", "-binary", "-stream", "-aes-256-gcm", "-outform", "DER", "-in", str(tmp_path / "big"),
+             "-out", str(tmp_path / "big.p7m"), str(where / "kx.pem"))
+    (tmp_path / "big").unlink()
+    peak = _peak_rss_kib(tmp_path, "cms", "decrypt", "--key", kx, "-o", str(tmp_path / "big.out"),
+                         str(tmp_path / "big.p7m"))
+    (tmp_path / "big.p7m").unlink()
+    assert (tmp_path / "big.out").stat().st_size == size
+    opened = hashlib.sha256()
+    with (tmp_path / "big.out").open("rb") as result:
+        while chunk := result.read(1 << 20):
+            opened.update(chunk)
+    assert opened.digest() == digest.digest()
+    assert peak <= 64 * 1024, f"peak RSS {peak} KiB opening 512 MiB"
+
+
 # -- tokencsp cms encrypt -> openssl cms -decrypt ------------------------------------------------
 
 
