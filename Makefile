@@ -9,7 +9,7 @@ STATE_DIR   := .softhsm
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv token demo test test-opencryptoki lint bench audit clean
+.PHONY: help deps venv token demo test test-opencryptoki lint bench audit man dist clean
 
 help:
 	@echo "tokencsp make targets:"
@@ -26,6 +26,8 @@ help:
 	@echo "  audit   venv, then the long checks: padding timing (Welch t) and 8x10000 / 4x2500 imports"
 	@echo "  fuzz    venv + atheris, then fuzz blob parsing, envelope opening and three-phase frames:"
 	@echo "          FUZZ_RUNS=$(FUZZ_RUNS) inputs per target (3 targets), FUZZ_SECONDS=N caps each target's time"
+	@echo "  man     venv, then build/man/tokencsp.1 generated from the parser (read it: man -l build/man/tokencsp.1)"
+	@echo "  dist    venv, then python -m build: the sdist and the wheel in dist/"
 	@echo "  clean   remove .venv, $(STATE_DIR) and caches"
 	@echo "variables: PYTHON=$(PYTHON) (>= 3.11), PYTEST_ARGS='...'"
 
@@ -33,7 +35,8 @@ help:
 # the full install-deps.sh, which also probes `python -m venv`, runs with the
 # venv build below.
 deps:
-	@{ command -v softhsm2-util && command -v p11tool; } >/dev/null 2>&1 || PYTHON=$(PYTHON) softhsm/install-deps.sh
+	@{ command -v softhsm2-util && command -v p11tool && command -v groff && command -v zsh; } >/dev/null 2>&1 || \
+	  PYTHON=$(PYTHON) softhsm/install-deps.sh
 	@postgres/install-deps.sh
 
 $(STAMP): pyproject.toml softhsm/install-deps.sh | deps
@@ -112,6 +115,13 @@ FUZZ_SECONDS ?=
 fuzz: venv
 	@$(VPY) -c 'import atheris' 2>/dev/null || $(VENV)/bin/pip install -q --disable-pip-version-check atheris
 	FUZZ_RUNS=$(FUZZ_RUNS) FUZZ_SECONDS=$(FUZZ_SECONDS) $(VPY) tests/fuzz/run.py
+
+man: venv
+	$(VPY) tools/manpage.py -o build/man/tokencsp.1
+	@echo "man page: build/man/tokencsp.1 (man -l build/man/tokencsp.1)"
+
+dist: venv
+	$(VPY) -m build --outdir dist .
 
 clean:
 	rm -rf $(VENV) $(STATE_DIR) .pytest_cache .hypothesis build dist *.egg-info

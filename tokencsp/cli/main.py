@@ -50,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("replay", "set up, inspect and prune a replay cache (docs/FLEET.md)"),
     "doctor": ("doctor", "check module, token, login, mechanisms, clock, replay cache: one line each"),
     "agent": ("agent", "hold the token login for other tokencsp commands; agent status/stop (docs/AGENT.md)"),
+    "completion": ("completion", "print a bash or zsh completion script generated from this parser"),
 }
 
 
@@ -182,10 +183,12 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
          stdin: TextIO | None = None) -> int:
     """Run one ``tokencsp`` command; everything it prints goes to ``stdout``/``stderr`` (default: sys's)."""
     console = Console(stdout or sys.stdout, stderr or sys.stderr, stdin or sys.stdin)
+    parser = build_parser(console)
     try:
-        args = build_parser(console).parse_args(argv)
+        args = parser.parse_args(argv)
     except _ParserDone as done:
         return done.status
+    args.root_parser = parser  # for a command that describes the command line itself (completion)
     if args.verbose or os.environ.get(ENV_DEBUG, "") not in ("", "0"):
         _log.enable(console.stderr, PROG)
     for note in getattr(args, "deprecated_options", None) or []:

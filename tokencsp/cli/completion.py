@@ -1,0 +1,163 @@
+"""``tokencsp completion bash|zsh``: shell completion generated from the command's own parser.
+
+The script is a table of what the parser accepts (subcommands, options, the options that take a
+value and their choices) and one small completion function, so it cannot drift from ``--help``.
+zsh runs the same function through its ``bashcompinit``.  ``tools/manpage.py`` reads the parser
+through :func:`walk` too; the command gets the parser from ``main`` (``args.root_parser``), as
+command modules never import ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from ._common import PROG, Console
+from ._status import ExitStatus
+
+__all__ = ["Command", "bash_script", "configure", "walk", "zsh_script"]
+
+
+@dataclass
+class Command:
+    """One parser of the tree: ``path`` is the words after ``tokencsp`` that reach it."""
+
+    path: tuple[str, ...]
+    parser: argparse.ArgumentParser
+    help: str = ""
+    subcommands: list[Command] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)  # options that take no value
+    valued: dict[str, list[str]] = field(default_factory=dict)  # option -> its choices ([] = any value)
+    positional_choices: list[str] = field(default_factory=list)
+
+
+def _visible(action: argparse.Action) -> bool:
+    return action.help is not argparse.SUPPRESS
+
+
+def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = (), help: str = "") -> Command:
+    """The command tree under ``parser`` (build it with ``build_parser(load_all=True)``)."""
+    command = Command(path, parser, help)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            load = getattr(action, "load", None)  # main's lazily configured commands
+            for name in action.choices:
+                if load is not None:
+                    load(name)
+            helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                command.subcommands.append(walk(sub, (*path, name), helps.get(name, "")))
+        elif action.option_strings:
+            if not _visible(action):
+                continue
+            if action.nargs == 0:
+                command.flags.extend(action.option_strings)
+            else:
+                choices = [str(choice) for choice in action.choices] if action.choices else []
+                command.valued.update(dict.fromkeys(action.option_strings, choices))
+        elif action.choices and not command.positional_choices:
+            command.positional_choices = [str(choice) for choice in action.choices]
+    return command
+
+
+def _all(command: Command) -> list[Command]:
+    return [command, *(c for sub in command.subcommands for c in _all(sub))]
+
+
+def _case(entries: list[tuple[str, str]], keep_empty: bool = False, indent: str = "        ") -> str:
+    return "".join(f'{indent}"{key}") echo "{value}" ;;\n' for key, value in entries if value or keep_empty)
+
+
+def bash_script(root: Command, prog: str = "tokencsp") -> str:
+    """A bash completion script for ``prog`` (``source <(tokencsp completion bash)``)."""
+    commands = _all(root)
+    words = [(" ".join(c.path), " ".join([s.path[-1] for s in c.subcommands] or c.positional_choices))
+             for c in commands]
+    options = [(" ".join(c.path), " ".join([*c.flags, *c.valued])) for c in commands]
+    values = [(f"{' '.join(c.path)}|{option}", " ".join(choices))
+              for c in commands for option, choices in c.valued.items()]
+    fn = f"_{prog}_complete"
+    return f"""\
+# {prog} completion, generated from its parser by '{prog} completion bash'.
+# Use:  source <({prog} completion bash)   (or save it in ~/.local/share/bash-completion/completions/{prog})
+
+# The words after the command path: its subcommands, or a positional's choices.
+{fn}_words() {{
+    case "$1" in
+{_case(words)}    esac
+}}
+
+{fn}_options() {{
+    case "$1" in
+{_case(options)}    esac
+}}
+
+# Succeeds for an option that takes a value and prints its choices (none printed: any value, a file).
+{fn}_value() {{
+    case "$1|$2" in
+{_case(values, keep_empty=True)}        *) return 1 ;;
+    esac
+}}
+
+{fn}_match() {{
+    local candidate
+    COMPREPLY=()
+    for candidate in $1; do
+        [[ $candidate == "$2"* ]] && COMPREPLY+=("$candidate")
+    done
+}}
+
+{fn}() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} prev="" cmdpath="" word i skip=0 found
+    ((COMP_CWORD > 0)) && prev=${{COMP_WORDS[COMP_CWORD-1]}}
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        word=${{COMP_WORDS[i]}}
+        if ((skip)); then skip=0; continue; fi
+        case $word in
+            --*=*) ;;
+            -*) {fn}_value "$cmdpath" "$word" >/dev/null && skip=1 ;;
+            *) case " $({fn}_words "$cmdpath") " in
+                   *" $word "*) cmdpath=${{cmdpath:+$cmdpath }}$word ;;
+               esac ;;
+        esac
+    done
+    if [[ $prev == -* ]] && found=$({fn}_value "$cmdpath" "$prev"); then
+        if [[ -n $found ]]; then {fn}_match "$found" "$cur"; else COMPREPLY=($(compgen -f -- "$cur")); fi
+        return 0
+    fi
+    if [[ $cur == -* ]]; then
+        {fn}_match "$({fn}_options "$cmdpath")" "$cur"
+        return 0
+    fi
+    found=$({fn}_words "$cmdpath")
+    if [[ -n $found ]]; then {fn}_match "$found" "$cur"; else COMPREPLY=($(compgen -f -- "$cur")); fi
+    return 0
+}}
+
+complete -o default -F {fn} {prog}
+"""
+
+
+def zsh_script(root: Command, prog: str = "tokencsp") -> str:
+    """A zsh completion script: the bash one through zsh's bashcompinit."""
+    return f"""\
+# {prog} completion for zsh, generated from its parser by '{prog} completion zsh'.
+# Use, in ~/.zshrc after compinit:  source <({prog} completion zsh)
+(( $+functions[compdef] )) || {{ autoload -Uz compinit && compinit }}
+autoload -U +X bashcompinit && bashcompinit
+""" + bash_script(root, prog).split("\n", 2)[2]
+
+
+def cmd_completion(args: argparse.Namespace, console: Console) -> ExitStatus:
+    root = walk(args.root_parser)
+    console.out((bash_script if args.shell == "bash" else zsh_script)(root, PROG).rstrip("\n"))
+    return ExitStatus.OK
+
+
+def configure(command: str, parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Prints a completion script generated from tokencsp's parser. "
+                          "bash: source <(tokencsp completion bash), or save it as "
+                          "~/.local/share/bash-completion/completions/tokencsp. "
+                          "zsh: source <(tokencsp completion zsh) in ~/.zshrc, after compinit.")
+    parser.add_argument("shell", choices=("bash", "zsh"))
+    parser.set_defaults(func=cmd_completion)
