@@ -462,12 +462,11 @@ class Token:
         The new object is created before an old one is destroyed: a failure leaves the old one.
         """
         with self._lease() as lease:
-            private = self._private(lease, key_id=key_id)  # the key must be there
+            self._private(lease, key_id=key_id)  # the key must still be there
             old = self._find(lease, ObjectClass.CERTIFICATE, key_id=key_id)
             if old and not replace:
                 raise KeyExistsError(f"key {label!r} already has a certificate on token {self.label!r} "
                                      "(--replace replaces it)")
-            del private
             try:
                 lease.session.create_object({
                     Attribute.CLASS: ObjectClass.CERTIFICATE,
