@@ -39,8 +39,8 @@ LAYER_OF = {
     "errors": "errors",
     "_wire": "formats", "blobs": "formats", "session": "formats", "pubkeys": "formats",
     "keyinfo": "formats", "keyaudit": "formats", "rsadecode": "formats", "certs": "formats",
-    "legacy": "formats",
-    "config": "host", "fileio": "host", "progress": "host", "deadline": "host",
+    "legacy": "formats", "pkcs11uri": "formats",
+    "config": "host", "fileio": "host", "progress": "host", "deadline": "host", "p11kit": "host",
     "replay": "state", "trust": "state", "calibration": "state",
     "envelope": "protocols", "threephase": "protocols", "transfer": "protocols", "admission": "protocols",
     "net": "protocols", "cms": "protocols",
@@ -69,7 +69,7 @@ MAY_IMPORT = {
 PURE = ("tokencsp.errors", "tokencsp._wire", "tokencsp.blobs", "tokencsp.session", "tokencsp.pubkeys",
         "tokencsp.keyinfo", "tokencsp.keyaudit", "tokencsp.rsadecode", "tokencsp.envelope._format", "tokencsp.envelope._format2", "tokencsp.envelope.format",
         "tokencsp.threephase.*", "tokencsp.transfer", "tokencsp.admission", "tokencsp.certs", "tokencsp.cms.*",
-        "tokencsp.legacy", "tokencsp.agentwire")
+        "tokencsp.legacy", "tokencsp.agentwire", "tokencsp.pkcs11uri")
 #: What a pure module may not import.  ``os`` is allowed for ``os.urandom`` only (checked below).
 IO_MODULES = frozenset({
     "asyncio", "ctypes", "fcntl", "getpass", "glob", "http", "io", "mmap", "multiprocessing", "pathlib",

@@ -320,6 +320,7 @@ def test_pin_prompt_on_a_terminal(softhsm_kit, cli_key):
         _, status = os.waitpid(pid, 0)
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0, seen
+    assert b"Token 'tokencsp-test-a'" in seen.split(b"PIN:", 1)[0]  # the prompt names the token
     assert cli_key.encode() in seen
     assert softhsm_kit.user_pin.encode() not in seen.split(b"PIN:", 1)[1].split(cli_key.encode())[0]
 
@@ -445,8 +446,8 @@ def test_listen_creates_a_missing_out_dir(cli_key, tmp_path):
 def test_key_list_names_the_token_and_has_a_header(cli_key):
     lines = tokencsp("key", "list").stdout.decode().splitlines()
     assert lines[0].startswith("token 'tokencsp-test-a', serial "), lines
-    assert lines[1].split("\t") == ["NAME", "USAGE", "KEY", "ID", "ATTRIBUTES"], lines
-    assert any(line.startswith(f"{cli_key}\texchange\tRSA-2048\t") for line in lines[2:]), lines
+    assert lines[1].split("\t") == ["NAME", "USAGE", "KEY", "IMPORT", "ID", "ATTRIBUTES", "URI"], lines
+    assert any(line.startswith(f"{cli_key}\texchange\tRSA-2048\tunwrap\t") for line in lines[2:]), lines
     audit = tokencsp("key", "audit").stdout.decode().splitlines()
     assert audit[0] == lines[0] and audit[1] == lines[1]
 

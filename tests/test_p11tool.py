@@ -96,8 +96,6 @@ def test_the_uri_p11tool_prints_opens_that_key(listed, tmp_path):
     assert out == b"picked by p11tool's uri"
 
 
-@pytest.mark.xfail(strict=True, reason="RFC 7512 id= is parsed and ignored (issue 10 point 6, H-cli): "
-                                       "a URI without object= selects no key")
 def test_the_uri_without_object_selects_by_id(listed, tmp_path):
     blob, ct = a_blob_for(tmp_path, KEY)
     by_id = ";".join(item for item in private_key_uri(listed, KEY).split(";") if not item.startswith("object="))

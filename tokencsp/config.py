@@ -1,8 +1,9 @@
 """Where the module, the token and the PIN come from.
 
-Pure apart from reading the environment, PIN files and the terminal: no
-PKCS#11 here.  Precedence everywhere: explicit argument, then RFC 7512 URI,
-then environment variable, then default.
+Pure apart from reading the environment, PIN files, p11-kit's registry and
+the terminal: no PKCS#11 here.  Precedence everywhere: explicit argument,
+then RFC 7512 URI, then environment variable, then default; an argument and
+a URI attribute that disagree are refused (:class:`SelectionConflict`).
 """
 
 from __future__ import annotations
@@ -12,18 +13,21 @@ import os
 import stat
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote
 
-from .errors import ConfigError, ModuleLoadError, PinError
+from . import p11kit, pkcs11uri
+from .errors import ConfigError, ModuleLoadError, PinError, SelectionConflict
+from .keyinfo import PinStatus
 
 __all__ = [
     "SOFTHSM_MODULE_PATHS",
     "TokenSelector",
     "find_module",
     "parse_pkcs11_uri",
+    "pin_prompt",
     "read_pin_file",
+    "resolve_login_pin",
     "resolve_pin",
     "resolve_selector",
     "resolve_so_pin",
@@ -45,20 +49,19 @@ SOFTHSM_MODULE_PATHS = (
     "/opt/homebrew/lib/softhsm/libsofthsm2.so",
 )
 
-# RFC 7512 attributes tokencsp understands; anything else is refused rather
-# than silently ignored, since a typo could select the wrong token.
-_PATH_ATTRS = {"token", "serial", "manufacturer", "model", "object", "id", "type", "library-description",
-               "library-manufacturer", "library-version", "slot-id", "slot-description",
-               "slot-manufacturer"}
-_QUERY_ATTRS = {"pin-source", "pin-value", "module-path", "module-name"}
-
-
 def find_module(explicit: str | None = None, environ: Mapping[str, str] = os.environ) -> str:
-    """Path of the PKCS#11 module: the argument, $TOKENCSP_MODULE, or SoftHSM2 where distros put it."""
+    """Path of the PKCS#11 module: the argument, $TOKENCSP_MODULE, or SoftHSM2 where distros put it.
+
+    ``p11-kit-proxy`` (when no such file is here) is p11-kit's proxy module,
+    which shows the tokens of every module registered with p11-kit.
+    """
     path = explicit or environ.get(ENV_MODULE)
     if path:
         if not Path(path).is_file():
-            raise ModuleLoadError(f"PKCS#11 module not found: {path}")
+            if path in (p11kit.PROXY_NAME, p11kit.PROXY_NAME + ".so"):
+                return p11kit.proxy_module()
+            hint = f" (a module registered with p11-kit is --module-name {path})" if "/" not in path else ""
+            raise ModuleLoadError(f"PKCS#11 module not found: {path}{hint}")
         return path
     for candidate in SOFTHSM_MODULE_PATHS:
         if Path(candidate).is_file():
@@ -69,39 +72,63 @@ def find_module(explicit: str | None = None, environ: Mapping[str, str] = os.env
 
 
 def parse_pkcs11_uri(uri: str) -> dict[str, str]:
-    """Split an RFC 7512 ``pkcs11:`` URI into its decoded attributes."""
-    if not uri.startswith("pkcs11:"):
-        raise ConfigError("a PKCS#11 URI starts with 'pkcs11:'")
-    body = uri[len("pkcs11:"):]
-    path, _, query = body.partition("?")
-    result: dict[str, str] = {}
-    for part, allowed, sep in ((path, _PATH_ATTRS, ";"), (query, _QUERY_ATTRS, "&")):
-        for item in filter(None, part.split(sep)):
-            name, eq, value = item.partition("=")
-            if not eq:
-                raise ConfigError(f"PKCS#11 URI attribute without a value: {name!r}")
-            if name not in allowed:
-                raise ConfigError(f"unsupported PKCS#11 URI attribute: {name!r}")
-            if name in result:
-                raise ConfigError(f"PKCS#11 URI attribute given twice: {name!r}")
-            result[name] = unquote(value)
-    return result
+    """An RFC 7512 URI's attributes, checked by :func:`tokencsp.pkcs11uri.parse`.
+
+    Values are percent-decoded text; ``id`` is lower-case hex, ``library-version`` MAJOR.MINOR.
+    """
+    out: dict[str, str] = {}
+    for key, value in pkcs11uri.parse(uri).__dict__.items():
+        if value is None:
+            continue
+        if isinstance(value, bytes):
+            text = value.hex()
+        elif isinstance(value, tuple):
+            text = ".".join(map(str, value))
+        else:
+            text = str(value)
+        out[key.replace("_", "-")] = text
+    return out
 
 
 @dataclass(frozen=True)
 class TokenSelector:
-    """Which module, token and object to use, after every source has been consulted."""
+    """Which module, token and object to use, after every source has been consulted.
+
+    Every RFC 7512 attribute has a field: the token and slot ones select the
+    token (``tokencsp.token.admin``), the library ones must match the module,
+    the object ones select the key (``Provider``).
+    """
 
     module: str | None = None
     token_label: str | None = None
     token_serial: str | None = None
     object_label: str | None = None
-    pin_source: str | None = None
-    pin_value: str | None = None
+    pin_source: str | None = field(default=None, repr=False)
+    pin_value: str | None = field(default=None, repr=False)
+    token_manufacturer: str | None = None
+    token_model: str | None = None
+    slot_id: int | None = None
+    slot_description: str | None = None
+    slot_manufacturer: str | None = None
+    library_manufacturer: str | None = None
+    library_description: str | None = None
+    library_version: tuple[int, int] | None = None
+    object_id: bytes | None = None
+    object_type: str | None = None
+    module_name: str | None = None
 
-    def __repr__(self) -> str:
-        return (f"TokenSelector(module={self.module!r}, token_label={self.token_label!r}, "
-                f"token_serial={self.token_serial!r}, object_label={self.object_label!r})")
+    def __repr__(self) -> str:  # never the PIN
+        shown = {k: v for k, v in self.__dict__.items() if v is not None and k not in ("pin_value", "pin_source")}
+        return f"TokenSelector({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+    @property
+    def names_object(self) -> bool:
+        return any(v is not None for v in (self.object_label, self.object_id, self.object_type))
+
+
+def _agree(option: str, given: str | None, attribute: str, in_uri: object, source: str) -> None:
+    if given is not None and in_uri is not None and given != in_uri:
+        raise SelectionConflict(f"{option} {given!r} contradicts {attribute}={in_uri!r} in {source}")
 
 
 def resolve_selector(
@@ -110,17 +137,63 @@ def resolve_selector(
     serial: str | None = None,
     uri: str | None = None,
     environ: Mapping[str, str] = os.environ,
+    *,
+    module_name: str | None = None,
+    key: str | None = None,
 ) -> TokenSelector:
+    """Arguments, then the URI (``uri`` or $TOKENCSP_URI), then TOKENCSP_* variables.
+
+    An argument and a URI attribute that name different things (``--token a``
+    with ``token=b``, ``--key x`` with ``object=y``, ``--module`` with another
+    ``module-path``, ``module-path`` with another ``module-name``...) are a
+    :class:`SelectionConflict`: neither is silently preferred.
+    """
+    source = "the --uri" if uri else ENV_URI
     uri = uri or environ.get(ENV_URI)
-    attrs = parse_pkcs11_uri(uri) if uri else {}
+    parsed = pkcs11uri.parse(uri) if uri else pkcs11uri.Pkcs11Uri()
+    _agree("--token", token, "token", parsed.token, source)
+    _agree("--serial", serial, "serial", parsed.serial, source)
+    _agree("--key", key, "object", parsed.object, source)
+    _agree("--module-name", module_name, "module-name", parsed.module_name, source)
+    chosen = _module(module, module_name, parsed, source)
+    names_token = bool(token or serial) or any(
+        v is not None for v in (parsed.token, parsed.serial, parsed.slot_id, parsed.slot_description))
     return TokenSelector(
-        module=module or attrs.get("module-path") or environ.get(ENV_MODULE),
-        token_label=token or attrs.get("token") or (None if serial or "serial" in attrs else environ.get(ENV_TOKEN)),
-        token_serial=serial or attrs.get("serial"),
-        object_label=attrs.get("object"),
-        pin_source=attrs.get("pin-source"),
-        pin_value=attrs.get("pin-value"),
+        module=chosen or environ.get(ENV_MODULE),
+        token_label=token or parsed.token or (None if names_token else environ.get(ENV_TOKEN)),
+        token_serial=serial or parsed.serial,
+        object_label=key or parsed.object,
+        pin_source=parsed.pin_source,
+        pin_value=parsed.pin_value,
+        token_manufacturer=parsed.manufacturer,
+        token_model=parsed.model,
+        slot_id=parsed.slot_id,
+        slot_description=parsed.slot_description,
+        slot_manufacturer=parsed.slot_manufacturer,
+        library_manufacturer=parsed.library_manufacturer,
+        library_description=parsed.library_description,
+        library_version=parsed.library_version,
+        object_id=parsed.id,
+        object_type=parsed.type,
+        module_name=module_name or parsed.module_name,
     )
+
+
+def _module(module: str | None, module_name: str | None, parsed: pkcs11uri.Pkcs11Uri, source: str) -> str | None:
+    """The module path from --module, --module-name, module-path= or module-name=; all that are given must agree."""
+    named: list[tuple[str, str]] = []
+    if module:
+        named.append((f"--module {module}", find_module(module, {})))
+    if module_name:
+        named.append((f"--module-name {module_name}", p11kit.resolve_module_name(module_name)))
+    if parsed.module_path:
+        named.append((f"module-path={parsed.module_path} in {source}", find_module(parsed.module_path, {})))
+    if parsed.module_name and not module_name:
+        named.append((f"module-name={parsed.module_name} in {source}", p11kit.resolve_module_name(parsed.module_name)))
+    for what, path in named[1:]:
+        if os.path.realpath(path) != os.path.realpath(named[0][1]):
+            raise SelectionConflict(f"{what} ({path}) contradicts {named[0][0]} ({named[0][1]})")
+    return named[0][1] if named else None
 
 
 def read_pin_file(path: str | os.PathLike[str]) -> str:
@@ -149,6 +222,24 @@ def _check_private(fd: int, path: str) -> None:
                           f"run chmod 600 {path}")
 
 
+def _pin_source_path(source: str) -> str:
+    """RFC 7512 section 2.4 pin-source: a ``file:`` URI or an absolute path; a command is refused."""
+    if source.startswith("|"):
+        raise ConfigError("pin-source=|COMMAND is not supported (tokencsp runs no command for a PIN): "
+                          "use pin-source=file:PATH")
+    if source.startswith("file:"):
+        source = source[len("file:"):]
+        if source.startswith("//"):
+            source = source[2:]
+            if not source.startswith("/"):  # file://host/path: only the local host
+                raise ConfigError(f"pin-source=file://{source}: only a local file (file:/PATH) is supported")
+        return source
+    scheme, colon, _ = source.partition(":")
+    if colon and scheme.isalpha() and "/" not in scheme:
+        raise ConfigError(f"pin-source={source}: only file: is supported")
+    return source
+
+
 def resolve_pin(
     pin: str | Callable[[], str] | None = None,
     pin_file: str | os.PathLike[str] | None = None,
@@ -158,6 +249,20 @@ def resolve_pin(
     prompt: str = "Token user PIN: ",
 ) -> str:
     """The user PIN from the first source that has one; a prompt only on a terminal."""
+    found = _pin_from_sources(pin, pin_file, selector, environ)
+    if found is not None:
+        return found
+    if interactive is None:
+        interactive = sys.stdin.isatty() and sys.stderr.isatty()
+    if interactive:
+        entered = getpass.getpass(prompt)
+        if entered:
+            return entered
+    raise PinError(f"no PIN: set {ENV_PIN}, use --pin-file, or run on a terminal to be prompted")
+
+
+def _pin_from_sources(pin: str | Callable[[], str] | None, pin_file: str | os.PathLike[str] | None,
+                      selector: TokenSelector | None, environ: Mapping[str, str]) -> str | None:
     if callable(pin):
         pin = pin()
     if pin:
@@ -168,21 +273,53 @@ def resolve_pin(
         if selector.pin_value:
             return selector.pin_value
         if selector.pin_source:
-            source = selector.pin_source
-            if source.startswith("file:"):
-                source = source[len("file:"):]
-                if source.startswith("//"):
-                    source = source[2:]
-            return read_pin_file(source)
+            return read_pin_file(_pin_source_path(selector.pin_source))
     if environ.get(ENV_PIN):
         return environ[ENV_PIN]
-    if interactive is None:
-        interactive = sys.stdin.isatty() and sys.stderr.isatty()
-    if interactive:
-        entered = getpass.getpass(prompt)
-        if entered:
-            return entered
-    raise PinError(f"no PIN: set {ENV_PIN}, use --pin-file, or run on a terminal to be prompted")
+    return None
+
+
+def pin_prompt(status: PinStatus) -> str:
+    """The prompt for a token's user PIN: which token, and what its flags say about the tries left."""
+    if status.final_try:
+        tries = " (final try: one more wrong PIN locks it)"
+    elif status.count_low:
+        tries = " (a wrong PIN was entered since the last login: fewer tries left)"
+    else:
+        tries = ""
+    return f"Token {status.label!r}{tries}, user PIN: "
+
+
+def locked_error(status: PinStatus) -> PinError:
+    return PinError(f"the user PIN of token {status.label!r} is locked (CKF_USER_PIN_LOCKED): "
+                    "the security officer must unlock it")
+
+
+def resolve_login_pin(
+    pin: str | Callable[[], str] | None,
+    pin_file: str | os.PathLike[str] | None,
+    selector: TokenSelector | None,
+    status: PinStatus,
+    environ: Mapping[str, str] = os.environ,
+    interactive: bool | None = None,
+) -> str | None:
+    """The PIN to log in to the token whose flags are ``status``, or None for its PIN pad.
+
+    A PIN from an argument, a file, the URI or $TOKENCSP_PIN is used as
+    given.  Otherwise a token with a protected authentication path
+    (CKF_PROTECTED_AUTHENTICATION_PATH) logs in with no PIN: the reader asks
+    for it; a token without CKF_LOGIN_REQUIRED is used without a login.  A
+    locked PIN is refused before any prompt; the prompt names the token and
+    says when a wrong PIN was entered or this is the final try.
+    """
+    found = _pin_from_sources(pin, pin_file, selector, environ)
+    if found is not None:
+        return found
+    if status.protected_path or not status.login_required:  # a PIN pad; a token without login (Cloud KMS)
+        return None
+    if status.locked:
+        raise locked_error(status)
+    return resolve_pin(None, None, None, environ={}, interactive=interactive, prompt=pin_prompt(status))
 
 
 def resolve_so_pin(so_pin_file: str | os.PathLike[str] | None = None, environ: Mapping[str, str] = os.environ,

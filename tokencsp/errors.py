@@ -18,6 +18,8 @@ __all__ = [
     "DecryptionError",
     "SessionKeyImportError",
     "ConfigError",
+    "UriError",
+    "SelectionConflict",
     "InputError",
     "OutputError",
     "TokenError",
@@ -113,6 +115,14 @@ class SessionKeyImportError(DecryptionError):
 
 class ConfigError(TokenCSPError, ValueError):
     """Bad configuration: a malformed PKCS#11 URI, an unreadable PIN file, conflicting options."""
+
+
+class UriError(ConfigError):
+    """A PKCS#11 URI tokencsp cannot use as written: malformed, or an attribute it does not know (named)."""
+
+
+class SelectionConflict(ConfigError):
+    """Two sources name different things: a URI attribute against --key/--token/--module or another attribute."""
 
 
 class InputError(TokenCSPError):

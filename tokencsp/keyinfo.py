@@ -67,6 +67,8 @@ class KeyInfo:
     decrypt_mechanisms: tuple[DecryptMechanism, ...] = ()
     #: CKA_ALWAYS_AUTHENTICATE: each private operation needs a context-specific login.
     always_authenticate: bool = False
+    #: The private key's RFC 7512 URI: its token's, then id, object and type=private.
+    uri: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +89,7 @@ class KeyInfo:
             "import_path": self.import_path.value if self.import_path else None,
             "decrypt_mechanisms": [m.value for m in self.decrypt_mechanisms],
             "always_authenticate": self.always_authenticate,
+            "uri": self.uri,
         }
 
 

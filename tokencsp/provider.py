@@ -25,6 +25,7 @@ from .errors import (
     ConfigError,
     InvalidKeyError,
     KeyNotFoundError,
+    SelectionConflict,
     SessionKeyImportError,
     UnsupportedAlgorithm,
     UnwrapRefused,
@@ -33,12 +34,22 @@ from .implicit import DeferredSessionKey, ImplicitRejection
 from .keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus, RsaPrivateParts, check_key_name
 from .rsadecode import decode_oaep_sha1, decode_pkcs1_v15
 from .session import SessionKey
-from .token import Token, init_token, iter_tokens, module_info, open_token, token_status
+from .token import (
+    Token,
+    TokenDescription,
+    describe_tokens,
+    init_token,
+    matching_tokens,
+    module_info,
+    open_token,
+    token_status,
+)
 
 if TYPE_CHECKING:
     from cryptography import x509
 
-__all__ = ["ExchangeKey", "KeyInfo", "KeyPair", "KeyUsage", "Provider", "describe_module", "initialize_token",
+__all__ = ["ExchangeKey", "KeyInfo", "KeyPair", "KeyUsage", "Provider", "describe_all_tokens", "describe_module",
+           "initialize_token",
            "list_tokens", "pin_status"]
 
 SUPPORTED_BITS = (2048, 3072, 4096)
@@ -335,10 +346,17 @@ class ExchangeKey(KeyPair):
 
 
 class Provider:
-    """An open, logged-in token.  Use as a context manager."""
+    """An open, logged-in token.  Use as a context manager.
 
-    def __init__(self, token: Token) -> None:
+    When it was opened with a PKCS#11 URI that names an object (``object=``,
+    ``id=``, ``type=``), that is the key its methods use: a name given to a
+    method must agree with it (else :class:`SelectionConflict`), and a method
+    given no name takes the URI's key.
+    """
+
+    def __init__(self, token: Token, selection: config.TokenSelector | None = None) -> None:
         self._token = token
+        self._objects = selection if selection is not None and selection.names_object else None
 
     @classmethod
     def open(
@@ -351,12 +369,22 @@ class Provider:
         uri: str | None = None,
         pin_file: str | os.PathLike[str] | None = None,
         interactive: bool | None = None,
+        module_name: str | None = None,
     ) -> Provider:
-        """Open the token named by arguments, an RFC 7512 URI or TOKENCSP_* variables, and log in."""
-        selector = config.resolve_selector(module=module, token=token, serial=serial, uri=uri)
+        """Open the token named by arguments, an RFC 7512 URI or TOKENCSP_* variables, and log in.
+
+        ``module_name`` is a module registered with p11-kit (``softhsm2``).
+        The token's flags are read first (no login): a token with a PIN pad
+        (CKF_PROTECTED_AUTHENTICATION_PATH) and no PIN given logs in through
+        the pad; a prompt names the token and what its flags say about the
+        tries left (:func:`tokencsp.config.resolve_login_pin`).
+        """
+        selector = config.resolve_selector(module=module, token=token, serial=serial, uri=uri,
+                                           module_name=module_name)
         module_path = config.find_module(selector.module)
-        secret = config.resolve_pin(pin, pin_file, selector, interactive=interactive)
-        return cls(open_token(module_path, secret, label=selector.token_label, serial=selector.token_serial))
+        status = token_status(module_path, match=selector)
+        secret = config.resolve_login_pin(pin, pin_file, selector, status, interactive=interactive)
+        return cls(open_token(module_path, secret, match=selector), selector)
 
     def __enter__(self) -> Provider:
         return self
@@ -381,6 +409,52 @@ class Provider:
         (C_Decrypt, card keys), by PKCS#11 name."""
         return self._token.mechanism_names
 
+    @property
+    def token_uri(self) -> str:
+        """The token's RFC 7512 URI (model, manufacturer, serial, token), as p11tool writes it."""
+        return self._token.uri
+
+    # -- which key: a name, the URI's object/id/type, or both in agreement --
+
+    def _select(self, name: str | None, *, public: bool = False) -> KeyInfo:
+        label, key_id = name, None
+        wanted = self._objects
+        if wanted is not None:
+            if name is not None and wanted.object_label is not None and name != wanted.object_label:
+                raise SelectionConflict(f"key {name!r} contradicts object={wanted.object_label!r} of the PKCS#11 URI")
+            if wanted.object_type == "public" and not public:
+                raise SelectionConflict("the PKCS#11 URI names a public key (type=public), and this needs the "
+                                        "private key: use type=private")
+            label = name if name is not None else wanted.object_label
+            key_id = wanted.object_id
+        if label is None and key_id is None:
+            raise ConfigError("no key named: give a key name or a PKCS#11 URI with object= or id=")
+        try:
+            return self._token.key_info(label, key_id)
+        except KeyNotFoundError:
+            if label is None or key_id is None:
+                raise
+            try:
+                other = self._token.key_info(label)
+            except KeyNotFoundError:
+                pass
+            else:
+                raise SelectionConflict(f"key {label!r} has id {other.id.hex()}, not the PKCS#11 URI's "
+                                        f"id {key_id.hex()}") from None
+            raise
+
+    def _check_new(self, name: str) -> None:
+        wanted = self._objects
+        if wanted is None:
+            return
+        if wanted.object_label is not None and wanted.object_label != name:
+            raise SelectionConflict(f"key {name!r} contradicts object={wanted.object_label!r} of the PKCS#11 URI")
+        if wanted.object_id is not None:
+            raise SelectionConflict("id= in the PKCS#11 URI cannot name a new key (tokencsp chooses its CKA_ID): "
+                                    "drop id= from the URI")
+        if wanted.object_type == "public":
+            raise SelectionConflict("the PKCS#11 URI names a public key (type=public): a new key is a key pair")
+
     # -- key containers --------------------------------------------------
 
     def generate_key(self, name: str, bits: int = 2048, usage: KeyUsage | str = KeyUsage.EXCHANGE,
@@ -390,6 +464,7 @@ class Provider:
         usage = KeyUsage(usage)
         check_key_name(name)
         _check_bits(bits, legacy)
+        self._check_new(name)
         key_id = self._token.generate_rsa(name, bits, usage, oaep_only=_oaep_only(usage, oaep_only))
         return self._wrap(name, key_id, usage)
 
@@ -401,24 +476,35 @@ class Provider:
     def generate_signature_key(self, name: str, bits: int = 2048, *, legacy: bool = False) -> KeyPair:
         return self.generate_key(name, bits, KeyUsage.SIGNATURE, legacy=legacy)
 
-    def key(self, name: str) -> KeyPair:
-        """Any key container by name (an :class:`ExchangeKey` when it can unwrap or decrypt)."""
-        info = self._token.key_info(name)
-        return self._wrap(name, info.id, KeyUsage.EXCHANGE if info.import_path is not None else KeyUsage.SIGNATURE)
+    def key(self, name: str | None = None, *, public: bool = False) -> KeyPair:
+        """Any key container by name or the URI's key (an :class:`ExchangeKey` when it can unwrap or decrypt).
 
-    def exchange_key(self, name: str) -> ExchangeKey:
-        """An exchange key by name: one that unwraps, or a card-style key that only decrypts."""
-        info = self._token.key_info(name)
+        ``public``: only its public half will be used, so a URI with
+        ``type=public`` (as p11tool prints for the public object) selects it too.
+        """
+        info = self._select(name, public=public)
+        return self._wrap(info.name, info.id,
+                          KeyUsage.EXCHANGE if info.import_path is not None else KeyUsage.SIGNATURE)
+
+    def exchange_key(self, name: str | None = None) -> ExchangeKey:
+        """An exchange key by name or the URI's key: one that unwraps, or a card-style key that only decrypts."""
+        info = self._select(name)
         if info.import_path is None:
-            raise KeyNotFoundError(f"key {name!r} is not an exchange key (it can neither unwrap nor decrypt)")
-        return ExchangeKey(self._token, name, info.id)
+            raise KeyNotFoundError(f"key {info.name!r} is not an exchange key (it can neither unwrap nor decrypt)")
+        return ExchangeKey(self._token, info.name, info.id)
 
     def list_keys(self) -> list[KeyInfo]:
-        return self._token.list_keys()
+        """Every private key on the token, or those the URI's object=/id= name."""
+        keys = self._token.list_keys()
+        wanted = self._objects
+        if wanted is None:
+            return keys
+        return [k for k in keys if (wanted.object_label is None or k.name == wanted.object_label)
+                and (wanted.object_id is None or k.id == wanted.object_id)]
 
-    def delete_key(self, name: str) -> int:
+    def delete_key(self, name: str | None = None) -> int:
         """Delete a key container; returns how many objects were destroyed."""
-        return self._token.delete(name)
+        return self._token.delete(self._select(name).name)
 
     def import_private_blob(self, name: str, data: bytes, *, legacy: bool = False,
                             oaep_only: bool = False) -> KeyPair:
@@ -444,6 +530,7 @@ class Provider:
         usage = KeyUsage(usage)
         check_key_name(name)
         _check_bits(key.key_size, legacy, importing=True)
+        self._check_new(name)
         parts = RsaPrivateParts.from_private_key(key)
         key_id = self._token.import_rsa(name, parts, usage, oaep_only=_oaep_only(usage, oaep_only))
         return self._wrap(name, key_id, usage)
@@ -463,7 +550,15 @@ class Provider:
 
 def list_tokens(module: str | None = None) -> list[tuple[str, str]]:
     """(label, serial) of every initialised token the module shows."""
-    return list(iter_tokens(config.find_module(module)))
+    return [(t.label, t.serial) for t in describe_tokens(config.find_module(module))]
+
+
+def describe_all_tokens(module: str | None = None, selector: config.TokenSelector | None = None
+                        ) -> list[TokenDescription]:
+    """The initialised tokens the module shows (those ``selector`` matches): label, serial, manufacturer,
+    model, slot, RFC 7512 URI."""
+    path = config.find_module(module if selector is None else selector.module)
+    return describe_tokens(path) if selector is None else matching_tokens(path, selector)
 
 
 def describe_module(module: str | None = None) -> dict[str, str]:
@@ -474,11 +569,11 @@ def describe_module(module: str | None = None) -> dict[str, str]:
 
 
 def pin_status(module: str | None = None, token: str | None = None, *, serial: str | None = None,
-               uri: str | None = None) -> PinStatus:
+               uri: str | None = None, module_name: str | None = None) -> PinStatus:
     """The user-PIN flags of the token the arguments name (CKF_USER_PIN_COUNT_LOW, FINAL_TRY, LOCKED), read
     without logging in: after a wrong PIN, what the token says about the tries left."""
-    selector = config.resolve_selector(module=module, token=token, serial=serial, uri=uri)
-    return token_status(config.find_module(selector.module), selector.token_label, selector.token_serial)
+    selector = config.resolve_selector(module=module, token=token, serial=serial, uri=uri, module_name=module_name)
+    return token_status(config.find_module(selector.module), match=selector)
 
 
 def initialize_token(label: str, *, so_pin: str, pin: str, module: str | None = None) -> str:

@@ -231,7 +231,9 @@ def add_token_options(parser: argparse.ArgumentParser, *, suppress: bool = True)
     default = argparse.SUPPRESS if suppress else None
     token = parser.add_argument_group("token selection")
     token.add_argument("--module", default=default,
-                       help="PKCS#11 module path (env TOKENCSP_MODULE; default: SoftHSM2)")
+                       help="PKCS#11 module path, or p11-kit-proxy (env TOKENCSP_MODULE; default: SoftHSM2)")
+    token.add_argument("--module-name", default=default, metavar="NAME",
+                       help="a module registered with p11-kit, e.g. softhsm2 (see 'p11-kit list-modules')")
     token.add_argument("--token", default=default, help="token label (env TOKENCSP_TOKEN)")
     token.add_argument("--serial", default=default, help="token serial number")
     token.add_argument("--uri", default=default, type=uri_option,
@@ -254,8 +256,10 @@ def open_provider(args: argparse.Namespace, *, agent: bool = False) -> Provider:
             return remote
     from ..provider import Provider
 
+    module_name = getattr(args, "module_name", None)
     if _log.enabled():
-        selector = resolve_selector(module=args.module, token=args.token, serial=args.serial, uri=args.uri)
+        selector = resolve_selector(module=args.module, token=args.token, serial=args.serial, uri=args.uri,
+                                    module_name=module_name)
         try:
             module = find_module(selector.module)
         except TokenCSPError as exc:
@@ -265,7 +269,7 @@ def open_provider(args: argparse.Namespace, *, agent: bool = False) -> Provider:
                   _pin_source(args.pin_file, selector.pin_value is not None, selector.pin_source))
     started = time.monotonic()
     provider = Provider.open(module=args.module, token=args.token, serial=args.serial, uri=args.uri,
-                             pin_file=args.pin_file)
+                             pin_file=args.pin_file, module_name=module_name)
     _log.debug("token %r (serial %s) open and logged in after %.1f ms", provider.token_label,
               provider.token_serial, (time.monotonic() - started) * 1000)
     return provider

@@ -55,7 +55,8 @@ def _token_hint(exc: errors.TokenNotFoundError, args: argparse.Namespace) -> str
 
     if "no token with" not in str(exc) and "no token named" not in str(exc):
         return None
-    module = resolve_selector(module=getattr(args, "module", None), uri=getattr(args, "uri", None)).module
+    module = resolve_selector(module=getattr(args, "module", None), uri=getattr(args, "uri", None),
+                              module_name=getattr(args, "module_name", None)).module
     labels = sorted(label for label, _ in list_tokens(module))
     if not labels:
         return "the module has no initialised token: make one with 'tokencsp token init --label LABEL'"
@@ -69,7 +70,8 @@ def _pin_hint(exc: errors.PinError, args: argparse.Namespace) -> str | None:
     if "PIN incorrect" not in text and "PIN locked" not in text:
         return None
     status = pin_status(getattr(args, "module", None), getattr(args, "token", None),
-                        serial=getattr(args, "serial", None), uri=getattr(args, "uri", None))
+                        serial=getattr(args, "serial", None), uri=getattr(args, "uri", None),
+                        module_name=getattr(args, "module_name", None))
     if status.locked:
         return f"the user PIN of token {status.label!r} is locked: its security officer must set a new one"
     if status.final_try:

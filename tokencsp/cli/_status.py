@@ -62,6 +62,8 @@ class UsageError(errors.ConfigError):
 BY_ERROR: Mapping[type[BaseException], ExitStatus] = {
     errors.TokenCSPError: ExitStatus.ERROR,
     UsageError: ExitStatus.USAGE,
+    errors.UriError: ExitStatus.USAGE,
+    errors.SelectionConflict: ExitStatus.USAGE,
     errors.TokenError: ExitStatus.TOKEN,
     errors.DecryptionError: ExitStatus.DECRYPT,
     errors.AuthenticationFailed: ExitStatus.UNAUTHENTICATED,

@@ -43,8 +43,10 @@ def _config(args: argparse.Namespace) -> NetConfig:
     return NetConfig(phase_timeout=args.timeout, idle_timeout=max(args.timeout, 60.0), max_sessions=sessions)
 
 
-def _own_name(args: argparse.Namespace) -> str:
-    return check_name(args.name or args.key)
+def _own_name(args: argparse.Namespace, key_name: str | None = None) -> str | None:
+    """--name, else the key's name; None while neither is known (a URI with id= only names the key)."""
+    name = args.name or args.key or key_name
+    return check_name(name) if name else None
 
 
 def _session_fields(result: SessionResult, out_dir: str) -> dict[str, Any]:
@@ -95,6 +97,8 @@ def cmd_listen(args: argparse.Namespace, console: Console) -> ExitStatus:
     name, config = _own_name(args), _config(args)
     with open_provider(args) as provider:
         key = provider.exchange_key(args.key)
+        name = name or _own_name(args, key.name)
+        assert name is not None  # the key's name, at the latest
         _make_out_dir(args.out_dir)  # only once the key is there: a failed start leaves nothing behind
         return asyncio.run(_listen(key, trust, name, args, config, console))
 
@@ -181,6 +185,7 @@ def cmd_send(args: argparse.Namespace, console: Console) -> ExitStatus:
         {"name": base, "bytes": size, "confirmed": False} for base, size in sizes.items()])
     with open_provider(args) as provider:
         key = provider.exchange_key(args.key)
+        name = name or _own_name(args, key.name)
         sent = asyncio.run(send_files(key, trust, peer_name, host, port, args.files, name=name, config=config,
                                       progress=progress_printer(console)))
     console.results.ok(files=[{"name": base, "bytes": sizes[base], "confirmed": True} for base in sent],

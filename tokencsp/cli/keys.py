@@ -25,10 +25,19 @@ def cmd_key_generate(args: argparse.Namespace, console: Console) -> ExitStatus:
     with open_provider(args) as provider:
         pair = provider.generate_key(args.name, args.bits, args.usage, legacy=args.legacy, oaep_only=args.oaep_only)
         info = pair.info()
+        _say_if_decrypt_key(console, provider, info)
     if not console.results.on_stdout:
         print_info(console, info)
     console.results.ok(key=info.as_dict())
     return ExitStatus.OK
+
+
+def _say_if_decrypt_key(console: Console, provider: Provider, info: KeyInfo) -> None:
+    from ..keyinfo import ImportPath
+
+    if info.import_path is ImportPath.DECRYPT:
+        console.say(f"token {provider.token_label!r} cannot unwrap (no CKF_UNWRAP for RSA): {info.name!r} is a "
+                    "decrypt key (CKA_DECRYPT, import path decrypt), as smart cards make them")
 
 
 def cmd_key_list(args: argparse.Namespace, console: Console) -> ExitStatus:
@@ -48,19 +57,23 @@ def cmd_key_list(args: argparse.Namespace, console: Console) -> ExitStatus:
     return ExitStatus.OK
 
 
-HEADER = "NAME\tUSAGE\tKEY\tID\tATTRIBUTES"
+HEADER = "NAME\tUSAGE\tKEY\tIMPORT\tID\tATTRIBUTES\tURI"
 
 
 def _token_line(provider: Provider) -> str:
-    return f"token {provider.token_label!r}, serial {provider.token_serial}"
+    return f"token {provider.token_label!r}, serial {provider.token_serial}, {provider.token_uri}"
 
 
 def print_info(console: Console, info: KeyInfo) -> None:
+    """One key: IMPORT is how its session keys reach the host (unwrap, decrypt; - for a signature key)."""
     flags = [name for name, on in (
         ("sensitive", info.sensitive), ("never-extractable", info.never_extractable),
-        ("local", info.local), ("oaep-only", info.oaep_only), ("EXTRACTABLE", info.extractable)) if on]
+        ("local", info.local), ("oaep-only", info.oaep_only), ("always-authenticate", info.always_authenticate),
+        ("EXTRACTABLE", info.extractable)) if on]
     usage = info.usage.value if info.usage else "mixed"
-    console.out(f"{info.name}\t{usage}\tRSA-{info.bits}\tid={info.id.hex()}\t{','.join(flags)}")
+    path = info.import_path.value if info.import_path else "-"
+    console.out(f"{info.name}\t{usage}\tRSA-{info.bits}\t{path}\tid={info.id.hex()}\t{','.join(flags)}"
+                f"\t{info.uri}")
 
 
 def _cert_der(args: argparse.Namespace) -> bool:
@@ -75,7 +88,8 @@ def cmd_key_export(args: argparse.Namespace, console: Console) -> ExitStatus:
         console.refuse_binary_to_terminal(args.output)
     console.results.begin(name=args.name, format=args.format, output=args.output)
     with open_provider(args, agent=True) as provider:
-        pair = provider.key(args.name)
+        # type=public in the URI selects the key here; a running agent takes the key by its name
+        pair = provider.key(args.name, public=True) if _is_provider(provider) else provider.key(args.name)
         if args.format == "cert":
             data = _stored_certificate(pair, _cert_der(args))
         else:
@@ -120,7 +134,9 @@ def cmd_key_import(args: argparse.Namespace, console: Console) -> ExitStatus:
         else:
             pair = provider.import_pem(args.name, data, usage=args.usage, legacy=args.legacy,
                                        oaep_only=args.oaep_only)
-        print_info(console, pair.info())
+        info = pair.info()
+        print_info(console, info)
+        _say_if_decrypt_key(console, provider, info)
     return ExitStatus.OK
 
 
@@ -193,8 +209,8 @@ def cmd_key_delete(args: argparse.Namespace, console: Console) -> ExitStatus:
             if console.stdin.readline().strip().lower() not in ("y", "yes"):
                 console.note("nothing deleted")
                 return ExitStatus.ERROR
-        count = provider.delete_key(args.name)
-    console.note(f"deleted {args.name} ({count} objects)")
+        count = provider.delete_key(info.name)
+    console.note(f"deleted {info.name} ({count} objects)")
     return ExitStatus.OK
 
 
@@ -212,10 +228,23 @@ def _named(command: Callable[[argparse.Namespace, Console], ExitStatus]
         if args.name is not None and args.key_name is not None and args.name != args.key_name:
             raise UsageError(f"two key names: {args.name!r} and --key {args.key_name!r}")
         args.name = args.name if args.name is not None else args.key_name
-        if args.name is None:
+        if args.name is None and not _uri_names_key(args):
             raise UsageError(f"no key named: give NAME or --key NAME (see 'tokencsp key {args.key_command} --help')")
         return command(args, console)
     return run
+
+
+def _is_provider(provider: object) -> bool:
+    from ..provider import Provider
+
+    return isinstance(provider, Provider)
+
+
+def _uri_names_key(args: argparse.Namespace) -> bool:
+    """The --uri (or TOKENCSP_URI) names the key with object= or id=: NAME may be left out."""
+    from ..config import resolve_selector
+
+    return resolve_selector(uri=getattr(args, "uri", None)).names_object
 
 
 def _stdin_is_terminal(console: Console) -> bool:

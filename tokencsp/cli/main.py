@@ -169,14 +169,17 @@ def build_parser(console: Console | None = None, *, load_all: bool = False) -> P
 
 
 def _default_key_from_uri(args: argparse.Namespace) -> None:
-    """``--key`` may be left out when the PKCS#11 URI names the object (``object=``)."""
-    if getattr(args, "key", False) is not None:
+    """``--key`` may be left out when the PKCS#11 URI names the key (``object=`` or ``id=``);
+    given, it must agree with the URI's ``object=`` (else exit 2)."""
+    if not hasattr(args, "key"):
         return
     from ..config import resolve_selector
 
-    args.key = resolve_selector(uri=args.uri).object_label
-    if not args.key:
-        raise UsageError("no key named: give --key NAME or a --uri with object=NAME")
+    selector = resolve_selector(uri=args.uri, key=args.key)
+    if args.key is None:
+        args.key = selector.object_label
+        if args.key is None and selector.object_id is None:
+            raise UsageError("no key named: give --key NAME or a --uri with object=NAME or id=")
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None,

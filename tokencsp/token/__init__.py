@@ -22,13 +22,22 @@ from __future__ import annotations
 from ..keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus, RsaPrivateParts
 from . import _deferred  # noqa: F401 -- before any pkcs11 import: its unused encoders stay unloaded
 from ._ctypes import function_list as _function_list
-from .admin import init_token, iter_tokens, module_info, open_token, token_status
+from .admin import (
+    TokenDescription,
+    describe_tokens,
+    init_token,
+    iter_tokens,
+    matching_tokens,
+    module_info,
+    open_token,
+    token_status,
+)
 from .errors import map_error
 from .module import load_module
 from .token import Token
 
 __all__ = [
     "DecryptMechanism", "ImportPath", "KeyInfo", "KeyUsage", "PinStatus", "RsaPrivateParts", "Token",
-    "_function_list", "init_token", "iter_tokens", "load_module", "map_error", "module_info", "open_token",
-    "token_status",
+    "TokenDescription", "_function_list", "describe_tokens", "init_token", "iter_tokens", "load_module", "map_error",
+    "matching_tokens", "module_info", "open_token", "token_status",
 ]

@@ -10,8 +10,8 @@
   with a protected authentication path; ``CKU_CONTEXT_SPECIFIC`` for keys
   with ``CKA_ALWAYS_AUTHENTICATE``;
 * ``C_InitToken``/``C_InitPIN`` with PINs from memory;
-* ``C_DecryptInit``/``C_Decrypt``, so that a context-specific login can sit
-  between the two, as PKCS#11 requires.
+* ``C_DecryptInit``/``C_Decrypt`` and ``C_SignInit``/``C_Sign``, so that a
+  context-specific login can sit between the two, as PKCS#11 requires.
 """
 
 from __future__ import annotations
@@ -64,6 +64,12 @@ class Mechanism(ctypes.Structure):
     _fields_ = [("mechanism", _CK_ULONG), ("pParameter", ctypes.c_void_p), ("ulParameterLen", _CK_ULONG)]
 
 
+class PssParams(ctypes.Structure):
+    """CK_RSA_PKCS_PSS_PARAMS."""
+
+    _fields_ = [("hashAlg", _CK_ULONG), ("mgf", _CK_ULONG), ("sLen", _CK_ULONG)]
+
+
 class OaepParams(ctypes.Structure):
     """CK_RSA_PKCS_OAEP_PARAMS."""
 
@@ -114,6 +120,15 @@ _FIELDS: list[tuple[str, object]] = [
     ("C_EncryptFinal", _VOID),
     ("C_DecryptInit", _fn(_CK_ULONG, ctypes.POINTER(Mechanism), _CK_ULONG)),
     ("C_Decrypt", _fn(_CK_ULONG, ctypes.c_char_p, _CK_ULONG, ctypes.c_char_p, _CK_ULONG_PTR)),
+    ("C_DecryptUpdate", _VOID),
+    ("C_DecryptFinal", _VOID),
+    ("C_DigestInit", _VOID),
+    ("C_Digest", _VOID),
+    ("C_DigestUpdate", _VOID),
+    ("C_DigestKey", _VOID),
+    ("C_DigestFinal", _VOID),
+    ("C_SignInit", _fn(_CK_ULONG, ctypes.POINTER(Mechanism), _CK_ULONG)),
+    ("C_Sign", _fn(_CK_ULONG, ctypes.c_char_p, _CK_ULONG, ctypes.c_char_p, _CK_ULONG_PTR)),
 ]
 
 
@@ -138,6 +153,28 @@ def function_list(so: str) -> tuple[ctypes.CDLL, FunctionList]:
     return dll, pointer.contents
 
 
+def _shared_function_list(lib: _pkcs11.lib) -> FunctionList | None:
+    """The CK_FUNCTION_LIST python-pkcs11 itself calls through, or None when its layout is not the known one.
+
+    p11-kit-proxy.so hands out a new, independent proxy with each
+    C_GetFunctionList call (p11-kit proxy.c, get_interface_inlock): sessions
+    opened through python-pkcs11's list are unknown to another list's
+    C_Login.  So the ctypes calls go through python-pkcs11's own list, read
+    from its ``HasFuncList.funclist`` field, the first after PyObject_HEAD
+    (python-pkcs11 0.10; checked by the object size and the list's version).
+    """
+    pointer = ctypes.sizeof(ctypes.c_void_p)
+    if _pkcs11.HasFuncList.__basicsize__ != object.__basicsize__ + 3 * pointer:  # type: ignore[attr-defined]
+        return None
+    address = ctypes.c_void_p.from_address(id(lib) + object.__basicsize__).value
+    if not address:
+        return None
+    functions = FunctionList.from_address(address)
+    if functions.version.major not in (2, 3):
+        return None
+    return functions
+
+
 class LockingLib(_pkcs11.lib):
     """python-pkcs11's ``lib`` initialised with CKF_OS_LOCKING_OK, plus the ctypes calls above."""
 
@@ -150,7 +187,11 @@ class LockingLib(_pkcs11.lib):
     def initialize(self) -> None:
         # python-pkcs11's own initialized flag stays False: the module is
         # never finalised by it, which is what keeps sessions alive.
-        self._dll, self._functions = function_list(self.so)
+        shared = _shared_function_list(self)
+        if shared is None:
+            self._dll, self._functions = function_list(self.so)
+        else:
+            self._functions = shared
         self._init_lock = threading.Lock()
         self.generation = 0
         self.pid = os.getpid()
@@ -269,6 +310,28 @@ class LockingLib(_pkcs11.lib):
             return rv, out.raw[:length.value] if rv == CKR_OK else b""
         finally:
             ctypes.memset(out, 0, out_len)
+
+    def sign(self, session_handle: int, key_handle: int, mechanism: int, pss: PssParams, data: bytes,
+             out_len: int, *, pin: str | None, tolerated: frozenset[int] = frozenset()) -> bytes:
+        """C_SignInit + CKU_CONTEXT_SPECIFIC login + C_Sign: a signature by a CKA_ALWAYS_AUTHENTICATE key.
+
+        Raises the mapped CK_RV (no blob is involved: a signature's failure
+        is the token's, never an oracle).  A refused login leaves the sign
+        operation active: the caller must not reuse this session.
+        """
+        mech = Mechanism(mechanism, ctypes.cast(ctypes.pointer(pss), ctypes.c_void_p), ctypes.sizeof(pss))
+        with trace.call("C_SignInit", _mechanism_name(mechanism)) as init:
+            rv = init.rv = int(self._functions.C_SignInit(session_handle, ctypes.byref(mech), key_handle))
+        if rv != CKR_OK:
+            raise map_rv(rv, "signing")
+        self.login(session_handle, pin, CKU_CONTEXT_SPECIFIC, tolerated)
+        out = ctypes.create_string_buffer(out_len)
+        length = _CK_ULONG(out_len)
+        with trace.call("C_Sign", _mechanism_name(mechanism)) as signed:
+            rv = signed.rv = int(self._functions.C_Sign(session_handle, data, len(data), out, ctypes.byref(length)))
+        if rv != CKR_OK:
+            raise map_rv(rv, "signing")
+        return out.raw[:length.value]
 
 
 _USER_TYPES = {CKU_USER: "CKU_USER", CKU_SO: "CKU_SO", CKU_CONTEXT_SPECIFIC: "CKU_CONTEXT_SPECIFIC"}

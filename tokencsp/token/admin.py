@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pkcs11
 from pkcs11 import exceptions as p11
 
+from ..config import TokenSelector
 from ..errors import KeyExistsError, TokenError, TokenNotFoundError, TokenOperationError
 from ..keyinfo import PinStatus
+from ..pkcs11uri import token_uri
 from . import trace
 from ._ctypes import CKU_SO, LockingLib, session_handle
 from .errors import map_error
@@ -17,22 +20,51 @@ from .lock import cross_process_lock
 from .module import load_module
 from .token import Token, _serial, pin_status
 
-__all__ = ["init_token", "iter_tokens", "open_token"]
+__all__ = ["TokenDescription", "describe_tokens", "init_token", "iter_tokens", "matching_tokens", "module_info",
+           "open_token", "token_status"]
 
 CKF_TOKEN_INITIALIZED = 0x400
 
 
-def iter_tokens(module: str) -> Iterator[tuple[str, str]]:
-    """(label, serial) of each initialised token."""
-    lib = load_module(module)
+@dataclass(frozen=True)
+class TokenDescription:
+    """What C_GetTokenInfo and C_GetSlotInfo say about one initialised token (``token list``)."""
+
+    label: str
+    serial: str
+    manufacturer: str
+    model: str
+    slot_id: int
+    slot_description: str
+    slot_manufacturer: str
+
+    @property
+    def uri(self) -> str:
+        """Its RFC 7512 URI, as p11tool writes it."""
+        return token_uri(self.label, self.serial, self.manufacturer, self.model)
+
+
+def _descriptions(lib: LockingLib) -> Iterator[tuple[TokenDescription, pkcs11.Token]]:
     try:
         for slot in lib.get_slots(token_present=True):
             token = slot.get_token()
             if not token.flags & CKF_TOKEN_INITIALIZED:
                 continue
-            yield token.label, _serial(token)
+            yield TokenDescription(token.label, _serial(token), token.manufacturer_id, token.model, slot.slot_id,
+                                   slot.slot_description, slot.manufacturer_id), token
     except p11.PKCS11Error as exc:
         raise map_error(exc, "listing tokens") from None
+
+
+def describe_tokens(module: str) -> list[TokenDescription]:
+    """Every initialised token the module shows."""
+    return [description for description, _ in _descriptions(load_module(module))]
+
+
+def iter_tokens(module: str) -> Iterator[tuple[str, str]]:
+    """(label, serial) of each initialised token."""
+    for description in describe_tokens(module):
+        yield description.label, description.serial
 
 
 def init_token(module: str, label: str, so_pin: str, user_pin: str) -> str:
@@ -84,19 +116,45 @@ def module_info(module: str) -> dict[str, str]:
         raise map_error(exc, "reading the module's information") from None
 
 
-def token_status(module: str, label: str | None = None, serial: str | None = None) -> PinStatus:
-    """The PIN flags of one token, without logging in: for a prompt that says which token and how many tries."""
+def _selector(label: str | None, serial: str | None, match: TokenSelector | None) -> TokenSelector:
+    if match is None:
+        return TokenSelector(token_label=label, token_serial=serial)
+    if label is not None or serial is not None:
+        raise TypeError("give either label/serial or match, not both")
+    return match
+
+
+def token_status(module: str, label: str | None = None, serial: str | None = None, *,
+                 match: TokenSelector | None = None) -> PinStatus:
+    """The PIN flags of one token, without logging in: for a prompt that says which token and how many tries.
+
+    Like :func:`open_token`, it initialises the module again (once) if
+    something else in the process finalised it.
+    """
+    selector = _selector(label, serial, match)
     lib = load_module(module)
+    generation = lib.generation
     with cross_process_lock(os.path.realpath(module)):
-        token = _find_token(lib, module, label, serial)
         try:
-            return pin_status(token)
-        except p11.PKCS11Error as exc:
-            raise map_error(exc, "reading the token flags") from None
+            return _status(lib, module, selector)
+        except TokenOperationError:
+            if not lib.recover() and lib.generation == generation:
+                raise
+        return _status(lib, module, selector)
 
 
-def open_token(module: str, pin: str | None, label: str | None = None, serial: str | None = None) -> Token:
-    """Load the module, find the token by label and/or serial, log in.
+def _status(lib: LockingLib, module: str, selector: TokenSelector) -> PinStatus:
+    token = _find_token(lib, module, selector)
+    try:
+        return pin_status(token)
+    except p11.PKCS11Error as exc:
+        raise map_error(exc, "reading the token flags") from None
+
+
+def open_token(module: str, pin: str | None, label: str | None = None, serial: str | None = None, *,
+               match: TokenSelector | None = None) -> Token:
+    """Load the module, find the token by label and/or serial (or every token and library
+    attribute of ``match``, an RFC 7512 selection), log in.
 
     ``pin`` None: the token's protected authentication path (PIN pad), or no
     login where the token needs none; else :class:`PinError`.
@@ -105,35 +163,70 @@ def open_token(module: str, pin: str | None, label: str | None = None, serial: s
     the back of this one ``lib``), it is initialised again and the open is
     retried once; tokens opened before stay unusable.
     """
+    selector = _selector(label, serial, match)
     lib = load_module(module)
     generation = lib.generation
     with cross_process_lock(os.path.realpath(module)):
         try:
-            return _open_token(lib, module, pin, label, serial)
+            return Token(lib, _find_token(lib, module, selector), pin)
         except TokenOperationError:
             if not lib.recover() and lib.generation == generation:
                 raise
-        return _open_token(lib, module, pin, label, serial)
+        return Token(lib, _find_token(lib, module, selector), pin)
 
 
-def _open_token(lib: LockingLib, module: str, pin: str | None, label: str | None, serial: str | None) -> Token:
-    return Token(lib, _find_token(lib, module, label, serial), pin)
+# (RFC 7512 attribute, TokenSelector field, TokenDescription field)
+_TOKEN_ATTRIBUTES = (
+    ("token", "token_label", "label"), ("serial", "token_serial", "serial"),
+    ("manufacturer", "token_manufacturer", "manufacturer"), ("model", "token_model", "model"),
+    ("slot-id", "slot_id", "slot_id"), ("slot-description", "slot_description", "slot_description"),
+    ("slot-manufacturer", "slot_manufacturer", "slot_manufacturer"),
+)
 
 
-def _find_token(lib: LockingLib, module: str, label: str | None, serial: str | None) -> pkcs11.Token:
-    if label is None and serial is None:
-        raise TokenNotFoundError("no token named: give a label (--token) or a serial")
-    matches = [(lbl, ser) for lbl, ser in iter_tokens(module)
-               if (label is None or lbl == label) and (serial is None or ser == serial)]
-    wanted = " and ".join(filter(None, (label and f"label {label!r}", serial and f"serial {serial!r}")))
+def _check_library(lib: LockingLib, module: str, selector: TokenSelector) -> None:
+    """library-manufacturer/-description/-version must be this module's (C_GetInfo)."""
+    found = {"library-manufacturer": lib.manufacturer_id, "library-description": lib.library_description,
+             "library-version": tuple(lib.library_version)}
+    wanted = {"library-manufacturer": selector.library_manufacturer,
+              "library-description": selector.library_description,
+              "library-version": selector.library_version}
+    for name, value in wanted.items():
+        if value is not None and value != found[name]:
+            have = ".".join(map(str, found[name])) if isinstance(found[name], tuple) else repr(found[name])
+            want = ".".join(map(str, value)) if isinstance(value, tuple) else repr(value)
+            raise TokenNotFoundError(f"{name}={want} does not match module {module} (its {name} is {have})")
+
+
+def _wanted(selector: TokenSelector) -> list[tuple[str, object, str]]:
+    return [(name, value, attr) for name, field_name, attr in _TOKEN_ATTRIBUTES
+            if (value := getattr(selector, field_name)) is not None]
+
+
+def _matching(lib: LockingLib, module: str, selector: TokenSelector) -> list[tuple[TokenDescription, pkcs11.Token]]:
+    _check_library(lib, module, selector)
+    wanted = _wanted(selector)
+    return [(description, token) for description, token in _descriptions(lib)
+            if all(getattr(description, attr) == value for _, value, attr in wanted)]
+
+
+def matching_tokens(module: str, selector: TokenSelector) -> list[TokenDescription]:
+    """The initialised tokens that every token, slot and library attribute of ``selector`` matches."""
+    return [description for description, _ in _matching(load_module(module), module, selector)]
+
+
+def _find_token(lib: LockingLib, module: str, selector: TokenSelector) -> pkcs11.Token:
+    wanted = _wanted(selector)
+    if not any(name in ("token", "serial", "slot-id", "slot-description") for name, _, _ in wanted):
+        raise TokenNotFoundError("no token named: give a label (--token), a serial or a URI with token=, "
+                                 "serial=, slot-id= or slot-description=")
+    matches = [token for _, token in _matching(lib, module, selector)]
+    what = " and ".join(f"{name} {value!r}" for name, value, _ in wanted)
     if not matches:
-        raise TokenNotFoundError(f"no token with {wanted} in {module}")
+        raise TokenNotFoundError(f"no token with {what} in {module}")
     if len(matches) > 1:
-        raise TokenNotFoundError(f"{len(matches)} tokens match {wanted}; select by serial")
-    try:
-        token: pkcs11.Token = lib.get_token(token_label=matches[0][0], token_serial=matches[0][1].encode())
-    except p11.PKCS11Error as exc:
-        raise map_error(exc, "opening the token") from None
+        raise TokenNotFoundError(f"{len(matches)} tokens match {what}; select by serial or slot-id")
+    token = matches[0]
     trace.note("token %r, serial %s, in slot %s of %s: the only initialised token with %s", token.label,
-               matches[0][1], token.slot.slot_id, module, wanted)
+               _serial(token), token.slot.slot_id, module, what)
     return token

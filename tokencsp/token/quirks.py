@@ -18,6 +18,8 @@ from pkcs11 import Attribute, KeyType, Mechanism
 from pkcs11 import exceptions as p11
 from pkcs11.types import Slot
 
+from ..errors import TokenOperationError
+from ..keyinfo import ImportPath
 from . import trace
 from .errors import (
     CKR_ATTRIBUTE_READ_ONLY,
@@ -30,7 +32,7 @@ from .templates import TRANSIENT_SECRET, Template
 
 __all__ = [
     "CONTEXT_LOGIN_UNSUPPORTED", "KEY_TYPE_FALLBACKS", "TEMPLATE_CKRS", "UNWRAP_TEMPLATES",
-    "Mechanisms", "UnwrapTemplate", "probe_mechanisms",
+    "Mechanisms", "UnwrapTemplate", "exchange_import_path", "probe_mechanisms",
 ]
 
 CKF_DECRYPT = 0x00000200
@@ -105,6 +107,25 @@ class Mechanisms:
 
 
 RSA_MECHANISMS = (Mechanism.RSA_PKCS, Mechanism.RSA_PKCS_OAEP, Mechanism.RSA_X_509)
+
+
+def exchange_import_path(mechanisms: Mechanisms, oaep_only: bool = False) -> ImportPath:
+    """Which kind of exchange key to make on a token with these (probed) mechanisms.
+
+    ``unwrap`` where the token unwraps with CKM_RSA_PKCS (or, for an OAEP-only
+    key, CKM_RSA_PKCS_OAEP); else ``decrypt`` (a CKA_DECRYPT key, as cards
+    make them) where it decrypts with one of the decrypt path's mechanisms;
+    else none works and :class:`TokenOperationError` says so.
+    """
+    wanted = Mechanism.RSA_PKCS_OAEP if oaep_only else Mechanism.RSA_PKCS
+    if wanted in mechanisms.unwrap:
+        return ImportPath.UNWRAP
+    usable = {Mechanism.RSA_PKCS_OAEP} if oaep_only else set(RSA_MECHANISMS)
+    if usable & mechanisms.decrypt:
+        return ImportPath.DECRYPT
+    name = "CKM_RSA_PKCS_OAEP" if oaep_only else "CKM_RSA_PKCS"
+    raise TokenOperationError(f"this token can neither unwrap with {name} nor decrypt with RSA "
+                              "(C_GetMechanismInfo): it cannot hold an exchange key")
 
 
 def probe_mechanisms(slot: Slot) -> Mechanisms:

@@ -20,6 +20,7 @@ from ..errors import InvalidKeyError
 from ..keyinfo import KeyUsage
 
 __all__ = [
+    "DECRYPT_EXCHANGE",
     "OAEP_HASHES",
     "PRIVATE_PROTECTION",
     "PSS_SHA256",
@@ -46,6 +47,13 @@ USAGE_TEMPLATES: Mapping[KeyUsage, tuple[Template, Template]] = {
         {Attribute.UNWRAP: False, Attribute.DECRYPT: False, Attribute.SIGN: True},
     ),
 }
+
+# An exchange key for a token that cannot unwrap (no CKF_UNWRAP for the RSA mechanisms): the
+# decrypt path, as card tooling makes such keys (quirks.exchange_import_path decides).
+DECRYPT_EXCHANGE: tuple[Template, Template] = (
+    {Attribute.WRAP: False, Attribute.ENCRYPT: True, Attribute.VERIFY: False},
+    {Attribute.UNWRAP: False, Attribute.DECRYPT: True, Attribute.SIGN: False},
+)
 
 PRIVATE_PROTECTION: Template = {
     Attribute.TOKEN: True,

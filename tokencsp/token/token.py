@@ -29,8 +29,9 @@ from ..errors import (
     UnwrapRefused,
 )
 from ..keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus, RsaPrivateParts
+from ..pkcs11uri import key_uri, token_uri
 from . import trace
-from ._ctypes import CKZ_DATA_SPECIFIED, LockingLib, OaepParams, session_handle
+from ._ctypes import CKZ_DATA_SPECIFIED, LockingLib, OaepParams, PssParams, session_handle
 from .errors import (
     ATTRIBUTE_UNAVAILABLE,
     CKR_KEY_HANDLE_INVALID,
@@ -50,10 +51,12 @@ from .quirks import (
     UNWRAP_TEMPLATES,
     Mechanisms,
     UnwrapTemplate,
+    exchange_import_path,
     probe_mechanisms,
     template_for,
 )
 from .templates import (
+    DECRYPT_EXCHANGE,
     PRIVATE_PROTECTION,
     PSS_SHA256,
     TRANSIENT_SECRET,
@@ -167,6 +170,11 @@ class Token:
     def module_path(self) -> str:
         """The PKCS#11 module this token was opened through, symlinks resolved."""
         return os.path.realpath(self._lib.so)
+
+    @property
+    def uri(self) -> str:
+        """The token's RFC 7512 URI (model, manufacturer, serial, token), as p11tool writes it."""
+        return token_uri(self._token.label, self.serial, self._token.manufacturer_id, self._token.model)
 
     @property
     def pin_status(self) -> PinStatus:
@@ -305,6 +313,7 @@ class Token:
                 import_path=path,
                 decrypt_mechanisms=mechanisms,
                 always_authenticate=always,
+                uri=key_uri(self.uri, key_id, key[Attribute.LABEL]),
             )
         except p11.PKCS11Error as exc:
             raise map_error(exc, "reading key attributes") from None
@@ -352,15 +361,25 @@ class Token:
         if self._find(lease, ObjectClass.PRIVATE_KEY, name) or self._find(lease, ObjectClass.PUBLIC_KEY, name):
             raise KeyExistsError(f"a key named {name!r} already exists on token {self.label!r}")
 
-    def generate_rsa(self, name: str, bits: int, usage: KeyUsage, oaep_only: bool = False) -> bytes:
+    def generate_rsa(self, name: str, bits: int, usage: KeyUsage, oaep_only: bool = False,
+                     import_path: ImportPath | None = None) -> bytes:
         """Generate an RSA key pair on the token; returns its CKA_ID.
 
         ``oaep_only`` restricts the private key to CKM_RSA_PKCS_OAEP through
         CKA_ALLOWED_MECHANISMS: no PKCS#1 v1.5 oracle at all, at the price of
         refusing CryptoAPI peers that do not set CRYPT_OAEP.
+
+        An exchange key unwraps where the token's probed mechanisms allow it,
+        else it is a decrypt key (CKA_DECRYPT, no CKA_UNWRAP: the decrypt
+        path), as :func:`.quirks.exchange_import_path` decides; ``import_path``
+        overrides the decision (tests make decrypt keys on SoftHSM with it).
         """
         key_id = os.urandom(16)
         public_usage, private_usage = USAGE_TEMPLATES[usage]
+        if usage is KeyUsage.EXCHANGE:
+            path = import_path or exchange_import_path(self.mechanisms, oaep_only)
+            if path is ImportPath.DECRYPT:
+                public_usage, private_usage = DECRYPT_EXCHANGE
         if oaep_only:
             private_usage = {**private_usage, Attribute.ALLOWED_MECHANISMS: [Mechanism.RSA_PKCS_OAEP]}
         with self._lease() as lease:
@@ -388,6 +407,8 @@ class Token:
         """Put an existing RSA key on the token as a sensitive, non-extractable pair; returns its CKA_ID."""
         key_id = hashlib.sha1(int_bytes(parts.n)).digest()
         public_usage, private_usage = USAGE_TEMPLATES[usage]
+        if usage is KeyUsage.EXCHANGE and exchange_import_path(self.mechanisms, oaep_only) is ImportPath.DECRYPT:
+            public_usage, private_usage = DECRYPT_EXCHANGE
         if oaep_only:
             private_usage = {**private_usage, Attribute.ALLOWED_MECHANISMS: [Mechanism.RSA_PKCS_OAEP]}
         common = {Attribute.KEY_TYPE: KeyType.RSA, Attribute.ID: key_id, Attribute.LABEL: name,
@@ -725,19 +746,39 @@ class Token:
         return facts
 
     def sign_pss_sha256(self, key_id: bytes, data: bytes) -> bytes:
-        """RSA-PSS (SHA-256, MGF1-SHA-256, 32-byte salt) signature by the private key with this CKA_ID."""
+        """RSA-PSS (SHA-256, MGF1-SHA-256, 32-byte salt) signature by the private key with this CKA_ID.
+
+        A key with CKA_ALWAYS_AUTHENTICATE (PIV slot 9c) gets a
+        context-specific login between C_SignInit and C_Sign, every time.
+        """
         with self._lease() as lease:
             private = self._private_by_id(lease, key_id)
             if not isinstance(private, SignMixin):  # python-pkcs11 gives keys without CKA_SIGN no sign()
                 raise InvalidKeyError("this key cannot sign: it is not a signature key")
             try:
+                modulus_bytes, always = self._key_facts(lease, key_id, private)
+                if always:
+                    return self._sign_with_context_login(lease, private, modulus_bytes, data)
                 with trace.call("C_Sign", Mechanism.SHA256_RSA_PKCS_PSS):
                     return bytes(private.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS_PSS,
                                               mechanism_param=PSS_SHA256))
             except p11.PKCS11Error as exc:
                 if isinstance(exc, STALE_HANDLE):  # the key was deleted or re-created: drop the handle
                     lease.keys.pop(key_id, None)
+                    self._facts.pop(key_id, None)
                 raise map_error(exc, "signing with the signature key") from None
+
+    def _sign_with_context_login(self, lease: Lease, private: PrivateKey, modulus_bytes: int, data: bytes) -> bytes:
+        hash_mechanism, mgf, salt = PSS_SHA256
+        handle = private.handle
+        assert handle is not None
+        try:
+            return self._lib.sign(session_handle(lease.session), handle, int(Mechanism.SHA256_RSA_PKCS_PSS),
+                                  PssParams(int(hash_mechanism), int(mgf), salt), data, modulus_bytes, pin=self._pin,
+                                  tolerated=CONTEXT_LOGIN_UNSUPPORTED)
+        except BaseException:
+            lease.broken = True  # the operation may still be active on this session
+            raise
 
     def count_objects(self) -> int:
         """Every object this application can see on the token (token and session objects)."""
