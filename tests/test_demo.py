@@ -16,7 +16,9 @@ def test_demo_runs_end_to_end(softhsm_kit, tmp_path):
     out = result.stdout.decode()
     assert result.returncode == 0, out + result.stderr.decode()
     for step in ("PUBLICKEYBLOB: 06 02 00 00 00 a4 00 00 52 53 41 31", "plaintext recovered",
-                 "exit status 4; no output file", "exit status 20 (replayed)",
+                 "exit status 4; no output file", "card-style key opened the SIMPLEBLOB through the decrypt path",
+                 "generate_card_style_key(token, \"demo-card\")", "tokencsp capi decrypt --key demo-card",
+                 "exit status 20 (replayed)",
                  "openssl cms -encrypt output opened on the token",
                  "2 files delivered byte-identical", "demo complete"):
         assert step in out, step

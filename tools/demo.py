@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 KEY = "demo-exchange"
+CARD = "demo-card"
 SIGNER = "demo-signer"
 ALICE, BOB = "demo-alice", "demo-bob"
 MESSAGE = b"Attack at dawn. -- a message for the token holder\n"
@@ -83,11 +84,51 @@ def main() -> int:
             sys.exit("demo failed: a tampered blob was accepted")
         print(f"  exit status {bad.returncode}; no output file")
 
+        card_key(work)
         sealed_messages(work)
         cms_interop(work)
         three_phase(work)
     print("\ndemo complete")
     return 0
+
+
+# As card tooling makes a key exchange key (PIV, OpenSC): CKA_DECRYPT, no CKA_UNWRAP, its own label and id.
+CARD_TOOL = """\
+import os
+from tokencsp import config
+from tokencsp.token import open_token
+from tokencsp.token.cardstyle import generate_card_style_key
+token = open_token(config.find_module(), config.resolve_pin(), label=os.environ["TOKENCSP_TOKEN"])
+try:
+    print("card-style key, CKA_ID", generate_card_style_key(token, "demo-card").hex())
+finally:
+    token.close()
+"""
+
+
+def card_key(work: Path) -> None:
+    print("\n== A smart-card style key (DECRYPT only, no UNWRAP): the same SIMPLEBLOB opens through C_Decrypt")
+    if CARD.encode() in run("key", "list", show=False).stdout:
+        run("key", "delete", CARD)
+    print(f"\n$ python3 - <<'EOF'\n{CARD_TOOL}EOF")
+    made = subprocess.run([sys.executable, "-c", CARD_TOOL], capture_output=True, text=True)
+    sys.stdout.write(made.stdout + made.stderr)
+    if made.returncode != 0:
+        sys.exit("demo failed: the card-style key was not made")
+    listing = run("key", "list").stdout.decode()
+    row = next((line.split("\t") for line in listing.splitlines() if line.startswith(CARD + "\t")), None)
+    if row is None or row[3] != "decrypt":
+        sys.exit("demo failed: the card-style key does not show the decrypt import path")
+    pub, blob, cipher = (work / n for n in ("card.pub", "card.blob", "card.enc"))
+    run("key", "export", CARD, "-o", str(pub))
+    run("capi", "encrypt", "--to", str(pub), "--alg", "aes256", "--blob-out", str(blob), "-o", str(cipher),
+        str(work / "message.txt"))
+    opened = run("capi", "decrypt", "--key", CARD, "--blob", str(blob), str(cipher))
+    if opened.stdout != MESSAGE:
+        sys.exit("demo failed: the card-style key did not open the SIMPLEBLOB")
+    print("  card-style key opened the SIMPLEBLOB through the decrypt path (raw RSA on the token, "
+          "PKCS#1 decoded on the host)")
+    run("key", "delete", CARD)
 
 
 def fresh_key(name: str, *extra: str, token: str | None = None) -> None:
