@@ -221,7 +221,7 @@ def _find_token(lib: LockingLib, module: str, selector: TokenSelector) -> pkcs11
         raise TokenNotFoundError("no token named: give a label (--token), a serial or a URI with token=, "
                                  "serial=, slot-id= or slot-description=")
     matches = [token for _, token in _matching(lib, module, selector)]
-    what = " and ".join(f"{name} {value!r}" for name, value, _ in wanted)
+    what = " and ".join(f"{'label' if name == 'token' else name} {value!r}" for name, value, _ in wanted)
     if not matches:
         raise TokenNotFoundError(f"no token with {what} in {module}")
     if len(matches) > 1:
