@@ -29,8 +29,10 @@ ENV_DEBUG = "TOKENCSP_DEBUG"
 __all__ = ["COMMANDS", "Parser", "build_parser", "main"]
 
 TOKEN_HELP = """
-token selection: --module/TOKENCSP_MODULE (default: SoftHSM2), --token/TOKENCSP_TOKEN
-(label), --serial, or --uri/TOKENCSP_URI (RFC 7512, e.g. "pkcs11:token=dev?pin-source=file:/run/pin").
+token selection: --module/TOKENCSP_MODULE (default: SoftHSM2; p11-kit-proxy: every module p11-kit
+knows), --module-name (a module registered with p11-kit), --token/TOKENCSP_TOKEN (label), --serial,
+or --uri/TOKENCSP_URI (RFC 7512, e.g. "pkcs11:token=dev;id=%01?pin-source=file:/run/pin"; every
+attribute is used or refused by name, and one that contradicts an option is refused).
 PIN: TOKENCSP_PIN, --pin-file (mode 0600), the URI's pin-source, pin-value in TOKENCSP_URI only,
 or a prompt on a terminal. PINs are never accepted on the command line.
 """
