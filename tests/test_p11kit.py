@@ -65,7 +65,7 @@ def test_module_name_selects_the_registered_module(softhsm_kit):
         assert_one_line_error(tokencsp("key", "list", "--module-name", "nonesuch", check=False), 3,
                               "no PKCS#11 module named 'nonesuch' is registered with p11-kit")
     finally:
-        tokencsp("key", "delete", "p11kit-kx", "--token", TOKEN)
+        tokencsp("key", "delete", "--yes", "p11kit-kx", "--token", TOKEN)
 
 
 @pytest.mark.softhsm_only(reason="the proxy loads the SoftHSM module p11-kit has registered")
@@ -86,5 +86,5 @@ def test_the_whole_exchange_through_p11_kit_proxy(softhsm_kit, tmp_path):
         assert tokencsp("capi", "decrypt", "--key", "proxy-kx", "--token", TOKEN, "--blob", blob, ct).stdout == \
             b"through the proxy"
     finally:
-        tokencsp("key", "delete", "proxy-kx", *proxy)
+        tokencsp("key", "delete", "--yes", "proxy-kx", *proxy)
     assert b"proxy-kx" not in tokencsp("key", "list", "--token", TOKEN).stdout

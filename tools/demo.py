@@ -109,7 +109,7 @@ finally:
 def card_key(work: Path) -> None:
     print("\n== A smart-card style key (DECRYPT only, no UNWRAP): the same SIMPLEBLOB opens through C_Decrypt")
     if CARD.encode() in run("key", "list", show=False).stdout:
-        run("key", "delete", CARD)
+        run("key", "delete", "--yes", CARD)
     print(f"\n$ python3 - <<'EOF'\n{CARD_TOOL}EOF")
     made = subprocess.run([sys.executable, "-c", CARD_TOOL], capture_output=True, text=True)
     sys.stdout.write(made.stdout + made.stderr)
@@ -128,7 +128,7 @@ def card_key(work: Path) -> None:
         sys.exit("demo failed: the card-style key did not open the SIMPLEBLOB")
     print("  card-style key opened the SIMPLEBLOB through the decrypt path (raw RSA on the token, "
           "PKCS#1 decoded on the host)")
-    run("key", "delete", CARD)
+    run("key", "delete", "--yes", CARD)
 
 
 def fresh_key(name: str, *extra: str, token: str | None = None) -> None:
