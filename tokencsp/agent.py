@@ -53,6 +53,7 @@ class Agent:
         self._busy = 0
         self.token = ""
         self.serial = ""
+        self.token_uri = ""
         self.requests: collections.Counter[str] = collections.Counter()
         self.logins = 0
         self.stopping = threading.Event()
@@ -67,6 +68,7 @@ class Agent:
             self._login_at = self._clock()
             self.logins += 1
             self.token, self.serial = provider.token_label, provider.token_serial
+            self.token_uri = provider.token_uri
         if old is not None:
             old.close()
         self._log(f"logged in to token {self.token!r}" + (f" for {self.ttl:g} s" if self.ttl else ""))
@@ -110,6 +112,7 @@ class Agent:
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {"version": 1, "pid": os.getpid(), "token": self.token, "serial": self.serial,
+                    "token_uri": self.token_uri,
                     "module": self.module, "logged_in": self._provider is not None, "ttl": self.ttl,
                     "requests": dict(self.requests), "logins": self.logins}
 

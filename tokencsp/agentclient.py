@@ -152,6 +152,11 @@ class AgentProvider:
     def token_serial(self) -> str:
         return str(self.status["serial"])
 
+    @property
+    def token_uri(self) -> str:
+        """The token's RFC 7512 URI, as the agent's Provider wrote it."""
+        return str(self.status.get("token_uri", ""))
+
     def call(self, op: Op, *fields: bytes) -> tuple[bytes, ...]:
         """One request's OK fields; NEED_PIN is answered once with a PIN from the usual places."""
         response = self._connection.call(op, *fields)
@@ -254,7 +259,7 @@ def key_info(item: dict[str, Any]) -> KeyInfo:
             has_public=item["has_public"], oaep_only=item["oaep_only"],
             import_path=ImportPath(item["import_path"]) if item["import_path"] else None,
             decrypt_mechanisms=tuple(DecryptMechanism(m) for m in item["decrypt_mechanisms"]),
-            always_authenticate=item["always_authenticate"])
+            always_authenticate=item["always_authenticate"], uri=item.get("uri", ""))
     except (KeyError, ValueError, TypeError) as exc:
         raise AgentError(f"agent protocol: unreadable key attributes ({exc})") from None
 

@@ -61,7 +61,8 @@ HEADER = "NAME\tUSAGE\tKEY\tIMPORT\tID\tATTRIBUTES\tURI"
 
 
 def _token_line(provider: Provider) -> str:
-    return f"token {provider.token_label!r}, serial {provider.token_serial}, {provider.token_uri}"
+    uri = getattr(provider, "token_uri", None)  # a running agent does not say it
+    return f"token {provider.token_label!r}, serial {provider.token_serial}" + (f", {uri}" if uri else "")
 
 
 def print_info(console: Console, info: KeyInfo) -> None:
