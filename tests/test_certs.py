@@ -141,7 +141,7 @@ def _p11tool_certs(softhsm_kit) -> str:
     p11tool = shutil.which("p11tool")
     assert p11tool, "p11tool not found: install gnutls-bin (softhsm/install-deps.sh does)"
     result = subprocess.run([p11tool, "--provider", softhsm_kit.module, "--list-all-certs",
-                             f"pkcs11:token={softhsm_kit.token().label}"], capture_output=True, text=True,
+                             f"pkcs11:token={softhsm_kit.labels[0]}"], capture_output=True, text=True,
                             timeout=120, stdin=subprocess.DEVNULL)
     if result.returncode == 2 and "No matching objects found" in result.stderr:
         return ""
