@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -139,11 +140,18 @@ def test_daemon_mode_detaches_and_serves(keys, tmp_path):
     started = tokencsp("agent", "--daemon", "--socket", sock)
     assert f"listening on {sock}" in started.stderr.decode()
     pid = status_of(sock)["pid"]
-    assert pid != os.getpid()
-    tokencsp("key", "list", env={"TOKENCSP_AGENT_SOCK": sock, **ON})
-    assert status_of(sock)["requests"]["list"] == 1
-    tokencsp("agent", "stop", "--socket", sock)
-    assert not os.path.exists(sock)
+    stopped = False
+    try:
+        assert pid != os.getpid()
+        tokencsp("key", "list", env={"TOKENCSP_AGENT_SOCK": sock, **ON})
+        assert status_of(sock)["requests"]["list"] == 1
+        tokencsp("agent", "stop", "--socket", sock)
+        stopped = True
+        assert not os.path.exists(sock)
+    finally:  # a failed assertion must not leave a detached agent running after the suite
+        if not stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_open_batch_capi_key_list_export_and_sign_go_through_the_agent(agent, keys, tmp_path):
