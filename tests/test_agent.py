@@ -133,6 +133,22 @@ def test_start_status_stop(tmp_path, keys):
     assert not os.path.exists(again.socket)
 
 
+def test_doctor_reports_the_agent_it_would_use(tmp_path, keys):
+    def agent_line(env):
+        result = tokencsp("doctor", "--replay-db", str(tmp_path / "db"), env=env, check=False)
+        return [line for line in result.stdout.decode().splitlines() if line.startswith("agent: ")]
+
+    running = Agent(tmp_path / "run")
+    try:
+        assert agent_line(running.env) == [f"agent: ok: running at {running.socket} (pid {running.process.pid}, "
+                                           f"token {running.status()['token']!r}, logged in)"]
+        assert agent_line({**running.env, "TOKENCSP_AGENT": "off"})[0].startswith("agent: ok: off (TOKENCSP_AGENT=off")
+    finally:
+        running.stop()
+    gone = agent_line(running.env)
+    assert len(gone) == 1 and gone[0].startswith(f"agent: ok: not running (no agent at {running.socket}"), gone
+
+
 def test_daemon_mode_detaches_and_serves(keys, tmp_path):
     run = tmp_path / "run"
     run.mkdir(mode=0o700)

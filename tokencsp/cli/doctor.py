@@ -71,8 +71,25 @@ def cmd_doctor(args: argparse.Namespace, console: Console) -> ExitStatus:
             report.run("mechanisms", lambda: _mechanisms(provider[0]))
     report.run("clock", _clock)
     report.run("replay cache", lambda: _replay_cache(args))
-    report.line("agent", OK, "not running (this tokencsp has no agent; every command opens the token itself)")
+    report.run("agent", _agent)
     return ExitStatus.DOCTOR if report.failed else ExitStatus.OK
+
+
+def _agent() -> str:
+    """Whether a `tokencsp agent` answers where the commands would look for one (docs/AGENT.md)."""
+    import os
+
+    from .. import agentclient
+
+    if os.environ.get(agentclient.ENV_AGENT, "").lower() == "off":
+        return "off (TOKENCSP_AGENT=off: every command opens the token itself)"
+    path = agentclient.socket_path()
+    try:
+        status = agentclient.status_of(path)
+    except agentclient.AgentUnavailable as exc:
+        return f"not running ({exc}); every command opens the token itself"
+    login = "logged in" if status.get("logged_in") else "not logged in"
+    return f"running at {path} (pid {status.get('pid')}, token {status.get('token')!r}, {login})"
 
 
 def _module(args: argparse.Namespace) -> str:
