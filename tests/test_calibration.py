@@ -1,4 +1,5 @@
-"""The per-key deadline floor in the state directory: private, atomic, only ever raised, distrustful."""
+"""The per-key deadline floor in the state directory: private, atomic, raised by calibrations, replaced only
+once expired, distrustful."""
 
 from __future__ import annotations
 
@@ -52,6 +53,21 @@ def test_the_floor_is_only_ever_raised(cache):
     assert cache.load(HERE).deadline == 0.003
     assert cache.store(HERE, 0.004) == 0.004
     assert cache.load(HERE).deadline == 0.004
+
+
+def test_a_replacing_store_lowers_only_an_expired_entry(cache):
+    """A fresh calibration of an expired entry replaces it, lower too; one that is not expired stays the floor."""
+    clock = [1000.0]
+    cache.now = lambda: clock[0]
+    cache.store(HERE, 0.003)
+    assert cache.store(HERE, 0.001, replace=True) == 0.003  # another process calibrated within the day: kept
+    clock[0] += MAX_AGE + 1
+    assert cache.store(HERE, 0.001) == 0.003  # a calibration that is not a replacement never lowers
+    clock[0] += MAX_AGE + 1
+    assert cache.store(HERE, 0.001, replace=True) == 0.001
+    entry = cache.load(HERE)
+    assert (entry.deadline, entry.calibrated, entry.stale) == (0.001, clock[0], False)
+    assert cache.store(HERE, 0.0005, replace=True) == 0.001  # now fresh: the floor again
 
 
 def test_an_overrun_marks_the_entry_stale_and_a_calibration_clears_it(cache):
@@ -262,16 +278,71 @@ def test_an_overrun_makes_a_long_lived_process_recalibrate_after_the_spacing(cac
     assert process.rejection.calibrations == 2
 
 
-def test_an_expired_entry_is_recalibrated_and_only_raised(cache):
+def test_an_expired_entry_is_replaced_by_a_fresh_calibration(cache):
+    """A figure calibrated under a passing load (here 0.003 s) is replaced, after MAX_AGE, by a whole fresh
+    calibration from own probes (0.0015 s): the persisted deadline can fall, but only this way."""
     clock = [10_000.0]
     cache.now = lambda: clock[0]
     Process(cache, 0.002).run(0.001)
-    clock[0] += MAX_AGE + 1
+    clock[0] += MAX_AGE / 2
+    within = Process(cache, 0.001)
+    within.run(0.001)
+    assert within.rejection.probes == 0 and within.rejection.padder.deadline == _about(0.003)  # trusted, not re-done
+    clock[0] += MAX_AGE / 2 + 1
     later = Process(cache, 0.001)
     later.run(0.001)
     assert later.rejection.probes == 24
-    assert later.rejection.padder.deadline == _about(0.003)  # the floor, not the quieter probes' 0.0015
-    assert cache.load(later.rejection.place).trusted(clock[0])
+    assert later.rejection.padder.deadline == _about(0.0015)  # the fresh figure, not the old 0.003
+    entry = cache.load(later.rejection.place)
+    assert entry.deadline == _about(0.0015) and entry.trusted(clock[0])
+    assert Process(cache, 0.0005).rejection.calibrate(lambda blob, oaep: None) == _about(0.0015)  # not expired: floor
+
+
+def test_an_expired_and_stale_entry_is_replaced_too(cache):
+    clock = [10_000.0]
+    cache.now = lambda: clock[0]
+    first = Process(cache, 0.002)
+    first.run(0.001)
+    first.run(0.01)  # overruns: stale
+    assert cache.load(first.rejection.place).stale
+    clock[0] += MAX_AGE + 1
+    later = Process(cache, 0.001)
+    later.run(0.001)
+    assert later.rejection.padder.deadline == _about(0.0015)
+    assert not cache.load(later.rejection.place).stale
+
+
+def test_a_long_lived_process_replaces_its_figure_once_it_is_a_day_old(cache):
+    """The agent: its own calibration expires like a cached one; live imports in between move nothing."""
+    clock = [10_000.0]
+    cache.now = lambda: clock[0]
+    process = Process(cache, 0.002)
+    process.run(0.001)
+    process.probe_cost = 0.001  # the load has passed
+    for _ in range(20):
+        process.run(0.0001)
+    assert process.rejection.calibrations == 1 and process.rejection.padder.deadline == _about(0.003)
+    clock[0] += MAX_AGE + 1
+    process.run(0.001)
+    assert process.rejection.calibrations == 2
+    assert process.rejection.padder.deadline == _about(0.0015)
+    assert cache.load(process.rejection.place).deadline == _about(0.0015)
+    process.run(0.001)
+    assert process.rejection.calibrations == 2  # fresh again: no calibration per import
+
+
+def test_a_cold_first_probe_does_not_set_the_figure(cache):
+    """A process's first unwrap is slow (caches, lazy set-up): the calibration's untimed probes take it."""
+    process = Process(cache, 0.001)
+    calls = [0]
+
+    def probe(blob, oaep) -> None:
+        calls[0] += 1
+        process.clock.now += 0.05 if calls[0] == 1 else 0.001
+    process.probe = probe  # type: ignore[method-assign]
+    process.run(0.001)
+    assert process.rejection.warmups == 2 and process.rejection.probes == 24 and calls[0] == 26
+    assert process.rejection.padder.deadline == _about(0.0015)
 
 
 def test_live_imports_alone_never_move_the_persisted_deadline(cache):

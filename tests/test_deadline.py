@@ -72,6 +72,24 @@ def test_the_deadline_never_falls():
         padder.calibrate([])
 
 
+def test_only_a_replacing_calibration_lowers_the_deadline():
+    """``replace=True`` (a whole fresh calibration of an expired figure, tokencsp.implicit) sets the figure;
+    nothing else lowers it, and live calls never move it."""
+    clock = FakeClock()
+    padder = _padder(clock, quantile=1.0, margin=1.0)
+    padder.calibrate([0.004])
+    for _ in range(100):
+        padder.run(_takes(clock, 0.0001))
+    assert padder.deadline == pytest.approx(0.004)
+    assert padder.calibrate([0.001], replace=True) == pytest.approx(0.001)
+    assert padder.deadline == pytest.approx(0.001)
+    assert padder.calibrate([0.0005]) == pytest.approx(0.001)
+    assert padder.calibrate([0.003], replace=True) == pytest.approx(0.003)  # a replacement may raise too
+    start = clock.now
+    padder.run(_takes(clock, 0.0001))
+    assert clock.now - start == pytest.approx(0.003, rel=1e-3)
+
+
 def test_an_overrun_is_padded_to_the_next_quantum():
     clock = FakeClock()
     padder = _padder(clock, quantile=1.0, margin=1.0)

@@ -18,11 +18,14 @@ Keying: a deadline measures one key on one token through one module, so an
 entry is per :class:`KeyPlace` (module real path, token serial, key
 fingerprint); the same key on another token, or behind another module, is a
 miss and is calibrated there.  When a process re-calibrates (its own probes
-only; nothing here ever lowers a figure): when an entry is older than
-:data:`MAX_AGE` or was marked *stale* -- an import overran the deadline
-since the last calibration (``mark_stale``) -- so that one-import CLI
-processes, which never reach a periodic re-calibration, still follow a
-machine that got slower.
+only): when an entry is older than :data:`MAX_AGE` -- that calibration's
+figure then *replaces* the entry, lower or higher (``store(..., replace=True)``),
+so that a calibration made under a passing load does not slow the key for
+good -- or was marked *stale* -- an import overran the deadline since the last
+calibration (``mark_stale``); that re-calibration only raises, so that
+one-import CLI processes, which never reach a periodic re-calibration, still
+follow a machine that got slower.  Nothing but a whole fresh calibration of an
+expired entry ever lowers a figure: live traffic never writes one.
 
 Layout: ``$XDG_STATE_HOME/tokencsp/deadlines/<sha256 of module, serial,
 key>.json`` (``{"format": 2, "module", "serial", "key", "deadline",
@@ -97,7 +100,7 @@ class CachedDeadline:
 
 
 class CalibrationCache:
-    """Per (module, token, key): the highest calibrated deadline; per key: the rejection secret.
+    """Per (module, token, key): the highest deadline calibrated since the figure last expired; per key: the secret.
 
     One small JSON file each; ``now`` is the wall clock the ages are judged by.
     """
@@ -120,14 +123,24 @@ class CalibrationCache:
         record = self._read(self.path(place), {"format": _DEADLINE_FORMAT, **place.fields()}, 0o022)
         return None if record is None else _entry(record)
 
-    def store(self, place: KeyPlace, deadline: float) -> float | None:
+    def store(self, place: KeyPlace, deadline: float, *, replace: bool = False) -> float | None:
         """Record a calibration: the higher of ``deadline`` and the file's, now, not stale; returns it.
 
-        None when the cache is unusable (nothing is written then).
+        ``replace=True`` (a fresh calibration of an entry that had expired) records ``deadline``
+        itself -- unless another process has meanwhile written a calibration that is not expired
+        (its figure is as fresh as this one: the higher of the two is kept).  None when the
+        cache is unusable (nothing is written then).
         """
         if not (math.isfinite(deadline) and 0.0 < deadline <= MAX_DEADLINE):
             return None
-        return self._update(place, lambda current: max(deadline, current.deadline) if current else deadline, False)
+
+        def value(current: CachedDeadline | None) -> float:
+            if current is None:
+                return deadline
+            if replace and not 0.0 <= self.now() - current.calibrated <= MAX_AGE:
+                return deadline
+            return max(deadline, current.deadline)
+        return self._update(place, value, False)
 
     def mark_stale(self, place: KeyPlace) -> float | None:
         """An import overran the deadline: keep the figure, but make the next process re-calibrate first."""

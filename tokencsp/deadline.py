@@ -13,7 +13,12 @@ What keeps the deadline out of an attacker's hands (issue 9, finding 1):
   never from the operations :meth:`~DeadlinePadder.run` pads: live traffic
   cannot move it (a flood of blobs the token rejects fast once pulled a
   learned deadline below a real unwrap);
-* it never falls: ``calibrate`` and ``raise_to`` only ever raise it;
+* it falls only by a whole fresh calibration: ``calibrate`` and ``raise_to``
+  only ever raise it; ``calibrate(durations, replace=True)`` sets it to what
+  one complete set of own probes gives, which the caller does only when its
+  figure has expired (a wall-clock age, never a reaction to any blob:
+  :mod:`tokencsp.implicit`), so that a calibration made under a passing load
+  does not slow the key for good;
 * an operation that overruns it ends at the next multiple of the deadline
   (a *quantum*), not when it happens to finish: an overrun tells at most
   how many quanta passed.
@@ -69,9 +74,18 @@ class DeadlinePadder:
         ordered = sorted(durations)
         return ordered[min(len(ordered) - 1, int(len(ordered) * self._quantile))] * self._margin
 
-    def calibrate(self, durations: Sequence[float]) -> float:
-        """Raise the deadline to what these probe durations give (never lower it); returns the deadline."""
-        return self.raise_to(self.deadline_for(durations))
+    def calibrate(self, durations: Sequence[float], *, replace: bool = False) -> float:
+        """Raise the deadline to what these probe durations give; returns the deadline.
+
+        ``replace=True`` sets it to their figure, lower or higher: only for a complete fresh
+        calibration from own probes that replaces an expired one.
+        """
+        deadline = self.deadline_for(durations)
+        if not replace:
+            return self.raise_to(deadline)
+        with self._lock:
+            self._deadline = deadline
+            return deadline
 
     def raise_to(self, deadline: float) -> float:
         """Raise the deadline to ``deadline`` if that is higher (e.g. from a cached calibration)."""

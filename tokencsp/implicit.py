@@ -15,7 +15,11 @@ its error, its output or its timing -- is a Bleichenbacher padding oracle.
   directory per module, token and key (:mod:`tokencsp.calibration`), which
   only such probes ever wrote; never from the imports it pads.  An import
   that overruns the deadline moves nothing: it only makes a re-calibration
-  (from own probes, only raising) due, in this process and the next.
+  (from own probes, only raising) due, in this process and the next.  A
+  figure older than :data:`~tokencsp.calibration.MAX_AGE` (a wall-clock age:
+  no blob decides when) is replaced by a whole fresh calibration, lower or
+  higher: a calibration made under a passing load does not slow the key for
+  good.
 
 No token here: the caller hands in the import operation.
 """
@@ -28,6 +32,7 @@ import hashlib
 import hmac
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -35,7 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .blobs import SESSION_KEY_LENGTHS, AlgId, SimpleBlob
-from .calibration import CalibrationCache, KeyPlace
+from .calibration import MAX_AGE, CalibrationCache, KeyPlace
 from .deadline import DeadlinePadder
 from .errors import DecryptionError
 from .session import SessionKey
@@ -76,14 +81,18 @@ class ImplicitRejection:
     older than a day, or marked stale); every ``recalibrate_every`` imports; and after an import
     overran the deadline, once ``OVERRUN_SPACING`` imports have passed since the last calibration.
     An overrun also marks the cached entry stale at once, so that the next process -- a CLI run
-    makes one import -- re-calibrates before its import.  Every calibration only raises.
+    makes one import -- re-calibrates before its import.  Those calibrations only raise; one made
+    because the figure is older than ``max_age`` (the cached entry's, or, in a long-lived process,
+    this object's own last calibration) replaces it, lower or higher (``calibrate(replace=True)``).
+    Before its timed probes a calibration makes one untimed probe of each padding (a process's
+    first unwrap is slower: caches, lazy set-up), so a cold process does not set the figure.
     """
 
     def __init__(self, public_key: rsa.RSAPublicKey, *, padder: DeadlinePadder | None = None,
                  secret: bytes | None = None, cache: CalibrationCache | None = None,
                  where: tuple[str, str] = ("", ""),
                  probes_per_kind: int = PROBES_PER_KIND, recalibrate_every: int = RECALIBRATE_EVERY,
-                 overrun_spacing: int = OVERRUN_SPACING) -> None:
+                 overrun_spacing: int = OVERRUN_SPACING, max_age: float = MAX_AGE) -> None:
         self._public = public_key
         self._secret = secret
         self.padder = DeadlinePadder() if padder is None else padder
@@ -93,12 +102,15 @@ class ImplicitRejection:
         self._probes_per_kind = probes_per_kind
         self._recalibrate_every = recalibrate_every
         self._overrun_spacing = overrun_spacing
+        self._max_age = max_age
+        self._calibrated_at: float | None = None  # wall clock (the cache's) of this object's last calibration
         self._since_calibration = 0
         self._overruns_seen = 0
         self._overrun_pending = False
         self._state_lock = threading.Lock()
         self._calibration_lock = threading.Lock()
-        self.probes = 0  # probe imports made so far (0 when the cache was trusted)
+        self.probes = 0  # timed probe imports made so far (0 when the cache was trusted)
+        self.warmups = 0  # untimed probes made before them
         self.calibrations = 0
         self.imports: collections.Counter[str] = collections.Counter()
 
@@ -115,6 +127,13 @@ class ImplicitRejection:
         """The key ``blob`` stands for when it does not unwrap: its ALG_ID's length, or ``length`` bytes."""
         return substitute_key(self.secret, blob, SESSION_KEY_LENGTHS[blob.alg_id] if length is None else length)
 
+    def _now(self) -> float:
+        return self.cache.now() if self.cache is not None else time.time()
+
+    def _expired(self) -> bool:
+        """This object's own calibration is older than ``max_age`` (a long-lived process)."""
+        return self._calibrated_at is not None and not 0.0 <= self._now() - self._calibrated_at <= self._max_age
+
     def _due(self) -> bool:
         return self._since_calibration > self._recalibrate_every or \
             (self._overrun_pending and self._since_calibration >= self._overrun_spacing)
@@ -128,12 +147,15 @@ class ImplicitRejection:
         with self._state_lock:
             self.imports[path] += 1
             self._since_calibration += 1
-            due = self._due()
+            due = self._due() or self._expired()
         if due or not self.padder.calibrated:
             with self._calibration_lock:  # one calibration at a time; the others wait for its deadline
                 if not self.padder.calibrated:
-                    if not self._trust_cache():
-                        self.calibrate(probe)
+                    trusted, expired = self._trust_cache()
+                    if not trusted:
+                        self.calibrate(probe, replace=expired)
+                elif self._expired():
+                    self.calibrate(probe, replace=True)
                 elif self._due():
                     self.calibrate(probe)
         try:
@@ -152,16 +174,27 @@ class ImplicitRejection:
         if first and self.cache is not None:  # once per calibration period: a file write, after the padding
             self.cache.mark_stale(self.place)
 
-    def _trust_cache(self) -> bool:
+    def _trust_cache(self) -> tuple[bool, bool]:
+        """(start from the cached entry without probing, the entry has expired: a calibration replaces it)."""
         cached = self.cache.load(self.place) if self.cache is not None else None
-        if cached is None:
-            return False
-        self.padder.raise_to(cached.deadline)  # the floor holds even when it is re-calibrated at once
-        return cached.trusted(self.cache.now()) if self.cache is not None else False
+        if cached is None or self.cache is None:
+            return False, False
+        now = self.cache.now()
+        if not 0.0 <= now - cached.calibrated <= self._max_age:
+            return False, True  # expired: a whole fresh calibration replaces the figure, lower or higher
+        self.padder.raise_to(cached.deadline)  # a stale entry's figure stays the floor of its re-calibration
+        self._calibrated_at = cached.calibrated
+        return cached.trusted(now, self._max_age), False
 
-    def calibrate(self, probe: ProbeImport) -> float:
-        """Time own probes of every kind, raise the deadline (never lower it), record it as the key's floor."""
+    def calibrate(self, probe: ProbeImport, *, replace: bool = False) -> float:
+        """Time own probes of every kind and raise the deadline, or with ``replace`` set it; record it for the key.
+
+        ``replace`` is for a figure that has expired: the fresh figure then stands, lower or
+        higher, in this object and in the state directory.
+        """
         modulus_bytes = (self._public.key_size + 7) // 8
+        for oaep in (False, True):  # untimed: a cold first unwrap must not set the figure
+            probe(SimpleBlob.from_bytes(SessionKey.generate("aes256").export_simpleblob(self._public, oaep=oaep)), oaep)
         durations = []
         for _ in range(self._probes_per_kind):
             for oaep in (False, True):
@@ -170,12 +203,14 @@ class ImplicitRejection:
                 invalid = SimpleBlob(AlgId.CALG_AES_256, b"\x00" + os.urandom(modulus_bytes - 1))
                 for blob in (valid, invalid):
                     durations.append(self.padder.measure(functools.partial(probe, blob, oaep)))
-        deadline = self.padder.calibrate(durations)
+        deadline = self.padder.calibrate(durations, replace=replace)
         if self.cache is not None:
-            floor = self.cache.store(self.place, deadline)
+            floor = self.cache.store(self.place, deadline, replace=replace)
             if floor is not None:
                 deadline = self.padder.raise_to(floor)
         with self._state_lock:
+            self._calibrated_at = self._now()
+            self.warmups += 2
             self.probes += len(durations)
             self.calibrations += 1
             self._since_calibration = 0
