@@ -592,6 +592,9 @@ class Token:
                          length: int | None) -> tuple[UnwrapTemplate, KeyType]:
         key = (self._lib.so, self.serial, int(mechanism), oaep_hash if param is not None else "",
                int(key_type), length is not None)
+        known = _learned.get(key)  # a dict read is atomic: the lock only serialises learning
+        if known is not None:
+            return known
         with _learned_lock:
             known = _learned.get(key)
             if known is not None:
