@@ -224,6 +224,9 @@ class AgentKey:
 class AgentExchangeKey(AgentKey):
     """An exchange key on the agent's token; imports never fail on the blob (docs/AGENT.md)."""
 
+    #: One connection carries one request at a time: a batch (tokencsp.batch) queues one import ahead.
+    concurrent_imports = 1
+
     def _import(self, mode: bytes, blob: bytes, oaep: bool, *extra: bytes) -> tuple[bytes, ...]:
         return self._agent.call(Op.IMPORT, self.name.encode(), mode, blob, b"1" if oaep else b"0", *extra)
 

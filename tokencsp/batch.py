@@ -3,10 +3,20 @@
 Each message is opened as :func:`tokencsp.envelope.open_message` opens one,
 in its three parts: steps 1-4 (prefix checks, on the host), step 5 (the key
 import, on the token), steps 6-8 (decrypt, record, on the host).  The imports
-run on one thread of their own, so the token works on message N+1 while the
-host decrypts message N: a CPU-bound Python thread making PKCS#11 calls next
-to another collapses the unwrap rate, a thread that only waits on the token
-does not.
+run on threads of their own, ``depth`` of them queued ahead of the message the
+host is working on, so the token works on messages N+1..N+depth while the host
+decrypts message N: a CPU-bound Python thread making PKCS#11 calls next to
+another collapses the unwrap rate, a thread that only waits on the token does
+not.  Each import is padded to the key's deadline on its own (the padding is a
+sleep: while one import waits out its deadline, the next one's token work
+runs), so several in flight are what lets a batch approach the token's own
+rate instead of 1/deadline.  The first message's import runs alone, before
+any host work: it is the one that may calibrate the deadline, and probes
+timed next to a busy host thread would set it high for the day.  While the
+batch runs the interpreter's thread switch interval is lowered (restored at
+the end): at CPython's default 5 ms, a token thread that returns from
+``C_UnwrapKey`` waits up to 5 ms for the host thread to hand over the GIL, and
+imports overrun their deadline.
 
 Each output is written to an unnamed temporary file in the output directory
 and linked into place only after the whole message authenticated and its
@@ -19,8 +29,10 @@ no message's doing and end the batch (they are raised).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -32,9 +44,14 @@ from .errors import ConfigError, InputError, OutputError, ReplayCacheError, Toke
 from .fileio import atomic_output
 from .replay import ReplayCache, ReplayPolicy
 
-__all__ = ["SUFFIX", "Outcome", "open_many", "output_paths"]
+__all__ = ["DEPTH", "SUFFIX", "Outcome", "open_many", "output_paths"]
 
 SUFFIX = ".tcsp"
+#: Imports queued ahead of the message the host works on (one thread each).  A receiver with a
+#: ``concurrent_imports`` attribute caps it: through ``tokencsp agent`` 1 (one connection, one request
+#: at a time).
+DEPTH = 4
+SWITCH_INTERVAL = 0.0005  # seconds: sys.setswitchinterval while a batch runs
 
 
 @dataclass(frozen=True)
@@ -84,8 +101,16 @@ _RECEIVER_PROBLEMS = (TokenError, ReplayCacheError)
 
 def open_many(sources: Sequence[str], out_dir: str, receiver: envelope.Receiver, *, cache: ReplayCache,
               policy: ReplayPolicy | None = None, trust: Mapping[bytes, rsa.RSAPublicKey] | None = None,
-              allow_pkcs1: bool = False, clock: Callable[[], float] | None = None) -> Iterator[Outcome]:
-    """Open each of ``sources`` into ``out_dir`` (:func:`output_paths`), yielding one Outcome per source, in order."""
+              allow_pkcs1: bool = False, clock: Callable[[], float] | None = None,
+              depth: int = DEPTH) -> Iterator[Outcome]:
+    """Open each of ``sources`` into ``out_dir`` (:func:`output_paths`), yielding one Outcome per source, in order.
+
+    ``depth`` key imports run ahead of the host's work, each on a thread of its own.
+    """
+    if depth < 1:
+        raise ValueError("depth is at least 1")
+    # A receiver that can take only one import at a time says so (the agent client: one connection).
+    depth = max(1, min(depth, getattr(receiver, "concurrent_imports", depth)))
     if not os.path.isdir(out_dir):
         raise OutputError(f"--out-dir {out_dir} is not a directory")
     outputs = output_paths(sources, out_dir)
@@ -128,16 +153,27 @@ def open_many(sources: Sequence[str], out_dir: str, receiver: envelope.Receiver,
             started.remove(item)
         return Outcome(item.source, item.output, opened=opened)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokencsp-token") as token:
+    switch = sys.getswitchinterval()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=depth, thread_name_prefix="tokencsp-token") as token:
         try:
-            upcoming = start(0) if sources else None
-            for index in range(len(sources)):
-                current = upcoming
-                # Queue the next import before this message's host work, so the two overlap.
-                upcoming = start(index + 1) if index + 1 < len(sources) else None
-                assert current is not None
+            window: collections.deque[_Started | Outcome] = collections.deque()
+            following = 0
+            while following < len(sources):  # the first import alone (it may calibrate), nothing else running
+                window.append(start(following))
+                following += 1
+                if isinstance(window[-1], _Started):
+                    concurrent.futures.wait([window[-1].key])
+                    break
+            sys.setswitchinterval(min(switch, SWITCH_INTERVAL))
+            while window:
+                current = window.popleft()
+                # Queue the next imports before this message's host work, so the two overlap.
+                while following < len(sources) and len(window) < depth:
+                    window.append(start(following))
+                    following += 1
                 yield current if isinstance(current, Outcome) else finish(current)
         finally:
+            sys.setswitchinterval(switch)
             for item in started:
                 item.key.cancel()
                 _close(item.handle)
