@@ -205,6 +205,38 @@ def test_open_batch_capi_key_list_export_and_sign_go_through_the_agent(agent, ke
     assert exported and (tmp_path / "rx.pub").read_bytes() == (keys / "agent-rx.pub").read_bytes()
 
 
+_LOADED = """
+import runpy, sys
+sys.argv = ["tokencsp"] + sys.argv[1:]
+try:
+    runpy.run_module("tokencsp", run_name="__main__")
+except SystemExit as done:
+    code = done.code
+print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] in ("pkcs11", "asn1crypto", "tokencsp")),
+      file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_open_through_the_agent_loads_no_token_side_module(agent, keys, tmp_path):
+    """The client of an open through the agent (docs/PERFORMANCE.md, agent latency): no python-pkcs11, no
+    asn1crypto, none of tokencsp's token, provider or deadline modules -- the agent holds all of that."""
+    sealed, out = tmp_path / "m.tcsp", tmp_path / "out"
+    agent.run("seal", "--to", str(keys / "agent-rx.pub"), "-o", str(sealed), input=b"light client")
+    before = agent.count("import")
+    result = subprocess.run([sys.executable, "-c", _LOADED, "open", "-q", "--key", "agent-rx", "--replay-db",
+                             str(tmp_path / "db"), "-o", str(out), str(sealed)],
+                            capture_output=True, env={**os.environ, **agent.env}, timeout=120)
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    assert out.read_bytes() == b"light client" and agent.count("import") == before + 1
+    loaded = err[err.index("LOADED"):]
+    assert "'tokencsp.agentclient'" in loaded  # it did go through the agent
+    for module in ("pkcs11", "asn1crypto", "tokencsp.token", "tokencsp.provider", "tokencsp.implicit",
+                   "tokencsp.calibration", "tokencsp.deadline"):
+        assert f"'{module}" not in loaded, (module, loaded)
+
+
 def test_refusals_through_the_agent_are_the_direct_ones(agent, keys, tmp_path):
     """A bad key blob gets the same one line and status through the agent as without it (implicit rejection)."""
     sealed = tmp_path / "m.tcsp"

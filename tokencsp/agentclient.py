@@ -18,7 +18,7 @@ import socket
 import stat
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -28,9 +28,11 @@ from .agentwire import MAX_REQUEST, MAX_RESPONSE, FrameReader, Kind, Message, Op
 from .blobs import AlgId, PublicKeyBlob, SimpleBlob
 from .config import TokenSelector
 from .errors import AgentError, TokenCSPError
-from .implicit import DeferredSessionKey
 from .keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage
 from .session import SessionKey
+
+if TYPE_CHECKING:  # tokencsp.implicit brings the deadline and calibration modules: loaded by capi only
+    from .implicit import DeferredSessionKey
 
 __all__ = ["ENV_AGENT", "ENV_SOCK", "AgentProvider", "AgentUnavailable", "check_directory", "connect",
            "key_info", "peer_uid", "socket_path", "status_of", "stop"]
@@ -244,6 +246,8 @@ class AgentExchangeKey(AgentKey):
     def import_simpleblob_deferred(self, blob: bytes | SimpleBlob, oaep: bool = False) -> DeferredSessionKey:
         simple = blob if isinstance(blob, SimpleBlob) else SimpleBlob.from_bytes(blob)
         alg, key = self._import(b"deferred", simple.to_bytes(), oaep)[:2]
+        from .implicit import DeferredSessionKey
+
         return DeferredSessionKey(AlgId(int(alg)), key)
 
     def unwrap_legacy_deferred(self, encrypted_key: bytes, oaep: bool, lengths: frozenset[int]) -> bytes:
