@@ -26,7 +26,8 @@ help:
 	@echo "  audit   venv, then the long checks: padding timing (Welch t) and 8x10000 / 4x2500 imports"
 	@echo "  fuzz    venv + atheris, then fuzz blob parsing, envelope opening and three-phase frames:"
 	@echo "          FUZZ_RUNS=$(FUZZ_RUNS) inputs per target (3 targets), FUZZ_SECONDS=N caps each target's time"
-	@echo "  man     venv, then build/man/tokencsp.1 generated from the parser (read it: man -l build/man/tokencsp.1)"
+	@echo "  man     venv, then man/tokencsp.1 regenerated from the parser (checked in; the wheel installs it as"
+	@echo "          share/man/man1/tokencsp.1; read it: man -l man/tokencsp.1)"
 	@echo "  dist    venv, then python -m build: the sdist and the wheel in dist/"
 	@echo "  clean   remove .venv, $(STATE_DIR) and caches"
 	@echo "variables: PYTHON=$(PYTHON) (>= 3.11), PYTEST_ARGS='...'"
@@ -117,8 +118,8 @@ fuzz: venv
 	FUZZ_RUNS=$(FUZZ_RUNS) FUZZ_SECONDS=$(FUZZ_SECONDS) $(VPY) tests/fuzz/run.py
 
 man: venv
-	$(VPY) tools/manpage.py -o build/man/tokencsp.1
-	@echo "man page: build/man/tokencsp.1 (man -l build/man/tokencsp.1)"
+	$(VPY) tools/manpage.py -o man/tokencsp.1
+	@echo "man page: man/tokencsp.1 (man -l man/tokencsp.1); commit it with the parser change"
 
 dist: venv
 	$(VPY) -m build --outdir dist .

@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.parser
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,8 @@ def test_the_wheel_carries_pep_639_metadata(dist):
     assert meta["Requires-Python"] == ">=3.11"
     assert wheel.read(f"{info}/licenses/LICENSE") == (REPO_ROOT / "LICENSE").read_bytes()
     assert "tokencsp = tokencsp.pytest_plugin" in wheel.read(f"{info}/entry_points.txt").decode()
+    # the man page, as data: pip puts it under the environment's prefix
+    assert wheel.read(f"tokencsp-{tokencsp.__version__}.data/data/share/man/man1/tokencsp.1") == MAN_PAGE.read_bytes()
 
 
 @pytest.mark.slow
@@ -73,7 +76,7 @@ def test_the_sdist_holds_what_the_tests_need(dist):
     with tarfile.open(_one(dist, f"tokencsp-{tokencsp.__version__}.tar.gz")) as sdist:
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     for needed in ("LICENSE", "README.md", "Makefile", "pyproject.toml", "docs/CMS.md", "tests/helpers.py",
-                   "tests/conftest.py", "softhsm/install-deps.sh", "tools/manpage.py", "tokencsp/py.typed"):
+                   "tests/conftest.py", "softhsm/install-deps.sh", "tools/manpage.py", "tokencsp/py.typed", "man/tokencsp.1"):
         assert needed in names, needed
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
@@ -98,6 +101,10 @@ def test_the_wheel_installs_in_a_clean_venv(dist, tmp_path):
     fixtures = _run(venv / "bin" / "python", "-m", "pytest", "--fixtures", "-p", "no:cacheprovider", env=env,
                     cwd=tmp_path).stdout
     assert "softhsm_token" in fixtures and "tokencsp_provider" in fixtures
+    # the man page is installed under the venv's prefix and renders
+    installed = venv / "share" / "man" / "man1" / "tokencsp.1"
+    assert installed.read_bytes() == MAN_PAGE.read_bytes()
+    assert_man_page_renders(installed)
 
 
 def test_one_version_source():
@@ -111,11 +118,32 @@ def test_one_version_source():
 # -- the man page ----------------------------------------------------------------------------------
 
 
+#: The checked-in page (``make man``), which the wheel installs as share/man/man1/tokencsp.1.
+MAN_PAGE = REPO_ROOT / "man" / "tokencsp.1"
+
+
 @pytest.fixture(scope="module")
-def manpage(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    page = tmp_path_factory.mktemp("man") / "tokencsp.1"
+def manpage() -> Path:
+    return MAN_PAGE
+
+
+def test_the_checked_in_man_page_is_what_the_parser_gives(tmp_path):
+    """man/tokencsp.1 is generated; a parser (or version) change without ``make man`` fails here."""
+    page = tmp_path / "tokencsp.1"
     _run(sys.executable, REPO_ROOT / "tools" / "manpage.py", "-o", page)
-    return page
+    assert page.read_text() == MAN_PAGE.read_text(), "man/tokencsp.1 is stale: run `make man` and commit it"
+
+
+def assert_man_page_renders(page: Path) -> None:
+    groff = shutil.which("groff")
+    assert groff, "groff not found: install groff-base (softhsm/install-deps.sh does)"
+    result = subprocess.run([groff, "-man", "-Tutf8", "-ww", "-z", str(page)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    shown = subprocess.run(["man", "-l", str(page)], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "MANPAGER": "cat", "MANWIDTH": "100"})
+    assert shown.returncode == 0 and "TOKENCSP(1)" in shown.stdout, shown.stderr
+    assert "warning" not in shown.stderr
 
 
 def _leaves(parser, path=()):
@@ -130,15 +158,7 @@ def _leaves(parser, path=()):
 
 
 def test_the_man_page_renders_without_warnings(manpage):
-    groff = shutil.which("groff")
-    assert groff, "groff not found: install groff-base (softhsm/install-deps.sh does)"
-    result = subprocess.run([groff, "-man", "-Tutf8", "-ww", "-z", str(manpage)], capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0 and result.stderr == "", result.stderr
-    shown = subprocess.run(["man", "-l", str(manpage)], capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "MANPAGER": "cat", "MANWIDTH": "100"})
-    assert shown.returncode == 0 and "TOKENCSP(1)" in shown.stdout, shown.stderr
-    assert "warning" not in shown.stderr
+    assert_man_page_renders(manpage)
 
 
 def test_the_man_page_documents_every_command_option_and_exit_status(manpage):
@@ -197,16 +217,85 @@ def test_bash_registers_the_completion_for_the_command(bash_script, tmp_path):
     assert result.stdout.strip() == "complete -o default -F _tokencsp_complete tokencsp", result.stderr
 
 
-def test_zsh_runs_the_same_completion_through_bashcompinit(tmp_path):
+# zsh: the native script, driven through a real interactive zsh on a pseudo-terminal (zsh/zpty): each
+# line is typed with TAB (complete-word) or ^Xa (a widget inserting every match, _all_matches) where it
+# is completed, then run; ``tokencsp`` is a shell function printing the words it got.
+_ZSH_DRIVER = r"""
+zmodload zsh/zpty
+zpty -b z zsh -f -i
+zpty -w z "PS1='%% '; unsetopt beep"
+zpty -w z "fpath=(${(q)FPATH_DIR} \$fpath); autoload -Uz compinit; compinit -u -D"
+[[ -n $SOURCE_SCRIPT ]] && zpty -w z "source ${(q)SOURCE_SCRIPT}"
+zpty -w z 'tokencsp() { print -r -- "AR""GS<$*>" }'
+zpty -w z "zle -C all-matches complete-word _generic; bindkey '^Xa' all-matches"
+zpty -w z "zstyle ':completion:all-matches:*' completer _all_matches _complete"
+zpty -w z "zstyle ':completion:all-matches:*' insert true"
+zpty -w z 'print -r -- "DEFI""NED<${+functions[_tokencsp]} $_comps[tokencsp]>"'
+for line in "${(@f)TCSP_TYPED}"; do zpty -w -n z "$line"$'\n'; done
+zpty -w z 'print -r -- DO""NE'
+zpty -r z out '*DONE*'
+zpty -d z
+print -r -- "$out"
+"""
+
+
+def _zsh_complete(script: Path, lines: list[str], cwd: Path, autoload: bool = False) -> tuple[str, list[str]]:
+    """What a real zsh with the script runs for each typed line: (``_tokencsp`` defined and its
+    ``_comps`` entry, then one argument string per line).  ``autoload``: the script saved as
+    ``_tokencsp`` in ``$fpath`` instead of sourced."""
     zsh = shutil.which("zsh")
     assert zsh, "zsh not found: install zsh (softhsm/install-deps.sh does)"
-    (tmp_path / "tokencsp.zsh").write_bytes(run_tokencsp("completion", "zsh").stdout)
-    script = (f"autoload -Uz compinit && compinit -u -D; source {tmp_path / 'tokencsp.zsh'}\n"
-              "print -r -- \"$_comps[tokencsp]\"\n"
-              # what bashcompinit's compgen does: the function runs under sh emulation
-              "emulate sh -c 'COMP_WORDS=(tokencsp key ex); COMP_CWORD=2; _tokencsp_complete; "
-              "printf \"%s\\n\" \"${COMPREPLY[@]}\"'")
-    result = subprocess.run([zsh, "-f", "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                            env={**os.environ, "HOME": str(tmp_path)})
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["_bash_complete -o default -F _tokencsp_complete", "export"], result.stdout
+    fpath = cwd / "fpath"
+    fpath.mkdir(exist_ok=True)
+    if autoload:
+        shutil.copy(script, fpath / "_tokencsp")
+    env = {**os.environ, "HOME": str(cwd), "FPATH_DIR": str(fpath), "SOURCE_SCRIPT": "" if autoload else str(script),
+           "TCSP_TYPED": "\n".join(lines), "TERM": "dumb"}
+    result = subprocess.run([zsh, "-f", "-c", _ZSH_DRIVER], capture_output=True, text=True, timeout=120, cwd=cwd,
+                            env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.replace("\r", "")
+    assert "no matches found" not in out and "command not found" not in out, out
+    defined = re.findall(r"DEFINED<([^>]*)>", out)
+    assert len(defined) == 1, out
+    return defined[0], re.findall(r"ARGS<([^>]*)>", out)
+
+
+@pytest.fixture(scope="module")
+def zsh_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("completion") / "tokencsp.zsh"
+    path.write_bytes(run_tokencsp("completion", "zsh").stdout)
+    return path
+
+
+def test_the_zsh_script_is_native(zsh_script):
+    text = zsh_script.read_text()
+    assert text.startswith("#compdef tokencsp\n")
+    assert "bashcompinit" not in text and "_tokencsp_complete" not in text
+    assert "'key:key containers on the token'" in text  # the parser's help as descriptions
+
+
+@pytest.mark.parametrize("autoload", [False, True], ids=["sourced", "fpath"])
+def test_zsh_completes_from_the_parser(zsh_script, tmp_path, autoload):
+    (tmp_path / "alice.pem").write_text("")
+    defined, ran = _zsh_complete(zsh_script, [
+        "tokencsp ke\t",
+        "tokencsp \x18a",
+        "tokencsp key import-\t",
+        "tokencsp key export alice --format \x18a",
+        "tokencsp cms decrypt --ce\t",
+        "tokencsp --token key ca\t",  # a value, not a command
+        "tokencsp key import-cert alice al\t",
+        "tokencsp completion \x18a",
+    ], tmp_path, autoload=autoload)
+    assert defined == "1 _tokencsp", defined
+    assert ran == [
+        "key",
+        " ".join(sorted(COMMANDS)),
+        "key import-cert",
+        "key export alice --format cert der msblob pem",
+        "cms decrypt --cert",
+        "--token key capi",
+        "key import-cert alice alice.pem",
+        "completion bash zsh",
+    ], ran

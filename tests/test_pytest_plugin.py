@@ -109,6 +109,7 @@ def test_downstream_project_with_only_pip_install_tokencsp(project: Path, tmp_pa
     where = subprocess.run([str(python), "-c", "import tokencsp, sys; print(tokencsp.__file__)"],
                            capture_output=True, text=True, env=env, check=True, cwd=project).stdout
     assert where.startswith(str(venv)), where  # the installed copy, not this checkout
+    assert (venv / "share" / "man" / "man1" / "tokencsp.1").is_file()  # pip install <source tree> installs it too
     assert not (project / "conftest.py").exists()
     result = run_downstream(project, "-p", "no:randomly", python=python)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -2,7 +2,9 @@
 
 Every command and option comes from ``build_parser(load_all=True)`` (through the completion
 module's walk), the exit statuses from ``ExitStatus``: the page says what ``--help`` says.
-Check it with ``man -l build/man/tokencsp.1``.
+``make man`` writes the checked-in ``man/tokencsp.1``, which the wheel installs as
+``share/man/man1/tokencsp.1`` (pyproject's data-files); tests/test_packaging.py fails when the
+checked-in page is not what this script writes.  Check it with ``man -l man/tokencsp.1``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 The script is a table of what the parser accepts (subcommands, options, the options that take a
 value and their choices) and one small completion function, so it cannot drift from ``--help``.
-zsh runs the same function through its ``bashcompinit``.  ``tools/manpage.py`` reads the parser
+The zsh script is native (``#compdef tokencsp``, a ``_tokencsp`` function built on ``_describe``
+and ``_files``, with each command's and option's help as its description); it works sourced after
+``compinit`` or saved as ``_tokencsp`` in a directory of ``$fpath``.  ``tools/manpage.py`` reads the parser
 through :func:`walk` too; the command gets the parser from ``main`` (``args.root_parser``), as
 command modules never import ``main``.
 """
@@ -10,6 +12,7 @@ command modules never import ``main``.
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, field
 
 from ._common import PROG, Console
@@ -29,15 +32,26 @@ class Command:
     flags: list[str] = field(default_factory=list)  # options that take no value
     valued: dict[str, list[str]] = field(default_factory=dict)  # option -> its choices ([] = any value)
     positional_choices: list[str] = field(default_factory=list)
+    descriptions: dict[str, str] = field(default_factory=dict)  # option -> the first sentence of its help
 
 
 def _visible(action: argparse.Action) -> bool:
     return action.help is not argparse.SUPPRESS
 
 
+_SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z])")
+
+
+def _summary(text: str, limit: int = 72) -> str:
+    """The first sentence of a help text, on one line and at most ``limit`` characters."""
+    text = _SENTENCE_END.split(" ".join(text.split()), maxsplit=1)[0].removesuffix(".")
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+
+
 def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = (), help: str = "") -> Command:
     """The command tree under ``parser`` (build it with ``build_parser(load_all=True)``)."""
     command = Command(path, parser, help)
+    formatter = parser._get_formatter()
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             load = getattr(action, "load", None)  # main's lazily configured commands
@@ -50,6 +64,8 @@ def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = (), help: str 
         elif action.option_strings:
             if not _visible(action):
                 continue
+            summary = _summary(formatter._expand_help(action)) if action.help else ""
+            command.descriptions.update(dict.fromkeys(action.option_strings, summary))
             if action.nargs == 0:
                 command.flags.extend(action.option_strings)
             else:
@@ -138,14 +154,93 @@ complete -o default -F {fn} {prog}
 """
 
 
+def _zq(text: str) -> str:
+    """``text`` as one zsh single-quoted word."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _described(name: str, description: str) -> str:
+    """One ``_describe`` entry: ``name:description``, the colons in the name escaped."""
+    name = name.replace(":", "\\:")
+    return _zq(f"{name}:{description}" if description else name)
+
+
+def _zcase(entries: list[tuple[str, list[str]]], fallback: str) -> str:
+    lines = "".join(f"        ({_zq(key)}) reply=({' '.join(values)}) ;;\n" for key, values in entries if values)
+    return f"{lines}        (*) {fallback} ;;\n"
+
+
 def zsh_script(root: Command, prog: str = "tokencsp") -> str:
-    """A zsh completion script: the bash one through zsh's bashcompinit."""
+    """A native zsh completion script (``#compdef``) for ``prog``."""
+    commands = _all(root)
+    words = [(" ".join(c.path), [_described(s.path[-1], s.help) for s in c.subcommands]
+              or [_zq(choice) for choice in c.positional_choices]) for c in commands]
+    options = [(" ".join(c.path), [_described(o, c.descriptions.get(o, "")) for o in [*c.flags, *c.valued]])
+               for c in commands]
+    values = [(f"{' '.join(c.path)}|{option}", [_zq(choice) for choice in choices] or ["__any__"])
+              for c in commands for option, choices in c.valued.items()]
+    fn = f"_{prog}"
     return f"""\
+#compdef {prog}
 # {prog} completion for zsh, generated from its parser by '{prog} completion zsh'.
-# Use, in ~/.zshrc after compinit:  source <({prog} completion zsh)
-(( $+functions[compdef] )) || {{ autoload -Uz compinit && compinit }}
-autoload -U +X bashcompinit && bashcompinit
-""" + bash_script(root, prog).split("\n", 2)[2]
+# Use: source <({prog} completion zsh) in ~/.zshrc after compinit, or save the output as
+# {fn} in a directory of $fpath (before compinit runs).
+
+# name:description of the words after the command path $1: its subcommands, or a positional's choices.
+{fn}_words() {{
+    case $1 in
+{_zcase(words, "reply=()")}    esac
+}}
+
+{fn}_options() {{
+    case $1 in
+{_zcase(options, "reply=()")}    esac
+}}
+
+# Succeeds for an option that takes a value, its choices in reply (none: any value, a file).
+{fn}_value() {{
+    case "$1|$2" in
+{_zcase(values, "return 1")}    esac
+    [[ $reply == __any__ ]] && reply=()
+    return 0
+}}
+
+{fn}() {{
+    local cmdpath='' word prev cur
+    local -i i skip=0
+    local -a reply described  # _describe takes its entries from an array of another name
+    for (( i = 2; i < CURRENT; i++ )); do
+        word=${{words[i]}}
+        if (( skip )); then skip=0; continue; fi
+        case $word in
+            (--*=*) ;;
+            (-*) {fn}_value "$cmdpath" "$word" && skip=1 ;;
+            (*) {fn}_words "$cmdpath"
+                (( ${{reply[(I)${{(b)word}}(|:*)]}} )) && cmdpath=${{cmdpath:+$cmdpath }}$word ;;
+        esac
+    done
+    prev=${{words[CURRENT-1]}} cur=${{words[CURRENT]}}
+    if [[ $prev == -* ]] && {fn}_value "$cmdpath" "$prev"; then
+        if (( $#reply )); then compadd -a reply; else _files; fi
+        return
+    fi
+    if [[ $cur == -* ]]; then
+        {fn}_options "$cmdpath"
+        described=("${{reply[@]}}")
+        _describe -t options option described
+        return
+    fi
+    {fn}_words "$cmdpath"
+    described=("${{reply[@]}}")
+    if (( $#described )); then _describe -t commands command described; else _files; fi
+}}
+
+if [[ $zsh_eval_context[-1] == loadautofunc ]]; then
+    {fn} "$@"
+else
+    compdef {fn} {prog}
+fi
+"""
 
 
 def cmd_completion(args: argparse.Namespace, console: Console) -> ExitStatus:
@@ -158,6 +253,7 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     parser.description = ("Prints a completion script generated from tokencsp's parser. "
                           "bash: source <(tokencsp completion bash), or save it as "
                           "~/.local/share/bash-completion/completions/tokencsp. "
-                          "zsh: source <(tokencsp completion zsh) in ~/.zshrc, after compinit.")
+                          "zsh (native, #compdef): source <(tokencsp completion zsh) in ~/.zshrc, after "
+                          "compinit, or save it as _tokencsp in a directory of $fpath.")
     parser.add_argument("shell", choices=("bash", "zsh"))
     parser.set_defaults(func=cmd_completion)
