@@ -274,6 +274,44 @@ def test_refusals_through_the_agent_are_the_direct_ones(agent, keys, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_key_named_by_id_alone_goes_through_the_agent(agent, keys, tmp_path):
+    """``--uri pkcs11:token=T;id=%..`` (no object=, no --key) selects the key through the agent as it does
+    directly: key list and export, open and capi decrypt use the agent (its request counts grow), and a
+    missing id or an object=/id= pair naming two keys is the direct path's line and status."""
+    infos = {k["name"]: k for k in json.loads(agent.run("key", "list", "--json", env={"TOKENCSP_AGENT": "off"}).stdout)}
+    token = agent.status()["token"]
+    rx_id, signer_id = ("".join(f"%{b:02x}" for b in bytes.fromhex(infos[n]["id"])) for n in ("agent-rx", "agent-signer"))
+    by_id = f"pkcs11:token={token};id={rx_id}"
+
+    before = agent.status()["requests"]
+    listed = agent.run("key", "list", "--json", "--uri", by_id).stdout
+    assert [k["name"] for k in json.loads(listed)] == ["agent-rx"]
+    assert listed == agent.run("key", "list", "--json", "--uri", by_id, env={"TOKENCSP_AGENT": "off"}).stdout
+    agent.run("key", "export", "--uri", by_id, "-o", str(tmp_path / "rx.pub"))
+    assert (tmp_path / "rx.pub").read_bytes() == (keys / "agent-rx.pub").read_bytes()
+    assert agent.count("public") == before.get("public", 0) + 1
+
+    sealed = tmp_path / "m.tcsp"
+    agent.run("seal", "--to", str(keys / "agent-rx.pub"), "-o", str(sealed), input=b"chosen by id")
+    opened = agent.run("open", "--uri", by_id, "--replay-db", str(tmp_path / "db"), str(sealed))
+    assert opened.stdout == b"chosen by id"
+    blob, cipher = tmp_path / "k.blob", tmp_path / "c.bin"
+    agent.run("capi", "encrypt", "--to", str(keys / "agent-rx.pub"), "--blob-out", str(blob), "-o", str(cipher),
+              input=b"capi by id")
+    assert agent.run("capi", "decrypt", "--uri", by_id, "--blob", str(blob), str(cipher)).stdout == b"capi by id"
+    assert agent.count("import") == before.get("import", 0) + 2  # both imports were the agent's
+
+    for uri, status, needle, hint in (
+            (f"pkcs11:token={token};id=%00%01", 3, "no private key id 0001", "key list"),
+            (f"pkcs11:token={token};object=agent-rx;id={signer_id}", 2, "key 'agent-rx' has id", None)):
+        through = agent.run("key", "export", "--uri", uri, "-o", str(tmp_path / "x"), check=False)
+        direct = agent.run("key", "export", "--uri", uri, "-o", str(tmp_path / "x"), check=False,
+                           env={"TOKENCSP_AGENT": "off"})
+        assert_one_line_error(through, status, needle, hint=hint)
+        assert (through.returncode, through.stderr) == (direct.returncode, direct.stderr)
+    assert agent.count("list") > before.get("list", 0) + 1  # the id was looked up in the agent's key list
+
+
 def test_tokencsp_agent_off_and_a_missing_key_through_the_agent(agent, keys, tmp_path):
     before = agent.status()["requests"]
     agent.run("key", "list", env={"TOKENCSP_AGENT": "off"})

@@ -131,11 +131,14 @@ def _raise(message: Message) -> None:
 class AgentProvider:
     """What the commands use of :class:`tokencsp.provider.Provider`, served by the agent."""
 
-    def __init__(self, connection: _Connection, status: dict[str, Any], pin: Callable[[], str]) -> None:
+    def __init__(self, connection: _Connection, status: dict[str, Any], pin: Callable[[], str],
+                 selector: TokenSelector | None = None) -> None:
         self._connection = connection
         self.status = status
         self._pin = pin
         self.path = ""
+        # the command's URI object=/id=/type=, applied here as Provider applies them in process
+        self._objects = selector if selector is not None and selector.names_object else None
 
     def __enter__(self) -> AgentProvider:
         return self
@@ -174,20 +177,70 @@ class AgentProvider:
         if response.code != Kind.OK:
             _raise(response)
 
-    def key(self, name: str) -> AgentKey:
+    def key(self, name: str | None = None, *, public: bool = False) -> AgentKey:
+        """A key container by name or the URI's object=/id= (``public``: a URI's type=public is accepted)."""
+        name = self._select(name, public=public)
         der, info_json = self.call(Op.PUBLIC, name.encode())[:2]
         info = key_info(json.loads(info_json))
+        wanted = self._objects
+        if wanted is not None and wanted.object_id is not None and info.id != wanted.object_id:
+            raise errors.KeyNotFoundError(f"key {name!r} on token {self.token_label!r} changed while it was "
+                                          f"looked up: its id is {info.id.hex()}, not {wanted.object_id.hex()}")
         cls = AgentExchangeKey if info.import_path is not None else AgentKey
         return cls(self, name, der, info)
 
-    def exchange_key(self, name: str) -> AgentExchangeKey:
+    def exchange_key(self, name: str | None = None) -> AgentExchangeKey:
         key = self.key(name)
         if not isinstance(key, AgentExchangeKey):
-            raise errors.KeyNotFoundError(f"key {name!r} is not an exchange key (it can neither unwrap nor decrypt)")
+            raise errors.KeyNotFoundError(
+                f"key {key.name!r} is not an exchange key (it can neither unwrap nor decrypt)")
         return key
 
     def list_keys(self) -> list[KeyInfo]:
-        return [key_info(item) for item in json.loads(self.call(Op.LIST)[0])]
+        """Every private key on the agent's token, or those the URI's object=/id= name (as Provider.list_keys)."""
+        keys = [key_info(item) for item in json.loads(self.call(Op.LIST)[0])]
+        wanted = self._objects
+        if wanted is None:
+            return keys
+        return [k for k in keys if (wanted.object_label is None or k.name == wanted.object_label)
+                and (wanted.object_id is None or k.id == wanted.object_id)]
+
+    def _select(self, name: str | None, *, public: bool = False) -> str:
+        """The label of the key ``name`` and the URI's object=/id=/type= select, with Provider's rules and
+        messages; a key named by id= alone is found in the agent's key list (the agent takes labels)."""
+        label, key_id = name, None
+        wanted = self._objects
+        if wanted is not None:
+            if name is not None and wanted.object_label is not None and name != wanted.object_label:
+                raise errors.SelectionConflict(
+                    f"key {name!r} contradicts object={wanted.object_label!r} of the PKCS#11 URI")
+            if wanted.object_type == "public" and not public:
+                raise errors.SelectionConflict("the PKCS#11 URI names a public key (type=public), and this needs "
+                                               "the private key: use type=private")
+            label = name if name is not None else wanted.object_label
+            key_id = wanted.object_id
+        if key_id is None:
+            if label is None:
+                raise errors.ConfigError("no key named: give a key name or a PKCS#11 URI with object= or id=")
+            return label
+        every = [key_info(item) for item in json.loads(self.call(Op.LIST)[0])]
+        found = [k for k in every if k.id == key_id and (label is None or k.name == label)]
+        what = f"key {label!r}" if label is not None else f"key id {key_id.hex()}"
+        if len(found) > 1:
+            raise errors.AmbiguousKeyError(
+                f"{len(found)} private keys match {what} on token {self.token_label!r}; refusing to guess")
+        if found:
+            if sum(k.name == found[0].name for k in every) > 1:
+                raise errors.AmbiguousKeyError(
+                    f"{what} is labelled {found[0].name!r} like another private key on token "
+                    f"{self.token_label!r}, and the agent takes keys by label: set TOKENCSP_AGENT=off to "
+                    "choose it by id=")
+            return found[0].name
+        other = next((k for k in every if k.name == label), None) if label is not None else None
+        if other is not None:
+            raise errors.SelectionConflict(f"key {label!r} has id {other.id.hex()}, not the PKCS#11 URI's "
+                                           f"id {key_id.hex()}")
+        raise errors.KeyNotFoundError(f"no private {what} on token {self.token_label!r}")
 
 
 class AgentKey:
@@ -327,6 +380,6 @@ def connect(selector: TokenSelector, module: str | None, pin: Callable[[], str],
     except BaseException:
         connection.close()
         raise
-    provider = AgentProvider(connection, status, pin)
+    provider = AgentProvider(connection, status, pin, selector)
     provider.path = where
     return provider

@@ -89,8 +89,7 @@ def cmd_key_export(args: argparse.Namespace, console: Console) -> ExitStatus:
         console.refuse_binary_to_terminal(args.output)
     console.results.begin(name=args.name, format=args.format, output=args.output)
     with open_provider(args, agent=True) as provider:
-        # type=public in the URI selects the key here; a running agent takes the key by its name
-        pair = provider.key(args.name, public=True) if _is_provider(provider) else provider.key(args.name)
+        pair = provider.key(args.name, public=True)  # type=public in the URI selects the key here
         if args.format == "cert":
             data = _stored_certificate(pair, _cert_der(args))
         else:
@@ -233,12 +232,6 @@ def _named(command: Callable[[argparse.Namespace, Console], ExitStatus]
             raise UsageError(f"no key named: give NAME or --key NAME (see 'tokencsp key {args.key_command} --help')")
         return command(args, console)
     return run
-
-
-def _is_provider(provider: object) -> bool:
-    from ..provider import Provider
-
-    return isinstance(provider, Provider)
 
 
 def _uri_names_key(args: argparse.Namespace) -> bool:
