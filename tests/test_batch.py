@@ -17,8 +17,10 @@ KEY_PREFIX = "batch-lib"
 class Watched:
     """The real exchange key, with each implicit import's start and end noted (no token call is replaced)."""
 
-    def __init__(self, key, concurrent_imports: int | None = None) -> None:
+    def __init__(self, key, concurrent_imports: int | None = None, calibrated: bool = False) -> None:
         self._key = key
+        if calibrated:  # the key's own calibration: open_many sizes its depth from it
+            self.rejection = key.rejection
         self._lock = threading.Lock()
         self.running = 0
         self.most = 0
@@ -95,3 +97,21 @@ def test_a_replay_inside_the_batch_is_refused_though_both_imports_ran_ahead(keys
 def test_depth_below_one_is_refused(keys, tmp_path):
     with pytest.raises(ValueError):
         list(batch.open_many([], str(tmp_path), keys["alice"], cache=MemoryReplayCache(), depth=0))
+
+
+def test_depth_is_the_deadline_over_the_typical_import():
+    assert batch.depth_for(0.0013, 0.00065) == 2  # idle: the deadline is about twice the median probe
+    assert batch.depth_for(0.032, 0.001) == batch.MAX_DEPTH  # loaded: preempted probes set the deadline
+    assert batch.depth_for(0.001, 0.002) == 1
+    assert batch.depth_for(0.002, None) == batch.DEPTH  # a calibration that kept no median
+
+
+def test_the_default_depth_comes_from_the_keys_own_calibration(keys, tmp_path):
+    receiver = Watched(keys["alice"], calibrated=True)
+    paths, out = _sealed(tmp_path, receiver.public_key(), 6)
+    outcomes = list(batch.open_many(paths, str(out), receiver, cache=MemoryReplayCache()))
+    assert [o.error for o in outcomes] == [None] * 6
+    rejection = keys["alice"].rejection
+    assert rejection.typical is not None and 0 < rejection.typical <= rejection.padder.deadline
+    assert receiver.most <= min(batch.depth_for(rejection.padder.deadline, rejection.typical),
+                                keys["alice"].concurrent_imports)

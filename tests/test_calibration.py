@@ -70,6 +70,22 @@ def test_a_replacing_store_lowers_only_an_expired_entry(cache):
     assert cache.store(HERE, 0.0005, replace=True) == 0.001  # now fresh: the floor again
 
 
+def test_the_typical_probe_is_kept_beside_the_deadline(cache):
+    """The calibration's median probe (tokencsp.batch sizes its imports in flight by it) is optional."""
+    assert cache.store(HERE, 0.003, typical=0.001) == 0.003
+    assert cache.load(HERE).typical == 0.001
+    cache.mark_stale(HERE)
+    assert cache.load(HERE).typical == 0.001  # kept by a write that brings none
+    assert cache.store(OTHER_KEY, 0.003) == 0.003 and cache.load(OTHER_KEY).typical is None
+    assert cache.store(OTHER_KEY, 0.003, typical=float("nan")) == 0.003 and cache.load(OTHER_KEY).typical is None
+    process = Process(cache, 0.001, where=("/lib/p11.so", "serial-9"))
+    process.run(0.001)
+    assert process.rejection.typical == _about(0.001)
+    again = Process(cache, 0.5, where=("/lib/p11.so", "serial-9"))
+    again.run(0.001)
+    assert again.rejection.probes == 0 and again.rejection.typical == _about(0.001)  # from the cached entry
+
+
 def test_an_overrun_marks_the_entry_stale_and_a_calibration_clears_it(cache):
     clock = [1000.0]
     cache.now = lambda: clock[0]

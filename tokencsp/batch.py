@@ -44,13 +44,15 @@ from .errors import ConfigError, InputError, OutputError, ReplayCacheError, Toke
 from .fileio import atomic_output
 from .replay import ReplayCache, ReplayPolicy
 
-__all__ = ["DEPTH", "SUFFIX", "Outcome", "open_many", "output_paths"]
+__all__ = ["DEPTH", "MAX_DEPTH", "SUFFIX", "Outcome", "depth_for", "open_many", "output_paths"]
 
 SUFFIX = ".tcsp"
-#: Imports queued ahead of the message the host works on (one thread each).  A receiver with a
+#: Imports queued ahead of the message the host works on (one thread each) when the key's calibration
+#: says nothing about it; else :func:`depth_for`, at most :data:`MAX_DEPTH`.  A receiver with a
 #: ``concurrent_imports`` attribute caps it: through ``tokencsp agent`` 1 (one connection, one request
 #: at a time).
 DEPTH = 4
+MAX_DEPTH = 16
 SWITCH_INTERVAL = 0.0005  # seconds: sys.setswitchinterval while a batch runs
 
 
@@ -62,6 +64,20 @@ class Outcome:
     output: str
     opened: envelope.Opened | None = None
     error: TokenCSPError | None = None
+
+
+def depth_for(deadline: float, typical: float | None) -> int:
+    """Imports in flight that keep the token busy without queueing on it: deadline / typical import.
+
+    Both come from the key's own calibration probes (never from the blobs being opened): the
+    padded deadline, and the probes' median, what one import costs the token unloaded.  Idle
+    the deadline is about twice the median (2 in flight); under load, when preempted probes
+    have pushed the deadline far above the median, more imports wait out their deadlines side
+    by side.  More than that would queue imports on the token and make them overrun.
+    """
+    if typical is None or not typical > 0.0 or not deadline > 0.0:
+        return DEPTH
+    return max(1, min(MAX_DEPTH, int(deadline / typical)))
 
 
 def output_paths(sources: Sequence[str], out_dir: str) -> list[str]:
@@ -102,15 +118,14 @@ _RECEIVER_PROBLEMS = (TokenError, ReplayCacheError)
 def open_many(sources: Sequence[str], out_dir: str, receiver: envelope.Receiver, *, cache: ReplayCache,
               policy: ReplayPolicy | None = None, trust: Mapping[bytes, rsa.RSAPublicKey] | None = None,
               allow_pkcs1: bool = False, clock: Callable[[], float] | None = None,
-              depth: int = DEPTH) -> Iterator[Outcome]:
+              depth: int | None = None) -> Iterator[Outcome]:
     """Open each of ``sources`` into ``out_dir`` (:func:`output_paths`), yielding one Outcome per source, in order.
 
-    ``depth`` key imports run ahead of the host's work, each on a thread of its own.
+    ``depth`` key imports run ahead of the host's work, each on a thread of its own; None:
+    :func:`depth_for` the key's calibration, once the first import (which may calibrate) is done.
     """
-    if depth < 1:
+    if depth is not None and depth < 1:
         raise ValueError("depth is at least 1")
-    # A receiver that can take only one import at a time says so (the agent client: one connection).
-    depth = max(1, min(depth, getattr(receiver, "concurrent_imports", depth)))
     if not os.path.isdir(out_dir):
         raise OutputError(f"--out-dir {out_dir} is not a directory")
     outputs = output_paths(sources, out_dir)
@@ -135,9 +150,22 @@ def open_many(sources: Sequence[str], out_dir: str, receiver: envelope.Receiver,
         except TokenCSPError as exc:
             _close(handle)
             return Outcome(source, output, error=exc)
-        item = _Started(source, output, handle, checked, token.submit(envelope.import_session_key, receiver, checked))
+        item = _Started(source, output, handle, checked, submit(checked))
         started.append(item)
         return item
+
+    executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def submit(checked: envelope.Checked) -> concurrent.futures.Future[bytes]:
+        if executor is not None:
+            return executor.submit(envelope.import_session_key, receiver, checked)
+        # The first import: on this thread, with nothing else running (it may calibrate the deadline).
+        done: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+        try:
+            done.set_result(envelope.import_session_key(receiver, checked))
+        except Exception as exc:  # noqa: BLE001 -- handed to finish(), as a token thread's failure would be
+            done.set_exception(exc)
+        return done
 
     def finish(item: _Started) -> Outcome:
         try:
@@ -154,29 +182,38 @@ def open_many(sources: Sequence[str], out_dir: str, receiver: envelope.Receiver,
         return Outcome(item.source, item.output, opened=opened)
 
     switch = sys.getswitchinterval()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=depth, thread_name_prefix="tokencsp-token") as token:
-        try:
-            window: collections.deque[_Started | Outcome] = collections.deque()
-            following = 0
-            while following < len(sources):  # the first import alone (it may calibrate), nothing else running
-                window.append(start(following))
-                following += 1
-                if isinstance(window[-1], _Started):
-                    concurrent.futures.wait([window[-1].key])
-                    break
-            sys.setswitchinterval(min(switch, SWITCH_INTERVAL))
-            while window:
-                current = window.popleft()
-                # Queue the next imports before this message's host work, so the two overlap.
-                while following < len(sources) and len(window) < depth:
-                    window.append(start(following))
-                    following += 1
-                yield current if isinstance(current, Outcome) else finish(current)
-        finally:
-            sys.setswitchinterval(switch)
-            for item in started:
-                item.key.cancel()
-                _close(item.handle)
+    window: collections.deque[_Started | Outcome] = collections.deque()
+    following = 0
+    try:
+        while following < len(sources):  # up to the first message that reaches its import
+            window.append(start(following))
+            following += 1
+            if isinstance(window[-1], _Started):
+                break
+        if depth is None:
+            rejection = getattr(receiver, "rejection", None)  # a tokencsp ExchangeKey's calibration
+            depth = DEPTH if rejection is None else depth_for(rejection.padder.deadline, rejection.typical)
+        # A receiver that can take only so many imports at a time says so (the agent client: one
+        # connection; a token: its session pool).
+        depth = max(1, min(depth, MAX_DEPTH, getattr(receiver, "concurrent_imports", depth)))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=depth, thread_name_prefix="tokencsp-token") as pool:
+            executor = pool
+            try:
+                sys.setswitchinterval(min(switch, SWITCH_INTERVAL))
+                while window:
+                    current = window.popleft()
+                    # Queue the next imports before this message's host work, so the two overlap.
+                    while following < len(sources) and len(window) < depth:
+                        window.append(start(following))
+                        following += 1
+                    yield current if isinstance(current, Outcome) else finish(current)
+            finally:
+                sys.setswitchinterval(switch)
+                for item in started:
+                    item.key.cancel()
+    finally:
+        for item in started:
+            _close(item.handle)
 
 
 def _close(handle: BinaryIO | None) -> None:

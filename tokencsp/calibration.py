@@ -29,7 +29,8 @@ expired entry ever lowers a figure: live traffic never writes one.
 
 Layout: ``$XDG_STATE_HOME/tokencsp/deadlines/<sha256 of module, serial,
 key>.json`` (``{"format": 2, "module", "serial", "key", "deadline",
-"calibrated", "stale"}``) and ``<key fingerprint hex>.secret``
+"calibrated", "stale"}`` and, optionally, ``"typical"``: that calibration's
+median probe, which sizes a batch's imports in flight and nothing else) and ``<key fingerprint hex>.secret``
 (directories 0700, files 0600), written to a temporary file and renamed,
 under an flock on the directory, re-reading first so that two processes
 never lower each other's figure or make two secrets.  A file that is
@@ -93,6 +94,7 @@ class CachedDeadline:
     deadline: float
     calibrated: float  # time.time() of the calibration that last wrote it
     stale: bool  # an import overran it since: the next process re-calibrates first
+    typical: float | None = None  # that calibration's median probe: what one import costs the token, unloaded
 
     def trusted(self, now: float, max_age: float = MAX_AGE) -> bool:
         """Whether a process may start from it without probing: not stale, not older than ``max_age``."""
@@ -123,16 +125,20 @@ class CalibrationCache:
         record = self._read(self.path(place), {"format": _DEADLINE_FORMAT, **place.fields()}, 0o022)
         return None if record is None else _entry(record)
 
-    def store(self, place: KeyPlace, deadline: float, *, replace: bool = False) -> float | None:
+    def store(self, place: KeyPlace, deadline: float, *, replace: bool = False,
+              typical: float | None = None) -> float | None:
         """Record a calibration: the higher of ``deadline`` and the file's, now, not stale; returns it.
 
         ``replace=True`` (a fresh calibration of an entry that had expired) records ``deadline``
         itself -- unless another process has meanwhile written a calibration that is not expired
         (its figure is as fresh as this one: the higher of the two is kept).  None when the
-        cache is unusable (nothing is written then).
+        cache is unusable (nothing is written then).  ``typical`` (the calibration's median probe) is
+        kept beside it, for callers that size their concurrency (tokencsp.batch); it never sets a deadline.
         """
         if not (math.isfinite(deadline) and 0.0 < deadline <= MAX_DEADLINE):
             return None
+        if typical is not None and not (math.isfinite(typical) and 0.0 < typical <= MAX_DEADLINE):
+            typical = None
 
         def value(current: CachedDeadline | None) -> float:
             if current is None:
@@ -140,14 +146,14 @@ class CalibrationCache:
             if replace and not 0.0 <= self.now() - current.calibrated <= MAX_AGE:
                 return deadline
             return max(deadline, current.deadline)
-        return self._update(place, value, False)
+        return self._update(place, value, False, typical)
 
     def mark_stale(self, place: KeyPlace) -> float | None:
         """An import overran the deadline: keep the figure, but make the next process re-calibrate first."""
         return self._update(place, lambda current: current.deadline if current else None, True)
 
     def _update(self, place: KeyPlace, value: Callable[[CachedDeadline | None], float | None],
-                stale: bool) -> float | None:
+                stale: bool, typical: float | None = None) -> float | None:
         if not self._private_dir(create=True):
             return None
         try:
@@ -157,8 +163,13 @@ class CalibrationCache:
                 if deadline is None:
                     return None
                 calibrated = current.calibrated if stale and current is not None else self.now()
-                self._write(self.path(place), {"format": _DEADLINE_FORMAT, **place.fields(), "deadline": deadline,
-                                               "calibrated": calibrated, "stale": stale})
+                if typical is None and current is not None:
+                    typical = current.typical
+                record = {"format": _DEADLINE_FORMAT, **place.fields(), "deadline": deadline,
+                          "calibrated": calibrated, "stale": stale}
+                if typical is not None:
+                    record["typical"] = typical
+                self._write(self.path(place), record)
                 return deadline
         except OSError:
             return None
@@ -263,7 +274,10 @@ def _entry(record: dict[str, object]) -> CachedDeadline | None:
         record.get("stale")
     if deadline is None or not 0.0 < deadline <= MAX_DEADLINE or calibrated is None or not isinstance(stale, bool):
         return None
-    return CachedDeadline(deadline, calibrated, stale)
+    typical = _number(record.get("typical"))  # optional (files written before it lack it)
+    if typical is not None and not 0.0 < typical <= MAX_DEADLINE:
+        typical = None
+    return CachedDeadline(deadline, calibrated, stale, typical)
 
 
 def _secret(record: dict[str, object]) -> bytes | None:

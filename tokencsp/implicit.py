@@ -109,6 +109,9 @@ class ImplicitRejection:
         self._overrun_pending = False
         self._state_lock = threading.Lock()
         self._calibration_lock = threading.Lock()
+        #: The median of the last calibration's probes (or the cached entry's): one import's token cost,
+        #: unloaded.  Sizes a batch's imports in flight (tokencsp.batch); never a deadline.  None: unknown.
+        self.typical: float | None = None
         self.probes = 0  # timed probe imports made so far (0 when the cache was trusted)
         self.warmups = 0  # untimed probes made before them
         self.calibrations = 0
@@ -184,6 +187,7 @@ class ImplicitRejection:
             return False, True  # expired: a whole fresh calibration replaces the figure, lower or higher
         self.padder.raise_to(cached.deadline)  # a stale entry's figure stays the floor of its re-calibration
         self._calibrated_at = cached.calibrated
+        self.typical = cached.typical
         return cached.trusted(now, self._max_age), False
 
     def calibrate(self, probe: ProbeImport, *, replace: bool = False) -> float:
@@ -204,12 +208,14 @@ class ImplicitRejection:
                 for blob in (valid, invalid):
                     durations.append(self.padder.measure(functools.partial(probe, blob, oaep)))
         deadline = self.padder.calibrate(durations, replace=replace)
+        typical = sorted(durations)[len(durations) // 2]
         if self.cache is not None:
-            floor = self.cache.store(self.place, deadline, replace=replace)
+            floor = self.cache.store(self.place, deadline, replace=replace, typical=typical)
             if floor is not None:
                 deadline = self.padder.raise_to(floor)
         with self._state_lock:
             self._calibrated_at = self._now()
+            self.typical = typical
             self.warmups += 2
             self.probes += len(durations)
             self.calibrations += 1

@@ -181,6 +181,13 @@ class ExchangeKey(KeyPair):
             return self._rejection
 
     @property
+    def concurrent_imports(self) -> int:
+        """Imports that can run side by side without waiting for a session: the token's session pool
+        (``TOKENCSP_MAX_SESSIONS``).  A batch (tokencsp.batch) keeps at most this many in flight:
+        one that waited for a session would count the wait into its padded time and overrun."""
+        return self._token.max_sessions
+
+    @property
     def import_path(self) -> ImportPath:
         """``unwrap`` or ``decrypt``: how this key's session keys reach the host."""
         return self._import_facts()[0]
