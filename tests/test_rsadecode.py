@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tokencsp.rsadecode import _nonzero, decode_oaep_sha1, decode_pkcs1_v15, select
+from tokencsp.rsadecode import _nonzero, decode_oaep, decode_oaep_sha1, decode_pkcs1_v15, select
 
 OAEP = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)
 
@@ -67,6 +67,35 @@ def test_every_bad_block_gives_the_substitute(key):
     assert decode_pkcs1_v15(oaep, 32, substitute) == (0, substitute)
 
 
+_SHA2 = {"sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+
+
+@pytest.mark.parametrize("hash_name", sorted(_SHA2))
+def test_oaep_with_a_sha2_hash_decodes_and_every_bad_block_gives_the_substitute(key, hash_name):
+    """CMS RSAES-OAEP with SHA-256 etc. on the decrypt path: MGF1 over the same hash, empty label."""
+    algorithm = _SHA2[hash_name]()
+    scheme = padding.OAEP(padding.MGF1(algorithm), algorithm, None)
+    value, substitute = os.urandom(32), os.urandom(32)
+    block = _raw(key, key.public_key().encrypt(value, scheme))
+    assert decode_oaep(block, 32, substitute, hash_name) == (1, value)
+    size = algorithm.digest_size
+    for position in (0, 1, size, size + 1, 2 * size + 1, 200, 255):
+        damaged = bytearray(block)
+        damaged[position] ^= 1
+        assert decode_oaep(bytes(damaged), 32, substitute, hash_name) == (0, substitute), position
+    assert decode_oaep(block, 16, os.urandom(16), hash_name)[0] == 0
+    assert decode_oaep(block, 32, substitute, "sha1") == (0, substitute)  # the hash the message names, no other
+    sha1_block = _raw(key, key.public_key().encrypt(value, OAEP))
+    assert decode_oaep(sha1_block, 32, substitute, hash_name) == (0, substitute)
+    mixed = padding.OAEP(padding.MGF1(hashes.SHA1()), algorithm, None)  # MGF1-SHA-1: not this scheme
+    assert decode_oaep(_raw(key, key.public_key().encrypt(value, mixed)), 32, substitute, hash_name) == (0, substitute)
+    labelled = padding.OAEP(padding.MGF1(algorithm), algorithm, b"label")
+    assert decode_oaep(_raw(key, key.public_key().encrypt(value, labelled)), 32, substitute,
+                       hash_name) == (0, substitute)
+    with pytest.raises(ValueError):
+        decode_oaep(block, 32, substitute, "md5")
+
+
 def test_labelled_oaep_is_refused(key):
     labelled = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), b"label")
     substitute = os.urandom(32)
@@ -94,6 +123,8 @@ def _raw_or_none(numbers, ct: bytes, k: int) -> bytes | None:
     ("rsa_pkcs1_2048_test.json", decode_pkcs1_v15),
     ("rsa_pkcs1_3072_test.json", decode_pkcs1_v15),
     ("rsa_oaep_2048_sha1_mgf1sha1_test.json", decode_oaep_sha1),
+    ("rsa_oaep_2048_sha256_mgf1sha256_test.json", lambda b, n, s: decode_oaep(b, n, s, "sha256")),
+    ("rsa_oaep_3072_sha256_mgf1sha256_test.json", lambda b, n, s: decode_oaep(b, n, s, "sha256")),
 ])
 def test_wycheproof_vectors(vectors_dir, name, decode):
     """Every vector, decoded for the length of its message: valid ones recover it, invalid ones give the substitute."""

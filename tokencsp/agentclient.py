@@ -282,23 +282,30 @@ class AgentExchangeKey(AgentKey):
     #: One connection carries one request at a time: a batch (tokencsp.batch) queues one import ahead.
     concurrent_imports = 1
 
-    def _import(self, mode: bytes, blob: bytes, oaep: bool, *extra: bytes) -> tuple[bytes, ...]:
+    def _import(self, mode: bytes, blob: bytes, oaep: bool, *extra: bytes,
+                oaep_hash: str = "sha1") -> tuple[bytes, ...]:
+        if oaep and oaep_hash != "sha1":  # refused on the public hash name, before the blob is sent
+            raise errors.UnsupportedAlgorithm(f"the agent imports RSAES-OAEP with SHA-1 (CRYPT_OAEP) only, not "
+                                              f"{oaep_hash}: use the token directly (TOKENCSP_AGENT=off)")
         return self._agent.call(Op.IMPORT, self.name.encode(), mode, blob, b"1" if oaep else b"0", *extra)
 
-    def import_simpleblob(self, blob: bytes | SimpleBlob, oaep: bool = False) -> SessionKey:
+    def import_simpleblob(self, blob: bytes | SimpleBlob, oaep: bool = False, *,
+                          oaep_hash: str = "sha1") -> SessionKey:
         """The explicit import: a bad blob is the one SessionKeyImportError, at the same deadline."""
         simple = blob if isinstance(blob, SimpleBlob) else SimpleBlob.from_bytes(blob)
-        alg, key = self._import(b"explicit", simple.to_bytes(), oaep)[:2]
+        alg, key = self._import(b"explicit", simple.to_bytes(), oaep, oaep_hash=oaep_hash)[:2]
         return SessionKey.from_bytes(AlgId(int(alg)), key)
 
-    def import_simpleblob_implicit(self, blob: bytes | SimpleBlob, oaep: bool = False) -> SessionKey:
+    def import_simpleblob_implicit(self, blob: bytes | SimpleBlob, oaep: bool = False, *,
+                                   oaep_hash: str = "sha1") -> SessionKey:
         simple = blob if isinstance(blob, SimpleBlob) else SimpleBlob.from_bytes(blob)
-        alg, key = self._import(b"implicit", simple.to_bytes(), oaep)[:2]
+        alg, key = self._import(b"implicit", simple.to_bytes(), oaep, oaep_hash=oaep_hash)[:2]
         return SessionKey.from_bytes(AlgId(int(alg)), key)
 
-    def import_simpleblob_deferred(self, blob: bytes | SimpleBlob, oaep: bool = False) -> DeferredSessionKey:
+    def import_simpleblob_deferred(self, blob: bytes | SimpleBlob, oaep: bool = False, *,
+                                   oaep_hash: str = "sha1") -> DeferredSessionKey:
         simple = blob if isinstance(blob, SimpleBlob) else SimpleBlob.from_bytes(blob)
-        alg, key = self._import(b"deferred", simple.to_bytes(), oaep)[:2]
+        alg, key = self._import(b"deferred", simple.to_bytes(), oaep, oaep_hash=oaep_hash)[:2]
         from .implicit import DeferredSessionKey
 
         return DeferredSessionKey(AlgId(int(alg)), key)

@@ -32,7 +32,7 @@ from .errors import (
 )
 from .implicit import DeferredSessionKey, ImplicitRejection
 from .keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage, PinStatus, RsaPrivateParts, check_key_name
-from .rsadecode import decode_oaep_sha1, decode_pkcs1_v15
+from .rsadecode import decode_oaep, decode_pkcs1_v15
 from .session import SessionKey
 from .token import (
     Token,
@@ -59,6 +59,10 @@ _OAEP_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
     "sha512": hashes.SHA512,
 }
+# Whether a token did RSAES-OAEP with a hash other than SHA-1 for a blob of our own, per
+# (module, token serial, import path, hash): asked once per process (ExchangeKey.oaep_route).
+_oaep_capability: dict[tuple[str, str, str, str], bool] = {}
+_oaep_capability_lock = threading.Lock()
 
 
 def _simple_blob(blob: bytes | SimpleBlob) -> SimpleBlob:
@@ -201,7 +205,7 @@ class ExchangeKey(KeyPair):
             self._facts = (info.import_path, tuple(info.decrypt_mechanisms))
         return self._facts
 
-    def import_simpleblob(self, blob: bytes | SimpleBlob, oaep: bool = False) -> SessionKey:
+    def import_simpleblob(self, blob: bytes | SimpleBlob, oaep: bool = False, *, oaep_hash: str = "sha1") -> SessionKey:
         """CryptImportKey of a SIMPLEBLOB: the token unwraps (or decrypts), the host gets a SessionKey.
 
         Malformed blob *structure* is a :class:`BlobFormatError`.  Everything
@@ -211,17 +215,24 @@ class ExchangeKey(KeyPair):
         (imported or not) is still an answer: for blobs a stranger can send,
         use :meth:`import_simpleblob_deferred` (CryptoAPI payloads) or
         :meth:`import_simpleblob_implicit` (authenticated payloads).
+
+        ``oaep_hash`` (OAEP only; MGF1 over the same hash, empty label) is
+        CRYPT_OAEP's SHA-1 by default; another hash takes the route
+        :meth:`oaep_route` decides, or is refused by it before the blob is used.
         """
         simple = _simple_blob(blob)
-        return self.rejection.run(lambda: self._import_explicit(simple, oaep), self._import_or_substitute, "explicit")
+        self._route(oaep, oaep_hash)  # a refusal or a capability probe: before the padded import, on public facts
+        return self.rejection.run(lambda: self._import_explicit(simple, oaep, oaep_hash), self._import_or_substitute,
+                                  "explicit")
 
-    def _import_explicit(self, simple: SimpleBlob, oaep: bool) -> SessionKey:
-        ok, key = self._recover(simple, oaep, self.rejection.substitute(simple))
+    def _import_explicit(self, simple: SimpleBlob, oaep: bool, oaep_hash: str) -> SessionKey:
+        ok, key = self._recover(simple, oaep, self.rejection.substitute(simple), oaep_hash)
         if not ok:
             raise SessionKeyImportError() from None
         return SessionKey.from_bytes(simple.alg_id, key)
 
-    def import_simpleblob_implicit(self, blob: bytes | SimpleBlob, oaep: bool = False) -> SessionKey:
+    def import_simpleblob_implicit(self, blob: bytes | SimpleBlob, oaep: bool = False, *,
+                                   oaep_hash: str = "sha1") -> SessionKey:
         """Like :meth:`import_simpleblob`, but never fails on the secret: implicit rejection.
 
         When the unwrap fails or yields the wrong length, the result is a key
@@ -238,11 +249,15 @@ class ExchangeKey(KeyPair):
         both paddings) and the floor cached in the state directory, never from
         live traffic -- because the token itself takes longer to succeed than
         to fail (tokencsp.deadline, tokencsp.implicit; docs/SECURITY.md).
+        ``oaep_hash`` as for :meth:`import_simpleblob`.
         """
         simple = _simple_blob(blob)
-        return self.rejection.run(lambda: self._import_or_substitute(simple, oaep), self._import_or_substitute)
+        self._route(oaep, oaep_hash)
+        return self.rejection.run(lambda: self._import_or_substitute(simple, oaep, oaep_hash),
+                                  self._import_or_substitute)
 
-    def import_simpleblob_deferred(self, blob: bytes | SimpleBlob, oaep: bool = False) -> DeferredSessionKey:
+    def import_simpleblob_deferred(self, blob: bytes | SimpleBlob, oaep: bool = False, *,
+                                   oaep_hash: str = "sha1") -> DeferredSessionKey:
         """CryptImportKey for CryptoAPI payloads, with the failure deferred to the final CryptDecrypt.
 
         The import is the implicit one (same token calls, same deadline); the
@@ -252,13 +267,16 @@ class ExchangeKey(KeyPair):
         gives.  So a bad blob is indistinguishable from a good blob carrying
         a key the ciphertext was not made with.  What remains is the CBC
         padding oracle of CryptDecrypt's unauthenticated format itself
-        (docs/SECURITY.md).
+        (docs/SECURITY.md).  ``oaep_hash`` as for :meth:`import_simpleblob`
+        (CMS RSAES-OAEP with SHA-256: tokencsp.cms).
         """
         simple = _simple_blob(blob)
-        return self.rejection.run(lambda: self._import_deferred(simple, oaep), self._import_or_substitute, "deferred")
+        self._route(oaep, oaep_hash)
+        return self.rejection.run(lambda: self._import_deferred(simple, oaep, oaep_hash), self._import_or_substitute,
+                                  "deferred")
 
-    def _import_deferred(self, simple: SimpleBlob, oaep: bool) -> DeferredSessionKey:
-        _, key = self._recover(simple, oaep, self.rejection.substitute(simple))
+    def _import_deferred(self, simple: SimpleBlob, oaep: bool, oaep_hash: str) -> DeferredSessionKey:
+        _, key = self._recover(simple, oaep, self.rejection.substitute(simple), oaep_hash)
         return DeferredSessionKey(simple.alg_id, key)
 
     def unwrap_legacy_deferred(self, encrypted_key: bytes, oaep: bool, lengths: frozenset[int]) -> bytes:
@@ -278,35 +296,88 @@ class ExchangeKey(KeyPair):
             return value if good else substitute
         return self.rejection.run(unwrap, self._import_or_substitute, "legacy")
 
-    def _import_or_substitute(self, simple: SimpleBlob, oaep: bool) -> SessionKey:
+    def _import_or_substitute(self, simple: SimpleBlob, oaep: bool, oaep_hash: str = "sha1") -> SessionKey:
         """The implicit import without its deadline (``tools/timing_audit.py --no-deadline`` times it)."""
-        _, key = self._recover(simple, oaep, self.rejection.substitute(simple))
+        _, key = self._recover(simple, oaep, self.rejection.substitute(simple), oaep_hash)
         return SessionKey.from_bytes(simple.alg_id, key)
 
-    def _recover(self, simple: SimpleBlob, oaep: bool, substitute: bytes) -> tuple[bool, bytes]:
+    def oaep_route(self, oaep_hash: str = "sha1") -> str:
+        """How this key recovers an RSAES-OAEP key with ``oaep_hash`` (MGF1 over it, empty label).
+
+        ``unwrap`` (C_UnwrapKey with CKM_RSA_PKCS_OAEP), ``raw`` (C_Decrypt
+        with CKM_RSA_X_509, OAEP decoded on the host: tokencsp.rsadecode) or
+        ``decrypt`` (C_Decrypt with CKM_RSA_PKCS_OAEP).  SHA-1 (CRYPT_OAEP)
+        takes the key's import path as ever.  Another hash takes the token's
+        OAEP where the token did that hash for a blob of our own (a probe,
+        once per token, import path and hash in this process), else raw RSA
+        where the key allows it, else it is refused with
+        :class:`UnsupportedAlgorithm` (SoftHSM 2.6 unwrap keys: its OAEP is
+        SHA-1 only).  Only public facts decide -- the hash the message names,
+        the key's attributes, what the token did with our own blob -- and the
+        decision is made before a caller's blob is used, so a refusal says
+        nothing about any blob.
+        """
+        return self._route(True, oaep_hash)
+
+    def _route(self, oaep: bool, oaep_hash: str) -> str:
+        path, mechanisms = self._import_facts()
+        raw = DecryptMechanism.RSA_X_509 in mechanisms
+        if not oaep or oaep_hash == "sha1":
+            return "unwrap" if path is ImportPath.UNWRAP else "raw" if raw else "decrypt"
+        if oaep_hash not in _OAEP_HASHES:
+            raise UnsupportedAlgorithm(f"RSAES-OAEP with {oaep_hash!r} is not supported")
+        if path is ImportPath.UNWRAP and self._token_does_oaep(path, oaep_hash):
+            return "unwrap"
+        if raw:
+            return "raw"
+        if path is ImportPath.DECRYPT and DecryptMechanism.RSA_PKCS_OAEP in mechanisms \
+                and self._token_does_oaep(path, oaep_hash):
+            return "decrypt"
+        shown = oaep_hash.upper().replace("SHA", "SHA-", 1)
+        how = "C_UnwrapKey" if path is ImportPath.UNWRAP else "C_Decrypt"
+        raise UnsupportedAlgorithm(f"this token cannot do RSAES-OAEP with {shown}: token {self._token.label!r} "
+                                   f"refused {how} with CKM_RSA_PKCS_OAEP/{shown} for a blob of our own, and key "
+                                   f"{self.name!r} cannot decrypt raw RSA (CKM_RSA_X_509) to decode it on the host")
+
+    def _token_does_oaep(self, path: ImportPath, oaep_hash: str) -> bool:
+        where = (self._token.module_path, self._token.serial, path.value, oaep_hash)
+        with _oaep_capability_lock:
+            known = _oaep_capability.get(where)
+        if known is None:
+            known = self.supports_oaep(oaep_hash)
+            with _oaep_capability_lock:
+                _oaep_capability[where] = known
+        return known
+
+    def _recover(self, simple: SimpleBlob, oaep: bool, substitute: bytes,
+                 oaep_hash: str = "sha1") -> tuple[bool, bytes]:
         """(True, the session key) for a good blob, (False, ``substitute``) for any bad one; never raises on it.
 
         Each path makes the same token calls whatever the blob holds; only
-        the token's own state (closed, logged out, key gone) raises.
+        the token's own state (closed, logged out, key gone) raises.  The
+        route is :meth:`_route`'s, decided (and cached) before the blob is used.
         """
         length = SESSION_KEY_LENGTHS[simple.alg_id]
-        path, mechanisms = self._import_facts()
+        _, mechanisms = self._import_facts()
+        route = self._route(oaep, oaep_hash)
         ciphertext = simple.encrypted_key
-        if path is ImportPath.UNWRAP:
-            value = self._token.unwrap_secret(self.key_id, ciphertext, oaep, simple.alg_id, fallback=substitute)
-        elif DecryptMechanism.RSA_X_509 in mechanisms:
+        if route == "unwrap":
+            value = self._token.unwrap_secret(self.key_id, ciphertext, oaep, simple.alg_id, oaep_hash,
+                                              fallback=substitute)
+        elif route == "raw":
             try:
                 block = self._token.decrypt_raw(self.key_id, ciphertext, DecryptMechanism.RSA_X_509)
             except UnwrapRefused:  # c >= n or a wrong length: decoded like any bad block, the same host work
                 block = bytes((self.public_key().key_size + 7) // 8)
-            ok, key = (decode_oaep_sha1 if oaep else decode_pkcs1_v15)(block, length, substitute)
+            ok, key = decode_oaep(block, length, substitute, oaep_hash) if oaep else \
+                decode_pkcs1_v15(block, length, substitute)
             return ok == 1, key
         else:
             mechanism = DecryptMechanism.RSA_PKCS_OAEP if oaep else DecryptMechanism.RSA_PKCS
             try:
                 if mechanism not in mechanisms:  # the padding the header names is not offered: public, no secret
                     raise UnwrapRefused()
-                value = self._token.decrypt_raw(self.key_id, ciphertext, mechanism)
+                value = self._token.decrypt_raw(self.key_id, ciphertext, mechanism, oaep_hash=oaep_hash)
             except UnwrapRefused:
                 value = substitute
         # A refused unwrap or decrypt hands back the substitute itself; compare without an early exit.

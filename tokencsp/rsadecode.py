@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["decode_oaep_sha1", "decode_pkcs1_v15", "select"]
+__all__ = ["OAEP_HASHES", "decode_oaep", "decode_oaep_sha1", "decode_pkcs1_v15", "select"]
 
-_SHA1_LEN = 20
-_EMPTY_LABEL_SHA1 = hashlib.sha1(b"").digest()
+#: The OAEP hashes decoded here (MGF1 over the same hash, empty label): hashlib names.
+OAEP_HASHES = ("sha1", "sha224", "sha256", "sha384", "sha512")
 _MIN_PS = 8  # RFC 8017 7.2.2: at least eight padding bytes
 
 
@@ -58,31 +58,42 @@ def decode_pkcs1_v15(block: bytes, length: int, substitute: bytes) -> tuple[int,
     return ok, select(ok, block[separator + 1:], substitute)
 
 
-def _mgf1_sha1(seed: bytes, length: int) -> bytes:
-    out = b"".join(hashlib.sha1(seed + i.to_bytes(4, "big")).digest() for i in range((length + 19) // 20))
+def _mgf1(hash_name: str, seed: bytes, length: int) -> bytes:
+    size = hashlib.new(hash_name).digest_size
+    blocks = (length + size - 1) // size
+    out = b"".join(hashlib.new(hash_name, seed + i.to_bytes(4, "big")).digest() for i in range(blocks))
     return out[:length]
 
 
-def decode_oaep_sha1(block: bytes, length: int, substitute: bytes) -> tuple[int, bytes]:
-    """EME-OAEP decoding (SHA-1, MGF1-SHA-1, empty label: CryptoAPI's CRYPT_OAEP) for a ``length``-byte message.
+def decode_oaep(block: bytes, length: int, substitute: bytes, hash_name: str = "sha1") -> tuple[int, bytes]:
+    """EME-OAEP decoding with ``hash_name`` (MGF1 over the same hash, empty label) for a ``length``-byte message.
 
     The block is 00 maskedSeed maskedDB; DB must be lHash 00..00 01 M with M
     exactly ``length`` bytes.  Returns ``(ok, key)`` as :func:`decode_pkcs1_v15`.
+    The hash is the message's public algorithm identifier, never the block's.
     """
+    if hash_name not in OAEP_HASHES:
+        raise ValueError(f"unknown OAEP hash {hash_name!r}")
     k = len(block)
     if len(substitute) != length:
         raise ValueError("the substitute must have the message length")
-    db_len = k - _SHA1_LEN - 1
+    h_len = hashlib.new(hash_name).digest_size
+    db_len = k - h_len - 1
     one = db_len - length - 1  # where the 01 separator must be
-    if one < _SHA1_LEN:
-        return 0, bytes(substitute)
-    masked_seed, masked_db = block[1:1 + _SHA1_LEN], block[1 + _SHA1_LEN:]
-    seed = bytes(a ^ b for a, b in zip(masked_seed, _mgf1_sha1(masked_db, _SHA1_LEN), strict=True))
-    db = bytes(a ^ b for a, b in zip(masked_db, _mgf1_sha1(seed, db_len), strict=True))
+    if one < h_len:
+        return 0, bytes(substitute)  # a length no block of this modulus can carry: public, not secret
+    masked_seed, masked_db = block[1:1 + h_len], block[1 + h_len:]
+    seed = bytes(a ^ b for a, b in zip(masked_seed, _mgf1(hash_name, masked_db, h_len), strict=True))
+    db = bytes(a ^ b for a, b in zip(masked_db, _mgf1(hash_name, seed, db_len), strict=True))
     bad = block[0] | (db[one] ^ 1)
-    for a, b in zip(db[:_SHA1_LEN], _EMPTY_LABEL_SHA1, strict=True):
+    for a, b in zip(db[:h_len], hashlib.new(hash_name, b"").digest(), strict=True):
         bad |= a ^ b
-    for byte in db[_SHA1_LEN:one]:
+    for byte in db[h_len:one]:
         bad |= byte
     ok = 1 - _nonzero(bad)
     return ok, select(ok, db[one + 1:], substitute)
+
+
+def decode_oaep_sha1(block: bytes, length: int, substitute: bytes) -> tuple[int, bytes]:
+    """EME-OAEP with SHA-1, MGF1-SHA-1 and an empty label: CryptoAPI's CRYPT_OAEP (:func:`decode_oaep`)."""
+    return decode_oaep(block, length, substitute, "sha1")

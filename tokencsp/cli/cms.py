@@ -5,20 +5,25 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file
+from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file, with_hint
 from ._result import Counting, add_result_options
 from ._status import ExitStatus
 
 if TYPE_CHECKING:
+    from ..blobs import SimpleBlob
     from ..cms.sealing import Recipient
+    from ..session import SessionKey
 
 __all__ = ["configure"]
 
 DECRYPT_HELP = """\
 Opens CMS made by 'openssl cms -encrypt' (DER, PEM or S/MIME; -stream too): EnvelopedData with
 AES-128/192/256-CBC or 3DES-CBC, AuthEnvelopedData with AES-GCM; key transport RSA PKCS#1 v1.5 or
-RSAES-OAEP (SHA-1). The encrypted key is unwrapped on the token under implicit rejection: a key
-that does not unwrap fails exactly like corrupted content (exit 4, one message).
+RSAES-OAEP with SHA-1, or SHA-256/384/512 (MGF1 over the same hash, no label) where the token does
+that OAEP (opencryptoki) or the key decrypts raw RSA (then OAEP is decoded on the host); else such
+a message is refused with one line (exit 1) before the key is used (SoftHSM 2.6: SHA-1 only). The
+encrypted key is unwrapped on the token under implicit rejection: a key that does not unwrap fails
+exactly like corrupted content (exit 4, one message).
 
 WARNING: CBC EnvelopedData has NO INTEGRITY. Anyone can alter it undetected except for the last
 block's padding; to stdout, unauthenticated plaintext streams out before the end is checked. Use
@@ -30,7 +35,7 @@ after the whole message decrypted (and, for GCM, authenticated). See docs/CMS.md
 def cmd_cms_decrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..certs import load_certificate
     from ..cms import open_stream
-    from ..errors import InputError, InvalidKeyError
+    from ..errors import InputError, InvalidKeyError, UnsupportedAlgorithm
 
     console.results.begin(file=args.input, output=args.output)
     cert = None
@@ -44,16 +49,28 @@ def cmd_cms_decrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
         stored = key.certificates()  # stored with key import-cert: recipients named by issuer and serial
         with input_stream(args.input, console) as source, output_stream(args.output, console) as sink:
             counted = Counting(sink)
-            info = open_stream(source.read, counted.write, public_key=key.public_key(),
-                               import_key=key.import_simpleblob_deferred, cert=cert, certs=stored)
+
+            def import_key(blob: SimpleBlob, oaep: bool = False, *, oaep_hash: str = "sha1") -> SessionKey:
+                try:
+                    return key.import_simpleblob_deferred(blob, oaep, oaep_hash=oaep_hash)
+                except UnsupportedAlgorithm as exc:  # an OAEP hash the token cannot do: said before the key is used
+                    raise with_hint(exc, OAEP_HINT) from None
+
+            info = open_stream(source.read, counted.write, public_key=key.public_key(), import_key=import_key,
+                               cert=cert, certs=stored)
     console.results.ok(authenticated=info.authenticated, algorithm=info.algorithm, oaep=info.oaep,
-                       bytes=counted.count)
+                       oaep_hash=info.oaep_hash, bytes=counted.count)
     return ExitStatus.OK
 
 
+OAEP_HINT = ("ask the sender for RSAES-OAEP with SHA-1 (openssl cms -encrypt -keyopt rsa_padding_mode:oaep) or "
+             "PKCS#1 v1.5, or keep the key on a token that does OAEP with this hash (opencryptoki does)")
+
 ENCRYPT_HELP = """\
 Encrypts to one or more recipients for 'openssl cms -decrypt' (or any CMS/S-MIME reader): a new
-AES-256 key, wrapped to each --to with RSA PKCS#1 v1.5 (--oaep: RSAES-OAEP SHA-1). Default
+AES-256 key, wrapped to each --to with RSA PKCS#1 v1.5 (--oaep: RSAES-OAEP SHA-1; --oaep-hash
+sha256: RSAES-OAEP SHA-256 with MGF1-SHA-256, which 'cms decrypt' opens only where the recipient's
+token does that OAEP or its key decrypts raw RSA: not a SoftHSM 2.6 key that unwraps). Default
 EnvelopedData AES-256-CBC, which has NO INTEGRITY (see 'cms decrypt --help'); --gcm makes
 AuthEnvelopedData AES-256-GCM, which readers authenticate. The output is BER (DER-compatible
 readers: openssl cms -decrypt -inform DER), streamed in constant memory. No token is needed.
@@ -80,7 +97,8 @@ def cmd_cms_encrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
 
     recipients = [_recipient(path, console) for path in args.to]
     with input_stream(args.input, console) as source, output_stream(args.output, console, mode=0o644) as sink:
-        seal_stream(source.read, sink.write, recipients, gcm=args.gcm, oaep=args.oaep)
+        seal_stream(source.read, sink.write, recipients, gcm=args.gcm, oaep=args.oaep or args.oaep_hash is not None,
+                    oaep_hash=args.oaep_hash or "sha1")
     return ExitStatus.OK
 
 
@@ -93,6 +111,8 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
                           "(PEM, DER or PUBLICKEYBLOB: named by subjectKeyIdentifier); repeat for more")
     enc.add_argument("--gcm", action="store_true", help="AuthEnvelopedData AES-256-GCM (authenticated)")
     enc.add_argument("--oaep", action="store_true", help="wrap the key with RSAES-OAEP SHA-1 instead of PKCS#1 v1.5")
+    enc.add_argument("--oaep-hash", choices=("sha1", "sha256", "sha384", "sha512"), metavar="HASH",
+                     help="RSAES-OAEP with this hash and MGF1 over it (sha1, sha256, sha384, sha512); implies --oaep")
     enc.add_argument("-o", "--output", help="output file (default: stdout)")
     enc.add_argument("input", nargs="?", help="plaintext file (default: stdin)")
     enc.set_defaults(func=cmd_cms_encrypt)

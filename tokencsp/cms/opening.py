@@ -1,7 +1,9 @@
 """Open a CMS EnvelopedData (RFC 5652) or AuthEnvelopedData (RFC 5083/5084) message from a stream.
 
 The RecipientInfo's encrypted key goes to ``import_key`` -- in tokencsp an exchange key's
-``import_simpleblob_deferred``: the token unwraps under implicit rejection, and a key that did not
+``import_simpleblob_deferred``, with the RSAES-OAEP hash the message names (``oaep_hash``, for
+OAEP other than SHA-1; the exchange key refuses a hash its token cannot do before it uses the
+key): the token unwraps under implicit rejection, and a key that did not
 unwrap comes back as a substitute key that fails exactly where a corrupted payload fails (CBC: the
 final padding check; GCM: the tag).  So a bad key transport and a bad ciphertext give one
 :class:`DecryptionError` with one message, at the end of the content.  The content is decrypted on
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from asn1crypto import algos, core
 from cryptography import x509
@@ -49,7 +51,14 @@ CONTENT_ALGORITHMS: dict[str, tuple[AlgId, str]] = {
     "aes256_gcm": (AlgId.CALG_AES_256, "gcm"),
 }
 
-KeyImport = Callable[[SimpleBlob, bool], SessionKey]
+
+
+class KeyImport(Protocol):
+    """``ExchangeKey.import_simpleblob_deferred``'s shape: (blob, oaep, oaep_hash=) -> a session key."""
+
+    def __call__(self, blob: SimpleBlob, oaep: bool = False, *, oaep_hash: str = "sha1") -> SessionKey: ...
+
+
 Write = Callable[[bytes], object]
 
 
@@ -63,6 +72,7 @@ class CmsInfo:
     algorithm: str  # asn1crypto's name, e.g. aes256_cbc
     oaep: bool
     recipient_matched: bool
+    oaep_hash: str | None = None  # RSAES-OAEP's hash (sha1, sha256...); None for PKCS#1 v1.5
 
 
 def _oid(reader: BerReader) -> str:
@@ -151,7 +161,11 @@ def open_stream(read: Read, write: Write, *, public_key: rsa.RSAPublicKey, impor
         raise CmsFormatError(f"{name} in {'AuthEnvelopedData' if authenticated else 'EnvelopedData'}")
     if reader.peek_tag() not in (0x80, 0xA0):
         raise CmsFormatError("the CMS message has no encrypted content (detached content is not supported)")
-    key = import_key(SimpleBlob(alg_id, transport.encrypted_key), transport.oaep)
+    blob = SimpleBlob(alg_id, transport.encrypted_key)
+    if transport.oaep and transport.oaep_hash != "sha1":
+        key = import_key(blob, True, oaep_hash=transport.oaep_hash)
+    else:  # CRYPT_OAEP or PKCS#1 v1.5: any (blob, oaep) import will do, as before oaep_hash existed
+        key = import_key(blob, transport.oaep)
     try:
         cipher: _Cbc | _Gcm = _Cbc(key, params) if mode == "cbc" else _Gcm(key, params)
         head = reader.header()
@@ -181,4 +195,5 @@ def open_stream(read: Read, write: Write, *, public_key: rsa.RSAPublicKey, impor
             write(out)
     finally:
         key.wipe()
-    return CmsInfo(authenticated, name, transport.oaep, transport.matched)
+    return CmsInfo(authenticated, name, transport.oaep, transport.matched,
+                   transport.oaep_hash if transport.oaep else None)

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from asn1crypto import algos
 from asn1crypto import cms as asn1_cms
 from asn1crypto import keys as asn1_keys
 from cryptography import x509
@@ -21,14 +22,25 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..errors import CmsFormatError, CmsRecipientNotFound, UnsupportedAlgorithm
 
-__all__ = ["KeyTransport", "key_identifier", "parse_recipient_infos", "select_recipient"]
+__all__ = ["OAEP_HASHES", "KeyTransport", "key_identifier", "oaep_hash_label", "parse_recipient_infos",
+           "select_recipient"]
+
+#: RSAES-OAEP hashes a CMS key transport may name (MGF1 over the same hash, empty label), asn1crypto
+#: names: what the token layer and the host-side decoding (tokencsp.rsadecode) both implement.
+OAEP_HASHES = ("sha1", "sha256", "sha384", "sha512")
 
 
 @dataclass(frozen=True)
 class KeyTransport:
     encrypted_key: bytes
-    oaep: bool  # RSAES-OAEP (SHA-1, MGF1-SHA-1, empty label); else PKCS#1 v1.5
+    oaep: bool  # RSAES-OAEP (MGF1 over ``oaep_hash``, empty label); else PKCS#1 v1.5
     matched: bool  # named this key (False: the only candidate of the right size)
+    oaep_hash: str = "sha1"  # one of OAEP_HASHES; meaningful with ``oaep`` only
+
+
+def oaep_hash_label(name: str) -> str:
+    """``sha256`` -> ``SHA-256``: how messages name a hash."""
+    return name.upper().replace("SHA", "SHA-", 1) if name.startswith("sha") else name
 
 
 def key_identifier(public_key: rsa.RSAPublicKey) -> bytes:
@@ -48,27 +60,42 @@ def parse_recipient_infos(raw: bytes) -> asn1_cms.RecipientInfos:
     return infos
 
 
-def _oaep(params: asn1_cms.RSAESOAEPParams) -> bool:
-    hash_name = params["hash_algorithm"]["algorithm"].native
-    mgf = params["mask_gen_algorithm"]
-    mgf_hash = mgf["parameters"]["algorithm"].native
-    label = params["p_source_algorithm"]["parameters"].native
-    if hash_name != "sha1" or mgf["algorithm"].native != "mgf1" or mgf_hash != "sha1" or label:
-        raise UnsupportedAlgorithm(f"RSAES-OAEP with {hash_name}/MGF1-{mgf_hash}{' and a label' if label else ''}: "
-                                   "only SHA-1 without a label is supported (SoftHSM 2.6 unwraps no other)")
-    return True
+def _oaep(params: object) -> str:
+    """The OAEP hash of RSAES-OAEP-params (RFC 4055 3.1); anything but MGF1 over it and an empty label is refused."""
+    if not isinstance(params, algos.RSAESOAEPParams):
+        raise CmsFormatError("the RSAES-OAEP key transport has no RSAES-OAEP-params")
+    try:
+        hash_name = params["hash_algorithm"]["algorithm"].native
+        mgf = params["mask_gen_algorithm"]
+        mgf_name = mgf["algorithm"].native
+        mgf_hash = mgf["parameters"]["algorithm"].native if mgf_name == "mgf1" else None
+        source = params["p_source_algorithm"]
+        label = source["parameters"].native if source["algorithm"].native == "p_specified" else None
+    except (ValueError, TypeError, KeyError):
+        raise CmsFormatError("the RSAES-OAEP parameters are malformed") from None
+    shown = oaep_hash_label(str(hash_name))
+    if hash_name not in OAEP_HASHES:
+        raise UnsupportedAlgorithm(f"RSAES-OAEP with {shown} is not supported "
+                                   f"({', '.join(map(oaep_hash_label, OAEP_HASHES))})")
+    if mgf_name != "mgf1":
+        raise UnsupportedAlgorithm(f"RSAES-OAEP with the mask generation function {mgf_name} is not supported "
+                                   "(MGF1 only)")
+    if mgf_hash != hash_name:
+        raise UnsupportedAlgorithm(f"RSAES-OAEP with {shown} and MGF1-{oaep_hash_label(str(mgf_hash))} is not "
+                                   "supported: the MGF1 hash must be the OAEP hash")
+    if label != b"":
+        raise UnsupportedAlgorithm("RSAES-OAEP with a label (pSourceFunc) is not supported: only the empty label")
+    return str(hash_name)
 
 
 def _transport(ktri: asn1_cms.KeyTransRecipientInfo, matched: bool) -> KeyTransport:
     algorithm = ktri["key_encryption_algorithm"]
     name = algorithm["algorithm"].native
     if name == "rsaes_pkcs1v15":
-        oaep = False
-    elif name == "rsaes_oaep":
-        oaep = _oaep(algorithm["parameters"])
-    else:
-        raise UnsupportedAlgorithm(f"key transport {name} is not supported (RSA PKCS#1 v1.5 or RSAES-OAEP)")
-    return KeyTransport(ktri["encrypted_key"].native, oaep, matched)
+        return KeyTransport(ktri["encrypted_key"].native, False, matched)
+    if name == "rsaes_oaep":
+        return KeyTransport(ktri["encrypted_key"].native, True, matched, _oaep(algorithm["parameters"]))
+    raise UnsupportedAlgorithm(f"key transport {name} is not supported (RSA PKCS#1 v1.5 or RSAES-OAEP)")
 
 
 def _names(rid: asn1_cms.RecipientIdentifier, ski: bytes, certs: Sequence[x509.Certificate]) -> bool:

@@ -3,7 +3,8 @@
 One KeyTransRecipientInfo per recipient: named by issuer and serial when a certificate is given,
 by subjectKeyIdentifier (RFC 5280 method 1, or the certificate's own) for a bare public key; the
 content key wrapped with RSA PKCS#1 v1.5 (default, what every CMS reader takes) or RSAES-OAEP
-SHA-1.  The output is indefinite-length BER, as ``openssl cms -encrypt -stream`` writes it, so
+(SHA-1 by default; SHA-256/384/512 with MGF1 over the same hash, as ``-keyopt rsa_oaep_md:sha256``).
+The output is indefinite-length BER, as ``openssl cms -encrypt -stream`` writes it, so
 content of any size streams through in constant memory.  Host only (no token: a sender needs
 none).  Pure: bytes in through ``read``, out through ``write``.
 """
@@ -23,22 +24,27 @@ from cryptography.hazmat.primitives import padding as sympadding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
-from ..errors import InvalidKeyError
+from ..errors import InvalidKeyError, UnsupportedAlgorithm
 from .ber import CHUNK, Read
 from .opening import OID_AUTH_ENVELOPED, OID_DATA, OID_ENVELOPED, GcmParameters
-from .recipients import key_identifier
+from .recipients import OAEP_HASHES, key_identifier
 
 __all__ = ["Recipient", "seal_stream"]
 
 Write = Callable[[bytes], object]
 
 _EOC = b"\x00\x00"
-_OAEP_SHA1 = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
 _GCM_TAG = 16
-_OAEP_PARAMS = algos.RSAESOAEPParams({
-    "hash_algorithm": {"algorithm": "sha1"},
-    "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": "sha1"}},
-    "p_source_algorithm": {"algorithm": "p_specified", "parameters": b""}})
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+
+
+def _oaep_params(hash_name: str) -> algos.RSAESOAEPParams:
+    # Every field explicit, as openssl writes them (RFC 4055 allows the SHA-1 defaults to be left out).
+    return algos.RSAESOAEPParams({
+        "hash_algorithm": {"algorithm": hash_name},
+        "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": hash_name}},
+        "p_source_algorithm": {"algorithm": "p_specified", "parameters": b""}})
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,9 @@ def _oid(dotted: str) -> bytes:
     return bytes(core.ObjectIdentifier(dotted).dump())
 
 
-def _recipient_info(recipient: Recipient, content_key: bytes, oaep: bool) -> asn1_cms.RecipientInfo:
-    encrypted = recipient.public_key.encrypt(content_key, _OAEP_SHA1 if oaep else padding.PKCS1v15())
+def _recipient_info(recipient: Recipient, content_key: bytes, oaep: str | None) -> asn1_cms.RecipientInfo:
+    scheme = padding.OAEP(padding.MGF1(_HASHES[oaep]()), _HASHES[oaep](), None) if oaep else padding.PKCS1v15()
+    encrypted = recipient.public_key.encrypt(content_key, scheme)
     if recipient.cert is not None:
         rid = asn1_cms.RecipientIdentifier(name="issuer_and_serial_number", value=asn1_cms.IssuerAndSerialNumber({
             "issuer": asn1_x509.Name.load(recipient.cert.issuer.public_bytes()),
@@ -75,7 +82,7 @@ def _recipient_info(recipient: Recipient, content_key: bytes, oaep: bool) -> asn
     else:
         rid = asn1_cms.RecipientIdentifier(name="subject_key_identifier", value=key_identifier(recipient.public_key))
         version = "v2"
-    algorithm = (asn1_cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_oaep", "parameters": _OAEP_PARAMS})
+    algorithm = (asn1_cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_oaep", "parameters": _oaep_params(oaep)})
                  if oaep else asn1_cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15",
                                                                 "parameters": core.Null()}))
     return asn1_cms.RecipientInfo(name="ktri", value=asn1_cms.KeyTransRecipientInfo({
@@ -83,12 +90,17 @@ def _recipient_info(recipient: Recipient, content_key: bytes, oaep: bool) -> asn
 
 
 def seal_stream(read: Read, write: Write, recipients: Sequence[Recipient], *, gcm: bool = False,
-                oaep: bool = False) -> None:
-    """Encrypt everything ``read`` gives to ``recipients``, writing CMS BER to ``write`` as it goes."""
+                oaep: bool = False, oaep_hash: str = "sha1") -> None:
+    """Encrypt everything ``read`` gives to ``recipients``, writing CMS BER to ``write`` as it goes.
+
+    ``oaep``: RSAES-OAEP with ``oaep_hash`` (one of ``recipients.OAEP_HASHES``) and MGF1 over it.
+    """
     if not recipients:
         raise InvalidKeyError("a CMS message needs at least one recipient")
+    if oaep_hash not in OAEP_HASHES:
+        raise UnsupportedAlgorithm(f"RSAES-OAEP with {oaep_hash!r} is not supported ({', '.join(OAEP_HASHES)})")
     content_key = bytearray(os.urandom(32))
-    infos = [_recipient_info(r, bytes(content_key), oaep) for r in recipients]
+    infos = [_recipient_info(r, bytes(content_key), oaep_hash if oaep else None) for r in recipients]
     if gcm:
         nonce = os.urandom(12)
         parameters: core.Asn1Value = GcmParameters({"aes_nonce": nonce, "aes_icvlen": _GCM_TAG})
