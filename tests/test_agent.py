@@ -170,6 +170,31 @@ def test_daemon_mode_detaches_and_serves(keys, tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_a_format_2_message_is_signed_twice_through_the_agent(agent, keys, tmp_path):
+    """docs/FORMAT.md 9.5: the prefix signature and the trailer, both by the token key behind the agent;
+    the trailer covers the payload, so a changed trailer is refused on stdout with nothing written."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    backup = tmp_path / "backup.pem"  # a second recipient: only agent-rx opens here
+    backup.write_bytes(rsa.generate_private_key(65537, 2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    before = agent.count("sign")
+    sealed = tmp_path / "m2.tcsp"
+    agent.run("seal", "--to", str(keys / "agent-rx.pub"), "--to", str(backup), "--sign-with", "agent-signer",
+              "-o", str(sealed), input=b"two signatures")
+    assert agent.count("sign") == before + 2
+    opener = ["open", "--key", "agent-rx", "--trust", str(keys / "agent-signer.pub"), "--replay-db",
+              str(tmp_path / "db")]
+    bad = tmp_path / "bad.tcsp"
+    data = bytearray(sealed.read_bytes())
+    data[-1] ^= 1  # the trailer's last byte
+    bad.write_bytes(bytes(data))
+    assert_one_line_error(agent.run(*opener, str(bad), check=False), 31, "sender signature does not verify")
+    opened = agent.run(*opener, str(sealed))  # the refused copy did not spend it
+    assert opened.stdout == b"two signatures" and b"signature verified" in opened.stderr
+
+
 def test_open_batch_capi_key_list_export_and_sign_go_through_the_agent(agent, keys, tmp_path):
     before = agent.status()["requests"]
     sealed = tmp_path / "m.tcsp"

@@ -23,6 +23,7 @@ def pubs(tmp_path_factory, softhsm_kit):
         tokencsp("key", "export", name, "--token", token, "--format", "pem", "-o", str(home / f"{name}.pem"))
     tokencsp("key", "generate", "cliv2-ca", "--usage", "signature", "--token", TOKEN_B)
     tokencsp("key", "generate", "cliv2-signonly", "--usage", "signature", "--token", TOKEN_B)
+    tokencsp("key", "export", "cliv2-ca", "--token", TOKEN_B, "-o", str(home / "ca.pub"))  # signs messages too
     tokencsp("key", "cert", "cliv2-bob", "--signer", "cliv2-ca", "--token", TOKEN_B, "-o", str(home / "bob.crt"))
     tokencsp("key", "cert", "cliv2-signonly", "--signer", "cliv2-ca", "--token", TOKEN_B,
              "-o", str(home / "signonly.crt"))
@@ -109,3 +110,36 @@ def test_open_out_dir_takes_format_2_messages_too(pubs, tmp_path):
     tokencsp(*opener("cliv2-bob", tmp_path / "db", "--out-dir", str(inbox)), str(spool / "a.tcsp"),
              str(spool / "b.tcsp"))
     assert (inbox / "a").read_bytes() == b"to both" and (inbox / "b").read_bytes() == b"to bob"
+
+
+def test_a_signed_format_2_message_is_released_only_after_its_trailer(pubs, tmp_path):
+    """docs/FORMAT.md 9.5 T4: with --trust, stdout gets nothing unless the trailer verified, -o no file;
+    inspect says the signature covers the message."""
+    sealed = tmp_path / "s.tcsp"
+    text = bytes(range(256)) * 1024  # 256 KiB: several 64 KiB chunks that authenticate before the trailer
+    tokencsp("seal", "--to", str(pubs / "cliv2-alice.pub"), "--to", str(pubs / "cliv2-bob.pub"),
+             "--sign-with", "cliv2-ca", "--token", TOKEN_B, "-o", str(sealed), input=text)
+    info = one(tokencsp("inspect", "--json", str(sealed)).stdout)
+    assert info["signed"] and info["signature_covers"] == "message"
+    trust = ("--trust", str(pubs / "ca.pub"))
+    bad = tmp_path / "bad.tcsp"
+    data = bytearray(sealed.read_bytes())
+    data[-100] ^= 0x04  # inside the trailer: every chunk still authenticates
+    bad.write_bytes(bytes(data))
+    db = tmp_path / "db"
+    refused = tokencsp(*opener("cliv2-alice", db, *trust), str(bad), check=False)  # stdout: nothing at all
+    assert_one_line_error(refused, 31, "sender signature does not verify")
+    out = tmp_path / "out"
+    refused = tokencsp(*opener("cliv2-bob", db, *trust, "-o", str(out)), str(bad), check=False)
+    assert_one_line_error(refused, 31, "sender signature does not verify")
+    assert not out.exists()
+    for name in ("cliv2-alice", "cliv2-bob"):  # the refused copies spent nothing
+        opened = tokencsp(*opener(name, db, *trust), str(sealed))
+        assert opened.stdout == text and b"signature verified" in opened.stderr
+    v1 = tmp_path / "v1.tcsp"
+    tokencsp("seal", "--to", str(pubs / "cliv2-alice.pub"), "--sign-with", "cliv2-ca", "--token", TOKEN_B,
+             "-o", str(v1), input=b"one")
+    assert one(tokencsp("inspect", "--json", str(v1)).stdout)["signature_covers"] == "prefix"
+    plain = tmp_path / "plain.tcsp"
+    tokencsp("seal", "--to", str(pubs / "cliv2-alice.pub"), "-o", str(plain), input=b"none")
+    assert one(tokencsp("inspect", "--json", str(plain)).stdout)["signature_covers"] is None

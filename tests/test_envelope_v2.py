@@ -24,7 +24,7 @@ from tokencsp import envelope as E
 from tokencsp.blobs import AlgId, SimpleBlob
 from tokencsp.envelope import Header2, open_bytes, open_message, read_header, seal_bytes
 from tokencsp.envelope._format import nonce
-from tokencsp.envelope._format2 import Entry, derive_keys, prefix2, replay_key2
+from tokencsp.envelope._format2 import Entry, derive_keys, prefix2, replay_key2, signed_data2
 from tokencsp.envelope.opening import PSS
 from tokencsp.errors import (
     AuthenticationFailed,
@@ -35,6 +35,7 @@ from tokencsp.errors import (
     NotForThisKey,
     Pkcs1Refused,
     ReplayedMessage,
+    SignatureRequired,
     TruncatedMessage,
 )
 from tokencsp.pubkeys import fingerprint
@@ -80,7 +81,9 @@ def v2_layout(message: bytes) -> dict[str, range]:
     if pre.signature is not None:
         out["signature"] = range(at, at + 2 + len(pre.signature))
         at += 2 + len(pre.signature)
-    out["chunks"] = range(at, len(message))
+    out["chunks"] = range(at, len(message) - pre.trailer_length)
+    if pre.signature is not None:
+        out["trailer"] = range(len(message) - pre.trailer_length, len(message))
     return out
 
 
@@ -401,7 +404,10 @@ def test_two_recipients_sharing_one_postgres_cache_each_accept_once(keys, signer
                 open_bytes(sealed, who, cache=cache, trust=trust)
 
 
-# -- signatures -------------------------------------------------------------------------------------
+# -- signatures: the prefix signature and the trailer (section 9.5) -------------------------------
+
+PREFIX_CONTEXT = b"tokencsp sealed message v2 prefix signature\0"
+TRAILER_CONTEXT = b"tokencsp sealed message v2 trailer signature\0"
 
 
 def test_a_signed_v2_message_verifies_for_each_and_binds_every_entry(keys, signer):
@@ -409,8 +415,11 @@ def test_a_signed_v2_message_verifies_for_each_and_binds_every_entry(keys, signe
     trust = E.trust_set([signer.public_key()])
     sealed = seal_bytes(b"signed", [alice.public_key(), bob.public_key()], now=NOW, signer=signer, serial=5)
     pre = read_header(io.BytesIO(sealed))
-    signer.public_key().verify(pre.signature, b"tokencsp sealed message v2 signature\0" + pre.header.to_bytes()
+    signer.public_key().verify(pre.signature, PREFIX_CONTEXT + pre.header.to_bytes()
                                + b"".join(e.to_bytes() for e in pre.entries) + pre.commitment, PSS, hashes.SHA256())
+    trailer = sealed[-len(pre.signature):]  # the trailer, as long as the prefix signature, over the rest
+    signer.public_key().verify(trailer, TRAILER_CONTEXT + hashlib.sha256(sealed[:-len(trailer)]).digest(), PSS,
+                               hashes.SHA256())
     # Mallory replaces bob's entry with one wrapping a file key of her own: the signature no longer fits.
     bob_index = pre.recipients.index(fingerprint(bob.public_key()))
     forged_blob = SessionKey.from_bytes(AlgId.CALG_AES_256, b"\x33" * 32).export_simpleblob(bob.public_key(), oaep=True)
@@ -422,23 +431,202 @@ def test_a_signed_v2_message_verifies_for_each_and_binds_every_entry(keys, signe
         assert isinstance(error, BadSignature)
 
 
-def test_a_corecipient_can_forge_the_payload_under_the_senders_signature(keys, signer):
-    """The limit FORMAT.md 9.5 states: every recipient knows the file key, so bob can re-encrypt the
-    payload under the sender's signed prefix and alice reports the sender as verified."""
+def _bobs_keys(bob, pre) -> tuple[bytes, bytes]:
+    """What bob, a recipient, learns with his own token from his own entry: the file and payload keys."""
+    mine = pre.for_recipient(fingerprint(bob.public_key()))
+    file_key = bob.import_simpleblob(mine.key_blob, oaep=True).key
+    return file_key, mine.payload_key(file_key)
+
+
+def _chunks(sealed: bytes, pre) -> list[bytes]:
+    body = sealed[len(pre.raw):len(sealed) - pre.trailer_length]
+    size = pre.header.chunk_size + TAG
+    return [body[i:i + size] for i in range(0, len(body), size)]
+
+
+def test_a_corecipient_cannot_forge_the_payload_under_the_senders_signature(keys, signer):
+    """T1 (FORMAT.md 9.5): bob knows the file key and re-encrypts a payload of his own under the sender's
+    signed prefix, keeping the genuine trailer or none at all; alice refuses both, releases nothing."""
     alice, bob = keys["alice"], keys["bob"]
     trust = E.trust_set([signer.public_key()])
     sealed = seal_bytes(b"genuine", [alice.public_key(), bob.public_key()], now=NOW, signer=signer, serial=6)
     pre = read_header(io.BytesIO(sealed))
-    mine = pre.for_recipient(fingerprint(bob.public_key()))
-    file_key = bob.import_simpleblob(mine.key_blob, oaep=True).key  # bob's token, bob's own entry
+    _, payload_key = _bobs_keys(bob, pre)  # bob's token, bob's own entry
     ad = hashlib.sha256(pre.raw).digest()
-    forged = pre.raw + AESGCM(mine.payload_key(file_key)).encrypt(nonce(0, True), b"forged by bob", ad)
+    chunk = AESGCM(payload_key).encrypt(nonce(0, True), b"forged by bob", ad)
+    genuine_trailer = sealed[-pre.trailer_length:]
+    for forged in (pre.raw + chunk + genuine_trailer, pre.raw + chunk):
+        sink = io.BytesIO()
+        with pytest.raises((BadSignature, TruncatedMessage)):  # a wrong trailer, or none: chunk bytes taken for it
+            open_message(io.BytesIO(forged), sink, alice, cache=MemoryReplayCache(), now=NOW, trust=trust)
+        assert sink.getvalue() == b""
+    # The first construction is exactly a valid chunk that the trailer does not cover: BadSignature.
+    error, _ = attempt(pre.raw + chunk + genuine_trailer, alice, trust=trust)
+    assert type(error) is BadSignature and str(error) == "sender signature does not verify"
+
+
+def test_a_forged_payload_releases_nothing_and_does_not_burn_the_genuine_message(keys, signer):
+    """T4: the trailer is checked before anything reaches a streaming sink and before the record."""
+    alice, bob = keys["alice"], keys["bob"]
+    trust = E.trust_set([signer.public_key()])
+    text = payload(4 * CS + 5)  # five chunks: streaming would have released four before the last one
+    sealed = seal_bytes(text, [alice.public_key(), bob.public_key()], now=NOW, chunk_size=CS, signer=signer,
+                        serial=7)
+    pre = read_header(io.BytesIO(sealed))
+    _, payload_key = _bobs_keys(bob, pre)
+    ad = hashlib.sha256(pre.raw).digest()
+    chunks = _chunks(sealed, pre)
+    # bob changes the last chunk only: every chunk authenticates under the payload key
+    chunks[-1] = AESGCM(payload_key).encrypt(nonce(len(chunks) - 1, True), b"bob's", ad)
+    forged = pre.raw + b"".join(chunks) + sealed[-pre.trailer_length:]
     cache = MemoryReplayCache()
-    sink = io.BytesIO()
-    opened = open_message(io.BytesIO(forged), sink, alice, cache=cache, now=NOW, trust=trust)
-    assert sink.getvalue() == b"forged by bob" and opened.sender_verified
+    sink = io.BytesIO()  # a pipe: not one chunk released, though four authenticated before the last
+    with pytest.raises(BadSignature):
+        open_message(io.BytesIO(forged), sink, alice, cache=cache, now=NOW, trust=trust)
+    assert sink.getvalue() == b""
+    with pytest.raises(BadSignature):  # a private sink (released at the end): the caller gets nothing
+        open_bytes(forged, alice, cache=cache, now=NOW, trust=trust)
+    sink = io.BytesIO()  # the genuine copy still opens, streaming, from the same cache
+    opened = open_message(io.BytesIO(sealed), sink, alice, cache=cache, now=NOW, trust=trust)
+    assert sink.getvalue() == text and opened.sender_verified
     error, _ = attempt(sealed, alice, cache=cache, trust=trust)
-    assert isinstance(error, ReplayedMessage)  # ... and the genuine copy is then refused as a replay
+    assert isinstance(error, ReplayedMessage)
+
+
+def test_a_corecipient_keeping_every_gcm_tag_is_refused_by_the_trailer(keys, signer):
+    """T2: under a key he knows, bob changes chunk 0's ciphertext in two blocks so that GHASH -- and so
+    the tag -- stays the same; GCM accepts the new chunk, a hash of the tags would too, the trailer not."""
+    alice, bob = keys["alice"], keys["bob"]
+    trust = E.trust_set([signer.public_key()])
+    sealed = seal_bytes(payload(CS), [alice.public_key(), bob.public_key()], now=NOW, chunk_size=CS,
+                        signer=signer, serial=8)
+    pre = read_header(io.BytesIO(sealed))
+    _, payload_key = _bobs_keys(bob, pre)
+    ad = hashlib.sha256(pre.raw).digest()
+    (chunk,) = _chunks(sealed, pre)
+    blocks, tag = _blocks(chunk[:-TAG]), chunk[-TAG:]
+    h = _ecb(payload_key, bytes(16))
+    n = len(_blocks(ad)) + len(blocks) + 1  # GHASH inputs: AD, ciphertext, lengths
+    first, second = len(_blocks(ad)), len(_blocks(ad)) + 1  # positions of ciphertext blocks 0 and 1
+    delta = 1 << 100
+    # delta*H^(n-first) + delta'*H^(n-second) = 0  =>  delta' = delta * H^(second-first)
+    blocks[0] ^= delta
+    blocks[1] ^= _gf_mul(delta, _gf_pow(h, second - first))
+    assert second - first == 1 and n > second
+    twin = b"".join(x.to_bytes(16, "big") for x in blocks) + tag
+    assert twin != chunk and twin[-TAG:] == chunk[-TAG:]
+    changed = AESGCM(payload_key).decrypt(nonce(0, True), twin, ad)  # GCM accepts it: the same tag
+    assert changed != payload(CS)
+    forged = pre.raw + twin + sealed[-pre.trailer_length:]
+    error, out = attempt(forged, alice, trust=trust)
+    assert type(error) is BadSignature and out == b""
+
+
+def test_a_trailer_from_another_message_is_refused(keys, signer):
+    """T3: the same sender, recipients and payload, another message id: its trailer does not fit."""
+    alice, bob = keys["alice"], keys["bob"]
+    trust = E.trust_set([signer.public_key()])
+    recipients = [alice.public_key(), bob.public_key()]
+    one = seal_bytes(b"same words", recipients, now=NOW, signer=signer, serial=9)
+    other = seal_bytes(b"same words", recipients, now=NOW, signer=signer, serial=9)
+    length = read_header(io.BytesIO(one)).trailer_length
+    spliced = one[:-length] + other[-length:]
+    for who in (alice, bob):
+        error, out = attempt(spliced, who, trust=trust)
+        assert type(error) is BadSignature and out == b""
+        assert attempt(one, who, trust=trust)[0] is None
+
+
+def test_a_truncated_or_altered_trailer_is_refused(hosts):
+    """T5, with host keys to try every trailer byte: a cut trailer, a flipped bit, bytes appended."""
+    a, b, _ = hosts
+    sender = rsa.generate_private_key(65537, 2048)
+    host_signer = FixedSigner(sender.public_key(), lambda d: sender.sign(d, PSS, hashes.SHA256()))
+    trust = E.trust_set([sender.public_key()])
+    sealed = seal_bytes(payload(3 * CS), [a.public_key(), b.public_key()], now=NOW, chunk_size=CS,
+                        signer=host_signer, serial=10)
+    where = v2_layout(sealed)
+    assert len(where["trailer"]) == 256 and where["trailer"][-1] == len(sealed) - 1
+    cuts = [sealed[:-cut] for cut in (1, 16, 255, 256, 256 + TAG, 256 + CS + TAG)]
+    flips = []
+    for pos in where["trailer"]:
+        bad = bytearray(sealed)
+        bad[pos] ^= 0x80 if pos % 2 else 0x01
+        flips.append(bytes(bad))
+    for bad in (*cuts, *flips, sealed + b"\0", sealed + sealed[-256:]):
+        for who in (a, b):
+            error, out = attempt(bad, who, trust=trust)
+            assert isinstance(error, (BadSignature, AuthenticationFailed)), error  # TruncatedMessage included
+            assert out == b""
+    for bad in flips:  # a whole trailer that is not the sender's: BadSignature, not a tamper error
+        assert type(attempt(bad, a, trust=trust)[0]) is BadSignature
+    for who in (a, b):  # without a trust set nobody checks the trailer, but it still is not plaintext
+        assert attempt(sealed, who)[1] == payload(3 * CS)
+
+
+def test_reordered_or_dropped_chunks_of_a_signed_v2_message_are_refused(keys, signer):
+    alice, bob = keys["alice"], keys["bob"]
+    trust = E.trust_set([signer.public_key()])
+    sealed = seal_bytes(payload(3 * CS + 1), [alice.public_key(), bob.public_key()], now=NOW, chunk_size=CS,
+                        signer=signer, serial=11)
+    pre = read_header(io.BytesIO(sealed))
+    chunks, trailer = _chunks(sealed, pre), sealed[-pre.trailer_length:]
+    assert len(chunks) == 4
+    for order in ([1, 0, 2, 3], [0, 2, 1, 3], [0, 1, 3], [0, 0, 1, 2, 3]):
+        bad = pre.raw + b"".join(chunks[i] for i in order) + trailer
+        for who in (alice, bob):
+            error, out = attempt(bad, who, trust=trust)
+            assert isinstance(error, AuthenticationFailed), (order, error)
+            assert out == b""  # verified senders: nothing is released before the trailer (T4)
+
+
+def test_stripping_the_signature_of_a_v2_message_is_refused_with_a_trust_set(keys, signer):
+    """The downgrade: bob makes an unsigned message of the signed one (same entries, commitment and
+    payload key: he knows the file key) -- refused by alice when she requires a trusted sender (O8)."""
+    alice, bob = keys["alice"], keys["bob"]
+    trust = E.trust_set([signer.public_key()])
+    sealed = seal_bytes(b"signed by the sender", [alice.public_key(), bob.public_key()], now=NOW, chunk_size=CS,
+                        signer=signer, serial=12)
+    pre = read_header(io.BytesIO(sealed))
+    _, payload_key = _bobs_keys(bob, pre)
+    h = pre.header
+    unsigned = Header2(h.message_id, h.timestamp_ms, h.recipient_count, chunk_size=h.chunk_size)
+    raw = prefix2(unsigned, pre.entries, pre.commitment, None)
+    stripped = raw + AESGCM(payload_key).encrypt(nonce(0, True), b"from bob, unsigned",
+                                                 hashlib.sha256(raw).digest())
+    assert stripped[11] & 0x02 == 0
+    error, out = attempt(stripped, alice, trust=trust)
+    assert type(error) is SignatureRequired and out == b""
+    opened_text = open_bytes(stripped, alice, cache=MemoryReplayCache(), now=NOW)  # no trust set: anonymous
+    assert opened_text == b"from bob, unsigned"
+    # Only the flag cleared (the signed bytes kept): a different prefix, refused whatever the trust.
+    flag_only = bytearray(sealed)
+    flag_only[11] &= ~0x02
+    for kw in ({"trust": trust}, {}):
+        error, out = attempt(bytes(flag_only), alice, **kw)
+        assert isinstance(error, MessageRejected) and out == b"", (kw, error)
+
+
+def test_a_v2_message_signed_the_header_only_way_is_refused(keys, signer):
+    """G3': the header-only draft of 9.5 (one signature, old context, no trailer) opens for nobody who
+    verifies the sender: its prefix signature is refused at step 4, before any token work."""
+    alice, bob = keys["alice"], keys["bob"]
+    trust = E.trust_set([signer.public_key()])
+    sealed = seal_bytes(payload(100), [alice.public_key(), bob.public_key()], now=NOW, chunk_size=CS,
+                        signer=signer, serial=13)
+    pre = read_header(io.BytesIO(sealed))
+    draft_signed = b"tokencsp sealed message v2 signature\0" + signed_data2(pre.header, pre.entries,
+                                                                            pre.commitment)[len(PREFIX_CONTEXT):]
+    draft = prefix2(pre.header, pre.entries, pre.commitment, signer.sign(draft_signed))
+    _, payload_key = _bobs_keys(bob, pre)
+    ad = hashlib.sha256(draft).digest()
+    text = payload(100)
+    body = (AESGCM(payload_key).encrypt(nonce(0, False), text[:CS], ad)
+            + AESGCM(payload_key).encrypt(nonce(1, True), text[CS:], ad))
+    for who in (alice, bob):
+        counted = Counting(who)
+        error, out = attempt(draft + body, counted, trust=trust)
+        assert type(error) is BadSignature and out == b"" and counted.imports == 0
 
 
 # -- the version 2 test vector in docs/FORMAT.md (section 10) ------------------------------------
@@ -451,7 +639,8 @@ def _vector() -> dict[str, bytes]:
     out = {name[3:]: (bytes.fromhex(body) if kind == "hex" else body.encode()) for kind, name, body in found}
     assert {"alice-private-key", "bob-private-key", "sender-public-key", "plaintext", "file-key", "message-id",
             "header", "key-blob-alice", "key-blob-bob", "payload-key", "commitment", "signature",
-            "associated-data", "replay-key-alice", "replay-key-bob", "chunk-0", "chunk-1", "message"} <= set(out)
+            "associated-data", "replay-key-alice", "replay-key-bob", "chunk-0", "chunk-1", "message-hash",
+            "trailer", "message"} <= set(out)
     return out
 
 
@@ -478,9 +667,12 @@ def test_v2_vector_from_format_md(vector_keys):
                        for i, blob in ((id_a, v["key-blob-alice"]), (id_b, v["key-blob-bob"])))
     signed = v["header"] + entries + v["commitment"]
     prefix = signed + len(v["signature"]).to_bytes(2, "big") + v["signature"]
-    assert message == prefix + v["chunk-0"] + v["chunk-1"]
+    assert message == prefix + v["chunk-0"] + v["chunk-1"] + v["trailer"]
+    assert len(v["trailer"]) == len(v["signature"]) == 256
     assert hashlib.sha256(prefix).digest() == v["associated-data"]
-    sender.verify(v["signature"], b"tokencsp sealed message v2 signature\0" + signed, PSS, hashes.SHA256())
+    assert hashlib.sha256(prefix + v["chunk-0"] + v["chunk-1"]).digest() == v["message-hash"]
+    sender.verify(v["signature"], PREFIX_CONTEXT + signed, PSS, hashes.SHA256())
+    sender.verify(v["trailer"], TRAILER_CONTEXT + v["message-hash"], PSS, hashes.SHA256())
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     def hkdf(label: bytes) -> bytes:
@@ -505,8 +697,49 @@ def test_v2_vector_from_format_md(vector_keys):
         assert opened.header == Header2.parse(v["header"]) and opened.header.serial == 42
     # Re-sealing with the vector's inputs reproduces every byte.
     again = seal_bytes(v["plaintext"], [bob.public_key(), alice.public_key()],
-                       signer=FixedSigner(sender, lambda d: v["signature"]), serial=42, now=now, chunk_size=64,
+                       signer=FixedSigner(sender, lambda d: v["signature" if d.startswith(PREFIX_CONTEXT) else "trailer"]),
+                       serial=42, now=now, chunk_size=64,
                        message_id=v["message-id"], session_key=v["file-key"],
                        key_blobs=[v["key-blob-bob"], v["key-blob-alice"]])
     assert again == message
 
+
+
+def test_a_big_verified_message_waits_in_an_unlinked_spool(hosts, tmp_path, monkeypatch):
+    """9.6 step 8a: beyond 1 MiB the spool is a temporary file in TMPDIR -- with no name left there --
+    and the sink gets the plaintext only after the trailer verified."""
+    import tempfile
+
+    from tokencsp.envelope import opening
+
+    a, b, _ = hosts
+    sender = rsa.generate_private_key(65537, 2048)
+    host_signer = FixedSigner(sender.public_key(), lambda d: sender.sign(d, PSS, hashes.SHA256()))
+    text = payload(opening.SPOOL_IN_MEMORY + 3 * 65536 + 11)
+    sealed = seal_bytes(text, [a.public_key(), b.public_key()], now=NOW, signer=host_signer, serial=1)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    files = []
+    real = tempfile.TemporaryFile
+
+    def counted(*args, **kw):  # the spool's roll-over to disk
+        files.append(real(*args, **kw))
+        return files[-1]
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", counted)
+
+    class Cache(MemoryReplayCache):
+        def accept(self, *args, **kw):
+            self.sink_then = len(sink.getvalue())
+            return super().accept(*args, **kw)
+
+    cache = Cache()
+    sink = io.BytesIO()
+    opened = open_message(io.BytesIO(sealed), sink, a, cache=cache, now=NOW, trust=E.trust_set([sender.public_key()]))
+    assert sink.getvalue() == text and opened.plaintext_length == len(text) and opened.sender_verified
+    assert cache.sink_then == 0, "recorded after the trailer, released after the record"
+    assert len(files) == 1 and files[0].closed, "one spool file on disk, closed once copied"
+    bad = bytearray(sealed)
+    bad[-1] ^= 1
+    error, out = attempt(bytes(bad), b, trust=E.trust_set([sender.public_key()]))
+    assert type(error) is BadSignature and out == b""
+    assert list(tmp_path.iterdir()) == []

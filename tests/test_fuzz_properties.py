@@ -11,13 +11,14 @@ the harnesses' seed corpora and every saved crasher.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -295,6 +296,31 @@ def test_seal_open_round_trip_and_mutations_v2(plaintext, chunk_size, signed, op
         assert fs.check_open(sealed, receiver, known, trust=trust) is None
         error = fs.check_open(data, receiver, known, trust=fs.envelope_trust_for(data, world.trust))
         assert (error is None) == (data == sealed)
+
+
+@fast(30)
+@given(plaintext=st.binary(max_size=300), chunk_size=st.integers(min_value=64, max_value=160), data=st.data())
+def test_a_signed_v2_trailer_covers_every_byte_before_it(plaintext, chunk_size, data):
+    """FORMAT.md 9.5: the trailer is the last signature_length bytes and signs SHA-256 of all before it;
+    a change anywhere after the prefix, or a cut/extension at the end, opens for neither recipient with a
+    trust set and puts nothing in its sink (fs.check_open), whatever the chunk it lands in."""
+    world = fs.envelope_world()
+    signer_key = fs.load_key(fs.fixtures()["signer_pem"])
+    sealed = seal_bytes(plaintext, [r.public_key() for r in world.receivers], now=fs.NOW, chunk_size=chunk_size,
+                        signer=fs.HostSigner(signer_key), serial=9)
+    pre = read_header(io.BytesIO(sealed))
+    trailer = sealed[-pre.trailer_length:]
+    assert pre.trailer_length == len(pre.signature) == 256
+    signer_key.public_key().verify(trailer, b"tokencsp sealed message v2 trailer signature\0"
+                                   + hashlib.sha256(sealed[:-256]).digest(), fs.PSS, hashes.SHA256())
+    known = [fs.Known.of(sealed, plaintext)]
+    at = data.draw(st.integers(min_value=len(pre.raw), max_value=len(sealed)), label="at")
+    how = data.draw(st.sampled_from(["flip", "truncate", "insert", "delete"]), label="how")
+    arg = {"flip": 1 << data.draw(st.integers(0, 7)), "truncate": 0, "insert": b"\x00", "delete": 1}[how]
+    mutated = mutate(sealed, [(how, at, arg)])
+    for receiver in world.receivers:
+        error = fs.check_open(mutated, receiver, known, trust=world.trust)
+        assert (error is None) == (mutated == sealed)
 
 
 @fast(40)

@@ -11,7 +11,9 @@ The invariants the fuzzers enforce live here, once:
 * :func:`check_open`        -- opening a sealed message (format 1 or 2): MessageRejected only,
   success only for a byte-exact known message, and the sink only ever holds
   a chunk-granular prefix of a known plaintext whose ciphertext bytes were
-  unmodified in the input (no unauthenticated plaintext);
+  unmodified in the input (no unauthenticated plaintext) -- and nothing at all
+  for a format 2 message opened with a trust set, which is released only once
+  its trailer signature verified (docs/FORMAT.md 9.5, T4);
 * :func:`drive_threephase`  -- a fresh ThreePhase machine in a chosen state fed
   arbitrary bytes: TokenCSPError only, ERROR state (for good) after one,
   records delivered only if they are the peer's real records in order.
@@ -292,7 +294,9 @@ def check_open(data: bytes, receiver, known, *, trust=None, now: float = NOW,
     Success is allowed only for a byte-exact known message and must give its
     exact plaintext.  On refusal the sink may hold only a chunk-granular
     prefix of a known plaintext whose prefix and chunks are unmodified in
-    ``data``.  Any other exception propagates.
+    ``data``, and nothing when ``trust`` is given and ``data`` is format 2
+    (verified senders: released after the trailer, T4).  Any other exception
+    propagates.
     """
     sink = RecordingSink()
     try:
@@ -310,6 +314,9 @@ def check_open(data: bytes, receiver, known, *, trust=None, now: float = NOW,
         assert out == match[0].plaintext, "a genuine message opened to the wrong plaintext"
         assert opened.plaintext_length == len(out)
         return None
+    if out and trust is not None and data[:9] == b"TCSPSEAL\x02":
+        raise AssertionError(f"{type(error).__name__} raised after {len(out)} bytes of a format 2 message reached "
+                             "the sink with a trust set: released before its trailer verified")
     if out:
         assert any(_authentic_prefix(data, out, k) for k in known), (
             f"{type(error).__name__} raised after {len(out)} bytes of unauthenticated plaintext reached the sink")

@@ -45,7 +45,7 @@ MESSAGES = [
 # format 2 (docs/FORMAT.md section 9), to receiver and receiver2: (plaintext, signed)
 MESSAGES_V2 = [
     (bytes(range(100)), False),         # two chunks, the last one short
-    (b"two recipients, signed " * 4, True),
+    (b"two recipients, signed " * 4, True),  # with its trailer (FORMAT.md 9.5): re-made when that came
 ]
 
 
@@ -138,6 +138,9 @@ def envelope_corpus(fx: dict) -> dict[str, bytes]:
     v2 = out["v2-two-recipients"]
     out["v2-prefix-only"] = v2[: fs.Known.of(v2, b"").prefix_len]
     out["v2-header-only"] = v2[:49]
+    signed = out["v2-signed"]  # docs/FORMAT.md 9.5: the trailer is the last signature_length bytes
+    out["v2-signed-no-trailer"] = signed[:-256]
+    out["v2-signed-trailer-cut-by-1"] = signed[:-1]
     return out
 
 

@@ -95,6 +95,8 @@ def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
         with input_stream(path, console) as raw, output_stream(args.output, console) as sink:
             source = ProgressReader.wrap(raw, "opening", console, args.quiet)
             # A file is renamed into place only after open_message returns: record the message at the end.
+            # (A signed format 2 message from a --trust sender is released at the end either way: the
+            # library spools it until its trailer verified, docs/FORMAT.md 9.6 step 8a.)
             release = envelope.Release.STREAMING if args.output in (None, "-") else envelope.Release.AT_END
             opened = envelope.open_message(source, sink, receiver, cache=cache, policy=policy,  # type: ignore[arg-type]
                                            trust=trust, release=release, allow_pkcs1=args.allow_pkcs1)
@@ -192,6 +194,9 @@ def describe(pre: envelope.Preamble | envelope.Preamble2) -> dict[str, Any]:
         "recipients": entries,
         "sender_key_id": _hex(header.sender_id),
         "signed": header.signed,
+        # format 1 signs the prefix; a signed format 2 message also signs every byte in its trailer
+        # (docs/FORMAT.md 9.5): what a verified open would prove, not checked here
+        "signature_covers": None if not header.signed else ("message" if header.version == 2 else "prefix"),
         "message_id": header.message_id.hex(),
         "timestamp": _iso(header.timestamp),
         "serial": header.serial,
@@ -278,8 +283,10 @@ def _configure_open(opener: argparse.ArgumentParser) -> None:
                         help=f"oldest timestamp accepted (default {DEFAULT_MAX_AGE}; e.g. 90s, 15m, 7d)")
     opener.add_argument("--max-skew", default=DEFAULT_MAX_SKEW, metavar="DURATION", type=argument(parse_duration),
                         help=f"how far in the future a timestamp may be (default {DEFAULT_MAX_SKEW})")
-    opener.add_argument("-o", "--output", help="plaintext file, renamed into place only when the whole message "
-                                               "authenticated (default: stdout, each chunk after it authenticates)")
+    opener.add_argument("-o", "--output",
+                        help="plaintext file, renamed into place only when the whole message authenticated "
+                             "(default: stdout, each chunk after it authenticates; a signed format 2 message "
+                             "with --trust: all of it once its trailer signature verified)")
     opener.add_argument("--out-dir", metavar="DIR",
                         help="open every FILE given into DIR/<its name without a final .tcsp>, each linked into "
                              "place only once it authenticated and was recorded; an existing file is never "

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .._wire import Readable
 from ._format import TAG_SIZE
 
-__all__ = ["Chunker", "blocks_into"]
+__all__ = ["Chunker", "HoldBack", "blocks_into"]
 
 # readinto only where it is the same stream as read: a subclass that overrides read (a
 # progress or test reader) must see every byte through its own read.
@@ -112,3 +112,38 @@ class Chunker:
                 out[:] = bytes(len(out))  # decrypt_into leaves unauthenticated plaintext behind
             return None
         return out
+
+
+class HoldBack:
+    """A reader that never hands out the last ``keep`` bytes of ``source``: a trailer of known length.
+
+    Version 2's trailer (docs/FORMAT.md 9.2) has no length field and follows the
+    last chunk, whose end is found by the end of input: the chunks are read
+    through this, and once it returned end of input, :meth:`tail` holds the
+    trailer -- fewer than ``keep`` bytes when the input was shorter.  At most
+    ``keep`` (<= 1024) bytes more than asked for are buffered.
+    """
+
+    def __init__(self, source: Readable, keep: int) -> None:
+        self._source = source
+        self._keep = keep
+        self._buffer = bytearray()
+        self._ended = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        want = None if size is None or size < 0 else size + self._keep
+        while not self._ended and (want is None or len(self._buffer) < want):
+            part = self._source.read(-1 if want is None else want - len(self._buffer))
+            if not part:
+                self._ended = True
+            else:
+                self._buffer += part
+        available = max(0, len(self._buffer) - self._keep)
+        count = available if size is None or size < 0 else min(size, available)
+        out = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return out
+
+    def tail(self) -> bytes:
+        """The held-back bytes; complete only once :meth:`read` has returned end of input."""
+        return bytes(self._buffer)

@@ -158,6 +158,11 @@ class Preamble(NamedTuple):
     def signed_data(self) -> bytes:
         return signed_data(self.header, self.key_blob)
 
+    @property
+    def trailer_length(self) -> int:
+        """Version 1 has no trailer: nothing follows the last chunk (section 2.4)."""
+        return 0
+
     def payload_key(self, session_key: bytes) -> bytes:
         """Version 1 encrypts the payload with the session key itself (section 5)."""
         return session_key

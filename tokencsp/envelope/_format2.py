@@ -2,7 +2,7 @@
 
 Pure: bytes in and out, plus the binary readers handed in (no token, no clock,
 no randomness).  ``read_header`` reads either version: the version byte decides.
-Rule names (S7.., K1.., R1.., O6c, G1'..) refer to FORMAT.md section 9.
+Rule names (S7.., K1.., R1.., O6c, G1'.., T1..) refer to FORMAT.md section 9.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from ._format import (
 )
 
 __all__ = ["MAX_RECIPIENTS", "VERSION2", "Addressed", "Entry", "Header2", "Preamble2", "derive_keys",
-           "read_header", "replay_key2", "signed_data2"]
+           "read_header", "replay_key2", "signed_data2", "trailer_signed_data2"]
 
 VERSION2 = 2
 SUITE2 = 2
@@ -51,7 +51,10 @@ COMMITMENT_SIZE = 32
 PAYLOAD_KEY_LABEL = b"tokencsp sealed message v2 payload key"  # section 9.3
 COMMITMENT_LABEL = b"tokencsp sealed message v2 key commitment"
 REPLAY_KEY_LABEL = b"tokencsp sealed message v2 replay key\x00"  # section 9.7
-SIGNATURE_CONTEXT2 = b"tokencsp sealed message v2 signature\x00"  # section 9.5, G3'
+# Section 9.5, G3': the prefix and the trailer signature each have their own context, and the
+# prefix's is not the one of the header-only draft ("tokencsp sealed message v2 signature").
+SIGNATURE_CONTEXT2 = b"tokencsp sealed message v2 prefix signature\x00"
+TRAILER_CONTEXT2 = b"tokencsp sealed message v2 trailer signature\x00"
 
 FIXED2 = struct.Struct(">8sBHBI16sQQB")  # magic .. recipient_count: 49 bytes
 _START = len(MAGIC) + 1  # magic and version: enough to tell the versions apart
@@ -172,8 +175,15 @@ def entries_problem(entries: tuple[Entry, ...]) -> str | None:
 
 
 def signed_data2(header: Header2, entries: tuple[Entry, ...], commitment: bytes) -> bytes:
-    """The bytes the sender signs (section 9.5): header, every entry and the commitment (G1', G2')."""
+    """What the prefix signature signs (section 9.5): header, every entry and the commitment (G1', G2')."""
     return SIGNATURE_CONTEXT2 + header.to_bytes() + b"".join(e.to_bytes() for e in entries) + commitment
+
+
+def trailer_signed_data2(message_hash: bytes) -> bytes:
+    """What the trailer signature signs (section 9.5, T1-T3): SHA-256 of every byte before the trailer."""
+    if len(message_hash) != 32:
+        raise ValueError("message_hash must be a 32-byte SHA-256 digest")
+    return TRAILER_CONTEXT2 + message_hash
 
 
 def prefix2(header: Header2, entries: tuple[Entry, ...], commitment: bytes, signature: bytes | None) -> bytes:
@@ -220,6 +230,11 @@ class Preamble2(NamedTuple):
     def signed_data(self) -> bytes:
         return signed_data2(self.header, self.entries, self.commitment)
 
+    @property
+    def trailer_length(self) -> int:
+        """Bytes of trailer after the last chunk (9.2): the prefix signature's length when signed, else 0."""
+        return len(self.signature) if self.signature is not None else 0
+
 
 class Addressed(NamedTuple):
     """A version 2 prefix as one recipient opens it: its own entry picked out (step 2)."""
@@ -253,6 +268,10 @@ class Addressed(NamedTuple):
 
     def signed_data(self) -> bytes:
         return self.whole.signed_data()
+
+    @property
+    def trailer_length(self) -> int:
+        return self.whole.trailer_length
 
     def payload_key(self, file_key: bytes) -> bytes:
         """Step 5a (K1, K2): the payload key, once the file key matches the commitment.

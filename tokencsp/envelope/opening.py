@@ -1,4 +1,4 @@
-"""Opening (docs/FORMAT.md section 7, steps 1-8 and opener rules O1-O13).
+"""Opening (docs/FORMAT.md section 7, steps 1-8 and opener rules O1-O13; version 2: section 9.6).
 
 The clock, the replay cache, the trust set and the receiver's token key come
 from the caller.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,9 +36,9 @@ from ..errors import (
 from ..pubkeys import fingerprint
 from ..replay import ReplayCache, ReplayPolicy
 from ..session import SessionKey
-from ._chunks import Chunker, blocks_into
+from ._chunks import Chunker, HoldBack, blocks_into
 from ._format import KEY_SIZE, TAG_SIZE, Header, Preamble, nonce
-from ._format2 import Addressed, Header2, read_header
+from ._format2 import Addressed, Header2, read_header, trailer_signed_data2
 
 # The prefix as the receiver opens it: version 1's, or version 2's with its own entry picked out.
 Prefix = Preamble | Addressed
@@ -45,6 +47,9 @@ __all__ = ["Checked", "Opened", "Receiver", "Release", "SenderStatus", "check_pr
            "open_bytes", "open_checked", "open_message", "trust_set"]
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)  # section 6, G4
+# FORMAT.md 9.6 step 8a: a verified version 2 message meant for a streaming sink waits here for its
+# trailer; in memory up to this size, then in an unlinked 0600 file in TMPDIR.
+SPOOL_IN_MEMORY = 1 << 20
 
 
 class Receiver(Protocol):  # a tokencsp ExchangeKey
@@ -130,8 +135,9 @@ def trust_set(keys: Iterable[rsa.RSAPublicKey]) -> dict[bytes, rsa.RSAPublicKey]
     return {fingerprint(key): key for key in keys}
 
 
-def _verify_sender(pre: Prefix, trust: Mapping[bytes, rsa.RSAPublicKey] | None) -> bytes | None:
-    """Step 4: the verified sender id, or None when there is no trust set to verify against."""
+def _verify_sender(pre: Prefix, trust: Mapping[bytes, rsa.RSAPublicKey] | None
+                   ) -> tuple[bytes, rsa.RSAPublicKey] | None:
+    """Step 4: the verified sender's id and key, or None when there is no trust set to verify against."""
     if trust is None:
         return None
     sender, signature = pre.header.sender_id, pre.signature
@@ -144,7 +150,7 @@ def _verify_sender(pre: Prefix, trust: Mapping[bytes, rsa.RSAPublicKey] | None) 
         key.verify(signature, pre.signed_data(), PSS, hashes.SHA256())
     except InvalidSignature:
         raise BadSignature() from None
-    return sender
+    return sender, key
 
 
 def _import_key(receiver: Receiver, pre: Prefix) -> bytes:
@@ -192,6 +198,7 @@ class Checked:
     sender: bytes | None
     policy: ReplayPolicy
     read_clock: Callable[[], float]
+    sender_key: rsa.RSAPublicKey | None = None  # the verified sender's key: it checks the trailer (9.6, 8a)
 
 
 def check_prefix(source: BinaryIO, receiver: Receiver, *, policy: ReplayPolicy | None = None,
@@ -208,8 +215,10 @@ def check_prefix(source: BinaryIO, receiver: Receiver, *, policy: ReplayPolicy |
     if not header.oaep and not allow_pkcs1:  # 2a (O12): on the public flag, before any token work
         raise Pkcs1Refused()
     policy.check_time(header.timestamp, read_clock())  # 3, read after the prefix arrived (O13)
-    sender = _verify_sender(pre, trust)  # 4
-    return Checked(pre, sender, policy, read_clock)
+    verified = _verify_sender(pre, trust)  # 4
+    if verified is None:
+        return Checked(pre, None, policy, read_clock)
+    return Checked(pre, verified[0], policy, read_clock, verified[1])
 
 
 def import_session_key(receiver: Receiver, checked: Checked) -> bytes:
@@ -232,22 +241,53 @@ def open_checked(checked: Checked, source: BinaryIO, sink: BinaryIO, key: bytes,
     # version 2: step 5a, the commitment, before any chunk (K1, K2); version 1: the key itself
     chunker = Chunker(pre.payload_key(key), ad, header.chunk_size)
     replay_key = pre.replay_key(ad)
+    # version 2, signed: the chunks stop where the trailer starts (9.2, T5); verified, the trailer is
+    # checked before anything is recorded or released (T4), so a streaming sink waits in a spool.
+    body: Any = HoldBack(source, pre.trailer_length) if pre.trailer_length else source
+    trailer_key = checked.sender_key if pre.trailer_length and sender is not None else None
+    if pre.trailer_length and sender is not None and trailer_key is None:  # fail closed, never skip T1
+        raise TypeError("a Checked with a verified sender needs its sender_key to check the trailer")
+    digest = hashlib.sha256(pre.raw) if trailer_key is not None else None
+    spool = None
+    if trailer_key is not None and release is Release.STREAMING:
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 -- closed below
+        release = Release.AT_END
+    out = sink if spool is None else spool
 
     def record() -> None:  # 7: keyed on the authenticated prefix (O6b, O6c), clock read again (O13)
         cache.accept(replay_key, header.timestamp, read_clock(), policy,
                      pre.serial_scope(sender) if sender is not None else None,
                      header.serial if sender is not None else None)
 
-    written = 0
-    for index, (data, last) in enumerate(blocks_into(source, header.chunk_size + TAG_SIZE)):
-        plaintext = _open_chunk(chunker, index, data, last, header.chunk_size)  # 6, 8
-        if index == 0 and release is Release.STREAMING:
-            record()  # O6
-        sink.write(plaintext)
-        written += len(plaintext)
-    if release is Release.AT_END:
-        record()  # O6a
+    try:
+        written = 0
+        for index, (data, last) in enumerate(blocks_into(body, header.chunk_size + TAG_SIZE)):
+            plaintext = _open_chunk(chunker, index, data, last, header.chunk_size)  # 6, 8
+            if digest is not None:
+                digest.update(data)  # T2: every byte of every chunk, as read
+            if index == 0 and release is Release.STREAMING:
+                record()  # O6
+            out.write(plaintext)
+            written += len(plaintext)
+        if trailer_key is not None and digest is not None:
+            _verify_trailer(trailer_key, body.tail(), digest.digest())  # 8a (T1, T4, T5)
+        if release is Release.AT_END:
+            record()  # O6a, and T4: after the trailer
+        if spool is not None:  # released only now that the trailer verified and the record committed
+            spool.seek(0)
+            shutil.copyfileobj(spool, sink, 1 << 16)
+    finally:
+        if spool is not None:
+            spool.close()
     return Opened(header, sender, written, pre.recipient_id, pre.recipients)
+
+
+def _verify_trailer(key: rsa.RSAPublicKey, trailer: bytes, message_hash: bytes) -> None:
+    """Step 8a: the trailer signature over every byte before it; any failure is BadSignature (T5)."""
+    try:
+        key.verify(trailer, trailer_signed_data2(message_hash), PSS, hashes.SHA256())
+    except InvalidSignature:
+        raise BadSignature() from None
 
 
 def open_message(source: BinaryIO, sink: BinaryIO, receiver: Receiver, *, cache: ReplayCache,
@@ -264,6 +304,11 @@ def open_message(source: BinaryIO, sink: BinaryIO, receiver: Receiver, *, cache:
     :attr:`Release.AT_END`: the caller keeps the sink private until this
     returns and discards it on any error; the message is recorded only once
     it authenticated completely, so a broken copy does not spend it.
+    A signed version 2 message whose sender the trust set verified is always
+    released at the end: its trailer signature covers the payload and is
+    checked before anything is recorded or written (FORMAT.md 9.5, T4); with
+    STREAMING the plaintext waits in a private spool (memory up to 1 MiB,
+    then an unlinked temporary file) and reaches ``sink`` only then.
 
     The time window is judged with ``clock()`` read once the prefix is in and
     again when the message is recorded (``now`` fixes both readings); a

@@ -33,7 +33,16 @@ from ._format import (
     prefix,
     signed_data,
 )
-from ._format2 import MAX_RECIPIENTS, Entry, Header2, derive_keys, entries_problem, prefix2, signed_data2
+from ._format2 import (
+    MAX_RECIPIENTS,
+    Entry,
+    Header2,
+    derive_keys,
+    entries_problem,
+    prefix2,
+    signed_data2,
+    trailer_signed_data2,
+)
 
 __all__ = ["Signer", "seal", "seal_bytes"]
 
@@ -113,16 +122,22 @@ def _sender_id(signer: Signer | None) -> bytes | None:
     return fingerprint(sender_key)
 
 
-def _write_chunks(source: BinaryIO, sink: BinaryIO, key: bytes, ad: bytes, chunk_size: int) -> None:
+def _write_chunks(source: BinaryIO, sink: BinaryIO, key: bytes, ad: bytes, chunk_size: int,
+                  digest: Any = None) -> None:
+    """Every chunk, written as it is encrypted; ``digest`` (a hashlib object) also sees every chunk (T2)."""
     chunker = Chunker(key, ad, chunk_size)
     for index, (block, last) in enumerate(blocks_into(source, chunk_size)):  # S5
-        sink.write(chunker.encrypt(nonce(index, last), block))
+        chunk = chunker.encrypt(nonce(index, last), block)
+        if digest is not None:
+            digest.update(chunk)
+        sink.write(chunk)
 
 
 def _seal_v2(source: BinaryIO, sink: BinaryIO, recipients: list[rsa.RSAPublicKey], *, signer: Signer | None,
              serial: int | None, now: float | None, oaep: bool, chunk_size: int, message_id: bytes | None,
              file_key: bytes | None, key_blobs: Sequence[bytes] | None) -> Header2:
-    """Version 2 (docs/FORMAT.md section 9): one file key, one entry per recipient, a key commitment."""
+    """Version 2 (docs/FORMAT.md section 9): one file key, one entry per recipient, a key commitment;
+    signed, a prefix signature and, after the last chunk, the trailer signature over the whole message (9.5)."""
     if not 1 <= len(recipients) <= MAX_RECIPIENTS:  # S8
         raise InvalidKeyError(f"a sealed message has 1..{MAX_RECIPIENTS} recipients, not {len(recipients)}")
     for key in recipients:
@@ -155,7 +170,14 @@ def _seal_v2(source: BinaryIO, sink: BinaryIO, recipients: list[rsa.RSAPublicKey
     signature = signer.sign(signed_data2(header, entries, commitment)) if signer is not None else None
     raw = prefix2(header, entries, commitment, signature)
     sink.write(raw)
-    _write_chunks(source, sink, payload_key, hashlib.sha256(raw).digest(), chunk_size)
+    digest = hashlib.sha256(raw) if signer is not None else None  # message_hash: the prefix, then every chunk
+    _write_chunks(source, sink, payload_key, hashlib.sha256(raw).digest(), chunk_size, digest)
+    if signer is not None and signature is not None and digest is not None:
+        trailer = signer.sign(trailer_signed_data2(digest.digest()))  # T1, same key as the prefix's
+        if len(trailer) != len(signature):  # S10: openers find the chunks' end by this length
+            raise InvalidKeyError(f"the signer made a {len(trailer)}-byte trailer signature after a "
+                                  f"{len(signature)}-byte prefix signature")
+        sink.write(trailer)
     return header
 
 
