@@ -28,7 +28,7 @@ from .agentwire import MAX_REQUEST, MAX_RESPONSE, FrameReader, Kind, Message, Op
 from .blobs import AlgId, PublicKeyBlob, SimpleBlob
 from .config import TokenSelector
 from .errors import AgentError, TokenCSPError
-from .keyinfo import DecryptMechanism, ImportPath, KeyInfo, KeyUsage
+from .keyinfo import KeyInfo, KeyUsage
 from .session import SessionKey
 
 if TYPE_CHECKING:  # tokencsp.implicit brings the deadline and calibration modules: loaded by capi only
@@ -315,19 +315,10 @@ class AgentExchangeKey(AgentKey):
 
 
 def key_info(item: dict[str, Any]) -> KeyInfo:
-    """A KeyInfo from its ``as_dict`` form."""
+    """A KeyInfo from its ``as_dict`` form, as the agent sends it."""
     try:
-        return KeyInfo(
-            name=item["name"], id=bytes.fromhex(item["id"]),
-            usage=KeyUsage(item["usage"]) if item["usage"] else None, bits=int(item["bits"]),
-            sensitive=item["sensitive"], extractable=item["extractable"],
-            always_sensitive=item["always_sensitive"], never_extractable=item["never_extractable"],
-            local=item["local"], can_unwrap=item["unwrap"], can_decrypt=item["decrypt"], can_sign=item["sign"],
-            has_public=item["has_public"], oaep_only=item["oaep_only"],
-            import_path=ImportPath(item["import_path"]) if item["import_path"] else None,
-            decrypt_mechanisms=tuple(DecryptMechanism(m) for m in item["decrypt_mechanisms"]),
-            always_authenticate=item["always_authenticate"], uri=item.get("uri", ""))
-    except (KeyError, ValueError, TypeError) as exc:
+        return KeyInfo.from_dict(item)
+    except ValueError as exc:
         raise AgentError(f"agent protocol: unreadable key attributes ({exc})") from None
 
 

@@ -92,6 +92,28 @@ class KeyInfo:
             "uri": self.uri,
         }
 
+    @classmethod
+    def from_dict(cls, item: dict[str, Any]) -> KeyInfo:
+        """The KeyInfo whose :meth:`as_dict` is ``item`` (``uri`` may be missing: agents before it had none).
+
+        A missing field or one of the wrong type or value is a ``ValueError`` naming it.
+        """
+        try:
+            return cls(
+                name=item["name"], id=bytes.fromhex(item["id"]),
+                usage=KeyUsage(item["usage"]) if item["usage"] else None, bits=int(item["bits"]),
+                sensitive=item["sensitive"], extractable=item["extractable"],
+                always_sensitive=item["always_sensitive"], never_extractable=item["never_extractable"],
+                local=item["local"], can_unwrap=item["unwrap"], can_decrypt=item["decrypt"], can_sign=item["sign"],
+                has_public=item["has_public"], oaep_only=item["oaep_only"],
+                import_path=ImportPath(item["import_path"]) if item["import_path"] else None,
+                decrypt_mechanisms=tuple(DecryptMechanism(m) for m in item["decrypt_mechanisms"]),
+                always_authenticate=item["always_authenticate"], uri=item.get("uri", ""))
+        except KeyError as exc:
+            raise ValueError(f"no field {exc}") from None
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+
 
 @dataclass(frozen=True, repr=False)
 class RsaPrivateParts:
