@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from helpers import assert_one_line_error, kept_substitute, tokencsp
-from tokencsp.errors import DecryptionError, InvalidKeyError
-from tokencsp.legacy import LegacyAlg, LegacyKey, default_salt, rc2_decrypt_block, rc2_key_schedule
+from tokencsp.blobs import AlgId, SimpleBlob
+from tokencsp.errors import BlobFormatError, DecryptionError, InvalidKeyError
+from tokencsp.legacy import LegacyAlg, LegacyKey, default_salt, legacy_simpleblob, rc2_decrypt_block, rc2_key_schedule
 
 # RFC 2268 section 5: (key, effective bits, plaintext, ciphertext)
 RFC2268 = [
@@ -282,3 +283,47 @@ def test_blob_inspect_json_of_legacy_blobs(token_key, tmp_path, alg, cipher, bit
     assert ("effective_bits" in facts) == effective
     assert "capi decrypt --allow-legacy" in facts["opens_with"]
     assert "CBC" in facts["mode"] if alg is not LegacyAlg.CALG_RC4 else "stream" in facts["mode"]
+
+
+# -- the header: one parse (blobs.simpleblob_header) for legacy and AES/3DES SIMPLEBLOBs -----------
+
+
+def _with_header(blob: bytes, *, version: int = 2, reserved: int = 0) -> bytes:
+    return blob[:1] + bytes([version]) + reserved.to_bytes(2, "little") + blob[4:]
+
+
+@pytest.mark.parametrize("alg", list(LegacyAlg), ids=[alg.name for alg in LegacyAlg])
+@pytest.mark.parametrize(("field", "needle"), [({"reserved": 1}, "reserved field is 0x0001, expected 0"),
+                                               ({"reserved": 0x8000}, "reserved field is 0x8000, expected 0"),
+                                               ({"version": 3}, "bVersion is 3, expected 2")],
+                         ids=["reserved-1", "reserved-8000", "version-3"])
+def test_a_legacy_blob_header_is_refused_as_an_aes_blobs_is(alg, field, needle):
+    legacy = _with_header(WINE_RC4_SIMPLEBLOB[:4] + alg.to_bytes(4, "little") + WINE_RC4_SIMPLEBLOB[8:], **field)
+    aes = _with_header(WINE_RC4_SIMPLEBLOB[:4] + AlgId.CALG_AES_256.to_bytes(4, "little") + WINE_RC4_SIMPLEBLOB[8:],
+                       **field)
+    with pytest.raises(BlobFormatError) as refused_aes:
+        SimpleBlob.from_bytes(aes)
+    with pytest.raises(BlobFormatError) as refused_legacy:
+        legacy_simpleblob(legacy)
+    assert str(refused_legacy.value) == str(refused_aes.value) and needle in str(refused_legacy.value)
+    assert legacy_simpleblob(_with_header(legacy)) == (alg, WINE_RC4_SIMPLEBLOB[12:][::-1])  # mended: it reads
+
+
+def test_other_blobs_are_not_legacy_ones():
+    aes = WINE_RC4_SIMPLEBLOB[:4] + AlgId.CALG_AES_128.to_bytes(4, "little") + WINE_RC4_SIMPLEBLOB[8:]
+    public = bytes([6]) + WINE_RC4_SIMPLEBLOB[1:]  # a PUBLICKEYBLOB's bType: blobs.parse judges it
+    for data in (aes, public, WINE_RC4_SIMPLEBLOB[:11], b""):
+        assert legacy_simpleblob(data) is None
+
+
+def test_blob_inspect_and_capi_decrypt_refuse_a_legacy_blob_with_reserved_set(tmp_path):
+    """Refused from the header alone: one line, exit 1, before any key or token is looked at."""
+    (tmp_path / "blob").write_bytes(_with_header(WINE_RC4_SIMPLEBLOB, reserved=1))
+    (tmp_path / "data").write_bytes(bytes(16))
+    assert_one_line_error(tokencsp("blob", "inspect", str(tmp_path / "blob"), check=False), 1,
+                          "reserved field is 0x0001")
+    refused = tokencsp("capi", "decrypt", "--allow-legacy", "--key", "nobody", "--blob", str(tmp_path / "blob"),
+                       "-o", str(tmp_path / "out"), str(tmp_path / "data"), check=False,
+                       env={"TOKENCSP_MODULE": str(tmp_path / "no-such-module.so")})
+    assert_one_line_error(refused, 1, "reserved field is 0x0001")
+    assert not (tmp_path / "out").exists()

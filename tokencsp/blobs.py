@@ -30,6 +30,7 @@ __all__ = [
     "PublicKeyBlob",
     "SimpleBlob",
     "parse",
+    "simpleblob_header",
 ]
 
 CUR_BLOB_VERSION = 2
@@ -101,6 +102,14 @@ def _split_header(data: Buffer, expected: BlobType | None) -> tuple[BlobType, in
     if reserved != 0:
         raise BlobFormatError(f"reserved field is 0x{reserved:04x}, expected 0")
     return blob_type, alg_id, rest
+
+
+def simpleblob_header(data: Buffer) -> tuple[int, memoryview]:
+    """A SIMPLEBLOB's BLOBHEADER, checked as :meth:`SimpleBlob.from_bytes` checks it (bType, bVersion 2,
+    reserved 0; the same ``BlobFormatError``s): its aiKeyAlg, not judged here, and the bytes after the
+    header (wrapping ALG_ID, ciphertext).  The legacy RC4/RC2/DES reader (tokencsp.legacy) shares it."""
+    _, alg_id, rest = _split_header(data, BlobType.SIMPLEBLOB)
+    return alg_id, rest
 
 
 def _header(blob_type: BlobType, alg_id: int) -> bytes:
@@ -305,7 +314,7 @@ class SimpleBlob:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SimpleBlob:
-        _, alg_id, rest = _split_header(data, BlobType.SIMPLEBLOB)
+        alg_id, rest = simpleblob_header(data)
         alg = _alg(alg_id, SESSION_KEY_LENGTHS, "SIMPLEBLOB")
         with reraise_as(BlobFormatError):
             wrap, rest = uint_le(rest, 4, "SIMPLEBLOB wrapping ALG_ID")

@@ -26,6 +26,7 @@ from enum import IntEnum
 from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4, TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
+from .blobs import AlgId, BlobType, simpleblob_header
 from .errors import DecryptionError, InvalidKeyError
 
 __all__ = ["LegacyAlg", "LegacyKey", "default_salt", "legacy_facts", "legacy_simpleblob", "rc2_decrypt_block",
@@ -172,19 +173,22 @@ class LegacyKey:
 #: A legitimately unwrapped legacy session key has one of these lengths.
 KEY_LENGTHS = {LegacyAlg.CALG_DES: frozenset({8}), LegacyAlg.CALG_RC2: frozenset(range(5, 17)),
                LegacyAlg.CALG_RC4: frozenset(range(5, 17))}
-_CALG_RSA_KEYX = 0xA400
 
 
 def legacy_simpleblob(data: bytes) -> tuple[LegacyAlg, bytes] | None:
-    """(cipher, RSA ciphertext in PKCS#1 order) of a SIMPLEBLOB for RC4/RC2/DES; None for any other blob."""
-    if len(data) < 12 or data[0] != 1 or data[1] != 2:
-        return None
-    alg_id = int.from_bytes(data[4:8], "little")
+    """(cipher, RSA ciphertext in PKCS#1 order) of a SIMPLEBLOB for RC4/RC2/DES; None for any other blob.
+
+    The header is judged as every SIMPLEBLOB's (:func:`tokencsp.blobs.simpleblob_header`): a wrong
+    bVersion or a non-zero reserved field is the same ``BlobFormatError`` here as for an AES blob.
+    """
+    if len(data) < 12 or data[0] != BlobType.SIMPLEBLOB:
+        return None  # not a SIMPLEBLOB with a wrapping ALG_ID: blobs.parse says what it is
+    alg_id, rest = simpleblob_header(data)
     if alg_id not in LegacyAlg.__members__.values():
         return None
-    if int.from_bytes(data[8:12], "little") != _CALG_RSA_KEYX:
+    if int.from_bytes(rest[:4], "little") != AlgId.CALG_RSA_KEYX:
         raise InvalidKeyError("SIMPLEBLOBs are wrapped with CALG_RSA_KEYX")
-    ciphertext = data[12:]
+    ciphertext = rest[4:]
     if not 128 <= len(ciphertext) <= 2048 or len(ciphertext) % 2:
         raise InvalidKeyError(f"SIMPLEBLOB ciphertext of {len(ciphertext)} bytes fits no RSA modulus")
     return LegacyAlg(alg_id), bytes(ciphertext[::-1])
