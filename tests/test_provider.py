@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import subprocess
@@ -53,6 +54,24 @@ def exchange_key(provider):
 def _private_pem(key: rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
+
+
+def _traced_calls(caplog) -> list[str]:
+    """The PKCS#11 functions of tokencsp.token.trace's debug lines, in order."""
+    return [r.getMessage().split(":")[0] for r in caplog.records if r.name == "tokencsp.token"]
+
+
+@pytest.mark.parametrize("lookup", ["exchange_key", "key"])
+def test_a_key_lookup_reads_the_keys_attributes_once(provider, exchange_key, caplog, lookup):
+    """The KeyInfo the lookup read is what the import path comes from: the key is searched for once
+    (its private object, then its public half), not again for the first import's facts."""
+    caplog.set_level(logging.DEBUG, logger="tokencsp.token")
+    key = getattr(provider, lookup)("test-kx")
+    assert key.import_path.value == "unwrap"
+    assert _traced_calls(caplog) == ["C_FindObjects", "C_FindObjects"]
+    caplog.clear()
+    assert key.info().name == "test-kx"  # info() still asks the token, as it always did
+    assert _traced_calls(caplog) == ["C_FindObjects", "C_FindObjects"]
 
 
 def test_generated_exchange_key_is_sensitive_never_extractable_local(provider, exchange_key):

@@ -168,10 +168,13 @@ class ExchangeKey(KeyPair):
     path has the same uniform failure and the same deadline.
     """
 
-    def __init__(self, token: Token, name: str, key_id: bytes) -> None:
+    def __init__(self, token: Token, name: str, key_id: bytes, info: KeyInfo | None = None) -> None:
+        """``info``: what the lookup that found this key read (``Provider.exchange_key``), so the
+        import path is not read from the token a second time; None reads it at the first import."""
         super().__init__(token, name, key_id)
         self._rejection: ImplicitRejection | None = None
         self._rejection_lock = threading.Lock()
+        self._found = info
         self._facts: tuple[ImportPath, tuple[DecryptMechanism, ...]] | None = None
 
     @property
@@ -199,7 +202,7 @@ class ExchangeKey(KeyPair):
     def _import_facts(self) -> tuple[ImportPath, tuple[DecryptMechanism, ...]]:
         # Attributes of one CKA_ID and the token's mechanism list: asked once per object.
         if self._facts is None:
-            info = self.info()
+            info = self._found if self._found is not None else self.info()
             if info.import_path is None:
                 raise InvalidKeyError(f"key {self.name!r} can neither unwrap nor decrypt")
             self._facts = (info.import_path, tuple(info.decrypt_mechanisms))
@@ -561,15 +564,16 @@ class Provider:
         ``type=public`` (as p11tool prints for the public object) selects it too.
         """
         info = self._select(name, public=public)
-        return self._wrap(info.name, info.id,
-                          KeyUsage.EXCHANGE if info.import_path is not None else KeyUsage.SIGNATURE)
+        if info.import_path is not None:
+            return ExchangeKey(self._token, info.name, info.id, info)
+        return KeyPair(self._token, info.name, info.id)
 
     def exchange_key(self, name: str | None = None) -> ExchangeKey:
         """An exchange key by name or the URI's key: one that unwraps, or a card-style key that only decrypts."""
         info = self._select(name)
         if info.import_path is None:
             raise KeyNotFoundError(f"key {info.name!r} is not an exchange key (it can neither unwrap nor decrypt)")
-        return ExchangeKey(self._token, info.name, info.id)
+        return ExchangeKey(self._token, info.name, info.id, info)
 
     def list_keys(self) -> list[KeyInfo]:
         """Every private key on the token, or those the URI's object=/id= name."""
