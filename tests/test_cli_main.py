@@ -293,3 +293,25 @@ def test_blob_inspect_says_what_a_non_blob_file_is(tmp_path):
         code, out, err = run("blob", "inspect", str(tmp_path / name))
         assert code == ExitStatus.ERROR and out == b"" and err.count("\n") == 1, err
         assert err.startswith("tokencsp: error: not a CryptoAPI key BLOB: ") and needle in err, err
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "-v"])
+@pytest.mark.parametrize("agent", ["off", "none-running"])
+def test_a_token_command_resolves_the_token_options_once(softhsm_kit, monkeypatch, tmp_path, verbose, agent):
+    """open_provider makes one selector for the agent check, the -v log line and the open (it made up to three)."""
+    import tokencsp.config
+
+    resolved = []
+    real = tokencsp.config.resolve_selector
+
+    def counted(*args, **kwargs):
+        resolved.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tokencsp.config, "resolve_selector", counted)  # a counter around the real resolution
+    monkeypatch.setenv("TOKENCSP_AGENT", agent if agent == "off" else "")
+    monkeypatch.setenv("TOKENCSP_AGENT_SOCK", str(tmp_path / "no-agent" / "agent.sock"))
+    code, _out, err = run(*(["-v"] if verbose else []), "key", "list")
+    assert code == 0, err
+    assert len(resolved) == 1, resolved
+    assert ("agent: TOKENCSP_AGENT=off" in err if agent == "off" else "agent: not used" in err) == verbose

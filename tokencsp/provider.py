@@ -462,6 +462,18 @@ class Provider:
         """
         selector = config.resolve_selector(module=module, token=token, serial=serial, uri=uri,
                                            module_name=module_name)
+        return cls.open_selected(selector, pin, pin_file=pin_file, interactive=interactive)
+
+    @classmethod
+    def open_selected(
+        cls,
+        selector: config.TokenSelector,
+        pin: str | Callable[[], str] | None = None,
+        *,
+        pin_file: str | os.PathLike[str] | None = None,
+        interactive: bool | None = None,
+    ) -> Provider:
+        """:meth:`open` for a selector already made by :func:`tokencsp.config.resolve_selector`."""
         module_path = config.find_module(selector.module)
         status = token_status(module_path, match=selector)
         secret = config.resolve_login_pin(pin, pin_file, selector, status, interactive=interactive)

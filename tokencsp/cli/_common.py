@@ -21,6 +21,7 @@ from ._result import Results
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+    from ..config import TokenSelector
     from ..provider import Provider
 
 __all__ = ["PROG", "Console", "add_token_options", "argument", "deprecated", "deprecation", "hint_of", "input_stream",
@@ -246,20 +247,24 @@ def open_provider(args: argparse.Namespace, *, agent: bool = False) -> Provider:
     """The token named by the global options; only commands that need the token load the module.
 
     With ``agent``: the running ``tokencsp agent`` when one answers for this token and
-    TOKENCSP_AGENT is not ``off`` (docs/AGENT.md); else the token itself.
+    TOKENCSP_AGENT is not ``off`` (docs/AGENT.md); else the token itself.  The options are
+    resolved into a selector once (twice with ``--module-name`` and an agent to ask: see below).
     """
-    from ..config import find_module, resolve_selector
-
-    if agent:
-        remote = _agent_provider(args)
-        if remote is not None:
-            return remote
-    from ..provider import Provider
+    from ..config import find_module
 
     module_name = getattr(args, "module_name", None)
+    selector = None
+    if agent and _agent_wanted():
+        # The agent check has never taken --module-name (the URI's module-name= it does): without it here.
+        selector = _selector(args)
+        remote = _agent_provider(args, selector)
+        if remote is not None:
+            return remote
+    if selector is None or module_name is not None:
+        selector = _selector(args, module_name)
+    from ..provider import Provider
+
     if _log.enabled():
-        selector = resolve_selector(module=args.module, token=args.token, serial=args.serial, uri=args.uri,
-                                    module_name=module_name)
         try:
             module = find_module(selector.module)
         except TokenCSPError as exc:
@@ -268,25 +273,33 @@ def open_provider(args: argparse.Namespace, *, agent: bool = False) -> Provider:
                   selector.token_label, selector.token_serial, selector.object_label,
                   _pin_source(args.pin_file, selector.pin_value is not None, selector.pin_source))
     started = time.monotonic()
-    provider = Provider.open(module=args.module, token=args.token, serial=args.serial, uri=args.uri,
-                             pin_file=args.pin_file, module_name=module_name)
+    provider = Provider.open_selected(selector, pin_file=args.pin_file)
     _log.debug("token %r (serial %s) open and logged in after %.1f ms", provider.token_label,
               provider.token_serial, (time.monotonic() - started) * 1000)
     return provider
 
 
-def _agent_provider(args: argparse.Namespace) -> Provider | None:
-    """An AgentProvider (typed as the Provider it stands in for), or None to open the token directly."""
-    import os
+def _selector(args: argparse.Namespace, module_name: str | None = None) -> TokenSelector:
+    from ..config import resolve_selector
 
-    from ..config import find_module, resolve_pin, resolve_selector
+    return resolve_selector(module=args.module, token=args.token, serial=args.serial, uri=args.uri,
+                            module_name=module_name)
+
+
+def _agent_wanted() -> bool:
+    import os
 
     if os.environ.get("TOKENCSP_AGENT", "").lower() == "off":
         _log.debug("agent: TOKENCSP_AGENT=off, opening the token directly")
-        return None
-    from .. import agentclient
+        return False
+    return True
 
-    selector = resolve_selector(module=args.module, token=args.token, serial=args.serial, uri=args.uri)
+
+def _agent_provider(args: argparse.Namespace, selector: TokenSelector) -> Provider | None:
+    """An AgentProvider (typed as the Provider it stands in for), or None to open the token directly."""
+    from .. import agentclient
+    from ..config import find_module, resolve_pin
+
     module = find_module(selector.module) if selector.module else None
     try:
         remote = agentclient.connect(selector, module, lambda: resolve_pin(None, args.pin_file, selector))
