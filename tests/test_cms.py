@@ -307,3 +307,35 @@ def test_encrypt_to_something_that_is_no_key_is_one_line(tmp_path):
                       check=False)
     assert_one_line_error(result, 1, "not a public key")
     assert not (tmp_path / "msg").exists()
+
+
+def test_cbc_content_decrypts_the_same_whatever_the_pieces():
+    """The streaming CBC decryptor (no token): pieces of any size, including empty and one-byte ones,
+    give the plaintext of one-shot decryption, and the last block waits for the final padding check."""
+    import random
+
+    from asn1crypto import core
+    from cryptography.hazmat.primitives import padding as sympadding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from tokencsp import SessionKey
+    from tokencsp.blobs import AlgId
+    from tokencsp.cms.opening import _Cbc
+
+    rng = random.Random(11)
+    for length in (0, 1, 15, 16, 17, 100, 4096, 70_001):
+        key, iv, plain = os.urandom(32), os.urandom(16), os.urandom(length)
+        padder = sympadding.PKCS7(128).padder()
+        encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+        ciphertext = encryptor.update(padder.update(plain) + padder.finalize()) + encryptor.finalize()
+        for _ in range(6):
+            cbc = _Cbc(SessionKey.from_bytes(AlgId.CALG_AES_256, key), core.OctetString(iv))
+            out, at = bytearray(), 0
+            while at < len(ciphertext):
+                size = rng.choice((0, 1, 15, 16, 17, 31, 33, 4096, 65536))
+                for piece in cbc.update(ciphertext[at:at + size]):
+                    out += piece
+                at += size
+            assert len(out) == len(ciphertext) - 16  # the last block is held back for the padding
+            out += cbc.finish()
+            assert bytes(out) == plain, length

@@ -88,15 +88,29 @@ class _Cbc:
         self._key = key
         self._pending = bytearray()
 
-    def update(self, data: bytes) -> bytes:
-        self._pending += data
+    def update(self, data: bytes) -> tuple[bytes, ...]:
+        """The plaintext of all but the last block seen so far (the final call's, for its padding).
+
+        ``data`` is decrypted where it lies (a memoryview): of the ciphertext only the block or less
+        carried over between pieces is copied; the plaintext once, into the ``bytes`` ``write`` takes.
+        """
         bs = self._key.block_size
-        keep = len(self._pending) % bs or bs  # the last block is the final call's, for its padding
-        if len(self._pending) <= keep:
-            return b""
-        ready = bytes(self._pending[:-keep])
-        del self._pending[:-keep]
-        return bytes(self._key.decrypt(ready, final=False))
+        pending = self._pending  # at most one block, carried from the piece before
+        total = len(pending) + len(data)
+        keep = total % bs or bs
+        if total <= keep:
+            pending += data
+            return ()
+        view = memoryview(data)
+        split = len(data) - keep  # >= 0 since len(pending) <= bs: data[split:] is kept for later
+        fill = -len(pending) % bs  # the bytes of data that complete the pending block
+        out: tuple[bytes, ...] = ()
+        if pending:
+            out = (bytes(self._key.decrypt(bytes(pending) + view[:fill], final=False)),)
+        if split > fill:
+            out += (bytes(self._key.decrypt(view[fill:split], final=False)),)
+        self._pending = bytearray(view[split:])
+        return out
 
     def finish(self) -> bytes:
         return bytes(self._key.decrypt(self._pending, final=True))
@@ -114,8 +128,8 @@ class _Gcm:
         self._ctx = Cipher(algorithms.AES(key.key), modes.GCM(nonce, min_tag_length=self._icvlen)).decryptor()
         self.tag = b""
 
-    def update(self, data: bytes) -> bytes:
-        return self._ctx.update(data)
+    def update(self, data: bytes) -> tuple[bytes, ...]:
+        return (self._ctx.update(data),)
 
     def finish(self) -> bytes:
         if len(self.tag) != self._icvlen:
@@ -170,9 +184,9 @@ def open_stream(read: Read, write: Write, *, public_key: rsa.RSAPublicKey, impor
         cipher: _Cbc | _Gcm = _Cbc(key, params) if mode == "cbc" else _Gcm(key, params)
         head = reader.header()
         for piece in reader.octets(head):
-            out = cipher.update(piece)
-            if out:
-                write(out)
+            for out in cipher.update(piece):
+                if out:
+                    write(out)
         reader.leave(encrypted)
         if authenticated:
             if reader.peek_tag() == 0xA1:
