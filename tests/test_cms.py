@@ -339,3 +339,18 @@ def test_cbc_content_decrypts_the_same_whatever_the_pieces():
             assert len(out) == len(ciphertext) - 16  # the last block is held back for the padding
             out += cbc.finish()
             assert bytes(out) == plain, length
+
+
+@pytest.mark.host_side(reason="the subject is the recipient file cms encrypt reads; the token only exports the keys")
+def test_encrypt_to_a_signature_keys_publickeyblob_is_one_line(recipient, tmp_path):
+    """A CALG_RSA_SIGN PUBLICKEYBLOB is refused as seal and capi encrypt refuse it (its private half can
+    never unwrap); the exchange key's CALG_RSA_KEYX blob is taken, named by subjectKeyIdentifier."""
+    _, kx, _ = recipient
+    tokencsp("key", "export", f"{PREFIX}-ca", "--format", "msblob", "-o", str(tmp_path / "sig.blob"))
+    result = tokencsp("cms", "encrypt", "--to", str(tmp_path / "sig.blob"), "-o", str(tmp_path / "msg"), input=b"x",
+                      check=False)
+    assert_one_line_error(result, 1, "is a signature key (CALG_RSA_SIGN PUBLICKEYBLOB)")
+    assert not (tmp_path / "msg").exists()
+    tokencsp("key", "export", kx, "--format", "msblob", "-o", str(tmp_path / "kx.blob"))
+    sealed = tokencsp("cms", "encrypt", "--to", str(tmp_path / "kx.blob"), input=b"to the blob").stdout
+    assert tokencsp("cms", "decrypt", "--key", kx, input=sealed).stdout == b"to the blob"

@@ -210,11 +210,15 @@ def uri_option(text: str) -> str:
 def recipient_key(path: str, console: Console, *, certificates: bool = False) -> RSAPublicKey:
     """The public key in ``path`` to encrypt to (``certificates``: an X.509 certificate too); a signature
     key's PUBLICKEYBLOB (CALG_RSA_SIGN) is refused, since its private half on the token can never unwrap."""
+    return recipient_key_from(read_file(path, console), path, certificates=certificates)
+
+
+def recipient_key_from(data: bytes, path: str, *, certificates: bool = False) -> RSAPublicKey:
+    """:func:`recipient_key` of ``data`` already read from ``path`` (which names it in the error)."""
     from ..blobs import AlgId, BlobType, PublicKeyBlob
     from ..errors import BlobFormatError, InvalidKeyError
     from ..pubkeys import load_public_key, load_recipient
 
-    data = read_file(path, console)
     if data[:1] == bytes([BlobType.PUBLICKEYBLOB]):
         try:
             alg_id = PublicKeyBlob.from_bytes(data).alg_id

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ._common import Console, add_token_options, input_stream, open_provider, output_stream, read_file, with_hint
+from ._common import (
+    Console,
+    add_token_options,
+    input_stream,
+    open_provider,
+    output_stream,
+    read_file,
+    recipient_key_from,
+    with_hint,
+)
 from ._result import Counting, add_result_options
 from ._status import ExitStatus
 
@@ -78,18 +87,17 @@ readers: openssl cms -decrypt -inform DER), streamed in constant memory. No toke
 
 
 def _recipient(path: str, console: Console) -> Recipient:
-    from cryptography import x509
-
+    """A certificate (named by issuer and serial) or else a public key (by subjectKeyIdentifier), read once."""
+    from ..certs import load_certificate
     from ..cms.sealing import Recipient
-    from ..pubkeys import load_public_key
+    from ..errors import InvalidKeyError
 
     data = read_file(path, console)
-    for load in (x509.load_pem_x509_certificate, x509.load_der_x509_certificate):
-        try:
-            return Recipient.from_certificate(load(data))
-        except ValueError:
-            continue
-    return Recipient(load_public_key(data))
+    try:
+        cert = load_certificate(data, path)
+    except InvalidKeyError:  # not a certificate: a public key, which refuses a signature key's PUBLICKEYBLOB
+        return Recipient(recipient_key_from(data, path))
+    return Recipient.from_certificate(cert)
 
 
 def cmd_cms_encrypt(args: argparse.Namespace, console: Console) -> ExitStatus:
