@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run a command next to a throwaway opencryptoki (pkcsslotd + two soft tokens)
+# Run a command next to a throwaway opencryptoki (pkcsslotd + three soft tokens)
 # that nothing outside this run can see or keep:
 #
 #   sudo opencryptoki/run-in-namespace.sh .venv/bin/python -m pytest -q
@@ -25,6 +25,8 @@
 #      keeps its store path in a global: two slots on one dlopen()ed library
 #      would share it. The library is linked -Bsymbolic, so the copy's globals
 #      are its own.
+#   2  another copy, tokname swtok-c: the pytest plugin's pkcs11_token
+#      (tcsp-pool-ock), which no other fixture uses.
 #
 # Installs the `opencryptoki` package (apt) when pkcsslotd is missing.
 # Environment inside: TOKENCSP_OCK_SANDBOX (the temp dir), TOKENCSP_OCK_MODULE
@@ -88,6 +90,7 @@ inside() {
     cp -a /etc/opencryptoki/. "$dir/etc/"
     cp -a /var/lib/opencryptoki/. "$dir/lib/"
     cp "$(readlink -f "$stdll")" "$dir/stdll/libpkcs11_sw_b.so"
+    cp "$(readlink -f "$stdll")" "$dir/stdll/libpkcs11_sw_c.so"
     cat >"$dir/etc/opencryptoki.conf" <<CONF
 # Written by tokencsp opencryptoki/run-in-namespace.sh for one test run.
 version opencryptoki-3.1
@@ -101,6 +104,12 @@ slot 1
 stdll = $dir/stdll/libpkcs11_sw_b.so
 tokname = swtok-b
 description = "tokencsp test soft token b"
+}
+slot 2
+{
+stdll = $dir/stdll/libpkcs11_sw_c.so
+tokname = swtok-c
+description = "tokencsp test soft token c"
 }
 CONF
     printf '%s\n' "$dir" >"$dir/lib/.tokencsp-sandbox"
@@ -123,7 +132,8 @@ CONF
     done
     ln -s /dev/shm /run/shm
     mkdir -m 1777 /run/lock
-    install -d -m 0770 -g pkcs11 /run/lock/opencryptoki /run/lock/opencryptoki/swtok /run/lock/opencryptoki/swtok-b
+    install -d -m 0770 -g pkcs11 /run/lock/opencryptoki /run/lock/opencryptoki/swtok /run/lock/opencryptoki/swtok-b \
+        /run/lock/opencryptoki/swtok-c
     mount -n -t tmpfs -o mode=1777 tokencsp-ock-shm /dev/shm
     umount -n "$dir/hostrun"
 

@@ -1,7 +1,7 @@
 """tokencsp's own test rules, on top of the ``tokencsp`` pytest plugin (tokencsp/pytest_plugin.py).
 
 The plugin makes the session's SoftHSM tokens (``tokencsp-test-a`` and ``tokencsp-test-b`` from
-pyproject's ``tokencsp_softhsm_labels``, plus a fresh token per ``softhsm_token`` user) when
+pyproject's ``tokencsp_softhsm_labels``, plus a fresh token per ``softhsm_token``/``pkcs11_token`` user) when
 collection has finished - after every test module is imported (none touches the token at import)
 and before any test runs, because SoftHSM only sees tokens that existed when a process initialised
 the module - and only if a selected test needs them: ``pytest -m "not softhsm" tests/test_blobs.py``

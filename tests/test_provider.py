@@ -160,11 +160,16 @@ def test_names_are_unique_and_lookups_typed(provider, exchange_key):
     assert "test-kx" in [k.name for k in provider.list_keys()]
 
 
-def test_delete_removes_both_halves(provider):
+def test_delete_removes_both_halves(tokencsp_provider):
+    """On the plugin's empty token (pkcs11_token, either backend) the count is exact: the pair is the token's
+    only two objects, and nothing is left after the delete."""
+    provider = tokencsp_provider
+    assert provider.object_count() == 0
     pair = provider.generate_exchange_key("test-del")
     blob = pair.public_blob()
+    assert provider.object_count() == 2
     assert provider.delete_key("test-del") == 2
-    assert "test-del" not in [k.name for k in provider.list_keys()]
+    assert provider.list_keys() == [] and provider.object_count() == 0
     with pytest.raises(KeyNotFoundError):
         provider.exchange_key("test-del")
     # A key deleted after it was looked up: the next import is a clean typed error.
@@ -175,6 +180,7 @@ def test_delete_removes_both_halves(provider):
     provider.delete_key("test-del")
     with pytest.raises(KeyNotFoundError):
         again.import_simpleblob(wrapped)
+    assert provider.object_count() == 0
 
 
 def test_import_private_key_blob_from_windows(provider):

@@ -14,7 +14,7 @@ import pytest
 
 from helpers import REPO_ROOT
 
-pytestmark = pytest.mark.softhsm_only(reason="tests the SoftHSM plugin itself (a fresh SoftHSM token per test)")
+SOFTHSM_ONLY = pytest.mark.softhsm_only(reason="the child run makes SoftHSM tokens (a fresh SoftHSM token per test)")
 
 PKCS11_DIRECT = '''
 import pkcs11
@@ -46,6 +46,36 @@ def test_token_facts(softhsm_token):
     assert env["PKCS11_TOKEN_PIN"] == softhsm_token.pin and env["TOKENCSP_PIN"] == softhsm_token.pin
     assert softhsm_token.uri.startswith("pkcs11:token=" + softhsm_token.label)
     assert "pin" not in softhsm_token.uri and softhsm_token.pin not in repr(softhsm_token)
+'''
+
+# The same on either backend (--tokencsp-token): pkcs11_token is empty at the start of every test.
+PKCS11_ANY = '''
+import pkcs11
+from pkcs11 import Attribute, ObjectClass
+
+
+def _session(pkcs11_token):
+    token = pkcs11.lib(pkcs11_token.module).get_token(token_label=pkcs11_token.label)
+    return token.open(user_pin=pkcs11_token.pin, rw=True)
+
+
+def test_any_first_leaves_an_object_behind(pkcs11_token):
+    with _session(pkcs11_token) as session:
+        assert list(session.get_objects()) == []
+        session.create_object({Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True,
+                               Attribute.LABEL: "left-behind", Attribute.VALUE: b"x"})
+
+
+def test_any_second_finds_an_empty_token(pkcs11_token):
+    with _session(pkcs11_token) as session:
+        assert list(session.get_objects()) == []
+
+
+def test_any_token_facts(pkcs11_token):
+    env = pkcs11_token.env
+    assert env["PKCS11_MODULE"] == pkcs11_token.module and env["PKCS11_TOKEN_LABEL"] == pkcs11_token.label
+    assert env["TOKENCSP_PIN"] == pkcs11_token.pin and pkcs11_token.pin not in repr(pkcs11_token)
+    assert pkcs11_token.uri.startswith("pkcs11:token=")
 '''
 
 PROVIDER = '''
@@ -82,17 +112,32 @@ def run_downstream(project: Path, *args: str, env: dict[str, str] | None = None,
 def project(tmp_path: Path) -> Path:
     (tmp_path / "test_pkcs11_direct.py").write_text(PKCS11_DIRECT)
     (tmp_path / "test_provider.py").write_text(PROVIDER)
+    (tmp_path / "test_pkcs11_any.py").write_text(PKCS11_ANY)
     return tmp_path
 
 
+@SOFTHSM_ONLY
 @pytest.mark.softhsm  # the child makes tokens of its own
 def test_downstream_project_without_conftest(project: Path) -> None:
     assert not (project / "conftest.py").exists()
     result = run_downstream(project, "-p", "no:randomly")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 passed" in result.stdout, result.stdout
+    assert "9 passed" in result.stdout, result.stdout
 
 
+@pytest.mark.opencryptoki_only(reason="the child run is on opencryptoki: run-in-namespace.sh's store")
+@pytest.mark.softhsm
+def test_downstream_project_on_opencryptoki(project: Path) -> None:
+    """``--tokencsp-token=opencryptoki``: pkcs11_token (and tokencsp_provider/exchange_key on it) run and find
+    an empty token each time; softhsm_token skips."""
+    sandbox = {k: os.environ[k] for k in ("TOKENCSP_OCK_SANDBOX", "TOKENCSP_OCK_MODULE")}
+    result = run_downstream(project, "-p", "no:randomly", "-rs", "--tokencsp-token=opencryptoki", env=sandbox)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 passed, 3 skipped" in result.stdout, result.stdout
+    assert result.stdout.count("softhsm_token needs SoftHSM") == 3, result.stdout
+
+
+@SOFTHSM_ONLY
 @pytest.mark.softhsm
 @pytest.mark.slow
 def test_downstream_project_with_only_pip_install_tokencsp(project: Path, tmp_path_factory) -> None:
@@ -113,20 +158,22 @@ def test_downstream_project_with_only_pip_install_tokencsp(project: Path, tmp_pa
     assert not (project / "conftest.py").exists()
     result = run_downstream(project, "-p", "no:randomly", python=python)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 passed" in result.stdout, result.stdout
+    assert "9 passed" in result.stdout, result.stdout
 
 
+@SOFTHSM_ONLY
 def test_pure_tests_need_no_softhsm(project: Path) -> None:
     no_softhsm = {"PATH": str(Path(sys.executable).parent)}
     assert shutil.which("softhsm2-util", path=no_softhsm["PATH"]) is None
     pure = run_downstream(project, "-m", "not softhsm", env=no_softhsm)
-    assert pure.returncode == 0 and "1 passed, 5 deselected" in pure.stdout, pure.stdout + pure.stderr
+    assert pure.returncode == 0 and "1 passed, 8 deselected" in pure.stdout, pure.stdout + pure.stderr
     missing = run_downstream(project, env=no_softhsm)
     assert missing.returncode == 1, missing.stdout + missing.stderr
     assert "cannot create the SoftHSM test tokens: softhsm2-util not found" in missing.stdout + missing.stderr
     assert "skipped" not in missing.stdout, missing.stdout
 
 
+@SOFTHSM_ONLY
 def test_tokencsp_token_option_selects_opencryptoki_and_fails_outside_its_sandbox(project: Path) -> None:
     """--tokencsp-token=opencryptoki asks for the opencryptoki kit; outside opencryptoki/run-in-namespace.sh
     the run fails with the way to run it (never a skip, never a real opencryptoki store touched)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tokencsp.pytest_plugin import POOL_PREFIX
 from tokencsp.testing import SoftHSMKit, find_softhsm_module
 
 pytestmark = pytest.mark.softhsm_only(reason="tests the SoftHSM kit itself (softhsm2-util, SOFTHSM2_CONF)")
@@ -34,8 +35,9 @@ def _labels(show_slots: str) -> set[str]:
 def test_kit_created_both_tokens(softhsm_kit: SoftHSMKit) -> None:
     conf = Path(softhsm_kit.environ()["SOFTHSM2_CONF"])
     assert conf == softhsm_kit.conf_path
-    assert _labels(_show_slots(conf)) == {"tokencsp-test-a", "tokencsp-test-b"}
-    assert sorted(softhsm_kit.token_labels()) == ["tokencsp-test-a", "tokencsp-test-b"]
+    pool = {label for label in softhsm_kit.labels if label.startswith(POOL_PREFIX)}  # a softhsm_token per test
+    assert _labels(_show_slots(conf)) == {"tokencsp-test-a", "tokencsp-test-b"} | pool
+    assert sorted(softhsm_kit.token_labels()) == sorted({"tokencsp-test-a", "tokencsp-test-b"} | pool)
 
 
 def test_environ_is_applied_and_complete(softhsm_kit: SoftHSMKit) -> None:

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
 __all__ = ["ExchangeKey", "KeyInfo", "KeyPair", "KeyUsage", "Provider", "describe_all_tokens", "describe_module",
-           "initialize_token",
+           "empty_token", "initialize_token",
            "list_tokens", "pin_status"]
 
 SUPPORTED_BITS = (2048, 3072, 4096)
@@ -668,6 +668,19 @@ def pin_status(module: str | None = None, token: str | None = None, *, serial: s
     without logging in: after a wrong PIN, what the token says about the tries left."""
     selector = config.resolve_selector(module=module, token=token, serial=serial, uri=uri, module_name=module_name)
     return token_status(config.find_module(selector.module), match=selector)
+
+
+def empty_token(label: str, *, pin: str, module: str | None = None) -> int:
+    """Destroy every object the user can see on the token ``label``; returns how many.
+
+    For throwaway test tokens only (``tokencsp.testing.OpencryptokiKit``, the pytest plugin's
+    ``pkcs11_token`` on opencryptoki): it does not ask, and keys destroyed are gone.
+    """
+    token = open_token(config.find_module(module), pin, label)
+    try:
+        return token.destroy_all_objects()
+    finally:
+        token.close()
 
 
 def initialize_token(label: str, *, so_pin: str, pin: str, module: str | None = None) -> str:

@@ -15,8 +15,11 @@ such a test is selected, the run stops with the install hint instead of skipping
 ``--tokencsp-token=opencryptoki`` (or ``TOKENCSP_TEST_BACKEND=opencryptoki``, which
 ``opencryptoki/run-in-namespace.sh`` sets) makes the store :class:`tokencsp.testing.OpencryptokiKit`
 instead: the same labels on opencryptoki soft tokens, whose slot table is fixed, so there is no
-pool and ``softhsm_token`` skips.  The choice is put into ``TOKENCSP_TEST_BACKEND`` for the tests
-and their child processes (:func:`tokencsp.testing.selected_backend`).
+pool and ``softhsm_token`` skips.  ``pkcs11_token`` works on both: on SoftHSM it is the test's
+``softhsm_token``; on opencryptoki one token of its own (``tcsp-pool-ock``) that no other fixture
+uses, emptied of every object before each test.  ``tokencsp_provider`` and ``exchange_key`` stand
+on ``pkcs11_token``.  The choice is put into ``TOKENCSP_TEST_BACKEND`` for the tests and their
+child processes (:func:`tokencsp.testing.selected_backend`).
 """
 
 from __future__ import annotations
@@ -30,22 +33,24 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .testing import TEST_BACKENDS, OpencryptokiKit, SoftHSMKit, SoftHSMToken, selected_backend
+from .testing import TEST_BACKENDS, OpencryptokiKit, Pkcs11Token, SoftHSMKit, SoftHSMToken, selected_backend
 
 if TYPE_CHECKING:
     from .provider import ExchangeKey, Provider
 
-__all__ = ["exchange_key", "softhsm_kit", "softhsm_token", "tokencsp_provider"]
+__all__ = ["exchange_key", "pkcs11_token", "softhsm_kit", "softhsm_token", "tokencsp_provider"]
 
-#: Fixtures that need the session's SoftHSM store; a test using any of them is a ``softhsm`` test.
-STORE_FIXTURES = frozenset({"softhsm_kit", "softhsm_token", "tokencsp_provider", "exchange_key"})
-#: Fixtures that take a fresh token from the pool.
-POOL_FIXTURES = frozenset({"softhsm_token"})
+#: Fixtures that need the session's token store; a test using any of them is a ``softhsm`` test.
+STORE_FIXTURES = frozenset({"softhsm_kit", "softhsm_token", "pkcs11_token", "tokencsp_provider", "exchange_key"})
+#: Fixtures that take a fresh token from the pool (one per test: pkcs11_token is softhsm_token on SoftHSM).
+POOL_FIXTURES = frozenset({"softhsm_token", "pkcs11_token"})
 #: Variables that would point code at another module, token or PIN; dropped before the kit applies.
 FOREIGN_ENV = ("SOFTHSM2_CONF", "TOKENCSP_MODULE", "TOKENCSP_TOKEN", "TOKENCSP_PIN", "TOKENCSP_SO_PIN",
                "TOKENCSP_URI", "PKCS11_MODULE", "PKCS11_TOKEN_LABEL", "PKCS11_TOKEN_PIN")
 
-_POOL_PREFIX = "tcsp-pool-"
+POOL_PREFIX = "tcsp-pool-"
+#: pkcs11_token's token on opencryptoki (run-in-namespace.sh's third soft token).
+OCK_TOKEN_LABEL = f"{POOL_PREFIX}ock"
 _SPARE = 2  # for a test that is run twice (reruns) or requests the fixture through getfixturevalue
 
 
@@ -115,16 +120,18 @@ def _build(config: pytest.Config, pool_size: int) -> SoftHSMKit | OpencryptokiKi
         os.environ.pop(name, None)
     state.directory = Path(tempfile.mkdtemp(prefix="tokencsp-softhsm-"))
     if selected_backend() == "opencryptoki":
-        labels = config.getini("tokencsp_softhsm_labels") or [f"{_POOL_PREFIX}kit"]
+        # the configured labels, and pkcs11_token's own token when a test uses it
+        labels = list(dict.fromkeys([*config.getini("tokencsp_softhsm_labels"),
+                                     *([OCK_TOKEN_LABEL] if pool_size else [])])) or [f"{POOL_PREFIX}kit"]
         ock = OpencryptokiKit(state.directory, labels=labels, user_pin=str(config.getini("tokencsp_softhsm_pin")))
         ock.__enter__()
         ock.apply()
         state.kit = ock
         return ock
-    state.pool = [f"{_POOL_PREFIX}{i:04d}" for i in range(pool_size)]
+    state.pool = [f"{POOL_PREFIX}{i:04d}" for i in range(pool_size)]
     labels = [*config.getini("tokencsp_softhsm_labels"), *state.pool]
     if not labels:
-        labels = [f"{_POOL_PREFIX}kit"]
+        labels = [f"{POOL_PREFIX}kit"]
     kit = SoftHSMKit(state.directory, labels=labels, user_pin=str(config.getini("tokencsp_softhsm_pin")))
     kit.__enter__()
     kit.apply()
@@ -159,11 +166,26 @@ def softhsm_token(softhsm_kit: SoftHSMKit | OpencryptokiKit, pytestconfig: pytes
 
 
 @pytest.fixture
-def tokencsp_provider(softhsm_token: SoftHSMToken) -> Iterator[Provider]:
-    """An open :class:`tokencsp.Provider`, logged in to ``softhsm_token``."""
+def pkcs11_token(softhsm_kit: SoftHSMKit | OpencryptokiKit, request: pytest.FixtureRequest) -> Pkcs11Token:
+    """A token holding no objects, on the run's backend (``--tokencsp-token``): on SoftHSM the test's
+    ``softhsm_token``; on opencryptoki the kit's ``tcsp-pool-ock`` token, emptied before the test.
+    ``.module``, ``.label``, ``.pin``, ``.so_pin``, ``.uri``, ``.env``."""
+    if isinstance(softhsm_kit, SoftHSMKit):
+        token: SoftHSMToken = request.getfixturevalue("softhsm_token")
+        return token
+    if OCK_TOKEN_LABEL not in softhsm_kit.labels:
+        pytest.fail(f"no {OCK_TOKEN_LABEL} token: the plugin makes it when collection ends if a selected test "
+                    "uses pkcs11_token (not through getfixturevalue alone)", pytrace=False)
+    softhsm_kit.empty(OCK_TOKEN_LABEL)
+    return softhsm_kit.token(OCK_TOKEN_LABEL)
+
+
+@pytest.fixture
+def tokencsp_provider(pkcs11_token: Pkcs11Token) -> Iterator[Provider]:
+    """An open :class:`tokencsp.Provider`, logged in to ``pkcs11_token``."""
     from .provider import Provider
 
-    with Provider.open(token=softhsm_token.label, pin=softhsm_token.pin, module=softhsm_token.module) as provider:
+    with Provider.open(token=pkcs11_token.label, pin=pkcs11_token.pin, module=pkcs11_token.module) as provider:
         yield provider
 
 

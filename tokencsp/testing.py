@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 from .config import SOFTHSM_MODULE_PATHS
 
-__all__ = ["MODULE_CANDIDATES", "OCK_MODULE_CANDIDATES", "OpencryptokiKit", "SoftHSMKit", "SoftHSMToken",
+__all__ = ["MODULE_CANDIDATES", "OCK_MODULE_CANDIDATES", "OpencryptokiKit", "Pkcs11Token", "SoftHSMKit", "SoftHSMToken",
            "find_softhsm_module", "selected_backend"]
 
 #: Where distributions put libsofthsm2.so (softhsm/setup-token.sh has the same list).
@@ -59,6 +59,16 @@ try:
                          module=os.environ["TOKENCSP_MODULE"])
 except TokenCSPError as e:
     sys.exit(f"token {label!r}: {e}")
+"""
+
+_EMPTY_TOKEN = """\
+import os, sys
+from tokencsp.errors import TokenCSPError
+from tokencsp.provider import empty_token
+try:
+    print(empty_token(sys.argv[1], pin=os.environ["TOKENCSP_PIN"], module=os.environ["TOKENCSP_MODULE"]))
+except TokenCSPError as e:
+    sys.exit(f"token {sys.argv[1]!r}: {e}")
 """
 
 _INSTALL_HINT = ("install SoftHSM2 (Debian/Ubuntu: apt-get install softhsm2; Fedora: dnf install softhsm; "
@@ -93,14 +103,13 @@ def _parse_labels(show_slots_output: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class SoftHSMToken:
-    """One initialised token of a :class:`SoftHSMKit`: what a test needs to reach it."""
+class Pkcs11Token:
+    """One initialised test token, on SoftHSM or opencryptoki: what a test needs to reach it."""
 
     module: str
     label: str
     pin: str = field(repr=False)
     so_pin: str = field(repr=False)
-    conf_path: Path
 
     @property
     def uri(self) -> str:
@@ -109,10 +118,9 @@ class SoftHSMToken:
 
     @property
     def env(self) -> dict[str, str]:
-        """Variables for a child process (or ``os.environ``): SoftHSM's config, tokencsp's
-        ``TOKENCSP_*`` and python-pkcs11's CI convention ``PKCS11_MODULE``/``_TOKEN_LABEL``/``_TOKEN_PIN``."""
+        """Variables for a child process (or ``os.environ``): tokencsp's ``TOKENCSP_*`` and
+        python-pkcs11's CI convention ``PKCS11_MODULE``/``_TOKEN_LABEL``/``_TOKEN_PIN``."""
         return {
-            "SOFTHSM2_CONF": str(self.conf_path),
             "TOKENCSP_MODULE": self.module,
             "TOKENCSP_TOKEN": self.label,
             "TOKENCSP_PIN": self.pin,
@@ -120,6 +128,17 @@ class SoftHSMToken:
             "PKCS11_TOKEN_LABEL": self.label,
             "PKCS11_TOKEN_PIN": self.pin,
         }
+
+
+@dataclass(frozen=True)
+class SoftHSMToken(Pkcs11Token):
+    """One initialised token of a :class:`SoftHSMKit`; ``env`` also holds ``SOFTHSM2_CONF``."""
+
+    conf_path: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"SOFTHSM2_CONF": str(self.conf_path), **super().env}
 
 
 class SoftHSMKit:
@@ -342,7 +361,7 @@ class OpencryptokiKit:
     """opencryptoki soft tokens for tests, with :class:`SoftHSMKit`'s surface.
 
     Only works inside ``opencryptoki/run-in-namespace.sh``, which runs
-    pkcsslotd on a private, throwaway token store with two blank soft tokens;
+    pkcsslotd on a private, throwaway token store with three blank soft tokens;
     entering the kit initialises one token per label (``tokencsp token init``
     in a child process: C_InitToken with the fresh SO PIN 87654321, then
     C_InitPIN, PINs in the environment) and refuses any other store, so a
@@ -423,6 +442,30 @@ class OpencryptokiKit:
         if proc.returncode != 0:
             raise RuntimeError(f"pkcsconf -t failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
         return _parse_pkcsconf_labels(proc.stdout)
+
+    def token(self, label: str | None = None) -> Pkcs11Token:
+        """The token ``label`` (default: the first) of the entered kit."""
+        if self.module is None:
+            raise RuntimeError("OpencryptokiKit.token() needs the kit entered first")
+        label = self.labels[0] if label is None else label
+        if label not in self.labels:
+            raise KeyError(label)
+        return Pkcs11Token(self.module, label, self.user_pin, self.so_pin)
+
+    def empty(self, label: str) -> int:
+        """Destroy every object on the token ``label`` (logged in as the user, in a child process, as
+        token init is); returns how many there were.  What the plugin's ``pkcs11_token`` does before
+        each test, since opencryptoki's fixed slot table cannot give a fresh token per test."""
+        token = self.token(label)
+        env = dict(os.environ, TOKENCSP_MODULE=token.module, TOKENCSP_PIN=token.pin)
+        try:
+            proc = subprocess.run([sys.executable, "-c", _EMPTY_TOKEN, label], env=env, capture_output=True,
+                                  text=True, timeout=_UTIL_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"emptying opencryptoki token {label!r} timed out after {_UTIL_TIMEOUT_S} s") from None
+        if proc.returncode != 0:
+            raise RuntimeError(f"emptying opencryptoki token {label!r} failed: {proc.stderr.strip()}")
+        return int(proc.stdout)
 
     def environ(self) -> dict[str, str]:
         """The variables that point tokencsp at this kit's first token."""

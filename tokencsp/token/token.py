@@ -783,6 +783,20 @@ class Token:
             lease.broken = True  # the operation may still be active on this session
             raise
 
+    def destroy_all_objects(self) -> int:
+        """Destroy every object this application can see (``provider.empty_token``, for test tokens)."""
+        with self._lease() as lease:
+            try:
+                with trace.call("C_FindObjects"):
+                    objects = list(lease.session.get_objects({}))
+                for obj in objects:
+                    with trace.call("C_DestroyObject"):
+                        obj.destroy()
+            except p11.PKCS11Error as exc:
+                raise map_error(exc, "emptying the token") from None
+            self._facts.clear()
+        return len(objects)
+
     def count_objects(self) -> int:
         """Every object this application can see on the token (token and session objects)."""
         with self._lease() as lease:
