@@ -65,6 +65,8 @@ def test_the_wheel_carries_pep_639_metadata(dist):
         meta.get_all("Classifier"))
     assert {"postgres", "test", "lint"} <= set(meta.get_all("Provides-Extra"))
     assert meta["Requires-Python"] == ">=3.11"
+    # no public address exists yet (README): a Project-URL here would be made up
+    assert meta.get_all("Project-URL") is None and meta["Home-page"] is None
     assert wheel.read(f"{info}/licenses/LICENSE") == (REPO_ROOT / "LICENSE").read_bytes()
     assert "tokencsp = tokencsp.pytest_plugin" in wheel.read(f"{info}/entry_points.txt").decode()
     # the man page, as data: pip puts it under the environment's prefix
