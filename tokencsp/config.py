@@ -24,7 +24,6 @@ __all__ = [
     "SOFTHSM_MODULE_PATHS",
     "TokenSelector",
     "find_module",
-    "parse_pkcs11_uri",
     "pin_prompt",
     "read_pin_file",
     "resolve_login_pin",
@@ -69,25 +68,6 @@ def find_module(explicit: str | None = None, environ: Mapping[str, str] = os.env
     raise ModuleLoadError(
         f"no PKCS#11 module given and SoftHSM2 not found; set {ENV_MODULE} or pass --module"
     )
-
-
-def parse_pkcs11_uri(uri: str) -> dict[str, str]:
-    """An RFC 7512 URI's attributes, checked by :func:`tokencsp.pkcs11uri.parse`.
-
-    Values are percent-decoded text; ``id`` is lower-case hex, ``library-version`` MAJOR.MINOR.
-    """
-    out: dict[str, str] = {}
-    for key, value in pkcs11uri.parse(uri).__dict__.items():
-        if value is None:
-            continue
-        if isinstance(value, bytes):
-            text = value.hex()
-        elif isinstance(value, tuple):
-            text = ".".join(map(str, value))
-        else:
-            text = str(value)
-        out[key.replace("_", "-")] = text
-    return out
 
 
 @dataclass(frozen=True)

@@ -194,13 +194,13 @@ def positive(kind: Callable[[str], T], least: float = 0, exclusive: bool = True)
 
 def uri_option(text: str) -> str:
     """``--uri``: a well-formed RFC 7512 URI without ``pin-value`` (argv is readable by every local user)."""
-    from ..config import parse_pkcs11_uri
+    from .. import pkcs11uri
 
     try:
-        attributes = parse_pkcs11_uri(text)
+        parsed = pkcs11uri.parse(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if "pin-value" in attributes:
+    if parsed.pin_value is not None:
         raise argparse.ArgumentTypeError(
             "pin-value is refused on the command line (every local user can read it in /proc/PID/cmdline): "
             "use pin-source=file:PATH, set TOKENCSP_PIN, or put the URI in TOKENCSP_URI")
