@@ -38,6 +38,8 @@ def test_every_rfc7512_attribute_is_parsed_into_its_field():
     assert pkcs11uri.parse("PKCS11:token=a").token == "a"  # the scheme is case-insensitive
     assert pkcs11uri.parse("pkcs11:?pin-value=1234").pin_value == "1234"
     assert "1234" not in repr(pkcs11uri.parse("pkcs11:?pin-value=1234"))
+    selector = config.resolve_selector(uri="pkcs11:token=a?pin-value=1234&pin-source=file:/run/secret-pin")
+    assert selector.pin_value == "1234" and "1234" not in repr(selector) and "secret-pin" not in repr(selector)
 
 
 @pytest.mark.parametrize(("uri", "needle"), [

@@ -13,7 +13,7 @@ import os
 import stat
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import p11kit, pkcs11uri
@@ -83,8 +83,8 @@ class TokenSelector:
     token_label: str | None = None
     token_serial: str | None = None
     object_label: str | None = None
-    pin_source: str | None = field(default=None, repr=False)
-    pin_value: str | None = field(default=None, repr=False)
+    pin_source: str | None = None  # never in repr: __repr__ below leaves both out
+    pin_value: str | None = None
     token_manufacturer: str | None = None
     token_model: str | None = None
     slot_id: int | None = None
