@@ -26,7 +26,6 @@ from .admin import (
     TokenDescription,
     describe_tokens,
     init_token,
-    iter_tokens,
     matching_tokens,
     module_info,
     open_token,
@@ -38,6 +37,6 @@ from .token import Token
 
 __all__ = [
     "DecryptMechanism", "ImportPath", "KeyInfo", "KeyUsage", "PinStatus", "RsaPrivateParts", "Token",
-    "TokenDescription", "_function_list", "describe_tokens", "init_token", "iter_tokens", "load_module", "map_error",
+    "TokenDescription", "_function_list", "describe_tokens", "init_token", "load_module", "map_error",
     "matching_tokens", "module_info", "open_token", "token_status",
 ]

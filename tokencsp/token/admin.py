@@ -20,7 +20,7 @@ from .lock import cross_process_lock
 from .module import load_module
 from .token import Token, _serial, pin_status
 
-__all__ = ["TokenDescription", "describe_tokens", "init_token", "iter_tokens", "matching_tokens", "module_info",
+__all__ = ["TokenDescription", "describe_tokens", "init_token", "matching_tokens", "module_info",
            "open_token", "token_status"]
 
 CKF_TOKEN_INITIALIZED = 0x400
@@ -61,12 +61,6 @@ def describe_tokens(module: str) -> list[TokenDescription]:
     return [description for description, _ in _descriptions(load_module(module))]
 
 
-def iter_tokens(module: str) -> Iterator[tuple[str, str]]:
-    """(label, serial) of each initialised token."""
-    for description in describe_tokens(module):
-        yield description.label, description.serial
-
-
 def init_token(module: str, label: str, so_pin: str, user_pin: str) -> str:
     """Initialise the first uninitialised token (SoftHSM's free slot) with ``label``; returns its serial.
 
@@ -82,7 +76,7 @@ def init_token(module: str, label: str, so_pin: str, user_pin: str) -> str:
 
 
 def _init_token(module: str, label: str, raw_label: bytes, so_pin: str, user_pin: str) -> str:
-    if any(existing == label for existing, _ in iter_tokens(module)):
+    if any(existing.label == label for existing in describe_tokens(module)):
         raise KeyExistsError(f"a token labelled {label!r} already exists")
     lib = load_module(module)
     try:
