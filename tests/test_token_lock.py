@@ -141,3 +141,15 @@ def test_waiting_for_the_lock_times_out_with_one_clear_error(tmp_path, softhsm_k
     assert result.returncode != 0 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tokencsp: error: timed out after 0.5 s waiting for the token lock")
+
+
+def test_the_lock_timeout_variable_is_read_or_refused(monkeypatch):
+    monkeypatch.delenv("TOKENCSP_LOCK_TIMEOUT", raising=False)
+    assert lock._timeout() == lock.DEFAULT_TIMEOUT
+    monkeypatch.setenv("TOKENCSP_LOCK_TIMEOUT", "2.5")
+    assert lock._timeout() == 2.5
+    monkeypatch.setenv("TOKENCSP_LOCK_TIMEOUT", "-3")
+    assert lock._timeout() == 0.0  # a negative wait is no wait
+    monkeypatch.setenv("TOKENCSP_LOCK_TIMEOUT", "soon")
+    with pytest.raises(TokenLockError, match=r"^TOKENCSP_LOCK_TIMEOUT must be a number of seconds, not 'soon'$"):
+        lock._timeout()

@@ -15,14 +15,16 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from . import p11kit, pkcs11uri
-from .errors import ConfigError, ModuleLoadError, PinError, SelectionConflict
+from .errors import ConfigError, ModuleLoadError, PinError, SelectionConflict, TokenCSPError
 from .keyinfo import PinStatus
 
 __all__ = [
     "SOFTHSM_MODULE_PATHS",
     "TokenSelector",
+    "env_number",
     "find_module",
     "pin_prompt",
     "read_pin_file",
@@ -47,6 +49,23 @@ SOFTHSM_MODULE_PATHS = (
     "/usr/lib64/softhsm/libsofthsm2.so",
     "/opt/homebrew/lib/softhsm/libsofthsm2.so",
 )
+
+N = TypeVar("N", int, float)
+
+
+def env_number(name: str, kind: Callable[[str], N], default: N, *, what: str,
+               error: type[TokenCSPError] = ConfigError,
+               environ: Mapping[str, str] = os.environ) -> N:
+    """The number in the variable ``name`` (``kind``: int or float), ``default`` when it is unset or
+    empty; a value ``kind`` cannot read is ``error``: "NAME must be WHAT, not 'VALUE'"."""
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise error(f"{name} must be {what}, not {raw!r}") from None
+
 
 def find_module(explicit: str | None = None, environ: Mapping[str, str] = os.environ) -> str:
     """Path of the PKCS#11 module: the argument, $TOKENCSP_MODULE, or SoftHSM2 where distros put it.

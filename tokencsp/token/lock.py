@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..config import env_number
 from ..errors import TokenLockError
 
 __all__ = ["DEFAULT_TIMEOUT", "cross_process_lock", "lock_directory", "lock_path"]
@@ -97,14 +98,8 @@ def lock_directory() -> Path:
 
 
 def _timeout() -> float:
-    raw = os.environ.get("TOKENCSP_LOCK_TIMEOUT")
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        raise TokenLockError(f"TOKENCSP_LOCK_TIMEOUT must be a number of seconds, not {raw!r}") from None
-    return max(value, 0.0)
+    return max(env_number("TOKENCSP_LOCK_TIMEOUT", float, DEFAULT_TIMEOUT, what="a number of seconds",
+                          error=TokenLockError), 0.0)
 
 
 def _open(path: Path) -> int:

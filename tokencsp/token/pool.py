@@ -10,7 +10,6 @@ out when the application's last session closes.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pkcs11 import exceptions as p11
 from pkcs11.types import PrivateKey, Session
 
+from ..config import env_number
 from ..errors import ConfigError
 
 __all__ = ["DEFAULT_MAX_SESSIONS", "Lease", "SessionPool", "max_sessions"]
@@ -26,13 +26,7 @@ DEFAULT_MAX_SESSIONS = 8
 
 
 def max_sessions() -> int:
-    raw = os.environ.get("TOKENCSP_MAX_SESSIONS")
-    if not raw:
-        return DEFAULT_MAX_SESSIONS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"TOKENCSP_MAX_SESSIONS must be a whole number, not {raw!r}") from None
+    value = env_number("TOKENCSP_MAX_SESSIONS", int, DEFAULT_MAX_SESSIONS, what="a whole number")
     if value < 1:
         raise ConfigError("TOKENCSP_MAX_SESSIONS must be at least 1")
     return value
