@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tokencsp.pytest_plugin import POOL_PREFIX
-from tokencsp.testing import SoftHSMKit, find_softhsm_module
+from tokencsp.testing import OpencryptokiKit, SoftHSMKit, find_softhsm_module
 
 pytestmark = pytest.mark.softhsm_only(reason="tests the SoftHSM kit itself (softhsm2-util, SOFTHSM2_CONF)")
 
@@ -115,3 +115,20 @@ def test_add_tokens_and_token_objects(tmp_path: Path) -> None:
 def test_add_tokens_needs_an_entered_kit(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="entered first"):
         SoftHSMKit(tmp_path).add_tokens(["x"])
+
+
+def test_both_kits_check_labels_and_pins_alike(tmp_path: Path) -> None:
+    """SoftHSMKit and OpencryptokiKit share their checks (tokencsp.testing._TokenKit); constructing an
+    OpencryptokiKit touches no token store."""
+    for bad in ((), ("a" * 33,), ("dup", "dup"), (" padded",)):
+        for kit in (SoftHSMKit, OpencryptokiKit):
+            with pytest.raises(ValueError):
+                kit(tmp_path, labels=bad)
+    with pytest.raises(ValueError, match="user_pin must be 4 to 8 characters"):
+        OpencryptokiKit(tmp_path, user_pin="123456789")  # swtok's limit; SoftHSM takes it
+    assert SoftHSMKit(tmp_path, user_pin="123456789").user_pin == "123456789"
+    unentered = OpencryptokiKit(tmp_path, labels=("x", "y"), user_pin="secret-1")
+    assert repr(unentered) == f"OpencryptokiKit(directory={str(tmp_path.resolve())!r}, labels=('x', 'y'))"
+    for call in (unentered.environ, unentered.token):
+        with pytest.raises(RuntimeError, match=r"^OpencryptokiKit\.\w+\(\) needs the kit entered first$"):
+            call()

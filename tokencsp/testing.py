@@ -141,22 +141,15 @@ class SoftHSMToken(Pkcs11Token):
         return {"SOFTHSM2_CONF": str(self.conf_path), **super().env}
 
 
-class SoftHSMKit:
-    """A private SoftHSM2 token store with one initialised token per label.
+class _TokenKit:
+    """What :class:`SoftHSMKit` and :class:`OpencryptokiKit` share: labels and PINs checked on
+    construction, a context manager that leaves the caller's directory alone, the token lookup and
+    the environment that points tokencsp at the first token.  No PINs in ``repr``."""
 
-    Entering the kit writes ``directory/softhsm2.conf`` and
-    ``directory/tokens`` and initialises every label that is not there yet,
-    so re-entering on the same directory is harmless. Leaving it removes
-    nothing: the directory belongs to the caller.
-    """
+    #: the PIN lengths the token accepts, for the constructor's check
+    _PIN_LENGTHS: range = range(4, 256)
 
-    def __init__(
-        self,
-        directory: Path,
-        labels: Sequence[str] = ("tokencsp-test",),
-        user_pin: str = "1234",
-        so_pin: str = "12345678",
-    ) -> None:
+    def __init__(self, directory: Path, labels: Sequence[str], user_pin: str, so_pin: str) -> None:
         if isinstance(labels, str):
             raise TypeError("labels must be a sequence of str, not a str")
         labels = tuple(labels)
@@ -165,13 +158,11 @@ class SoftHSMKit:
         if len(set(labels)) != len(labels):
             raise ValueError("token labels must be unique: tokens are found by label")
         self._check_labels(labels)
+        lengths = self._PIN_LENGTHS
         for name, pin in (("user_pin", user_pin), ("so_pin", so_pin)):
-            if not 4 <= len(pin) <= 255:  # SoftHSM's PIN length limits
-                raise ValueError(f"{name} must be 4 to 255 characters")
-
+            if len(pin) not in lengths:
+                raise ValueError(f"{name} must be {lengths.start} to {lengths.stop - 1} characters")
         self.directory = Path(directory).resolve()
-        self.token_dir = self.directory / "tokens"
-        self.conf_path = self.directory / "softhsm2.conf"
         self.labels: tuple[str, ...] = labels
         self.user_pin = user_pin
         self.so_pin = so_pin
@@ -188,7 +179,62 @@ class SoftHSMKit:
                 )
 
     def __repr__(self) -> str:  # no PINs
-        return f"SoftHSMKit(directory={str(self.directory)!r}, labels={self.labels!r})"
+        return f"{type(self).__name__}(directory={str(self.directory)!r}, labels={self.labels!r})"
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def _entered(self, what: str) -> str:
+        """The module path; a RuntimeError naming ``what`` before the kit was entered."""
+        if self.module is None:
+            raise RuntimeError(f"{type(self).__name__}.{what}() needs the kit entered first")
+        return self.module
+
+    def _label(self, label: str | None) -> str:
+        """``label``, or the first one when None; KeyError for a label the kit does not hold."""
+        label = self.labels[0] if label is None else label
+        if label not in self.labels:
+            raise KeyError(label)
+        return label
+
+    def token_labels(self) -> list[str]:
+        """Labels of the initialised tokens in the kit's store."""
+        raise NotImplementedError
+
+    def environ(self) -> dict[str, str]:
+        """The variables that point tokencsp at this kit's first token."""
+        return {"TOKENCSP_MODULE": self._entered("environ"), "TOKENCSP_TOKEN": self.labels[0],
+                "TOKENCSP_PIN": self.user_pin}
+
+    def apply(self) -> None:
+        """Put :meth:`environ` into ``os.environ`` for this process and its children."""
+        os.environ.update(self.environ())
+
+
+class SoftHSMKit(_TokenKit):
+    """A private SoftHSM2 token store with one initialised token per label.
+
+    Entering the kit writes ``directory/softhsm2.conf`` and
+    ``directory/tokens`` and initialises every label that is not there yet,
+    so re-entering on the same directory is harmless. Leaving it removes
+    nothing: the directory belongs to the caller.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        labels: Sequence[str] = ("tokencsp-test",),
+        user_pin: str = "1234",
+        so_pin: str = "12345678",
+    ) -> None:
+        super().__init__(directory, labels, user_pin, so_pin)  # SoftHSM's PIN lengths: 4 to 255
+        self.token_dir = self.directory / "tokens"
+        self.conf_path = self.directory / "softhsm2.conf"
 
     def __enter__(self) -> SoftHSMKit:
         util = shutil.which("softhsm2-util")
@@ -214,8 +260,7 @@ class SoftHSMKit:
     def add_tokens(self, labels: Iterable[str]) -> tuple[SoftHSMToken, ...]:
         """Initialise more tokens in the entered kit's store.  Only processes that load the
         PKCS#11 module afterwards see them."""
-        if self.module is None:
-            raise RuntimeError("SoftHSMKit.add_tokens() needs the kit entered first")
+        self._entered("add_tokens")
         new = tuple(labels)
         self._check_labels(new)
         clash = set(new) & set(self.labels)
@@ -227,20 +272,8 @@ class SoftHSMKit:
 
     def token(self, label: str | None = None) -> SoftHSMToken:
         """The token ``label`` (default: the first) of the entered kit."""
-        if self.module is None:
-            raise RuntimeError("SoftHSMKit.token() needs the kit entered first")
-        label = self.labels[0] if label is None else label
-        if label not in self.labels:
-            raise KeyError(label)
-        return SoftHSMToken(self.module, label, self.user_pin, self.so_pin, self.conf_path)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
+        module = self._entered("token")
+        return SoftHSMToken(module, self._label(label), self.user_pin, self.so_pin, self.conf_path)
 
     def token_labels(self) -> list[str]:
         """Labels of the initialised tokens in this kit's store, as
@@ -248,19 +281,8 @@ class SoftHSMKit:
         return _parse_labels(self._run_util("--show-slots", what="listing slots"))
 
     def environ(self) -> dict[str, str]:
-        """The variables that point tokencsp at this kit's first token."""
-        if self.module is None:
-            raise RuntimeError("SoftHSMKit.environ() needs the kit entered first")
-        return {
-            "SOFTHSM2_CONF": str(self.conf_path),
-            "TOKENCSP_MODULE": self.module,
-            "TOKENCSP_TOKEN": self.labels[0],
-            "TOKENCSP_PIN": self.user_pin,
-        }
-
-    def apply(self) -> None:
-        """Put :meth:`environ` into ``os.environ`` for this process and its children."""
-        os.environ.update(self.environ())
+        """The variables that point tokencsp at this kit's first token, SoftHSM's config with them."""
+        return {"SOFTHSM2_CONF": str(self.conf_path), **super().environ()}
 
     def _init_tokens(self, labels: Iterable[str]) -> None:
         # All in one child process, so that this one has not loaded the module yet (SoftHSM adds a
@@ -357,7 +379,7 @@ def _parse_pkcsconf_labels(output: str) -> list[str]:
     return labels
 
 
-class OpencryptokiKit:
+class OpencryptokiKit(_TokenKit):
     """opencryptoki soft tokens for tests, with :class:`SoftHSMKit`'s surface.
 
     Only works inside ``opencryptoki/run-in-namespace.sh``, which runs
@@ -369,6 +391,8 @@ class OpencryptokiKit:
     ``directory`` (the caller's) only holds test state.
     """
 
+    _PIN_LENGTHS = _OCK_PIN_LENGTHS  # swtok refuses others (CKR_PIN_LEN_RANGE)
+
     def __init__(
         self,
         directory: Path,
@@ -376,25 +400,7 @@ class OpencryptokiKit:
         user_pin: str = "1234",
         so_pin: str = OCK_DEFAULT_SO_PIN,
     ) -> None:
-        if isinstance(labels, str):
-            raise TypeError("labels must be a sequence of str, not a str")
-        labels = tuple(labels)
-        if not labels or len(set(labels)) != len(labels):
-            raise ValueError("token labels must be one or more unique labels")
-        for label in labels:
-            if not 0 < len(label.encode("utf-8")) <= _MAX_LABEL_BYTES or label != label.strip():
-                raise ValueError(f"token label {label!r} must be 1 to {_MAX_LABEL_BYTES} bytes without edge spaces")
-        for name, pin in (("user_pin", user_pin), ("so_pin", so_pin)):
-            if len(pin) not in _OCK_PIN_LENGTHS:  # swtok refuses others (CKR_PIN_LEN_RANGE)
-                raise ValueError(f"{name} must be 4 to 8 characters (opencryptoki swtok)")
-        self.directory = Path(directory).resolve()
-        self.labels: tuple[str, ...] = labels
-        self.user_pin = user_pin
-        self.so_pin = so_pin
-        self.module: str | None = None
-
-    def __repr__(self) -> str:  # no PINs
-        return f"OpencryptokiKit(directory={str(self.directory)!r}, labels={self.labels!r})"
+        super().__init__(directory, labels, user_pin, so_pin)
 
     def __enter__(self) -> OpencryptokiKit:
         sandbox = os.environ.get("TOKENCSP_OCK_SANDBOX")
@@ -422,14 +428,6 @@ class OpencryptokiKit:
             raise RuntimeError(f"tokens {sorted(missing)} were not created")
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
     def token_labels(self) -> list[str]:
         """Labels of the initialised tokens, as ``pkcsconf -t`` reports them."""
         try:
@@ -445,12 +443,8 @@ class OpencryptokiKit:
 
     def token(self, label: str | None = None) -> Pkcs11Token:
         """The token ``label`` (default: the first) of the entered kit."""
-        if self.module is None:
-            raise RuntimeError("OpencryptokiKit.token() needs the kit entered first")
-        label = self.labels[0] if label is None else label
-        if label not in self.labels:
-            raise KeyError(label)
-        return Pkcs11Token(self.module, label, self.user_pin, self.so_pin)
+        module = self._entered("token")
+        return Pkcs11Token(module, self._label(label), self.user_pin, self.so_pin)
 
     def empty(self, label: str) -> int:
         """Destroy every object on the token ``label`` (logged in as the user, in a child process, as
@@ -466,16 +460,6 @@ class OpencryptokiKit:
         if proc.returncode != 0:
             raise RuntimeError(f"emptying opencryptoki token {label!r} failed: {proc.stderr.strip()}")
         return int(proc.stdout)
-
-    def environ(self) -> dict[str, str]:
-        """The variables that point tokencsp at this kit's first token."""
-        if self.module is None:
-            raise RuntimeError("OpencryptokiKit.environ() needs the kit entered first")
-        return {"TOKENCSP_MODULE": self.module, "TOKENCSP_TOKEN": self.labels[0], "TOKENCSP_PIN": self.user_pin}
-
-    def apply(self) -> None:
-        """Put :meth:`environ` into ``os.environ`` for this process and its children."""
-        os.environ.update(self.environ())
 
     def _init_token(self, label: str) -> None:
         env = dict(os.environ, TOKENCSP_MODULE=str(self.module), TOKENCSP_SO_PIN=self.so_pin,
