@@ -3,6 +3,9 @@
 A file output is written to a temporary file in the target's directory and
 renamed over the target only when the writer says the content is complete;
 on any failure the temporary file is removed and the target is untouched.
+A target that is not a regular file (a device such as /dev/null, a FIFO) is
+written to in place by the callers that ask for it (the CLI's ``-o``), as
+stdout is: it cannot hold a partial file, and a rename would replace it.
 Where the system allows it (Linux O_TMPFILE) the temporary file has no name
 until the commit, so even a SIGKILL leaves nothing behind.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -19,11 +23,28 @@ from typing import BinaryIO
 
 from .errors import InputError, OutputError
 
-__all__ = ["atomic_output", "open_input", "read_input"]
+__all__ = ["atomic_output", "open_input", "read_input", "writes_in_place"]
+
+
+def writes_in_place(path: str | None) -> bool:
+    """Whether ``path`` names something that is not a regular file: a device (``/dev/null``), a FIFO, a socket.
+
+    Such a target is written to directly, as stdout is (``atomic_output(..., devices_in_place=True)``):
+    renaming a temporary file over it would replace the device itself -- as root, ``-o /dev/null``
+    once turned the machine's /dev/null into a regular file.
+    """
+    if path in (None, "-"):
+        return False
+    try:
+        info = os.stat(path)  # follows a symlink: /dev/stdout, /dev/fd/N
+    except OSError:
+        return False
+    return not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode)
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | None, mode: int = 0o600, *, replace: bool = True) -> Iterator[BinaryIO]:
+def atomic_output(path: str | None, mode: int = 0o600, *, replace: bool = True,
+                  devices_in_place: bool = False) -> Iterator[BinaryIO]:
     """Yield a binary writer for ``path`` (stdout for None or "-"); commit on clean exit only.
 
     Files are created 0600: plaintext and key material should not be
@@ -34,6 +55,15 @@ def atomic_output(path: str | None, mode: int = 0o600, *, replace: bool = True) 
     if path in (None, "-"):
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
+        return
+    if devices_in_place and replace and writes_in_place(path):
+        try:
+            stream = open(path, "wb")  # noqa: SIM115 -- closed below
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+        with stream:
+            yield stream
+            stream.flush()
         return
     directory = os.path.dirname(os.path.abspath(path))
     tmp: str | None = None

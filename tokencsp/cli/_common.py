@@ -135,13 +135,16 @@ def _is_std(path: str | None) -> bool:
 
 @contextlib.contextmanager
 def output_stream(path: str | None, console: Console, mode: int = 0o600) -> Iterator[BinaryIO]:
-    """``path`` written atomically (fileio.atomic_output), or the console's stdout for None/"-"."""
+    """``path`` written atomically (fileio.atomic_output), or the console's stdout for None/"-".
+
+    A ``path`` that is not a regular file (``/dev/null``, a FIFO) is written in place, like stdout.
+    """
     if _is_std(path):
         sink = console.binary_stdout()
         yield sink
         sink.flush()
         return
-    with atomic_output(path, mode=mode) as sink:
+    with atomic_output(path, mode=mode, devices_in_place=True) as sink:
         yield sink
 
 

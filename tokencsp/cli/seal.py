@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 
 from .. import envelope
 from ..errors import ConfigError, EnvelopeFormatError, InvalidKeyError, OutputError
+from ..fileio import writes_in_place
 from ..pubkeys import fingerprint
 from ..replay import ReplayPolicy, draw_serial, open_cache, parse_duration
 from ..trust import TrustSet
@@ -97,7 +98,9 @@ def cmd_open(args: argparse.Namespace, console: Console) -> ExitStatus:
             # A file is renamed into place only after open_message returns: record the message at the end.
             # (A signed format 2 message from a --trust sender is released at the end either way: the
             # library spools it until its trailer verified, docs/FORMAT.md 9.6 step 8a.)
-            release = envelope.Release.STREAMING if args.output in (None, "-") else envelope.Release.AT_END
+            # A device or FIFO (-o /dev/null, a named pipe) is written in place: streamed, as stdout is.
+            streamed = args.output in (None, "-") or writes_in_place(args.output)
+            release = envelope.Release.STREAMING if streamed else envelope.Release.AT_END
             opened = envelope.open_message(source, sink, receiver, cache=cache, policy=policy,  # type: ignore[arg-type]
                                            trust=trust, release=release, allow_pkcs1=args.allow_pkcs1)
     _log.debug("accepted message %s: %d bytes, %s key transport", opened.header.message_id.hex(),
