@@ -3,6 +3,7 @@
 #   softhsm2 (and openssl, if missing) when softhsm2-util is missing,
 #   python3-venv when `python3 -m venv` does not work (Debian splits it out),
 #   gnutls-bin when p11tool is missing (tests/test_p11tool.py reads the token with it),
+#   p11-kit-modules when p11-kit-proxy.so is missing (tests/test_p11kit.py loads the proxy),
 #   groff-base and zsh when missing (tests/test_packaging.py: the man page, the zsh completion).
 # Does nothing when everything is present. Uses sudo when not root.
 # Only apt-get (Debian/Ubuntu) is supported; elsewhere it says what is missing.
@@ -36,6 +37,8 @@ if ! command -v softhsm2-util >/dev/null 2>&1; then
     command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 fi
 command -v p11tool >/dev/null 2>&1 || packages+=(gnutls-bin)
+# tests/test_p11kit.py: SoftHSM through p11-kit's proxy module (Debian: p11-kit-modules)
+compgen -G '/usr/lib/*/p11-kit-proxy.so' >/dev/null || [ -e /usr/lib/p11-kit-proxy.so ] || packages+=(p11-kit-modules)
 # tests/test_packaging.py: the man page is rendered with groff, the zsh completion run in zsh
 command -v groff >/dev/null 2>&1 || packages+=(groff-base)
 command -v zsh >/dev/null 2>&1 || packages+=(zsh)

@@ -62,3 +62,18 @@ def test_open_to_a_fifo_streams_into_it(softhsm_kit, tmp_path):
         assert sorted(os.listdir(tmp_path)) == ["db", "kx.pub", "m.tcsp", "out.fifo", "plain"]
     finally:
         tokencsp("key", "delete", "--yes", "fifo-kx", check=False)
+
+
+def test_atomic_output_that_did_not_ask_for_in_place_refuses_a_fifo_and_leaves_it(tmp_path):
+    """Batch outputs and received files never rename over a device or FIFO: one OutputError, nothing written."""
+    import pytest
+
+    from tokencsp.errors import OutputError
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for replace in (True, False):
+        with pytest.raises(OutputError, match="not overwritten"), atomic_output(str(fifo), replace=replace) as sink:
+            sink.write(b"must not land")
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(os.listdir(tmp_path)) == ["fifo"]

@@ -65,6 +65,9 @@ def atomic_output(path: str | None, mode: int = 0o600, *, replace: bool = True,
             yield stream
             stream.flush()
         return
+    if writes_in_place(path):
+        # Never rename over a device or FIFO (as root that replaces /dev/null for every process).
+        raise OutputError(f"{path} is not a regular file; not overwritten")
     directory = os.path.dirname(os.path.abspath(path))
     tmp: str | None = None
     try:
