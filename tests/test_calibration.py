@@ -347,6 +347,88 @@ def test_a_long_lived_process_replaces_its_figure_once_it_is_a_day_old(cache):
     assert process.rejection.calibrations == 2  # fresh again: no calibration per import
 
 
+def test_a_figure_from_the_future_is_kept_not_replaced(cache):
+    """The wall clock stepped back: a negative age is not "expired" -- the figure is never lowered at a
+    moment the clock-setter picks; the entry is re-dated by a raising calibration instead."""
+    clock = [10_000.0]
+    cache.now = lambda: clock[0]
+    Process(cache, 0.002).run(0.001)  # 0.003 s, written at 10_000
+    assert cache.store(HERE, 0.003) and cache.store(HERE, 0.001, replace=True) == 0.003
+    clock[0] -= 3600  # set back an hour
+    assert cache.store(HERE, 0.001, replace=True) == 0.003  # a replacing store keeps a future-dated entry
+    later = Process(cache, 0.001)
+    later.run(0.001)
+    assert later.rejection.probes == 24  # not trusted: re-calibrated, but only raising
+    assert later.rejection.padder.deadline == _about(0.003)
+    entry = cache.load(later.rejection.place)
+    assert entry.deadline == _about(0.003) and entry.calibrated == clock[0]  # re-dated to now
+
+
+def test_a_long_lived_process_keeps_its_figure_when_the_clock_steps_back(cache):
+    clock = [10_000.0]
+    cache.now = lambda: clock[0]
+    process = Process(cache, 0.002)
+    process.run(0.001)
+    process.probe_cost = 0.001
+    clock[0] -= MAX_AGE * 10  # stepped back far
+    process.run(0.001)
+    assert process.rejection.calibrations == 1 and process.rejection.padder.deadline == _about(0.003)
+    clock[0] += MAX_AGE  # a day after the step (not a day after the calibration's own date): not yet
+    process.run(0.001)
+    assert process.rejection.calibrations == 1
+    clock[0] += 1  # re-dated at the step: now a day and a second old -- but the file is future-dated too
+    process.run(0.001)
+    assert process.rejection.calibrations == 2 and process.rejection.padder.deadline == _about(0.003)  # kept
+    assert cache.load(process.rejection.place).calibrated == clock[0]  # and the file re-dated to now
+    clock[0] += MAX_AGE + 1  # a real day later the replacement happens as usual
+    process.run(0.001)
+    assert process.rejection.calibrations == 3 and process.rejection.padder.deadline == _about(0.0015)
+
+
+def test_after_a_replacement_the_first_overrun_recalibrates(cache):
+    """A replacement may lower the figure below the load of the moment: the first import that overruns
+    it makes the next import re-calibrate (only raising), not after OVERRUN_SPACING imports."""
+    clock = [10_000.0]
+    cache.now = lambda: clock[0]
+    process = Process(cache, 0.002, overrun_spacing=256)
+    process.run(0.001)
+    process.probe_cost = 0.001
+    clock[0] += MAX_AGE + 1
+    process.run(0.001)  # replaced: 0.0015
+    assert process.rejection.calibrations == 2 and process.rejection.padder.deadline == _about(0.0015)
+    process.probe_cost = 0.002  # the load is back
+    process.run(0.004)  # overruns
+    assert process.rejection.calibrations == 2
+    process.run(0.001)  # the very next import re-calibrates first
+    assert process.rejection.calibrations == 3 and process.rejection.padder.deadline == _about(0.003)
+    process.run(0.01)  # overruns a raising calibration: the ordinary spacing again
+    for _ in range(5):
+        process.run(0.001)
+    assert process.rejection.calibrations == 3
+
+
+def test_a_replacement_publishes_its_final_figure_once(cache):
+    """Another process wrote a fresh, higher figure: the replacing calibration's lower figure is never
+    published in the padder, even while ``store`` is still working out the floor."""
+    clock = [10_000.0]
+    cache.now = lambda: clock[0]
+    process = Process(cache, 0.002)
+    process.run(0.001)  # 0.003, own calibration at 10_000
+    clock[0] += MAX_AGE + 1
+    cache.store(process.rejection.place, 0.003)  # another process calibrated just now
+    seen = []
+    store = cache.store
+
+    def watching_store(*args, **kw):
+        seen.append(process.rejection.padder.deadline)
+        return store(*args, **kw)
+    cache.store = watching_store
+    process.probe_cost = 0.001
+    process.run(0.001)  # own figure expired: a replacing calibration (0.0015), floored by the fresh 0.003
+    assert process.rejection.calibrations == 2 and seen == [_about(0.003)]
+    assert process.rejection.padder.deadline == _about(0.003)
+
+
 def test_a_cold_first_probe_does_not_set_the_figure(cache):
     """A process's first unwrap is slow (caches, lazy set-up): the calibration's untimed probes take it."""
     process = Process(cache, 0.001)

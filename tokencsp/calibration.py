@@ -100,6 +100,11 @@ class CachedDeadline:
         """Whether a process may start from it without probing: not stale, not older than ``max_age``."""
         return not self.stale and 0.0 <= now - self.calibrated <= max_age
 
+    def expired(self, now: float, max_age: float = MAX_AGE) -> bool:
+        """Older than ``max_age``: a fresh calibration may replace it.  One dated in the future (the clock
+        was set back) is not expired -- not trusted either: a raising calibration re-dates it to now."""
+        return now - self.calibrated > max_age
+
 
 class CalibrationCache:
     """Per (module, token, key): the highest deadline calibrated since the figure last expired; per key: the secret.
@@ -143,7 +148,7 @@ class CalibrationCache:
         def value(current: CachedDeadline | None) -> float:
             if current is None:
                 return deadline
-            if replace and not 0.0 <= self.now() - current.calibrated <= MAX_AGE:
+            if replace and current.expired(self.now()):
                 return deadline
             return max(deadline, current.deadline)
         return self._update(place, value, False, typical)

@@ -74,13 +74,18 @@ class DeadlinePadder:
         ordered = sorted(durations)
         return ordered[min(len(ordered) - 1, int(len(ordered) * self._quantile))] * self._margin
 
-    def calibrate(self, durations: Sequence[float], *, replace: bool = False) -> float:
-        """Raise the deadline to what these probe durations give; returns the deadline.
+    def calibrate(self, durations: Sequence[float], *, replace: bool = False, floor: float | None = None) -> float:
+        """Raise the deadline to what these probe durations give (and ``floor``); returns the deadline.
 
-        ``replace=True`` sets it to their figure, lower or higher: only for a complete fresh
-        calibration from own probes that replaces an expired one.
+        ``replace=True`` sets it to their figure (at least ``floor``), lower or higher: only for a
+        complete fresh calibration from own probes that replaces an expired one.  ``floor`` (the
+        figure another process keeps) is applied in the same step, so the deadline is published once.
         """
         deadline = self.deadline_for(durations)
+        if floor is not None:
+            if not math.isfinite(floor) or floor < 0.0:
+                raise ValueError("a deadline is a finite, non-negative number of seconds")
+            deadline = max(deadline, floor)
         if not replace:
             return self.raise_to(deadline)
         with self._lock:

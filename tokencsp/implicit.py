@@ -79,9 +79,12 @@ class ImplicitRejection:
     cached calibration (:class:`~tokencsp.calibration.KeyPlace`).  When to calibrate, each time
     from this object's own probes only: with no deadline yet and no trusted cache entry (none,
     older than a day, or marked stale); every ``recalibrate_every`` imports; and after an import
-    overran the deadline, once ``OVERRUN_SPACING`` imports have passed since the last calibration.
-    An overrun also marks the cached entry stale at once, so that the next process -- a CLI run
-    makes one import -- re-calibrates before its import.  Those calibrations only raise; one made
+    overran the deadline, once ``OVERRUN_SPACING`` imports have passed since the last calibration
+    (at the next import when that calibration was a replacement: a lowered figure overruns at most
+    once before it is raised again).  A figure dated in the future (the clock set back) is not
+    expired: it is kept and re-dated, never replaced at a moment the clock-setter picks.  An overrun
+    also marks the cached entry stale at once, so that the next process -- a CLI run makes one
+    import -- re-calibrates before its import.  Those calibrations only raise; one made
     because the figure is older than ``max_age`` (the cached entry's, or, in a long-lived process,
     this object's own last calibration) replaces it, lower or higher (``calibrate(replace=True)``).
     Before its timed probes a calibration makes one untimed probe of each padding (a process's
@@ -107,6 +110,7 @@ class ImplicitRejection:
         self._since_calibration = 0
         self._overruns_seen = 0
         self._overrun_pending = False
+        self._replaced = False  # the last calibration replaced (maybe lowered) the figure: no overrun spacing
         self._state_lock = threading.Lock()
         self._calibration_lock = threading.Lock()
         #: The median of the last calibration's probes (or the cached entry's): one import's token cost,
@@ -134,12 +138,22 @@ class ImplicitRejection:
         return self.cache.now() if self.cache is not None else time.time()
 
     def _expired(self) -> bool:
-        """This object's own calibration is older than ``max_age`` (a long-lived process)."""
-        return self._calibrated_at is not None and not 0.0 <= self._now() - self._calibrated_at <= self._max_age
+        """This object's own calibration is older than ``max_age`` (a long-lived process).
+
+        A calibration dated in the future (the wall clock was set back) is not expired: it is
+        re-dated to now, so the clock-setter's step never brings a replacement forward.
+        """
+        if self._calibrated_at is None:
+            return False
+        now = self._now()
+        if now < self._calibrated_at:
+            self._calibrated_at = now
+        return now - self._calibrated_at > self._max_age
 
     def _due(self) -> bool:
+        spacing = 1 if self._replaced else self._overrun_spacing
         return self._since_calibration > self._recalibrate_every or \
-            (self._overrun_pending and self._since_calibration >= self._overrun_spacing)
+            (self._overrun_pending and self._since_calibration >= spacing)
 
     def run(self, operation: Callable[[], T], probe: ProbeImport, path: str = "implicit") -> T:
         """``operation`` padded to the deadline; calibrates first when none is known or one is due.
@@ -183,7 +197,7 @@ class ImplicitRejection:
         if cached is None or self.cache is None:
             return False, False
         now = self.cache.now()
-        if not 0.0 <= now - cached.calibrated <= self._max_age:
+        if cached.expired(now, self._max_age):  # one dated in the future (clock set back) is not: kept, re-dated
             return False, True  # expired: a whole fresh calibration replaces the figure, lower or higher
         self.padder.raise_to(cached.deadline)  # a stale entry's figure stays the floor of its re-calibration
         self._calibrated_at = cached.calibrated
@@ -207,13 +221,14 @@ class ImplicitRejection:
                 invalid = SimpleBlob(AlgId.CALG_AES_256, b"\x00" + os.urandom(modulus_bytes - 1))
                 for blob in (valid, invalid):
                     durations.append(self.padder.measure(functools.partial(probe, blob, oaep)))
-        deadline = self.padder.calibrate(durations, replace=replace)
         typical = sorted(durations)[len(durations) // 2]
-        if self.cache is not None:
-            floor = self.cache.store(self.place, deadline, replace=replace, typical=typical)
-            if floor is not None:
-                deadline = self.padder.raise_to(floor)
+        floor = None
+        if self.cache is not None:  # the figure the state directory keeps, before the padder publishes anything
+            floor = self.cache.store(self.place, self.padder.deadline_for(durations), replace=replace,
+                                     typical=typical)
+        deadline = self.padder.calibrate(durations, replace=replace, floor=floor)  # published once
         with self._state_lock:
+            self._replaced = replace
             self._calibrated_at = self._now()
             self.typical = typical
             self.warmups += 2
