@@ -232,7 +232,25 @@ class Process:
         self.rejection.run(operation, self.probe)
 
 
-PUBLIC = rsa.generate_private_key(65537, 2048).public_key()
+PRIVATE = rsa.generate_private_key(65537, 2048)
+PUBLIC = PRIVATE.public_key()
+
+
+def _kind(blob, oaep) -> tuple[bool, bool]:
+    """(oaep, valid) of a calibration probe's blob, found with the private key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    if oaep:
+        try:
+            PRIVATE.decrypt(blob.encrypted_key, padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None))
+        except ValueError:
+            return True, False
+        return True, True
+    numbers = PRIVATE.private_numbers()
+    size = len(blob.encrypted_key)
+    m = pow(int.from_bytes(blob.encrypted_key, "big"), numbers.d, numbers.public_numbers.n).to_bytes(size, "big")
+    return False, m[:2] == b"\x00\x02" and m[-33] == 0 and 0 not in m[2:-33]  # 32-byte AES-256 key
 
 
 def test_a_new_process_trusts_a_fresh_entry_and_probes_nothing(cache):
@@ -429,17 +447,24 @@ def test_a_replacement_publishes_its_final_figure_once(cache):
     assert process.rejection.padder.deadline == _about(0.003)
 
 
-def test_a_cold_first_probe_does_not_set_the_figure(cache):
-    """A process's first unwrap is slow (caches, lazy set-up): the calibration's untimed probes take it."""
-    process = Process(cache, 0.001)
-    calls = [0]
+@pytest.mark.parametrize("per_kind", [1, 6])
+def test_a_cold_first_probe_does_not_set_the_figure(cache, per_kind):
+    """A process's first unwrap -- and first rejection -- of each padding is slow (caches, lazy set-up):
+    the calibration's untimed probes take one of each of the four kinds, and only those.  With one
+    timed probe per kind (p90 of 4 is the slowest) a single cold timed probe would set the figure."""
+    process = Process(cache, 0.001, probes_per_kind=per_kind)
+    calls = []
 
     def probe(blob, oaep) -> None:
-        calls[0] += 1
-        process.clock.now += 0.05 if calls[0] == 1 else 0.001
+        kind = _kind(blob, oaep)
+        process.clock.now += 0.05 if kind not in calls else 0.001  # each kind's first call is cold
+        calls.append(kind)
     process.probe = probe  # type: ignore[method-assign]
     process.run(0.001)
-    assert process.rejection.warmups == 2 and process.rejection.probes == 24 and calls[0] == 26
+    kinds = [(False, True), (False, False), (True, True), (True, False)]
+    assert sorted(calls[:4]) == sorted(kinds)  # the warm-ups: one of each kind, before any timed probe
+    assert all(calls[4:].count(kind) == per_kind for kind in kinds)  # the timed probes: per_kind each
+    assert process.rejection.warmups == 4 and process.rejection.probes == 4 * per_kind
     assert process.rejection.padder.deadline == _about(0.0015)
 
 

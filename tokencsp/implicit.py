@@ -87,8 +87,9 @@ class ImplicitRejection:
     import -- re-calibrates before its import.  Those calibrations only raise; one made
     because the figure is older than ``max_age`` (the cached entry's, or, in a long-lived process,
     this object's own last calibration) replaces it, lower or higher (``calibrate(replace=True)``).
-    Before its timed probes a calibration makes one untimed probe of each padding (a process's
-    first unwrap is slower: caches, lazy set-up), so a cold process does not set the figure.
+    Before its timed probes a calibration makes one untimed probe of each of the four kinds (a
+    process's first unwrap, and first rejection, is slower: caches, lazy set-up), so a cold path
+    does not set the figure.
     """
 
     def __init__(self, public_key: rsa.RSAPublicKey, *, padder: DeadlinePadder | None = None,
@@ -204,22 +205,26 @@ class ImplicitRejection:
         self.typical = cached.typical
         return cached.trusted(now, self._max_age), False
 
+    def _probe_blobs(self, oaep: bool) -> tuple[SimpleBlob, SimpleBlob]:
+        """A valid blob of a fresh key and an invalid one, for ``oaep`` or PKCS#1 v1.5."""
+        valid = SimpleBlob.from_bytes(SessionKey.generate("aes256").export_simpleblob(self._public, oaep=oaep))
+        # Below the modulus but random: the token does the RSA operation, then rejects the padding.
+        invalid = SimpleBlob(AlgId.CALG_AES_256, b"\x00" + os.urandom((self._public.key_size + 7) // 8 - 1))
+        return valid, invalid
+
     def calibrate(self, probe: ProbeImport, *, replace: bool = False) -> float:
         """Time own probes of every kind and raise the deadline, or with ``replace`` set it; record it for the key.
 
         ``replace`` is for a figure that has expired: the fresh figure then stands, lower or
         higher, in this object and in the state directory.
         """
-        modulus_bytes = (self._public.key_size + 7) // 8
-        for oaep in (False, True):  # untimed: a cold first unwrap must not set the figure
-            probe(SimpleBlob.from_bytes(SessionKey.generate("aes256").export_simpleblob(self._public, oaep=oaep)), oaep)
+        for oaep in (False, True):  # untimed, each kind once: a cold first unwrap (or rejection) must not set it
+            for blob in self._probe_blobs(oaep):
+                probe(blob, oaep)
         durations = []
         for _ in range(self._probes_per_kind):
             for oaep in (False, True):
-                valid = SimpleBlob.from_bytes(SessionKey.generate("aes256").export_simpleblob(self._public, oaep=oaep))
-                # Below the modulus but random: the token does the RSA operation, then rejects the padding.
-                invalid = SimpleBlob(AlgId.CALG_AES_256, b"\x00" + os.urandom(modulus_bytes - 1))
-                for blob in (valid, invalid):
+                for blob in self._probe_blobs(oaep):
                     durations.append(self.padder.measure(functools.partial(probe, blob, oaep)))
         typical = sorted(durations)[len(durations) // 2]
         floor = None
@@ -231,7 +236,7 @@ class ImplicitRejection:
             self._replaced = replace
             self._calibrated_at = self._now()
             self.typical = typical
-            self.warmups += 2
+            self.warmups += 4
             self.probes += len(durations)
             self.calibrations += 1
             self._since_calibration = 0
