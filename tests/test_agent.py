@@ -337,6 +337,25 @@ def test_a_key_named_by_id_alone_goes_through_the_agent(agent, keys, tmp_path):
     assert agent.count("list") > before.get("list", 0) + 1  # the id was looked up in the agent's key list
 
 
+def test_a_uri_the_agent_cannot_confirm_opens_the_token_itself(agent, keys, tmp_path):
+    """``slot-id=``/``model=``/``manufacturer=`` with ``id=``: STATUS cannot confirm them, so the command never
+    takes key id X on the agent's token for the one on the token the URI names: it opens the token itself,
+    with the direct path's outcome (here: no such slot or token), and the agent sees no key request."""
+    infos = {k["name"]: k for k in json.loads(agent.run("key", "list", "--json", env={"TOKENCSP_AGENT": "off"}).stdout)}
+    rx_id = "".join(f"%{b:02x}" for b in bytes.fromhex(infos["agent-rx"]["id"]))
+    token = agent.status()["token"]
+    before = agent.status()["requests"]
+    for uri in (f"pkcs11:slot-id=987654;id={rx_id}", f"pkcs11:model=no-such-model;id={rx_id}",
+                f"pkcs11:token={token};manufacturer=no-such-maker;id={rx_id}"):
+        through = agent.run("key", "export", "--uri", uri, "-o", str(tmp_path / "x"), check=False)
+        direct = agent.run("key", "export", "--uri", uri, "-o", str(tmp_path / "x"), check=False,
+                           env={"TOKENCSP_AGENT": "off"})
+        assert through.returncode != 0 and not (tmp_path / "x").exists(), (uri, through)
+        assert (through.returncode, through.stderr) == (direct.returncode, direct.stderr), uri
+    after = agent.status()["requests"]
+    assert all(after.get(op, 0) == before.get(op, 0) for op in ("list", "public", "import")), (before, after)
+
+
 def test_tokencsp_agent_off_and_a_missing_key_through_the_agent(agent, keys, tmp_path):
     before = agent.status()["requests"]
     agent.run("key", "list", env={"TOKENCSP_AGENT": "off"})

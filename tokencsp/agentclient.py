@@ -357,13 +357,21 @@ def stop(path: str) -> int:
         connection.close()
 
 
+# Token, slot and library attributes of a URI that STATUS (token label, serial, module) cannot confirm.
+_UNCONFIRMED = (("token_manufacturer", "manufacturer"), ("token_model", "model"), ("slot_id", "slot-id"),
+                ("slot_description", "slot-description"), ("slot_manufacturer", "slot-manufacturer"),
+                ("library_manufacturer", "library-manufacturer"), ("library_description", "library-description"),
+                ("library_version", "library-version"))
+
+
 def connect(selector: TokenSelector, module: str | None, pin: Callable[[], str],
             path: str | None = None) -> AgentProvider:
     """An AgentProvider for the agent at ``path`` if it serves the token ``selector`` names.
 
     ``module``: the module path the command would load (None: any).  Raises
     :class:`AgentUnavailable` when there is no agent to use (the command then
-    opens the token itself) and :class:`AgentError` when the socket is unsafe.
+    opens the token itself) -- also when the selector has token, slot or library attributes STATUS
+    cannot confirm (slot-id=, model=, manufacturer=, ...) -- and :class:`AgentError` when the socket is unsafe.
     """
     where = socket_path(path)
     connection = _Connection(where)
@@ -373,6 +381,9 @@ def connect(selector: TokenSelector, module: str | None, pin: Callable[[], str],
             if wanted is not None and wanted != status.get(key):
                 raise AgentUnavailable(f"the agent serves token {status.get('token')!r} "
                                        f"(serial {status.get('serial')}), not the one asked for")
+        unconfirmed = [attribute for field, attribute in _UNCONFIRMED if getattr(selector, field) is not None]
+        if unconfirmed:  # the agent's token may not be the one these name: the command looks itself
+            raise AgentUnavailable(f"the agent's STATUS cannot confirm {', '.join(unconfirmed)} of the PKCS#11 URI")
         if module is not None and os.path.realpath(module) != status.get("module"):
             raise AgentUnavailable(f"the agent uses module {status.get('module')}, not {module}")
     except BaseException:
