@@ -143,3 +143,23 @@ def test_a_signed_format_2_message_is_released_only_after_its_trailer(pubs, tmp_
     plain = tmp_path / "plain.tcsp"
     tokencsp("seal", "--to", str(pubs / "cliv2-alice.pub"), "-o", str(plain), input=b"none")
     assert one(tokencsp("inspect", "--json", str(plain)).stdout)["signature_covers"] is None
+
+
+def test_a_stdout_spool_past_its_cap_or_unwritable_is_one_line(pubs, tmp_path):
+    """docs/FORMAT.md 9.6 step 8a: a verified format 2 message for stdout bigger than TOKENCSP_SPOOL_MAX is
+    refused (exit 1, a hint to use -o FILE); a spool that cannot be written (here: its roll-over to disk
+    fails with EFBIG under RLIMIT_FSIZE) is one OutputError line (exit 1).  Nothing reaches stdout and
+    nothing is recorded: each receiver opens the message afterwards."""
+    sealed = tmp_path / "big.tcsp"
+    text = bytes(range(256)) * (5 * 1024 + 7)  # past the spool's 1 MiB in memory
+    tokencsp("seal", "--to", str(pubs / "cliv2-alice.pub"), "--to", str(pubs / "cliv2-bob.pub"),
+             "--sign-with", "cliv2-ca", "--token", TOKEN_B, "-o", str(sealed), input=text)
+    trust = ("--trust", str(pubs / "ca.pub"))
+    db = tmp_path / "db"
+    capped = tokencsp(*opener("cliv2-alice", db, *trust), str(sealed), env={"TOKENCSP_SPOOL_MAX": "1000000"},
+                      check=False)
+    assert_one_line_error(capped, 1, "TOKENCSP_SPOOL_MAX=1000000", hint="-o FILE")
+    unwritable = tokencsp(*opener("cliv2-bob", db, *trust), str(sealed), fsize=256 * 1024, check=False)
+    assert_one_line_error(unwritable, 1, "cannot spool the plaintext")
+    for name in ("cliv2-alice", "cliv2-bob"):
+        assert tokencsp(*opener(name, db, *trust), str(sealed)).stdout == text

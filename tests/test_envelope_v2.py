@@ -743,3 +743,138 @@ def test_a_big_verified_message_waits_in_an_unlinked_spool(hosts, tmp_path, monk
     error, out = attempt(bytes(bad), b, trust=E.trust_set([sender.public_key()]))
     assert type(error) is BadSignature and out == b""
     assert list(tmp_path.iterdir()) == []
+
+
+def _spool_files(monkeypatch) -> list:
+    """Every step-8a spool the opener makes, to check it was closed (an O_TMPFILE spool leaves no name in
+    TMPDIR, so listing the directory cannot tell)."""
+    import tempfile
+
+    made = []
+    real = tempfile.SpooledTemporaryFile
+
+    def counted(*args, **kw):
+        made.append(real(*args, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "SpooledTemporaryFile", counted)
+    return made
+
+
+def _host_signer(sender: rsa.RSAPrivateKey) -> FixedSigner:
+    return FixedSigner(sender.public_key(), lambda d: sender.sign(d, PSS, hashes.SHA256()))
+
+
+def test_the_stdout_spool_is_capped_and_a_refusal_releases_and_records_nothing(hosts, monkeypatch):
+    """9.6 step 8a: past TOKENCSP_SPOOL_MAX the opener refuses with SpoolLimitExceeded -- nothing in the
+    sink, nothing recorded (the same cache opens the message afterwards), the spool closed.  A co-recipient
+    can make a message of any size behind the sender's genuine prefix; this is what bounds its cost."""
+    from tokencsp.envelope.opening import SPOOL_MAX_DEFAULT, spool_limit
+    from tokencsp.errors import ConfigError, SpoolLimitExceeded
+
+    assert spool_limit({}) == SPOOL_MAX_DEFAULT == 64 << 20 and spool_limit({"TOKENCSP_SPOOL_MAX": "5"}) == 5
+    for bad in ("64M", "-1"):
+        with pytest.raises(ConfigError, match="TOKENCSP_SPOOL_MAX"):
+            spool_limit({"TOKENCSP_SPOOL_MAX": bad})
+    a, b, _ = hosts
+    sender = rsa.generate_private_key(65537, 2048)
+    text = payload(300_000)
+    sealed = seal_bytes(text, [a.public_key(), b.public_key()], now=NOW, signer=_host_signer(sender), serial=1)
+    trust = E.trust_set([sender.public_key()])
+    cache = MemoryReplayCache()
+    made = _spool_files(monkeypatch)
+    monkeypatch.setenv("TOKENCSP_SPOOL_MAX", str(len(text) - 1))
+    sink = io.BytesIO()
+    with pytest.raises(SpoolLimitExceeded, match="TOKENCSP_SPOOL_MAX=299999"):
+        open_message(io.BytesIO(sealed), sink, a, cache=cache, now=NOW, trust=trust)
+    assert sink.getvalue() == b"" and len(made) == 1 and made[0].closed
+    monkeypatch.setenv("TOKENCSP_SPOOL_MAX", str(len(text)))  # exactly the plaintext fits
+    sink = io.BytesIO()
+    open_message(io.BytesIO(sealed), sink, a, cache=cache, now=NOW, trust=trust)
+    assert sink.getvalue() == text, "the refused open recorded nothing"
+    monkeypatch.setenv("TOKENCSP_SPOOL_MAX", "0")  # a private sink needs no spool: no cap
+    assert open_bytes(sealed, b, cache=MemoryReplayCache(), now=NOW, trust=trust) == text
+
+
+def test_a_spool_that_cannot_be_written_is_an_output_error(hosts, tmp_path, monkeypatch):
+    """An unusable TMPDIR (here: a regular file) fails the spool's roll-over to disk: OutputError, never a raw
+    OSError; nothing released or recorded, the spool closed."""
+    import tempfile
+
+    from tokencsp.envelope import opening
+    from tokencsp.errors import OutputError
+
+    a, b, _ = hosts
+    sender = rsa.generate_private_key(65537, 2048)
+    text = payload(opening.SPOOL_IN_MEMORY + 70_000)
+    sealed = seal_bytes(text, [a.public_key(), b.public_key()], now=NOW, signer=_host_signer(sender), serial=1)
+    trust = E.trust_set([sender.public_key()])
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"")
+    made = _spool_files(monkeypatch)
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_dir))
+    cache, sink = MemoryReplayCache(), io.BytesIO()
+    with pytest.raises(OutputError, match="cannot spool the plaintext") as refused:
+        open_message(io.BytesIO(sealed), sink, a, cache=cache, now=NOW, trust=trust)
+    assert type(refused.value) is OutputError and refused.value.__cause__ is None
+    assert sink.getvalue() == b"" and len(made) == 1 and made[0].closed
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    sink = io.BytesIO()
+    open_message(io.BytesIO(sealed), sink, a, cache=cache, now=NOW, trust=trust)
+    assert sink.getvalue() == text, "the failed open recorded nothing"
+
+
+def test_a_failed_trailer_closes_the_spool(hosts, monkeypatch):
+    """The error path of 9.6 step 8a closes the spool (before, only the success path was checked)."""
+    a, b, _ = hosts
+    sender = rsa.generate_private_key(65537, 2048)
+    sealed = bytearray(seal_bytes(payload(5000), [a.public_key(), b.public_key()], now=NOW,
+                                  signer=_host_signer(sender), serial=1))
+    sealed[-1] ^= 1
+    made = _spool_files(monkeypatch)
+    error, out = attempt(bytes(sealed), b, trust=E.trust_set([sender.public_key()]))
+    assert type(error) is BadSignature and out == b""
+    assert len(made) == 1 and made[0].closed
+
+
+def test_a_signature_one_byte_short_of_the_modulus_is_refused(hosts):
+    """9.2: each signature is exactly as long as the sender key's modulus.  A PSS signature whose leading
+    0x00 is stripped (k-1 bytes) verifies in `cryptography`; the opener refuses it as BadSignature.  A
+    3072-bit key: its 383-byte short signature is inside 2.5's 256..1024 (a 2048-bit key's 255 is not)."""
+    from tokencsp.envelope import opening
+
+    a, _, _ = hosts
+    sender = rsa.generate_private_key(65537, 3072)
+
+    def short(data: bytes) -> bytes:  # PSS is randomised: sign until the signature starts with 0x00
+        for _ in range(20_000):
+            signature = sender.sign(data, PSS, hashes.SHA256())
+            if signature[0] == 0:
+                return signature[1:]
+        raise AssertionError("no signature with a leading zero byte")
+
+    sender.public_key().verify(short(b"x"), b"x", PSS, hashes.SHA256())  # the library alone accepts it
+    sealed = seal_bytes(b"short", [a.public_key()], now=NOW, signer=FixedSigner(sender.public_key(), short),
+                        serial=1, version=2)
+    assert read_header(io.BytesIO(sealed)).trailer_length == 383
+    error, out = attempt(sealed, a, trust=E.trust_set([sender.public_key()]))
+    assert type(error) is BadSignature and out == b""
+    with pytest.raises(BadSignature):  # the trailer check refuses such a signature on its own too
+        opening._verify_trailer(sender.public_key(), short(b"y"), b"\0" * 32)
+
+
+def test_a_signer_whose_two_signatures_differ_in_length_leaves_no_message(hosts):
+    """S10: a trailer signature of another length than the prefix signature is refused by the sealer."""
+    a, _, _ = hosts
+    sender = rsa.generate_private_key(65537, 2048)
+    calls = []
+
+    def uneven(data: bytes) -> bytes:
+        calls.append(data)
+        signature = sender.sign(data, PSS, hashes.SHA256())
+        return signature if len(calls) == 1 else signature + b"\0"
+
+    with pytest.raises(InvalidKeyError, match="257-byte trailer signature after a 256-byte prefix signature"):
+        seal_bytes(b"x", [a.public_key()], now=NOW, signer=FixedSigner(sender.public_key(), uneven), serial=1,
+                   version=2)
+    assert len(calls) == 2

@@ -22,6 +22,7 @@ __all__ = [
     "SelectionConflict",
     "InputError",
     "OutputError",
+    "SpoolLimitExceeded",
     "TokenError",
     "ModuleLoadError",
     "TokenNotFoundError",
@@ -131,6 +132,11 @@ class InputError(TokenCSPError):
 
 class OutputError(TokenCSPError):
     """An output could not be written (permissions, disk full...); nothing partial was left."""
+
+
+class SpoolLimitExceeded(OutputError):
+    """A verified format 2 message for a streaming sink (stdout) is bigger than the spool may hold
+    (TOKENCSP_SPOOL_MAX, docs/FORMAT.md 9.6 step 8a); nothing was released or recorded."""
 
 
 class TokenError(TokenCSPError):

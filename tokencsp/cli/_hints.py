@@ -32,6 +32,9 @@ def hint_for(exc: BaseException, args: argparse.Namespace) -> str | None:
             return _key_hint(exc, args)
         if isinstance(exc, errors.ReplayedMessage):
             return _replay_hint(args)
+        if isinstance(exc, errors.SpoolLimitExceeded):
+            return ("open with -o FILE: a private file, published once the trailer verified, needs no spool "
+                    "(or raise TOKENCSP_SPOOL_MAX, in bytes)")
     except errors.TokenCSPError:
         return None  # the hint's own look-up failed: the error line stands alone
     return None

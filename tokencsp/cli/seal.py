@@ -289,7 +289,8 @@ def _configure_open(opener: argparse.ArgumentParser) -> None:
     opener.add_argument("-o", "--output",
                         help="plaintext file, renamed into place only when the whole message authenticated "
                              "(default: stdout, each chunk after it authenticates; a signed format 2 message "
-                             "with --trust: all of it once its trailer signature verified)")
+                             "with --trust: all of it once its trailer signature verified, held meanwhile in a spool "
+                             "of at most $TOKENCSP_SPOOL_MAX bytes, default 64 MiB)")
     opener.add_argument("--out-dir", metavar="DIR",
                         help="open every FILE given into DIR/<its name without a final .tcsp>, each linked into "
                              "place only once it authenticated and was recorded; an existing file is never "

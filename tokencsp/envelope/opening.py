@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -22,13 +21,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ..blobs import AlgId
+from ..config import env_number
 from ..errors import (
     AuthenticationFailed,
     BadSignature,
+    ConfigError,
     EnvelopeFormatError,
     NotForThisKey,
+    OutputError,
     Pkcs1Refused,
     SignatureRequired,
+    SpoolLimitExceeded,
     TokenError,
     TruncatedMessage,
     UntrustedSender,
@@ -50,6 +53,67 @@ PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)  # section 
 # FORMAT.md 9.6 step 8a: a verified version 2 message meant for a streaming sink waits here for its
 # trailer; in memory up to this size, then in an unlinked 0600 file in TMPDIR.
 SPOOL_IN_MEMORY = 1 << 20
+# ... and at most this much plaintext in all (TOKENCSP_SPOOL_MAX, bytes): a co-recipient, who knows the
+# payload key, can put the sender's genuine prefix before any number of valid chunks (docs/SECURITY.md).
+ENV_SPOOL_MAX = "TOKENCSP_SPOOL_MAX"
+SPOOL_MAX_DEFAULT = 64 << 20
+
+
+def spool_limit(environ: Mapping[str, str] = os.environ) -> int:
+    """The most plaintext the step-8a spool holds: ``TOKENCSP_SPOOL_MAX`` bytes, 64 MiB when unset."""
+    limit = env_number(ENV_SPOOL_MAX, int, SPOOL_MAX_DEFAULT, what="a whole number of bytes", environ=environ)
+    if limit < 0:
+        raise ConfigError(f"{ENV_SPOOL_MAX} must be a whole number of bytes, not {limit}")
+    return limit
+
+
+class _Spool:
+    """The step-8a spool: plaintext held until the trailer verified, at most ``limit`` bytes of it.
+
+    Past the limit :class:`SpoolLimitExceeded`; an OS failure of the spool itself (TMPDIR unusable, disk
+    full) :class:`OutputError` -- never a raw OSError.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.size = limit, 0
+        self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 -- close()
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.size + len(data) > self.limit:
+            raise SpoolLimitExceeded(
+                f"the verified message is bigger than the stdout spool may hold ({ENV_SPOOL_MAX}={self.limit} "
+                "bytes); nothing was written")
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            raise _spool_failed(exc) from None
+        self.size += len(data)
+
+    def copy_to(self, sink: BinaryIO) -> None:
+        try:
+            self.file.seek(0)
+        except OSError as exc:
+            raise _spool_failed(exc) from None
+        while True:
+            try:
+                block = self.file.read(1 << 16)
+            except OSError as exc:
+                raise _spool_failed(exc) from None
+            if not block:
+                return
+            sink.write(block)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _spool_failed(exc: OSError) -> OutputError:
+    try:
+        where = f" ({tempfile.gettempdir()})"
+    except OSError:  # no usable temporary directory at all
+        where = ""
+    return OutputError(f"cannot spool the plaintext in the temporary directory{where}: "
+                       f"{exc.strerror or exc}; nothing was written (open with -o FILE needs no spool)")
 
 
 class Receiver(Protocol):  # a tokencsp ExchangeKey
@@ -146,11 +210,19 @@ def _verify_sender(pre: Prefix, trust: Mapping[bytes, rsa.RSAPublicKey] | None
     key = trust.get(sender)
     if not isinstance(key, rsa.RSAPublicKey) or fingerprint(key) != sender:
         raise UntrustedSender()
+    _verify_pss(key, signature, pre.signed_data())
+    return sender, key
+
+
+def _verify_pss(key: rsa.RSAPublicKey, signature: bytes, data: bytes) -> None:
+    """One PSS signature by ``key``, exactly as long as its modulus (9.2): `cryptography` alone also takes
+    one whose leading 0x00 was stripped; any failure is BadSignature."""
+    if len(signature) != (key.key_size + 7) // 8:
+        raise BadSignature()
     try:
-        key.verify(signature, pre.signed_data(), PSS, hashes.SHA256())
+        key.verify(signature, data, PSS, hashes.SHA256())
     except InvalidSignature:
         raise BadSignature() from None
-    return sender, key
 
 
 def _import_key(receiver: Receiver, pre: Prefix) -> bytes:
@@ -248,11 +320,11 @@ def open_checked(checked: Checked, source: BinaryIO, sink: BinaryIO, key: bytes,
     if pre.trailer_length and sender is not None and trailer_key is None:  # fail closed, never skip T1
         raise TypeError("a Checked with a verified sender needs its sender_key to check the trailer")
     digest = hashlib.sha256(pre.raw) if trailer_key is not None else None
-    spool = None
+    spool: _Spool | None = None
     if trailer_key is not None and release is Release.STREAMING:
-        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 -- closed below
+        spool = _Spool(spool_limit())
         release = Release.AT_END
-    out = sink if spool is None else spool
+    out: Any = sink if spool is None else spool
 
     def record() -> None:  # 7: keyed on the authenticated prefix (O6b, O6c), clock read again (O13)
         cache.accept(replay_key, header.timestamp, read_clock(), policy,
@@ -274,8 +346,7 @@ def open_checked(checked: Checked, source: BinaryIO, sink: BinaryIO, key: bytes,
         if release is Release.AT_END:
             record()  # O6a, and T4: after the trailer
         if spool is not None:  # released only now that the trailer verified and the record committed
-            spool.seek(0)
-            shutil.copyfileobj(spool, sink, 1 << 16)
+            spool.copy_to(sink)
     finally:
         if spool is not None:
             spool.close()
@@ -284,10 +355,7 @@ def open_checked(checked: Checked, source: BinaryIO, sink: BinaryIO, key: bytes,
 
 def _verify_trailer(key: rsa.RSAPublicKey, trailer: bytes, message_hash: bytes) -> None:
     """Step 8a: the trailer signature over every byte before it; any failure is BadSignature (T5)."""
-    try:
-        key.verify(trailer, trailer_signed_data2(message_hash), PSS, hashes.SHA256())
-    except InvalidSignature:
-        raise BadSignature() from None
+    _verify_pss(key, trailer, trailer_signed_data2(message_hash))
 
 
 def open_message(source: BinaryIO, sink: BinaryIO, receiver: Receiver, *, cache: ReplayCache,
