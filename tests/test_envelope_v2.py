@@ -863,8 +863,13 @@ def test_a_signature_one_byte_short_of_the_modulus_is_refused(hosts):
         opening._verify_trailer(sender.public_key(), short(b"y"), b"\0" * 32)
 
 
-def test_a_signer_whose_two_signatures_differ_in_length_leaves_no_message(hosts):
-    """S10: a trailer signature of another length than the prefix signature is refused by the sealer."""
+def test_a_signer_whose_two_signatures_differ_in_length_leaves_no_message(hosts, tmp_path):
+    """S10: a trailer signature of another length than the prefix signature is refused by the sealer.  Into
+    a file (atomic_output, as `seal -o`) nothing is left; a stream (stdout) has already had the prefix and
+    the chunks, without a trailer, which every opener refuses (FORMAT.md S10)."""
+    from tokencsp.envelope import seal
+    from tokencsp.fileio import atomic_output
+
     a, _, _ = hosts
     sender = rsa.generate_private_key(65537, 2048)
     calls = []
@@ -872,9 +877,25 @@ def test_a_signer_whose_two_signatures_differ_in_length_leaves_no_message(hosts)
     def uneven(data: bytes) -> bytes:
         calls.append(data)
         signature = sender.sign(data, PSS, hashes.SHA256())
-        return signature if len(calls) == 1 else signature + b"\0"
+        return signature if len(calls) % 2 else signature + b"\0"
 
+    signer = FixedSigner(sender.public_key(), uneven)
+    text = payload(3 * 65536 + 5)
     with pytest.raises(InvalidKeyError, match="257-byte trailer signature after a 256-byte prefix signature"):
-        seal_bytes(b"x", [a.public_key()], now=NOW, signer=FixedSigner(sender.public_key(), uneven), serial=1,
-                   version=2)
+        seal_bytes(b"x", [a.public_key()], now=NOW, signer=signer, serial=1, version=2)
     assert len(calls) == 2
+    out = tmp_path / "m.tcsp"
+    with pytest.raises(InvalidKeyError), atomic_output(str(out)) as sink:
+        seal(io.BytesIO(text), sink, [a.public_key()], now=NOW, signer=signer, serial=2, version=2)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    stream = io.BytesIO()
+    with pytest.raises(InvalidKeyError):
+        seal(io.BytesIO(text), stream, [a.public_key()], now=NOW, signer=signer, serial=3, version=2)
+    left = stream.getvalue()
+    assert len(left) > 3 * 65536 and read_header(io.BytesIO(left)).trailer_length == 256
+    # its last 256 bytes are taken for the trailer, so its last chunk fails: a verifying opener releases
+    # nothing; one without a trust set streams the chunks before it, as for any damaged message (O6)
+    error, released = attempt(left, a, trust=E.trust_set([sender.public_key()]))
+    assert isinstance(error, AuthenticationFailed) and released == b""
+    error, released = attempt(left, a)
+    assert isinstance(error, AuthenticationFailed) and len(released) < len(text) and text.startswith(released)
