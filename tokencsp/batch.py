@@ -10,13 +10,19 @@ another collapses the unwrap rate, a thread that only waits on the token does
 not.  Each import is padded to the key's deadline on its own (the padding is a
 sleep: while one import waits out its deadline, the next one's token work
 runs), so several in flight are what lets a batch approach the token's own
-rate instead of 1/deadline.  The first message's import runs alone, before
-any host work: it is the one that may calibrate the deadline, and probes
-timed next to a busy host thread would set it high for the day.  While the
-batch runs the interpreter's thread switch interval is lowered (restored at
-the end): at CPython's default 5 ms, a token thread that returns from
-``C_UnwrapKey`` waits up to 5 ms for the host thread to hand over the GIL, and
-imports overrun their deadline.
+rate instead of 1/deadline.  An import that overruns its deadline ends one
+quantum late, and whether it does can depend on the blobs queued ahead of it
+on a token that serialises imports: overruns are where a batch could leak, so
+the depth leaves one typical import of headroom under the deadline
+(:func:`depth_for`) and every pool session the batch will use is opened, with
+the key found in it, before the imports run side by side (outside any padded
+time).  The first message's import runs alone, before any host work: it is
+the one that may calibrate the deadline, and probes timed next to a busy host
+thread would set it high for the day.  While any batch runs the interpreter's
+thread switch interval is lowered (one process-wide, reference-counted guard:
+the last batch to end restores it): at CPython's default 5 ms, a token thread
+that returns from ``C_UnwrapKey`` waits up to 5 ms for the host thread to hand
+over the GIL, and imports overrun their deadline.
 
 Each output is written to an unnamed temporary file in the output directory
 and linked into place only after the whole message authenticated and its
@@ -31,8 +37,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -44,7 +52,7 @@ from .errors import ConfigError, InputError, OutputError, ReplayCacheError, Toke
 from .fileio import atomic_output
 from .replay import ReplayCache, ReplayPolicy
 
-__all__ = ["DEPTH", "MAX_DEPTH", "SUFFIX", "Outcome", "depth_for", "open_many", "output_paths"]
+__all__ = ["DEPTH", "MAX_DEPTH", "SUFFIX", "Outcome", "depth_for", "fast_switching", "open_many", "output_paths"]
 
 SUFFIX = ".tcsp"
 #: Imports queued ahead of the message the host works on (one thread each) when the key's calibration
@@ -67,17 +75,51 @@ class Outcome:
 
 
 def depth_for(deadline: float, typical: float | None) -> int:
-    """Imports in flight that keep the token busy without queueing on it: deadline / typical import.
+    """Imports in flight: as many as a token that serialises them finishes one typical import before the deadline.
 
-    Both come from the key's own calibration probes (never from the blobs being opened): the
-    padded deadline, and the probes' median, what one import costs the token unloaded.  Idle
-    the deadline is about twice the median (2 in flight); under load, when preempted probes
-    have pushed the deadline far above the median, more imports wait out their deadlines side
-    by side.  More than that would queue imports on the token and make them overrun.
+    ``floor(deadline / typical) - 1``, at least 1, at most :data:`MAX_DEPTH`: with ``depth``
+    imports started together on a token that runs one at a time, the last one ends at about
+    ``depth * typical``, and the rule keeps that at most ``deadline - typical``.  That one
+    typical import of headroom is for what the median does not cover -- invalid blobs are the
+    slower class, and a wave of them ends later than a wave of valid ones -- because an import
+    that overruns ends a quantum late, and whether it does would then depend on the blobs queued
+    ahead of it.  Both figures come from the key's own calibration probes (never from the blobs
+    being opened): the padded deadline, and the probes' median, what one import costs the token
+    unloaded.  Idle the deadline is under twice the median (docs/SECURITY.md: 1.24 ms over
+    about 0.67 ms), so imports run one at a time; under load, when preempted probes have pushed
+    the deadline far above the median, several wait out their deadlines side by side.
     """
     if typical is None or not typical > 0.0 or not deadline > 0.0:
         return DEPTH
-    return max(1, min(MAX_DEPTH, int(deadline / typical)))
+    return max(1, min(MAX_DEPTH, int(deadline / typical) - 1))
+
+
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.0
+
+
+@contextlib.contextmanager
+def fast_switching() -> Iterator[None]:
+    """``sys.setswitchinterval`` at most :data:`SWITCH_INTERVAL` while any holder is inside.
+
+    The interval is process-wide: the first holder saves it and lowers it, the last one to
+    leave restores it, so two batches in two threads (or nested) never leave it lowered.
+    Restored on an exception, KeyboardInterrupt or a generator closed early alike.
+    """
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if _switch_users == 0:
+            _switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_saved, SWITCH_INTERVAL))
+        _switch_users += 1
+    try:
+        yield
+    finally:
+        with _switch_lock:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_switch_saved)
 
 
 def output_paths(sources: Sequence[str], out_dir: str) -> list[str]:
@@ -181,8 +223,8 @@ def open_many(sources: Sequence[str], out_dir: str, receiver: envelope.Receiver,
             started.remove(item)
         return Outcome(item.source, item.output, opened=opened)
 
-    switch = sys.getswitchinterval()
     window: collections.deque[_Started | Outcome] = collections.deque()
+    switching = contextlib.ExitStack()
     following = 0
     try:
         while following < len(sources):  # up to the first message that reaches its import
@@ -196,10 +238,13 @@ def open_many(sources: Sequence[str], out_dir: str, receiver: envelope.Receiver,
         # A receiver that can take only so many imports at a time says so (the agent client: one
         # connection; a token: its session pool).
         depth = max(1, min(depth, MAX_DEPTH, getattr(receiver, "concurrent_imports", depth)))
+        warm = getattr(receiver, "warm_sessions", None)  # a token's key: its pool sessions, opened now
+        if warm is not None and depth > 1 and following < len(sources):
+            warm(depth)  # not inside the imports' padded time, which the calibration probes did not pay for
         with concurrent.futures.ThreadPoolExecutor(max_workers=depth, thread_name_prefix="tokencsp-token") as pool:
             executor = pool
             try:
-                sys.setswitchinterval(min(switch, SWITCH_INTERVAL))
+                switching.enter_context(fast_switching())
                 while window:
                     current = window.popleft()
                     # Queue the next imports before this message's host work, so the two overlap.
@@ -208,10 +253,10 @@ def open_many(sources: Sequence[str], out_dir: str, receiver: envelope.Receiver,
                         following += 1
                     yield current if isinstance(current, Outcome) else finish(current)
             finally:
-                sys.setswitchinterval(switch)
                 for item in started:
                     item.key.cancel()
     finally:
+        switching.close()  # after the pool's threads have ended: none of them still runs an import
         for item in started:
             _close(item.handle)
 

@@ -194,6 +194,11 @@ class ExchangeKey(KeyPair):
         one that waited for a session would count the wait into its padded time and overrun."""
         return self._token.max_sessions
 
+    def warm_sessions(self, count: int) -> int:
+        """Open ``count`` of the token's pool sessions (at most the pool) with this key found in each,
+        outside any padded time: a batch calls it before its imports run side by side."""
+        return self._token.warm_sessions(self.key_id, count)
+
     @property
     def import_path(self) -> ImportPath:
         """``unwrap`` or ``decrypt``: how this key's session keys reach the host."""
