@@ -61,6 +61,13 @@ def tokencsp(*args: str, input: bytes | None = None, env: Mapping[str, str] | No
     return result
 
 
+def openssl(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run the real ``openssl ARGS``; a non-zero exit fails the test with its stderr."""
+    result = subprocess.run(["openssl", *args], capture_output=True, timeout=300, input=input)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess[bytes], status: int, needle: str = "",
                           hint: str | None = None) -> str:
     """The CLI's refusal contract: exit ``status``, nothing on stdout, and exactly one stderr line

@@ -7,15 +7,9 @@ import subprocess
 
 import pytest
 
-from helpers import assert_one_line_error, kept_substitute, tokencsp
+from helpers import assert_one_line_error, kept_substitute, openssl, tokencsp
 
 PREFIX = "cms"
-
-
-def _openssl(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    result = subprocess.run(["openssl", *args], capture_output=True, timeout=300, input=input)
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +33,7 @@ def _encrypt(where, plain: bytes, *options: str, recipients: tuple[str, ...] = (
     args = ["cms", "-encrypt", "-binary", "-in", str(where / "plain"), *options]
     for name in recipients:
         args += ["-recip", str(where / name)]
-    return _openssl(*args).stdout
+    return openssl(*args).stdout
 
 
 VARIANTS = {
@@ -85,7 +79,7 @@ def test_several_recipients_need_the_certificate(recipient, tmp_path):
 
 def _tamper_key(message: bytes, where) -> bytes:
     """Flip a byte inside the RSA-encrypted key (located through openssl's own parse)."""
-    dump = _openssl("asn1parse", "-inform", "DER", input=message).stdout.decode().splitlines()
+    dump = openssl("asn1parse", "-inform", "DER", input=message).stdout.decode().splitlines()
     # the encrypted key is the first OCTET STRING of the modulus' length
     for line in dump:
         if "OCTET STRING" in line and "l= 256" in line:
@@ -210,7 +204,7 @@ def test_a_streamed_message_opens_in_constant_memory(recipient, tmp_path, cipher
     with big.open("wb") as out:
         for _ in range(size >> 20):
             out.write(os.urandom(1 << 20))
-    _openssl("cms", "-encrypt", "-binary", "-stream", cipher, "-outform", "DER", "-in", str(big),
+    openssl("cms", "-encrypt", "-binary", "-stream", cipher, "-outform", "DER", "-in", str(big),
              "-out", str(tmp_path / "big.p7m"), str(where / "kx.pem"))
     (tmp_path / "small.p7m").write_bytes(_encrypt(where, b"small", cipher, "-stream", "-outform", "DER"))
     small = _peak_rss_kib(tmp_path, "cms", "decrypt", "--key", kx, "-o", str(tmp_path / "small.out"),
@@ -218,8 +212,8 @@ def test_a_streamed_message_opens_in_constant_memory(recipient, tmp_path, cipher
     large = _peak_rss_kib(tmp_path, "cms", "decrypt", "--key", kx, "-o", str(tmp_path / "big.out"),
                           str(tmp_path / "big.p7m"))
     assert (tmp_path / "big.out").stat().st_size == size
-    assert _openssl("dgst", "-sha256", str(big)).stdout.split()[-1] == \
-        _openssl("dgst", "-sha256", str(tmp_path / "big.out")).stdout.split()[-1]
+    assert openssl("dgst", "-sha256", str(big)).stdout.split()[-1] == \
+        openssl("dgst", "-sha256", str(tmp_path / "big.out")).stdout.split()[-1]
     assert large - small < 16 * 1024, f"peak RSS {large} KiB for 48 MiB vs {small} KiB for 5 bytes"
 
 
@@ -236,7 +230,7 @@ def test_a_512_mib_streamed_message_opens_in_64_mib(recipient, tmp_path):
             chunk = os.urandom(1 << 20)
             digest.update(chunk)
             out.write(chunk)
-    _openssl("cms", "-encrypt", "-binary", "-stream", "-aes-256-gcm", "-outform", "DER", "-in", str(tmp_path / "big"),
+    openssl("cms", "-encrypt", "-binary", "-stream", "-aes-256-gcm", "-outform", "DER", "-in", str(tmp_path / "big"),
              "-out", str(tmp_path / "big.p7m"), str(where / "kx.pem"))
     (tmp_path / "big").unlink()
     peak = _peak_rss_kib(tmp_path, "cms", "decrypt", "--key", kx, "-o", str(tmp_path / "big.out"),
@@ -258,9 +252,9 @@ def test_a_512_mib_streamed_message_opens_in_64_mib(recipient, tmp_path):
 def host_recipient(tmp_path_factory):
     """An RSA key and self-signed certificate made by openssl itself (its private key on the host)."""
     where = tmp_path_factory.mktemp("cms-host")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(where / "key.pem"),
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(where / "key.pem"),
              "-out", str(where / "cert.pem"), "-subj", "/CN=openssl recipient", "-days", "2")
-    _openssl("pkey", "-in", str(where / "key.pem"), "-pubout", "-out", str(where / "pub.pem"))
+    openssl("pkey", "-in", str(where / "key.pem"), "-pubout", "-out", str(where / "pub.pem"))
     return where
 
 
@@ -275,8 +269,8 @@ def test_openssl_opens_what_tokencsp_encrypts(host_recipient, tmp_path, options,
             "-inkey", str(host_recipient / "key.pem")]
     if to == "cert.pem":
         args += ["-recip", str(host_recipient / "cert.pem")]
-    assert _openssl(*args).stdout == plain
-    kind = _openssl("cms", "-cmsout", "-print", "-inform", "DER", "-in", str(tmp_path / "msg")).stdout
+    assert openssl(*args).stdout == plain
+    kind = openssl("cms", "-cmsout", "-print", "-inform", "DER", "-in", str(tmp_path / "msg")).stdout
     assert (b"authEnvelopedData" in kind) == ("--gcm" in options)
     assert (b"rsaesOaep" in kind) == ("--oaep" in options)
 
@@ -286,7 +280,7 @@ def test_several_recipients_each_open_it(host_recipient, recipient, tmp_path):
     (tmp_path / "plain").write_bytes(b"for both")
     tokencsp("cms", "encrypt", "--gcm", "--to", str(host_recipient / "cert.pem"), "--to", str(where / "kx.pem"),
              "-o", str(tmp_path / "msg"), str(tmp_path / "plain"))
-    assert _openssl("cms", "-decrypt", "-inform", "DER", "-in", str(tmp_path / "msg"),
+    assert openssl("cms", "-decrypt", "-inform", "DER", "-in", str(tmp_path / "msg"),
                     "-inkey", str(host_recipient / "key.pem"), "-recip", str(host_recipient / "cert.pem")
                     ).stdout == b"for both"
     out = tokencsp("cms", "decrypt", "--key", kx, "--cert", str(where / "kx.pem"), str(tmp_path / "msg")).stdout

@@ -10,20 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
 
-from helpers import assert_one_line_error, kept_substitute, tokencsp
+from helpers import assert_one_line_error, kept_substitute, openssl, tokencsp
 
 PREFIX = "cms-oaep"
 REFUSED = "this token cannot do RSAES-OAEP with SHA-256"
-
-
-def _openssl(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    result = subprocess.run(["openssl", *args], capture_output=True, timeout=300, input=input)
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +46,17 @@ def _encrypt(where, cert: str, plain: bytes, *options: str, oaep: tuple[str, ...
                "-keyopt", f"rsa_mgf1_md:{oaep[1]}"]
     if len(oaep) > 2:
         keyopts += ["-keyopt", f"rsa_oaep_label:{oaep[2]}"]
-    return _openssl("cms", "-encrypt", "-binary", "-in", str(where / "plain"), *options,
+    return openssl("cms", "-encrypt", "-binary", "-in", str(where / "plain"), *options,
                     "-recip", str(where / f"{cert}.pem"), *keyopts).stdout
 
 
 def _printed(message: bytes) -> bytes:
-    return _openssl("cms", "-cmsout", "-print", "-inform", "DER", input=message).stdout
+    return openssl("cms", "-cmsout", "-print", "-inform", "DER", input=message).stdout
 
 
 def _tamper_key(message: bytes) -> bytes:
     """Flip a byte inside the RSA-encrypted key (the 256-byte OCTET STRING, located by openssl's own parse)."""
-    for line in _openssl("asn1parse", "-inform", "DER", input=message).stdout.decode().splitlines():
+    for line in openssl("asn1parse", "-inform", "DER", input=message).stdout.decode().splitlines():
         if "OCTET STRING" in line and "l= 256" in line:
             offset = int(line.split(":")[0]) + int(line.split("hl=")[1].split()[0])
             tampered = bytearray(message)
@@ -242,7 +235,7 @@ def test_other_oaep_variants_are_refused_with_one_line(keys, tmp_path, oaep, nee
 @pytest.mark.parametrize("oaep_hash", ["sha256", "sha512"])
 def test_cms_encrypt_oaep_hash_opens_in_openssl_and_on_the_decrypt_key(keys, tmp_path, oaep_hash):
     where, names = keys
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "key.pem"),
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "key.pem"),
              "-out", str(tmp_path / "cert.pem"), "-subj", "/CN=openssl recipient", "-days", "2")
     plain = os.urandom(100_000)
     (tmp_path / "plain").write_bytes(plain)
@@ -251,7 +244,7 @@ def test_cms_encrypt_oaep_hash_opens_in_openssl_and_on_the_decrypt_key(keys, tmp
     message = (tmp_path / "msg").read_bytes()
     printed = _printed(message)
     assert printed.count(b"rsaesOaep") == 2 and printed.count(f":{oaep_hash}".encode()) == 4, printed
-    assert _openssl("cms", "-decrypt", "-binary", "-inform", "DER", "-in", str(tmp_path / "msg"),
+    assert openssl("cms", "-decrypt", "-binary", "-inform", "DER", "-in", str(tmp_path / "msg"),
                     "-inkey", str(tmp_path / "key.pem"), "-recip", str(tmp_path / "cert.pem")).stdout == plain
     out = tokencsp("cms", "decrypt", "--key", names["card"], "--cert", str(where / f"{names['card']}.pem"),
                    str(tmp_path / "msg")).stdout
