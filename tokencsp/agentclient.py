@@ -292,23 +292,23 @@ class AgentExchangeKey(AgentKey):
     def import_simpleblob(self, blob: bytes | SimpleBlob, oaep: bool = False, *,
                           oaep_hash: str = "sha1") -> SessionKey:
         """The explicit import: a bad blob is the one SessionKeyImportError, at the same deadline."""
-        simple = blob if isinstance(blob, SimpleBlob) else SimpleBlob.from_bytes(blob)
-        alg, key = self._import(b"explicit", simple.to_bytes(), oaep, oaep_hash=oaep_hash)[:2]
-        return SessionKey.from_bytes(AlgId(int(alg)), key)
+        return SessionKey.from_bytes(*self._import_blob(b"explicit", blob, oaep, oaep_hash))
 
     def import_simpleblob_implicit(self, blob: bytes | SimpleBlob, oaep: bool = False, *,
                                    oaep_hash: str = "sha1") -> SessionKey:
-        simple = blob if isinstance(blob, SimpleBlob) else SimpleBlob.from_bytes(blob)
-        alg, key = self._import(b"implicit", simple.to_bytes(), oaep, oaep_hash=oaep_hash)[:2]
-        return SessionKey.from_bytes(AlgId(int(alg)), key)
+        return SessionKey.from_bytes(*self._import_blob(b"implicit", blob, oaep, oaep_hash))
 
     def import_simpleblob_deferred(self, blob: bytes | SimpleBlob, oaep: bool = False, *,
                                    oaep_hash: str = "sha1") -> DeferredSessionKey:
-        simple = blob if isinstance(blob, SimpleBlob) else SimpleBlob.from_bytes(blob)
-        alg, key = self._import(b"deferred", simple.to_bytes(), oaep, oaep_hash=oaep_hash)[:2]
         from .implicit import DeferredSessionKey
 
-        return DeferredSessionKey(AlgId(int(alg)), key)
+        return DeferredSessionKey(*self._import_blob(b"deferred", blob, oaep, oaep_hash))
+
+    def _import_blob(self, kind: bytes, blob: bytes | SimpleBlob, oaep: bool, oaep_hash: str) -> tuple[AlgId, bytes]:
+        """One IMPORT of ``kind`` (the three SIMPLEBLOB imports differ only in it): the ALG_ID and key bytes."""
+        simple = blob if isinstance(blob, SimpleBlob) else SimpleBlob.from_bytes(blob)
+        alg, key = self._import(kind, simple.to_bytes(), oaep, oaep_hash=oaep_hash)[:2]
+        return AlgId(int(alg)), key
 
     def unwrap_legacy_deferred(self, encrypted_key: bytes, oaep: bool, lengths: frozenset[int]) -> bytes:
         return self._import(b"legacy", encrypted_key, oaep, json.dumps(sorted(lengths)).encode())[0]

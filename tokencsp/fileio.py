@@ -56,7 +56,8 @@ def atomic_output(path: str | None, mode: int = 0o600, *, replace: bool = True,
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    if devices_in_place and replace and writes_in_place(path):
+    in_place = writes_in_place(path)
+    if devices_in_place and replace and in_place:
         try:
             stream = open(path, "wb")  # noqa: SIM115 -- closed below
         except OSError as exc:
@@ -65,7 +66,7 @@ def atomic_output(path: str | None, mode: int = 0o600, *, replace: bool = True,
             yield stream
             stream.flush()
         return
-    if writes_in_place(path):
+    if in_place:
         # Never rename over a device or FIFO (as root that replaces /dev/null for every process).
         raise OutputError(f"{path} is not a regular file; not overwritten")
     directory = os.path.dirname(os.path.abspath(path))
